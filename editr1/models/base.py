@@ -1,0 +1,99 @@
+"""The contract between the trainer and a base editing model.
+
+An adapter wraps one family's diffusers components (transformer, VAE, text encoder, scheduler) and
+exposes only what the Edit-R1 loop needs. Tensors on the trainer side are *packed tokens*
+`(B, S, C)`; pixels are `(B, 3, H, W)` floats in [0, 1]. Adding a model family is one file that
+subclasses `EditModelAdapter` and registers itself in `editr1.models.registry`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+@dataclass
+class Conditions:
+    """Everything a velocity call needs besides the noisy latents, batch-first.
+
+    `tensors` are sliced per sample; `shared` holds per-batch metadata that is the same for every
+    sample (e.g. token-grid shapes at a fixed resolution).
+    """
+
+    tensors: dict[str, torch.Tensor | None]
+    shared: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return next(t.shape[0] for t in self.tensors.values() if t is not None)
+
+    def select(self, index: torch.Tensor | list[int]) -> "Conditions":
+        """The rows `index` (with repeats), e.g. each group's conditions repeated K times."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Conditions(
+            {k: None if t is None else t[index.to(t.device)] for k, t in self.tensors.items()}, self.shared
+        )
+
+    def to(self, device: torch.device | str) -> "Conditions":
+        return Conditions({k: None if t is None else t.to(device) for k, t in self.tensors.items()}, self.shared)
+
+
+class EditModelAdapter(ABC):
+    """One base-model family behind a small, uniform interface."""
+
+    family: str
+    transformer: nn.Module
+    #: Module names LoRA attaches to (peft `target_modules`).
+    lora_target_modules: tuple[str, ...]
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "EditModelAdapter":
+        """Load from a local diffusers-format folder or a hub id."""
+
+    @abstractmethod
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write every component in diffusers format."""
+
+    @abstractmethod
+    def encode_conditions(self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int) -> Conditions:
+        """Encode the instruction and the source image(s) of each sample, once per group."""
+
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels `(B, 3, H, W)` in [0, 1] -> packed clean latents `(B, S, C)`."""
+
+    @abstractmethod
+    def decode_latents(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Packed latents `(B, S, C)` -> pixels `(B, 3, H, W)` in [0, 1]."""
+
+    @abstractmethod
+    def latent_token_shape(self, height: int, width: int) -> tuple[int, int]:
+        """`(S, C)` of the packed latents for an image of this size."""
+
+    @abstractmethod
+    def velocity(
+        self,
+        tokens: torch.Tensor,
+        sigma: torch.Tensor,
+        conditions: Conditions,
+        guidance: float | None = None,
+        transformer: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """Predicted velocity (eps - x0) for the target tokens at noise level `sigma` `(B,)`.
+
+        `transformer` overrides the adapter's own module (full fine-tuning keeps separate copies of
+        the old and reference policies); with LoRA the caller switches adapters instead.
+        """
+
+    @abstractmethod
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        """The family's shifted sigma schedule for `num_steps` steps, ending with 0 (length N+1)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device

@@ -1,0 +1,92 @@
+"""Latent codecs: the map between pixels and the latents a flow transformer works on.
+
+`VaeCodec` wraps a diffusers VAE of the Qwen-Image family (5-D latents with a frame axis,
+per-channel mean/std normalisation, mode of the posterior as the pipelines use).
+`PixelUnshuffleCodec` is an exactly invertible space-to-depth map. The CPU demo uses it because a
+tiny VAE trained here would blur 32x32 shapes and the verifier would then score the VAE, not the
+policy; with an exact codec every reward change comes from the transformer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLQwenImage
+
+from editr1.errors import EditR1Error
+
+CONFIG_NAME = "config.json"
+
+
+class PixelUnshuffleCodec:
+    """Space-to-depth: (B, 3, H, W) in [0, 1] <-> (B, 3 f^2, H/f, W/f) in [-1, 1], exactly."""
+
+    class_name = "PixelUnshuffleCodec"
+
+    def __init__(self, factor: int = 2):
+        self.factor = factor
+        self.scale_factor = factor
+        self.latent_channels = 3 * factor * factor
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(pixels * 2 - 1, self.factor)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((F.pixel_shuffle(latents, self.factor) + 1) / 2).clamp(0, 1)
+
+    def save_pretrained(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_NAME).write_text(json.dumps({"_class_name": self.class_name, "factor": self.factor}))
+
+    def to(self, *args, **kwargs) -> "PixelUnshuffleCodec":
+        return self
+
+
+class VaeCodec:
+    """A Qwen-Image-family VAE (`AutoencoderKLQwenImage`) used as the diffusers pipelines use it."""
+
+    def __init__(self, vae: AutoencoderKLQwenImage):
+        self.vae = vae
+        self.scale_factor = 2 ** len(vae.temperal_downsample)
+        self.latent_channels = vae.config.z_dim
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.latent_channels, 1, 1, 1)
+        mean = torch.tensor(self.vae.config.latents_mean).view(shape).to(like.device, like.dtype)
+        std = torch.tensor(self.vae.config.latents_std).view(shape).to(like.device, like.dtype)
+        return mean, std
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels * 2 - 1).unsqueeze(2).to(self.vae.dtype)
+        latents = self.vae.encode(x).latent_dist.mode()
+        mean, std = self._stats(latents)
+        return ((latents - mean) / std).squeeze(2)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.unsqueeze(2).to(self.vae.dtype)
+        mean, std = self._stats(z)
+        image = self.vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+        return ((image + 1) / 2).clamp(0, 1)
+
+    def save_pretrained(self, folder: Path) -> None:
+        self.vae.save_pretrained(folder)
+
+    def to(self, *args, **kwargs) -> "VaeCodec":
+        self.vae.to(*args, **kwargs)
+        return self
+
+
+def load_codec(folder: Path, torch_dtype: torch.dtype = torch.float32) -> PixelUnshuffleCodec | VaeCodec:
+    """Load the codec saved in `folder` (a model's `vae/` subfolder), whichever kind it is."""
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise EditR1Error(f"{config_path}: missing; expected a VAE folder in diffusers format")
+    class_name = json.loads(config_path.read_text()).get("_class_name")
+    if class_name == PixelUnshuffleCodec.class_name:
+        return PixelUnshuffleCodec(json.loads(config_path.read_text())["factor"])
+    if class_name == "AutoencoderKLQwenImage":
+        return VaeCodec(AutoencoderKLQwenImage.from_pretrained(folder, torch_dtype=torch_dtype).eval())
+    raise EditR1Error(f"{config_path}: unsupported VAE class {class_name!r}")

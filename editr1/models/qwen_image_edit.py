@@ -1,0 +1,214 @@
+"""Qwen-Image-Edit: diffusers' `QwenImageTransformer2DModel`, a Qwen-Image VAE and a Qwen2.5-VL encoder.
+
+The transformer sees the noisy target tokens followed by the source-image tokens on one sequence
+and predicts velocities for both; only the target part is used. The instruction is encoded by the
+VL model together with the source image, through the pipeline's own chat template, and the
+system-prompt tokens are dropped as `QwenImageEditPipeline` does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift
+from PIL import Image
+from torch import nn
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from editr1.errors import EditR1Error
+from editr1.models.base import Conditions, EditModelAdapter
+from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec, load_codec
+from editr1.models.hub import resolve_model_path
+from editr1.models.offline_processor import ImageOnlyQwen2VLProcessor
+
+PIPELINE_CLASS = "QwenImageEditPipeline"
+
+# The chat template of QwenImageEditPipeline; the adapter must encode exactly as the pipeline does.
+PROMPT_TEMPLATE = (
+    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
+    "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
+    "image that meets the user's requirements while maintaining consistency with the original input where "
+    "appropriate.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+class QwenImageEditAdapter(EditModelAdapter):
+    family = "qwen-image-edit"
+    lora_target_modules = (
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    )
+
+    def __init__(
+        self,
+        transformer: QwenImageTransformer2DModel,
+        codec: VaeCodec | PixelUnshuffleCodec,
+        text_encoder: Qwen2_5_VLForConditionalGeneration,
+        processor: ImageOnlyQwen2VLProcessor,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ):
+        self.transformer = transformer
+        self.codec = codec
+        self.text_encoder = text_encoder
+        self.processor = processor
+        self.scheduler = scheduler
+        self.image_processor = VaeImageProcessor(vae_scale_factor=codec.scale_factor * 2)
+        # The pipeline drops the system prompt by a fixed token count (64 for the released tokenizer);
+        # count it with this tokenizer so that tiny vocabularies drop exactly the same text.
+        prefix = PROMPT_TEMPLATE.split("<|vision_start|>")[0]
+        self.prompt_drop_index = len(processor.tokenizer(prefix)["input_ids"])
+
+    # ---- loading and saving -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "QwenImageEditAdapter":
+        folder = resolve_model_path(path)
+        for sub in ("transformer", "vae", "text_encoder", "processor", "scheduler"):
+            if not (folder / sub).is_dir():
+                raise EditR1Error(f"{folder}: missing subfolder '{sub}/' of a Qwen-Image-Edit model")
+        transformer = QwenImageTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
+        text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            folder / "text_encoder", dtype=torch_dtype
+        )
+        tokenizer_folder = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder / "processor"
+        processor = ImageOnlyQwen2VLProcessor(
+            image_processor=Qwen2VLImageProcessorPil.from_pretrained(folder / "processor"),
+            tokenizer=AutoTokenizer.from_pretrained(tokenizer_folder),
+        )
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+        codec = load_codec(folder / "vae", torch_dtype)
+        return cls(transformer.eval(), codec, text_encoder.eval(), processor, scheduler)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(folder / "transformer")
+        self.codec.save_pretrained(folder / "vae")
+        self.text_encoder.save_pretrained(folder / "text_encoder")
+        self.processor.tokenizer.save_pretrained(folder / "tokenizer")
+        self.processor.image_processor.save_pretrained(folder / "processor")
+        self.processor.tokenizer.save_pretrained(folder / "processor")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        index = {
+            "_class_name": PIPELINE_CLASS,
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+            "tokenizer": ["transformers", "Qwen2Tokenizer"],
+            "processor": ["transformers", "Qwen2VLProcessor"],
+            "transformer": ["diffusers", "QwenImageTransformer2DModel"],
+            "vae": ["diffusers", "AutoencoderKLQwenImage"] if isinstance(self.codec, VaeCodec) else ["editr1", "PixelUnshuffleCodec"],
+        }
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+    # ---- geometry ------------------------------------------------------------------------------
+    def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
+        multiple = self.codec.scale_factor * 2
+        if height % multiple or width % multiple:
+            raise EditR1Error(f"image size {width}x{height} must be a multiple of {multiple} for this model")
+        return height // self.codec.scale_factor, width // self.codec.scale_factor
+
+    def latent_token_shape(self, height: int, width: int) -> tuple[int, int]:
+        h, w = self._latent_hw(height, width)
+        return (h // 2) * (w // 2), self.codec.latent_channels * 4
+
+    @staticmethod
+    def _pack(latents: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = latents.shape
+        patches = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+        return patches.reshape(b, (h // 2) * (w // 2), c * 4)
+
+    def _unpack(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        h, w = self._latent_hw(height, width)
+        b, _, channels = tokens.shape
+        patches = tokens.view(b, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return patches.reshape(b, channels // 4, h, w)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._pack(self.codec.encode(pixels))
+
+    @torch.no_grad()
+    def decode_latents(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.codec.decode(self._unpack(tokens, height, width))
+
+    # ---- conditioning --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_conditions(self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int) -> Conditions:
+        if any(len(images) != 1 for images in sources):
+            raise EditR1Error("Qwen-Image-Edit takes exactly one source image per sample")
+        resized = [self.image_processor.resize(images[0], height, width) for images in sources]
+        pixels = self.image_processor.preprocess(resized, height, width)  # [-1, 1]
+        device = self.device
+        image_tokens = self.encode_images(((pixels + 1) / 2).to(device, self.transformer.dtype))
+        inputs = self.processor(
+            text=[PROMPT_TEMPLATE.format(p) for p in prompts], images=resized, padding=True, return_tensors="pt"
+        ).to(device)
+        hidden = self.text_encoder(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"].to(self.text_encoder.dtype),
+            image_grid_thw=inputs["image_grid_thw"],
+            output_hidden_states=True,
+        ).hidden_states[-1]
+        kept = [h[m.bool()][self.prompt_drop_index :] for h, m in zip(hidden, inputs["attention_mask"])]
+        length = max(k.shape[0] for k in kept)
+        embeds = hidden.new_zeros(len(kept), length, hidden.shape[-1])
+        mask = torch.zeros(len(kept), length, dtype=torch.long, device=device)
+        for i, k in enumerate(kept):
+            embeds[i, : k.shape[0]] = k
+            mask[i, : k.shape[0]] = 1
+        h, w = self._latent_hw(height, width)
+        grid = (1, h // 2, w // 2)
+        return Conditions(
+            {"prompt_embeds": embeds.to(self.transformer.dtype), "prompt_mask": mask, "image_tokens": image_tokens},
+            {"img_shapes": [grid, grid]},
+        )
+
+    # ---- denoising -----------------------------------------------------------------------------
+    def velocity(
+        self,
+        tokens: torch.Tensor,
+        sigma: torch.Tensor,
+        conditions: Conditions,
+        guidance: float | None = None,
+        transformer: nn.Module | None = None,
+    ) -> torch.Tensor:
+        model = transformer or self.transformer
+        c = conditions.tensors
+        mask = c["prompt_mask"]
+        if bool(mask.all()):
+            mask = None  # an all-ones mask only knocks attention off the fast kernel
+        batch = tokens.shape[0]
+        guidance_tensor = None
+        if model.config.guidance_embeds:
+            if guidance is None:
+                raise EditR1Error("this Qwen-Image transformer is guidance-distilled: set a guidance value")
+            guidance_tensor = torch.full((batch,), float(guidance), device=tokens.device, dtype=torch.float32)
+        out = model(
+            hidden_states=torch.cat([tokens, c["image_tokens"].to(tokens.dtype)], dim=1),
+            timestep=sigma.to(tokens.dtype).expand(batch),
+            guidance=guidance_tensor,
+            encoder_hidden_states=c["prompt_embeds"],
+            encoder_hidden_states_mask=mask,
+            img_shapes=[conditions.shared["img_shapes"]] * batch,
+            return_dict=False,
+        )[0]
+        return out[:, : tokens.shape[1]]
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
+        config = scheduler.config
+        mu = calculate_shift(
+            self.latent_token_shape(height, width)[0],
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+        return scheduler.sigmas.to(torch.float32).cpu()

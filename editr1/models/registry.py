@@ -1,0 +1,37 @@
+"""Model families by name, and detection of a saved model's family from its `model_index.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from editr1.errors import EditR1Error
+from editr1.models.base import EditModelAdapter
+from editr1.models.hub import resolve_model_path
+from editr1.models.qwen_image_edit import PIPELINE_CLASS as QWEN_IMAGE_EDIT_PIPELINE, QwenImageEditAdapter
+
+ADAPTERS: dict[str, type[EditModelAdapter]] = {QwenImageEditAdapter.family: QwenImageEditAdapter}
+PIPELINE_TO_FAMILY = {QWEN_IMAGE_EDIT_PIPELINE: QwenImageEditAdapter.family}
+
+
+def detect_family(folder: Path) -> str:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise EditR1Error(f"{folder}: no model_index.json; not a diffusers-format model folder")
+    pipeline = json.loads(index.read_text()).get("_class_name")
+    if pipeline not in PIPELINE_TO_FAMILY:
+        raise EditR1Error(
+            f"{index}: unknown model family {pipeline!r}; supported: {sorted(PIPELINE_TO_FAMILY)}"
+        )
+    return PIPELINE_TO_FAMILY[pipeline]
+
+
+def load_adapter(path_or_id: str | Path, family: str | None = None, torch_dtype: torch.dtype = torch.float32) -> EditModelAdapter:
+    """Load a model by path or hub id; the family comes from `model_index.json` unless given."""
+    folder = resolve_model_path(path_or_id)
+    family = family or detect_family(folder)
+    if family not in ADAPTERS:
+        raise EditR1Error(f"unknown model family {family!r}; registered: {sorted(ADAPTERS)}")
+    return ADAPTERS[family].from_pretrained(folder, torch_dtype=torch_dtype)

@@ -1,0 +1,43 @@
+"""Run an ODE sampler on any object with the adapter's `velocity` method (duck-typed: torch only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from editr1.sampling.solvers import get_sampler, with_cfg
+
+
+def generate(
+    model: Any,
+    conditions: Any,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    sampler: str = "euler",
+    cfg_scale: float = 1.0,
+    negative_conditions: Any = None,
+    cfg_renorm: bool = True,
+    guidance: float | None = None,
+    transformer: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """Clean packed latents from `noise` at sigma 1, following `sigmas` down to 0.
+
+    `model.velocity(tokens, sigma, conditions, guidance, transformer)` gives the velocity; with
+    `cfg_scale > 1`, `negative_conditions` are the unconditional branch ("true CFG").
+    """
+
+    def conditional(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return model.velocity(x, sigma, conditions, guidance, transformer)
+
+    velocity_fn = conditional
+    if cfg_scale != 1.0:
+        if negative_conditions is None:
+            raise ValueError("cfg_scale != 1 needs negative_conditions")
+
+        def unconditional(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return model.velocity(x, sigma, negative_conditions, guidance, transformer)
+
+        velocity_fn = with_cfg(conditional, unconditional, cfg_scale, renorm=cfg_renorm)
+    with torch.no_grad():
+        return get_sampler(sampler)(velocity_fn, noise, sigmas.to(noise.device))
