@@ -1,0 +1,281 @@
+"""YAML configs validated into typed dataclasses, with `--set a.b=value` overrides.
+
+Every error names the file and the dotted field, e.g.
+`configs/demo.yaml: rollout.group_size: expected int, got 'eight'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from editr1.errors import EditR1Error
+
+T = TypeVar("T")
+
+
+class ConfigError(EditR1Error):
+    pass
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 32
+    alpha: float = 64.0
+    #: None: the adapter's default attention projections.
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class ModelConfig:
+    #: A diffusers-format folder, a hub id, or `tiny:qwen-image-edit` to build the tiny preset.
+    path: str = "tiny:qwen-image-edit"
+    family: str | None = None
+    resolution: int = 32
+    train_mode: Literal["lora", "full"] = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/shapes/train.jsonl"
+    heldout: str | None = "data/shapes/test.jsonl"
+    max_pixels: int = 64 * 1024 * 1024
+
+
+@dataclass
+class RewardConfig:
+    name: str = "shapes_verifier"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RolloutConfig:
+    groups_per_iteration: int = 24
+    group_size: int = 12
+    steps: int = 6
+    sampler: Literal["euler", "dpmpp_2m"] = "dpmpp_2m"
+    cfg_scale: float = 1.0
+    guidance: float | None = None
+    batch_size: int = 64
+
+
+@dataclass
+class RLConfig:
+    beta: float = 1.0
+    kl_coef: float = 1e-4
+    adv_clip: float = 5.0
+    std_mode: Literal["global", "group"] = "global"
+    filter_rule: Literal["paper", "strict", "none"] = "paper"
+    filter_mean_threshold: float = 0.9
+    filter_std_threshold: float = 0.05
+    ban_saturated: bool = False
+    timestep_fraction: float = 0.99
+    old_policy_schedule: Literal["linear", "delayed", "linear_fast", "on_policy"] = "linear"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    micro_batch: int = 16
+
+
+@dataclass
+class EvalConfig:
+    every: int = 25
+    samples: int = 128
+    steps: int = 8
+    sampler: Literal["euler", "dpmpp_2m"] = "euler"
+    cfg_scale: float = 1.0
+    seed: int = 1234
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+@dataclass
+class LoggingConfig:
+    grid_every: int = 10
+    grid_groups: int = 4
+    checkpoint_every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class NFTConfig:
+    """`editr1 train`: DiffusionNFT post-training."""
+
+    seed: int = 0
+    output_dir: str = "runs/nft"
+    iterations: int = 100
+    #: Stop after this many seconds of training (0: no limit); used for equal-time comparisons.
+    time_budget_s: float = 0.0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+@dataclass
+class SFTConfig:
+    """`editr1 sft`: supervised flow matching on (source, instruction, target)."""
+
+    seed: int = 0
+    output_dir: str = "runs/sft"
+    steps: int = 1000
+    time_budget_s: float = 0.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    #: EMA decay of the weights that are saved (0 disables the EMA).
+    ema_decay: float = 0.999
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(train_mode="full"))
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        return origin(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected int, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type[T], data: dict, where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(names)}"
+            raise ConfigError(f"{dotted}: unknown field{hint}")
+        kwargs[key] = _convert(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def _apply_override(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. train.steps=4")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Read YAML at `path` (or the defaults), apply `--set` overrides, validate into `cls`."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: invalid YAML: {error}") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    try:
+        return _build(cls, data, "")
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def config_to_dict(config: Any) -> dict:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def save_config(config: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

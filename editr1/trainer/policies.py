@@ -1,0 +1,110 @@
+"""The three policies of DiffusionNFT on one transformer: trained, old (rollouts) and reference.
+
+With LoRA (the reference setting) the trained and old policies are two peft adapters on the same
+transformer and the reference is that transformer with adapters disabled: no extra model copy.
+With full fine-tuning the old policy (and, when the KL term is on, the reference) are frozen copies.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+from editr1.rl.old_policy import soft_update_
+
+TRAINED, OLD = "default", "old"
+
+
+class PolicySet:
+    def __init__(
+        self,
+        transformer: nn.Module,
+        mode: str,
+        lora_rank: int = 32,
+        lora_alpha: float = 64.0,
+        target_modules: tuple[str, ...] | list[str] = (),
+        need_reference: bool = False,
+    ):
+        if mode not in ("lora", "full"):
+            raise ValueError(f"train_mode must be 'lora' or 'full', got {mode!r}")
+        self.transformer = transformer
+        self.mode = mode
+        transformer.requires_grad_(False)
+        if mode == "lora":
+            config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(target_modules), init_lora_weights=True)
+            transformer.add_adapter(config, adapter_name=TRAINED)
+            transformer.add_adapter(copy.deepcopy(config), adapter_name=OLD)
+            self._trained = [p for n, p in transformer.named_parameters() if f".{TRAINED}." in n]
+            self._old = [p for n, p in transformer.named_parameters() if f".{OLD}." in n]
+            soft_update_(self._old, self._trained, 0.0)
+            transformer.set_adapter(TRAINED)
+            self.old_module, self.reference_module = transformer, transformer
+        else:
+            self.old_module = copy.deepcopy(transformer)
+            self.reference_module = copy.deepcopy(transformer) if need_reference else None
+            self._trained = list(transformer.parameters())
+            self._old = list(self.old_module.parameters())
+        for p in self._trained:
+            p.requires_grad_(True)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self._trained
+
+    @contextmanager
+    def use(self, which: str) -> Iterator[nn.Module]:
+        """Activate a policy ("trained", "old", "reference") and yield the module to call.
+
+        LoRA always switches back to the trained adapter on exit: gradient checkpointing recomputes
+        under whichever adapter is active at backward time.
+        """
+        if which not in ("trained", "old", "reference"):
+            raise ValueError(f"unknown policy {which!r}")
+        if self.mode == "full":
+            if which == "reference" and self.reference_module is None:
+                raise RuntimeError("no reference copy: build the PolicySet with need_reference=True")
+            yield {"trained": self.transformer, "old": self.old_module, "reference": self.reference_module}[which]
+            return
+        try:
+            if which == "reference":
+                self.transformer.disable_adapters()
+            elif which == "old":
+                self.transformer.set_adapter(OLD)
+            yield self.transformer
+        finally:
+            if which == "reference":
+                self.transformer.enable_adapters()
+            self.transformer.set_adapter(TRAINED)
+            for p in self._old:
+                p.requires_grad_(False)
+
+    def update_old(self, decay: float) -> None:
+        """theta_old <- decay * theta_old + (1 - decay) * theta."""
+        soft_update_(self._old, self._trained, decay)
+
+    # ---- state for checkpoints ------------------------------------------------------------------
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        if self.mode == "lora":
+            return get_peft_model_state_dict(self.transformer, adapter_name=TRAINED)
+        return self.transformer.state_dict()
+
+    def old_state(self) -> dict[str, torch.Tensor]:
+        if self.mode == "lora":
+            return get_peft_model_state_dict(self.transformer, adapter_name=OLD)
+        return self.old_module.state_dict()
+
+    def load_states(self, trained: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) -> None:
+        if self.mode == "lora":
+            for state, name in ((trained, TRAINED), (old, OLD)):
+                result = set_peft_model_state_dict(self.transformer, state, adapter_name=name)
+                if result.unexpected_keys:
+                    raise ValueError(f"checkpoint has unexpected LoRA keys: {result.unexpected_keys[:3]}")
+            self.transformer.set_adapter(TRAINED)
+        else:
+            self.transformer.load_state_dict(trained)
+            self.old_module.load_state_dict(old)

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editr1.eval.report import ReportSection, write_report
+from editr1.eval.visuals import (PAD, before_after_grid, group_grid, image_grid, line_height,
+                                 reward_curve, wrap_text)
+from editr1.trainer.progress import phase_progress
+
+
+def _solid(rgb, h=8, w=8):
+    return torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1).expand(3, h, w).clone()
+
+
+def test_grid_size_arithmetic_without_captions():
+    img = _solid((1.0, 0.0, 0.0), h=8, w=6)
+    grid = image_grid([[img, img, img], [img]], None, scale=2)
+    assert grid.size == (PAD + 3 * (12 + PAD), PAD + 2 * (16 + PAD))
+
+
+def test_grid_size_arithmetic_with_captions():
+    img = _solid((0.0, 1.0, 0.0))
+    grid = image_grid([[img, img], [img]], [["a", "b"], ["c"]], scale=4)
+    assert grid.size == (PAD + 2 * (32 + PAD), PAD + 2 * (32 + line_height() + PAD))
+
+
+def test_upscaled_cell_has_input_colour_and_short_row_is_blank():
+    red, blue = _solid((1.0, 0.0, 0.0)), _solid((0.0, 0.0, 1.0))
+    grid = np.asarray(image_grid([[red, blue], [red]], [["r", "b"], ["r"]], scale=4))
+    cell = 8 * 4
+    assert (grid[PAD:PAD + cell, PAD:PAD + cell] == [255, 0, 0]).all()
+    x1 = PAD + cell + PAD
+    assert (grid[PAD:PAD + cell, x1:x1 + cell] == [0, 0, 255]).all()
+    y1 = PAD + cell + line_height() + PAD
+    assert (grid[y1:y1 + cell, x1:x1 + cell] == 255).all()  # missing cell stays background
+
+
+def test_nearest_upscaling_keeps_hard_edges():
+    img = torch.zeros(3, 2, 2)
+    img[:, 0, 0] = 1.0
+    grid = np.asarray(image_grid([[img]], None, scale=3))
+    assert (grid[PAD:PAD + 3, PAD:PAD + 3] == 255).all()
+    assert (grid[PAD + 3:PAD + 6, PAD + 3:PAD + 6] == 0).all()
+
+
+def test_caption_shape_mismatch_raises():
+    img = _solid((0.0, 0.0, 0.0))
+    with pytest.raises(ValueError):
+        image_grid([[img, img]], [["only one"]])
+
+
+def test_group_grid_has_title_and_k_plus_one_cells():
+    src = _solid((0.5, 0.5, 0.5))
+    samples = [_solid((0.0, 1.0, 0.0)) for _ in range(3)]
+    grid = group_grid(src, samples, [0.1, 0.25, float("nan")], "make it green")
+    width = PAD + 4 * (32 + PAD)
+    assert grid.width == width
+    assert grid.height == PAD + line_height() + 32 + line_height() + PAD
+    with pytest.raises(ValueError):
+        group_grid(src, samples, [0.1], "p")
+
+
+def test_before_after_grid_rows_and_wrapped_prompt():
+    n, img = 2, _solid((0.2, 0.4, 0.6))
+    imgs = [img] * n
+    long_prompt = "replace the sky with a dramatic orange sunset over the mountains " * 3
+    grid = before_after_grid(imgs, imgs, imgs, ["short", long_prompt], [0.1, 0.2], [0.3, 0.4],
+                             targets=imgs)
+    width = PAD + 4 * (32 + PAD)
+    n_lines = len(wrap_text(long_prompt, width - 2 * PAD))
+    assert n_lines > 1
+    assert grid.size == (width, PAD + (1 + n_lines) * line_height() + n * (32 + line_height() + PAD))
+    no_target = before_after_grid(imgs, imgs, imgs, ["a", "b"], [0, 0], [1, 1])
+    assert no_target.width == PAD + 3 * (32 + PAD)
+
+
+def test_reward_curve_writes_png_and_tolerates_missing_keys(tmp_path):
+    metrics = [{"step": s, "reward_mean": 0.1 * s, "reward_std": 0.05} for s in range(5)]
+    metrics[2]["reward_mean"] = None  # a NaN logged as null
+    metrics[4].update(heldout_reward=0.5, heldout_reward_stderr=0.02)
+    out = reward_curve(metrics, tmp_path / "plots" / "reward.png")
+    assert out.stat().st_size > 0
+    assert Image.open(out).format == "PNG"
+    out2 = reward_curve([{"step": 0, "loss": 1.0}], tmp_path / "empty.png",
+                        keys=("reward_mean", "absent"), eval_keys=("nope",))
+    assert out2.stat().st_size > 0
+
+
+def test_report_contains_table_and_image_links(tmp_path):
+    summary = {"final_reward": 0.123456, "steps": 10, "model": "tiny|edit"}
+    sections = [ReportSection("Reward curve", image="reward.png"),
+                ReportSection("Notes", text="all good"),
+                ReportSection("Samples", image=str(tmp_path / "grids" / "g0.png"))]
+    path = write_report(tmp_path, summary, sections)
+    text = path.read_text()
+    assert path == tmp_path / "report.md"
+    assert "| key | value |" in text
+    assert "| final_reward | 0.1235 |" in text
+    assert "| steps | 10 |" in text
+    assert "| model | tiny\\|edit |" in text
+    assert "![Reward curve](reward.png)" in text
+    assert "![Samples](grids/g0.png)" in text
+    assert "## Notes" in text and "all good" in text
+
+
+def test_progress_fallback_prints_one_line_per_task(capsys):
+    with phase_progress(enabled=False) as phase:
+        t = phase.task("sample", total=3)
+        for _ in range(3):
+            t.advance()
+        t.done()
+        t.done()  # idempotent
+        u = phase.task("train", total=2)
+        u.advance(2)
+        u.done()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("sample: 3/3 in ") and lines[0].endswith("s")
+    assert lines[1].startswith("train: 2/2 in ")
+
+
+def test_progress_non_terminal_falls_back_and_reports_unfinished(capsys):
+    with phase_progress(enabled=True) as phase:  # capsys stdout is not a terminal
+        phase.task("eval", total=4).advance()
+    assert capsys.readouterr().out.startswith("eval: 1/4 in ")
