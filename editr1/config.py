@@ -80,6 +80,8 @@ class RLConfig:
     ban_saturated: bool = False
     timestep_fraction: float = 0.99
     old_policy_schedule: Literal["linear", "delayed", "linear_fast", "on_policy"] = "linear"
+    #: Fail the iteration when more than this fraction of samples could not be scored.
+    max_unscored_fraction: float = 0.25
 
 
 @dataclass
@@ -146,6 +148,8 @@ class SFTConfig:
     grad_clip: float = 1.0
     #: EMA decay of the weights that are saved (0 disables the EMA).
     ema_decay: float = 0.999
+    #: dtype of the saved transformer; float16 halves the size of a shipped base.
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(train_mode="full"))
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -196,6 +200,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

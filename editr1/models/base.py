@@ -60,6 +60,11 @@ class EditModelAdapter(ABC):
         """Write every component in diffusers format."""
 
     @abstractmethod
+    def save_lora(self, state_dict: dict[str, torch.Tensor], folder: str | Path) -> None:
+        """Write peft LoRA weights of the transformer in the format the family's diffusers
+        pipeline loads with `load_lora_weights`."""
+
+    @abstractmethod
     def encode_conditions(self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int) -> Conditions:
         """Encode the instruction and the source image(s) of each sample, once per group."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline, QwenImageTransformer2DModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift
 from PIL import Image
@@ -104,6 +104,9 @@ class QwenImageEditAdapter(EditModelAdapter):
             "vae": ["diffusers", "AutoencoderKLQwenImage"] if isinstance(self.codec, VaeCodec) else ["editr1", "PixelUnshuffleCodec"],
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+    def save_lora(self, state_dict: dict[str, torch.Tensor], folder: str | Path) -> None:
+        QwenImageEditPipeline.save_lora_weights(str(folder), transformer_lora_layers=state_dict)
 
     # ---- geometry ------------------------------------------------------------------------------
     def _latent_hw(self, height: int, width: int) -> tuple[int, int]:

@@ -8,6 +8,7 @@ With full fine-tuning the old policy (and, when the KL term is on, the reference
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,7 +40,10 @@ class PolicySet:
         if mode == "lora":
             config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(target_modules), init_lora_weights=True)
             transformer.add_adapter(config, adapter_name=TRAINED)
-            transformer.add_adapter(copy.deepcopy(config), adapter_name=OLD)
+            with warnings.catch_warnings():
+                # peft warns that a second adapter is being added: here that is the point.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                transformer.add_adapter(copy.deepcopy(config), adapter_name=OLD)
             self._trained = [p for n, p in transformer.named_parameters() if f".{TRAINED}." in n]
             self._old = [p for n, p in transformer.named_parameters() if f".{OLD}." in n]
             soft_update_(self._old, self._trained, 0.0)

@@ -1,0 +1,347 @@
+"""The one Edit-R1 training loop: DiffusionNFT with a pluggable reward, for any model adapter.
+
+Per iteration: sample groups -> roll out K edits per group with the old policy -> score ->
+group advantages and low-variance filtering -> NFT update over rollout timesteps (one optimizer
+step) -> soft-update the old policy -> log, evaluate, checkpoint.
+Every random draw comes from a generator seeded by (seed, iteration, purpose), so a run resumed at
+iteration n is the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from editr1.config import NFTConfig, save_config
+from editr1.data.batching import first_source_tensor, source_images
+from editr1.data.jsonl import EditSample, read_edit_jsonl
+from editr1.data.order import take_indices
+from editr1.errors import EditR1Error
+from editr1.eval.heldout import EvalResult, HeldoutSet, evaluate, paired_stderr
+from editr1.eval.report import ReportSection, write_report
+from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
+from editr1.models.base import Conditions
+from editr1.rewards.registry import build_reward
+from editr1.rl.advantages import group_advantages, optimality_probability
+from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
+from editr1.rl.nft_loss import nft_loss
+from editr1.rl.old_policy import old_policy_decay
+from editr1.sampling.generate import generate
+from editr1.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from editr1.trainer.metrics_log import MetricsLogger, read_metrics
+from editr1.trainer.model_loading import build_model
+from editr1.trainer.policies import PolicySet
+from editr1.trainer.progress import console, phase_progress
+from editr1.trainer.seeding import generator_for
+
+GRID_SAMPLES = 8
+
+
+@dataclass
+class Rollout:
+    """One iteration's groups and their K edits each (edit j of group g is row g*K + j)."""
+
+    dataset_indices: list[int]
+    conditions: Conditions
+    sources: list[torch.Tensor]
+    latents: torch.Tensor
+    images: torch.Tensor
+
+    @property
+    def group_ids(self) -> torch.Tensor:
+        k = self.latents.shape[0] // len(self.dataset_indices)
+        return torch.tensor(self.dataset_indices).repeat_interleave(k)
+
+
+class NFTTrainer:
+    def __init__(self, config: NFTConfig, resume: bool = False):
+        self.config = config
+        self.run_dir = Path(config.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.size = config.model.resolution
+        self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
+        torch.manual_seed(config.seed)
+        self.adapter = build_model(config.model, [s.prompt for s in self.train_samples], seed=config.seed)
+        self.reward = build_reward(config.reward.name, config.reward.options)
+        self.policies = PolicySet(
+            self.adapter.transformer,
+            config.model.train_mode,
+            config.model.lora.rank,
+            config.model.lora.alpha,
+            config.model.lora.target_modules or self.adapter.lora_target_modules,
+            need_reference=config.rl.kl_coef > 0,
+        )
+        optim = config.optim
+        self.optimizer = torch.optim.AdamW(
+            self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+        )
+        self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
+        self.heldout = None
+        if config.data.heldout and config.eval.every > 0:
+            held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
+            token_shape = self.adapter.latent_token_shape(self.size, self.size)
+            self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed)
+            self.eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
+        self.step, self.position, self.banned, self.train_seconds = 0, 0, set(), 0.0
+        if resume:
+            self._resume()
+        else:
+            save_config(config, self.run_dir / "config.yaml")
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict:
+        config = self.config
+        with MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard) as log, phase_progress(config.logging.progress) as progress:
+            log.truncate_after(self.step)
+            if self.heldout is not None and self.step == 0:
+                self._evaluate(0, log)
+            task = progress.task("nft iterations", config.iterations)
+            task.advance(self.step)
+            while self.step < config.iterations:
+                if config.time_budget_s and self.train_seconds >= config.time_budget_s:
+                    console.print(f"nft: time budget of {config.time_budget_s:.0f}s reached after {self.step} iterations")
+                    break
+                metrics = self._iteration(self.step)
+                self.step += 1
+                log.log(self.step, metrics)
+                task.advance()
+                if self.heldout is not None and self.step % config.eval.every == 0:
+                    self._evaluate(self.step, log)
+                if self.step % config.logging.checkpoint_every == 0:
+                    self._save_checkpoint()
+            task.done()
+            if self.heldout is not None and not (self.run_dir / "eval" / f"step_{self.step:06d}.safetensors").exists():
+                self._evaluate(self.step, log)
+        self._save_checkpoint()
+        return self._finish()
+
+    def _iteration(self, step: int) -> dict[str, float]:
+        config, rl = self.config, self.config.rl
+        timings = {}
+        tick = time.monotonic()
+        indices, self.position = take_indices(
+            len(self.train_samples), config.seed, self.position, config.rollout.groups_per_iteration, self.banned
+        )
+        rollout = self._rollout(step, [self.train_samples[i] for i in indices], indices)
+        timings["seconds_rollout"] = time.monotonic() - tick
+
+        tick = time.monotonic()
+        k = config.rollout.group_size
+        scored = self.reward.score(
+            [s for s in rollout.sources for _ in range(k)],
+            list(rollout.images),
+            [self.train_samples[i].prompt for i in indices for _ in range(k)],
+            [self.train_samples[i].requirement for i in indices for _ in range(k)],
+        )
+        rewards, valid = scored.scores.float(), scored.valid
+        if (~valid).float().mean() > rl.max_unscored_fraction:
+            raise EditR1Error(
+                f"iteration {step}: {(~valid).sum()} of {valid.numel()} samples could not be scored "
+                f"(more than rl.max_unscored_fraction={rl.max_unscored_fraction}); check the reward"
+            )
+        group_ids = rollout.group_ids
+        advantages = group_advantages(rewards, group_ids, valid, rl.std_mode)
+        r = optimality_probability(advantages, rl.adv_clip)
+        keep = low_variance_keep_mask(rewards, group_ids, rl.filter_rule, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
+        if rl.ban_saturated:
+            self.banned.update(groups_to_ban(rewards, group_ids, rl.filter_mean_threshold, rl.filter_std_threshold, valid))
+        timings["seconds_reward"] = time.monotonic() - tick
+
+        tick = time.monotonic()
+        losses = self._train(step, rollout, r, keep)
+        self.policies.update_old(old_policy_decay(step, rl.old_policy_schedule))
+        timings["seconds_train"] = time.monotonic() - tick
+        self.train_seconds += sum(timings.values())
+
+        if config.logging.grid_every and step % config.logging.grid_every == 0:
+            self._save_grid(step, rollout, rewards)
+        good = rewards[valid]
+        groups_total = len(indices)
+        kept_groups = len(torch.unique(group_ids[keep]))
+        return {
+            "reward_mean": float(good.mean()),
+            "reward_std": float(good.std(unbiased=False)),
+            "reward_min": float(good.min()),
+            "reward_max": float(good.max()),
+            "unscored": float((~valid).sum()),
+            "fraction_filtered": 1 - kept_groups / groups_total,
+            "fraction_banned": len(self.banned) / len(self.train_samples),
+            "old_policy_decay": old_policy_decay(step, rl.old_policy_schedule),
+            **losses,
+            **timings,
+            "seconds_total": sum(timings.values()),
+        }
+
+    @torch.no_grad()
+    def _rollout(self, step: int, samples: list[EditSample], indices: list[int]) -> Rollout:
+        rollout_config = self.config.rollout
+        k, size = rollout_config.group_size, self.size
+        conditions = self.adapter.encode_conditions(
+            [source_images(s, size) for s in samples], [s.prompt for s in samples], size, size
+        )
+        repeated = conditions.select(torch.arange(len(samples)).repeat_interleave(k))
+        negative = None
+        if rollout_config.cfg_scale != 1.0:
+            negative = self.adapter.encode_conditions(
+                [source_images(s, size) for s in samples], [" "] * len(samples), size, size
+            ).select(torch.arange(len(samples)).repeat_interleave(k))
+        shape = self.adapter.latent_token_shape(size, size)
+        noise = torch.randn(len(samples) * k, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))
+        chunks = []
+        with self.policies.use("old") as old:
+            for start in range(0, noise.shape[0], rollout_config.batch_size):
+                rows = torch.arange(start, min(start + rollout_config.batch_size, noise.shape[0]))
+                chunks.append(
+                    generate(
+                        self.adapter, repeated.select(rows), noise[rows].to(self.adapter.device), self.sigmas,
+                        rollout_config.sampler, rollout_config.cfg_scale,
+                        None if negative is None else negative.select(rows),
+                        guidance=rollout_config.guidance, transformer=old,
+                    )
+                )
+        latents = torch.cat(chunks)
+        images = self.adapter.decode_latents(latents, size, size).float().cpu()
+        sources = [first_source_tensor(s, size) for s in samples]
+        return Rollout(indices, conditions, sources, latents, images)
+
+    def _train(self, step: int, rollout: Rollout, r: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
+        """Accumulate the NFT loss over kept samples x rollout timesteps, then one optimizer step."""
+        config, rl = self.config, self.config.rl
+        kept = torch.nonzero(keep).flatten()
+        self.optimizer.zero_grad(set_to_none=True)
+        if kept.numel() == 0:
+            return {"loss": 0.0, "policy_loss": 0.0, "kl_loss": 0.0, "loss_pos": 0.0, "loss_neg": 0.0, "old_deviation": 0.0, "grad_norm": 0.0}
+        generator = generator_for(config.seed, step, "train")
+        num_steps = self.sigmas.numel() - 1
+        per_sample = max(1, math.floor(rl.timestep_fraction * num_steps))
+        # Each sample trains on its own shuffled subset of the rollout's timesteps.
+        order = torch.stack([torch.randperm(num_steps, generator=generator)[:per_sample] for _ in range(kept.numel())])
+        k = config.rollout.group_size
+        group_of_row = torch.arange(len(rollout.dataset_indices)).repeat_interleave(k)
+        total_pairs = kept.numel() * per_sample
+        sums = dict.fromkeys(("loss", "policy_loss", "kl_loss", "loss_pos", "loss_neg", "old_deviation"), 0.0)
+        micro = config.optim.micro_batch
+        device = self.adapter.device
+        for column in range(per_sample):
+            for start in range(0, kept.numel(), micro):
+                rows = kept[start : start + micro]
+                x0 = rollout.latents[rows].to(device)
+                t = self.sigmas[order[start : start + micro, column]].to(device, x0.dtype)
+                noise = torch.randn(x0.shape, generator=generator).to(x0)
+                x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+                conditions = rollout.conditions.select(group_of_row[rows])
+                guidance = config.rollout.guidance
+                with torch.no_grad():
+                    with self.policies.use("old") as old:
+                        v_old = self.adapter.velocity(x_t, t, conditions, guidance, old)
+                    v_ref = None
+                    if rl.kl_coef > 0:
+                        with self.policies.use("reference") as reference:
+                            v_ref = self.adapter.velocity(x_t, t, conditions, guidance, reference)
+                with self.policies.use("trained") as trained:
+                    v_theta = self.adapter.velocity(x_t, t, conditions, guidance, trained)
+                    loss = nft_loss(v_theta, v_old, x_t, x0, t, r[rows].to(device), rl.beta, rl.adv_clip, None, v_ref, rl.kl_coef)
+                    if not torch.isfinite(loss.total):
+                        raise FloatingPointError(f"iteration {step}: NFT loss is {loss.total.item()}; lower optim.lr")
+                    share = rows.numel() / total_pairs
+                    (loss.total * share).backward()
+                for name, value in (("loss", loss.total), ("policy_loss", loss.policy), ("kl_loss", loss.kl), ("loss_pos", loss.pos), ("loss_neg", loss.neg)):
+                    sums[name] += value.item() * share
+                sums["old_deviation"] += float((v_theta.detach() - v_old).pow(2).mean()) * share
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policies.trainable_parameters(), config.optim.grad_clip)
+        self.optimizer.step()
+        return {**sums, "grad_norm": float(grad_norm)}
+
+    # ---- evaluation, grids, checkpoints --------------------------------------------------------
+    def _evaluate(self, step: int, log: MetricsLogger) -> EvalResult:
+        ev = self.config.eval
+        tick = time.monotonic()
+        with torch.no_grad(), self.policies.use("trained") as trained:
+            result = evaluate(self.adapter, self.heldout, self.eval_reward, ev.steps, ev.sampler, ev.cfg_scale, trained,
+                              guidance=self.config.rollout.guidance)
+        folder = self.run_dir / "eval"
+        folder.mkdir(exist_ok=True)
+        save_file(
+            {"scores": result.scores, "valid": result.valid, "edited": result.edited[:GRID_SAMPLES].contiguous()},
+            folder / f"step_{step:06d}.safetensors",
+        )
+        metrics = {"heldout_reward": result.mean, "seconds_eval": time.monotonic() - tick}
+        base = load_file(folder / "step_000000.safetensors")
+        if step > 0:
+            both = result.valid & base["valid"]
+            metrics["heldout_gain"] = float((result.scores[both] - base["scores"][both]).mean())
+            metrics["heldout_gain_stderr"] = paired_stderr(result.scores[both], base["scores"][both])
+        log.log(step, metrics)
+        console.print(f"step {step}: held-out reward {result.mean:.4f}" + (f" (gain {metrics['heldout_gain']:+.4f} ± {metrics['heldout_gain_stderr']:.4f})" if step else ""))
+        return result
+
+    def _save_grid(self, step: int, rollout: Rollout, rewards: torch.Tensor) -> None:
+        folder = self.run_dir / "grids"
+        folder.mkdir(exist_ok=True)
+        k = self.config.rollout.group_size
+        for g in range(min(self.config.logging.grid_groups, len(rollout.dataset_indices))):
+            rows = slice(g * k, (g + 1) * k)
+            image = group_grid(rollout.sources[g], list(rollout.images[rows]), rewards[rows].tolist(),
+                               self.train_samples[rollout.dataset_indices[g]].prompt)
+            image.save(folder / f"step_{step:06d}_group{g}.png")
+
+    def _save_checkpoint(self) -> None:
+        state = {
+            "position": self.position,
+            "banned": sorted(self.train_samples[i].id for i in self.banned),
+            "train_seconds": self.train_seconds,
+        }
+        save_checkpoint(self.run_dir / "checkpoints", self.step, self.policies.trained_state(), self.policies.old_state(), self.optimizer, state)
+
+    def _resume(self) -> None:
+        folder = latest_checkpoint(self.run_dir / "checkpoints")
+        if folder is None:
+            raise EditR1Error(f"{self.run_dir}: --resume given but no checkpoint found under checkpoints/")
+        trained, old, state = load_checkpoint(folder, self.optimizer)
+        self.policies.load_states(trained, old)
+        ids = {s.id: i for i, s in enumerate(self.train_samples)}
+        self.step, self.position, self.train_seconds = state["step"], state["position"], state["train_seconds"]
+        self.banned = {ids[sample_id] for sample_id in state["banned"] if sample_id in ids}
+        console.print(f"resumed from {folder} at iteration {self.step}")
+
+    def _finish(self) -> dict:
+        rows = read_metrics(self.run_dir)
+        reward_curve(rows, self.run_dir / "reward_curve.png", title="DiffusionNFT: rollout and held-out reward")
+        lora_folder = self.run_dir / "final"
+        if self.config.model.train_mode == "lora":
+            self.adapter.save_lora(self.policies.trained_state(), lora_folder)
+        summary = {"iterations": self.step, "train_seconds": round(self.train_seconds, 1)}
+        if self.heldout is not None:
+            eval_dir = self.run_dir / "eval"
+            base = load_file(eval_dir / "step_000000.safetensors")
+            final = load_file(eval_dir / f"step_{self.step:06d}.safetensors")
+            both = base["valid"] & final["valid"]
+            summary.update(
+                base_heldout_reward=float(base["scores"][both].mean()),
+                final_heldout_reward=float(final["scores"][both].mean()),
+                heldout_n=int(both.sum()),
+                heldout_stderr=paired_stderr(final["scores"][both], base["scores"][both]),
+            )
+            n = min(GRID_SAMPLES, len(self.heldout.samples))
+            samples = self.heldout.samples[:n]
+            grid = before_after_grid(
+                [first_source_tensor(s, self.size) for s in samples], list(base["edited"][:n]), list(final["edited"][:n]),
+                [s.prompt for s in samples], base["scores"][:n].tolist(), final["scores"][:n].tolist(),
+            )
+            grid.save(self.run_dir / "before_after.png")
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        sections = [ReportSection("Reward curve", "Rollout reward per iteration and held-out reward at evaluations.", "reward_curve.png")]
+        if self.heldout is not None:
+            sections.append(ReportSection("Before / after", "Held-out samples: source, base model, after NFT.", "before_after.png"))
+        write_report(self.run_dir, summary, sections, title="editr1: DiffusionNFT run")
+        return summary
+
+
+def run_nft(config: NFTConfig, resume: bool = False) -> dict:
+    return NFTTrainer(config, resume=resume).run()

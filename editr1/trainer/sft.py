@@ -1,0 +1,142 @@
+"""Supervised flow-matching fine-tuning on (source, instruction, target): `editr1 sft`.
+
+Users SFT before RL; the CPU demo's base model is trained with this, until the held-out reward has
+levelled off (cosine learning-rate decay plus an EMA of the weights, which is what gets saved).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from editr1.config import SFTConfig, save_config
+from editr1.data.batching import source_images, target_tensor
+from editr1.data.jsonl import read_edit_jsonl
+from editr1.data.order import take_indices
+from editr1.eval.heldout import HeldoutSet, evaluate
+from editr1.eval.visuals import reward_curve
+from editr1.rewards.registry import build_reward
+from editr1.rl.old_policy import soft_update_
+from editr1.trainer.metrics_log import MetricsLogger, read_metrics
+from editr1.trainer.model_loading import build_model
+from editr1.trainer.progress import console, phase_progress
+from editr1.trainer.seeding import generator_for
+
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def learning_rate_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then constant or cosine decay to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def flow_matching_batch(adapter, samples, size: int, generator: torch.Generator):
+    """Conditions, noisy latents, sigmas and velocity targets for one supervised batch."""
+    conditions = adapter.encode_conditions([source_images(s, size) for s in samples], [s.prompt for s in samples], size, size)
+    x0 = adapter.encode_images(torch.stack([target_tensor(s, size) for s in samples]).to(adapter.device))
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    # Logit-normal sigmas, as SD3 / FLUX training uses.
+    sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=generator)).to(x0)
+    x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+    return conditions, x_t, sigma, noise - x0
+
+
+def run_sft(config: SFTConfig) -> dict:
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    size = config.model.resolution
+    train = read_edit_jsonl(config.data.train, require_target=True, max_pixels=config.data.max_pixels)
+    torch.manual_seed(config.seed)
+    adapter = build_model(config.model, [s.prompt for s in train], seed=config.seed)
+    transformer = adapter.transformer
+    if config.model.train_mode == "lora":
+        from peft import LoraConfig
+
+        transformer.requires_grad_(False)
+        lora = config.model.lora
+        transformer.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules or list(adapter.lora_target_modules)))
+    trainable = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    ema = [p.detach().clone() for p in trainable] if config.ema_decay > 0 else None
+
+    heldout = None
+    if config.data.heldout and config.eval.every > 0:
+        held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
+        heldout = HeldoutSet.build(held, config.eval.samples, size, adapter.latent_token_shape(size, size), config.eval.seed)
+        eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
+
+    def evaluate_ema() -> float:
+        live = [p.detach().clone() for p in trainable]
+        if ema is not None:
+            soft_update_(trainable, ema, 0.0)
+        result = evaluate(adapter, heldout, eval_reward, config.eval.steps, config.eval.sampler, config.eval.cfg_scale)
+        if ema is not None:
+            soft_update_(trainable, live, 0.0)
+        return result.mean
+
+    position = 0
+    started = time.monotonic()
+    with MetricsLogger(run_dir, tensorboard=config.logging.tensorboard) as log, phase_progress(config.logging.progress) as progress:
+        task = progress.task("sft", config.steps)
+        for step in range(config.steps):
+            if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
+                console.print(f"sft: time budget of {config.time_budget_s:.0f}s reached at step {step}")
+                break
+            tick = time.monotonic()
+            indices, position = take_indices(len(train), config.seed, position, config.batch_size)
+            batch = [train[i] for i in indices]
+            lr = config.lr * learning_rate_factor(step, config.steps, config.warmup_steps, config.lr_schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            conditions, x_t, sigma, target = flow_matching_batch(adapter, batch, size, generator_for(config.seed, step, "sft-noise"))
+            loss = F.mse_loss(adapter.velocity(x_t, sigma, conditions).float(), target.float())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"sft step {step}: loss is {loss.item()}; lower sft.lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                soft_update_(ema, trainable, min(config.ema_decay, (1 + step) / (10 + step)))
+            metrics = {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr, "seconds": time.monotonic() - tick}
+            if heldout is not None and ((step + 1) % config.eval.every == 0 or step + 1 == config.steps):
+                metrics["heldout_reward"] = evaluate_ema()
+                console.print(f"sft step {step + 1}: held-out reward {metrics['heldout_reward']:.4f}")
+            log.log(step + 1, metrics)
+            task.advance()
+        task.done()
+    if heldout is not None and "heldout_reward" not in metrics:
+        log_final = evaluate_ema()
+        with MetricsLogger(run_dir, tensorboard=False) as log:
+            log.log(step, {"heldout_reward": log_final})
+    if ema is not None:
+        soft_update_(trainable, ema, 0.0)
+    save_model(adapter, run_dir / "model", config)
+    rows = read_metrics(run_dir)
+    reward_curve(rows, run_dir / "heldout_curve.png", keys=(), eval_keys=("heldout_reward",), title="SFT held-out reward")
+    final = [r["heldout_reward"] for r in rows if r.get("heldout_reward") is not None]
+    return {"steps": len(rows), "final_heldout_reward": final[-1] if final else None, "model": str(run_dir / "model")}
+
+
+def save_model(adapter, folder: Path, config: SFTConfig) -> None:
+    """Full fine-tuning saves the whole model; LoRA saves the base plus diffusers-format LoRA weights."""
+    transformer = adapter.transformer
+    if config.model.train_mode == "lora":
+        from peft.utils import get_peft_model_state_dict
+
+        adapter.save_lora(get_peft_model_state_dict(transformer), folder / "lora")
+        return
+    saved = copy.copy(adapter)
+    saved.transformer = copy.deepcopy(transformer).to(SAVE_DTYPES[config.save_dtype])
+    saved.save_pretrained(folder)

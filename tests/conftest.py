@@ -1,0 +1,22 @@
+import pytest
+
+from editr1.data.shapes import write_shapes_dataset
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory):
+    """A small shapes dataset shared by the training tests."""
+    folder = tmp_path_factory.mktemp("shapes")
+    write_shapes_dataset(folder, n_train=40, n_test=16, seed=1)
+    return folder
+
+
+def tiny_nft_overrides(data, out, iterations=3):
+    """A seconds-long NFT run on the tiny model: 2 groups x 4 edits, 3 rollout steps."""
+    return [
+        f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"output_dir={out}",
+        f"iterations={iterations}", "rollout.groups_per_iteration=2", "rollout.group_size=4", "rollout.steps=3",
+        "eval.samples=8", "eval.every=2", "eval.steps=3", "logging.grid_every=2", "logging.checkpoint_every=2",
+        "model.lora.rank=4", "model.lora.alpha=8", "logging.progress=false", "logging.tensorboard=false",
+        "optim.lr=1e-3", "optim.micro_batch=4",
+    ]
