@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from editr1.data.batching import first_source_tensor, source_images
 from editr1.data.jsonl import EditSample
@@ -81,6 +83,17 @@ def evaluate(
         valid.append(result.valid)
         edited.append(pixels)
     return EvalResult(torch.cat(scores), torch.cat(valid), torch.cat(edited))
+
+
+def save_eval(result: EvalResult, path: Path, keep_images: int = 8) -> None:
+    """Per-sample scores (and the first few edits, for grids) in safetensors."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"scores": result.scores, "valid": result.valid, "edited": result.edited[:keep_images].contiguous()}, path)
+
+
+def load_eval(path: Path) -> EvalResult:
+    data = load_file(path)
+    return EvalResult(data["scores"], data["valid"], data["edited"])
 
 
 def paired_stderr(after: torch.Tensor, before: torch.Tensor) -> float:

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from editr1.config import NFTConfig, save_config
 from editr1.data.batching import first_source_tensor, source_images
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.order import take_indices
 from editr1.errors import EditR1Error
-from editr1.eval.heldout import EvalResult, HeldoutSet, evaluate, paired_stderr
+from editr1.eval.heldout import EvalResult, HeldoutSet, evaluate, load_eval, paired_stderr, save_eval
 from editr1.eval.report import ReportSection, write_report
 from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
@@ -266,17 +265,13 @@ class NFTTrainer:
             result = evaluate(self.adapter, self.heldout, self.eval_reward, ev.steps, ev.sampler, ev.cfg_scale, trained,
                               guidance=self.config.rollout.guidance)
         folder = self.run_dir / "eval"
-        folder.mkdir(exist_ok=True)
-        save_file(
-            {"scores": result.scores, "valid": result.valid, "edited": result.edited[:GRID_SAMPLES].contiguous()},
-            folder / f"step_{step:06d}.safetensors",
-        )
+        save_eval(result, folder / f"step_{step:06d}.safetensors", GRID_SAMPLES)
         metrics = {"heldout_reward": result.mean, "seconds_eval": time.monotonic() - tick}
-        base = load_file(folder / "step_000000.safetensors")
         if step > 0:
-            both = result.valid & base["valid"]
-            metrics["heldout_gain"] = float((result.scores[both] - base["scores"][both]).mean())
-            metrics["heldout_gain_stderr"] = paired_stderr(result.scores[both], base["scores"][both])
+            base = load_eval(folder / "step_000000.safetensors")
+            both = result.valid & base.valid
+            metrics["heldout_gain"] = float((result.scores[both] - base.scores[both]).mean())
+            metrics["heldout_gain_stderr"] = paired_stderr(result.scores[both], base.scores[both])
         log.log(step, metrics)
         console.print(f"step {step}: held-out reward {result.mean:.4f}" + (f" (gain {metrics['heldout_gain']:+.4f} ± {metrics['heldout_gain_stderr']:.4f})" if step else ""))
         return result
@@ -319,20 +314,20 @@ class NFTTrainer:
         summary = {"iterations": self.step, "train_seconds": round(self.train_seconds, 1)}
         if self.heldout is not None:
             eval_dir = self.run_dir / "eval"
-            base = load_file(eval_dir / "step_000000.safetensors")
-            final = load_file(eval_dir / f"step_{self.step:06d}.safetensors")
-            both = base["valid"] & final["valid"]
+            base = load_eval(eval_dir / "step_000000.safetensors")
+            final = load_eval(eval_dir / f"step_{self.step:06d}.safetensors")
+            both = base.valid & final.valid
             summary.update(
-                base_heldout_reward=float(base["scores"][both].mean()),
-                final_heldout_reward=float(final["scores"][both].mean()),
+                base_heldout_reward=float(base.scores[both].mean()),
+                final_heldout_reward=float(final.scores[both].mean()),
                 heldout_n=int(both.sum()),
-                heldout_stderr=paired_stderr(final["scores"][both], base["scores"][both]),
+                heldout_stderr=paired_stderr(final.scores[both], base.scores[both]),
             )
             n = min(GRID_SAMPLES, len(self.heldout.samples))
             samples = self.heldout.samples[:n]
             grid = before_after_grid(
-                [first_source_tensor(s, self.size) for s in samples], list(base["edited"][:n]), list(final["edited"][:n]),
-                [s.prompt for s in samples], base["scores"][:n].tolist(), final["scores"][:n].tolist(),
+                [first_source_tensor(s, self.size) for s in samples], list(base.edited[:n]), list(final.edited[:n]),
+                [s.prompt for s in samples], base.scores[:n].tolist(), final.scores[:n].tolist(),
             )
             grid.save(self.run_dir / "before_after.png")
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -18,7 +18,7 @@ from editr1.config import SFTConfig, save_config
 from editr1.data.batching import source_images, target_tensor
 from editr1.data.jsonl import read_edit_jsonl
 from editr1.data.order import take_indices
-from editr1.eval.heldout import HeldoutSet, evaluate
+from editr1.eval.heldout import HeldoutSet, evaluate, save_eval
 from editr1.eval.visuals import reward_curve
 from editr1.rewards.registry import build_reward
 from editr1.rl.old_policy import soft_update_
@@ -71,16 +71,18 @@ def run_sft(config: SFTConfig) -> dict:
     ema = [p.detach().clone() for p in trainable] if config.ema_decay > 0 else None
 
     heldout = None
-    if config.data.heldout and config.eval.every > 0:
+    if config.data.heldout:
         held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
         heldout = HeldoutSet.build(held, config.eval.samples, size, adapter.latent_token_shape(size, size), config.eval.seed)
         eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
 
     def evaluate_ema() -> float:
+        """Evaluate the EMA weights (what gets saved); the last result is kept per sample."""
         live = [p.detach().clone() for p in trainable]
         if ema is not None:
             soft_update_(trainable, ema, 0.0)
         result = evaluate(adapter, heldout, eval_reward, config.eval.steps, config.eval.sampler, config.eval.cfg_scale)
+        save_eval(result, run_dir / "eval" / "final.safetensors")
         if ema is not None:
             soft_update_(trainable, live, 0.0)
         return result.mean
@@ -89,7 +91,8 @@ def run_sft(config: SFTConfig) -> dict:
     started = time.monotonic()
     with MetricsLogger(run_dir, tensorboard=config.logging.tensorboard) as log, phase_progress(config.logging.progress) as progress:
         task = progress.task("sft", config.steps)
-        for step in range(config.steps):
+        step = 0
+        while step < config.steps:
             if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
                 console.print(f"sft: time budget of {config.time_budget_s:.0f}s reached at step {step}")
                 break
@@ -109,24 +112,25 @@ def run_sft(config: SFTConfig) -> dict:
             optimizer.step()
             if ema is not None:
                 soft_update_(ema, trainable, min(config.ema_decay, (1 + step) / (10 + step)))
-            metrics = {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr, "seconds": time.monotonic() - tick}
-            if heldout is not None and ((step + 1) % config.eval.every == 0 or step + 1 == config.steps):
-                metrics["heldout_reward"] = evaluate_ema()
-                console.print(f"sft step {step + 1}: held-out reward {metrics['heldout_reward']:.4f}")
-            log.log(step + 1, metrics)
+            step += 1
+            log.log(step, {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr, "seconds": time.monotonic() - tick})
             task.advance()
+            if heldout is not None and config.eval.every > 0 and step % config.eval.every == 0 and step < config.steps:
+                reward = evaluate_ema()
+                log.log(step, {"heldout_reward": reward})
+                console.print(f"sft step {step}: held-out reward {reward:.4f}")
         task.done()
-    if heldout is not None and "heldout_reward" not in metrics:
-        log_final = evaluate_ema()
-        with MetricsLogger(run_dir, tensorboard=False) as log:
-            log.log(step, {"heldout_reward": log_final})
+        if heldout is not None:
+            reward = evaluate_ema()
+            log.log(step, {"heldout_reward": reward})
+            console.print(f"sft step {step} (final): held-out reward {reward:.4f}")
     if ema is not None:
         soft_update_(trainable, ema, 0.0)
     save_model(adapter, run_dir / "model", config)
     rows = read_metrics(run_dir)
     reward_curve(rows, run_dir / "heldout_curve.png", keys=(), eval_keys=("heldout_reward",), title="SFT held-out reward")
     final = [r["heldout_reward"] for r in rows if r.get("heldout_reward") is not None]
-    return {"steps": len(rows), "final_heldout_reward": final[-1] if final else None, "model": str(run_dir / "model")}
+    return {"steps": step, "final_heldout_reward": final[-1] if final else None, "model": str(run_dir / "model")}
 
 
 def save_model(adapter, folder: Path, config: SFTConfig) -> None:

@@ -1,0 +1,47 @@
+import pytest
+
+from editr1.config import ConfigError, NFTConfig, SFTConfig, load_config, save_config
+
+
+def test_defaults_follow_the_reference_recipe():
+    config = load_config(NFTConfig)
+    assert (config.rl.beta, config.rl.kl_coef, config.rl.adv_clip) == (1.0, 1e-4, 5.0)
+    assert (config.rollout.group_size, config.rollout.groups_per_iteration, config.rollout.steps) == (12, 24, 6)
+    assert config.rollout.sampler == "dpmpp_2m"
+    assert (config.model.lora.rank, config.model.lora.alpha) == (32, 64.0)
+    assert (config.optim.lr, config.optim.weight_decay, config.optim.grad_clip) == (3e-4, 1e-4, 1.0)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  group_size: 4\noptim:\n  lr: 1e-3\n")
+    config = load_config(NFTConfig, path, ["rollout.steps=3", "optim.betas=[0.9, 0.95]", "model.lora.target_modules=[to_q]"])
+    assert config.rollout.group_size == 4 and config.rollout.steps == 3
+    assert config.optim.lr == 1e-3 and config.optim.betas == (0.9, 0.95)
+    assert config.model.lora.target_modules == ["to_q"]
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(NFTConfig, tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rollout.group_sise=4", "rollout.group_sise: unknown field (did you mean 'group_size'?)"),
+        ("rollout.group_size=true", "rollout.group_size: expected int"),
+        ("rollout.sampler=rk4", "rollout.sampler: expected one of ['euler', 'dpmpp_2m']"),
+        ("optim.betas=[0.9]", "optim.betas: expected 2 items"),
+        ("rl=3", "rl: expected a mapping"),
+        ("rollout.steps", "expected KEY=VALUE"),
+    ],
+)
+def test_errors_name_the_field(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(NFTConfig, None, [override])
+    assert message in str(error.value)
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
+        load_config(SFTConfig, path)

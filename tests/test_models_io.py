@@ -1,0 +1,63 @@
+"""The real loading code, exercised on tiny models saved to disk in diffusers format."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from editr1.errors import EditR1Error
+from editr1.models.registry import load_adapter
+from editr1.models.tiny_qwen_image_edit import build_tiny_qwen_image_edit
+
+
+def _velocity(adapter):
+    image = Image.new("RGB", (32, 32), (255, 0, 0))
+    conditions = adapter.encode_conditions([[image], [image]], ["Remove the red circle", "Add a blue square"], 32, 32)
+    tokens = torch.randn(2, *adapter.latent_token_shape(32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return adapter.velocity(tokens, torch.tensor([0.3, 0.8]), conditions)
+
+
+@pytest.mark.parametrize("codec", ["pixel", "vae"])
+def test_save_and_load_round_trip(tmp_path, codec):
+    adapter = build_tiny_qwen_image_edit(["Remove the red circle", "Add a blue square"], codec=codec)
+    adapter.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "model_index.json").read_text())["_class_name"] == "QwenImageEditPipeline"
+    loaded = load_adapter(tmp_path / "model")
+    assert type(loaded) is type(adapter)
+    assert loaded.prompt_drop_index == adapter.prompt_drop_index
+    assert torch.allclose(_velocity(adapter), _velocity(loaded), atol=1e-6)
+    assert torch.equal(loaded.sigmas(6, 32, 32), adapter.sigmas(6, 32, 32))
+
+
+def test_pixel_codec_is_exact():
+    adapter = build_tiny_qwen_image_edit(codec="pixel")
+    pixels = torch.randint(0, 256, (2, 3, 32, 32)).float() / 255
+    tokens = adapter.encode_images(pixels)
+    assert tokens.shape == (2, *adapter.latent_token_shape(32, 32))
+    assert torch.allclose(adapter.decode_latents(tokens, 32, 32), pixels, atol=1e-6)
+
+
+def test_loading_errors(tmp_path):
+    with pytest.raises(EditR1Error, match="no such model folder"):
+        load_adapter(tmp_path / "nothing" / "here")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EditR1Error, match="model_index.json"):
+        load_adapter(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(EditR1Error, match="unknown model family 'StableDiffusionPipeline'"):
+        load_adapter(tmp_path / "other")
+
+
+def test_hub_id_unavailable_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EditR1Error, match="could not be fetched"):
+        load_adapter("editr1-test/definitely-not-cached")
+
+
+def test_image_size_must_fit_the_patch_grid():
+    adapter = build_tiny_qwen_image_edit(codec="pixel")
+    with pytest.raises(EditR1Error, match="multiple of 4"):
+        adapter.latent_token_shape(30, 32)

@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from editr1.data.shapes import Edit, Scene, Shape, apply_edit, instruction_text, render
+from editr1.errors import EditR1Error
+from editr1.rewards.registry import available_rewards, build_reward
+
+
+def test_verifier_is_registered_and_scores_through_the_contract():
+    assert "shapes_verifier" in available_rewards()
+    reward = build_reward("shapes_verifier")
+    scene = Scene((Shape("circle", "red", 0), Shape("square", "blue", 4)))
+    edit = Edit("remove", "circle", "red")
+    as_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float() / 255  # noqa: E731
+    batch = reward.score([as_tensor(render(scene))] * 2, [as_tensor(render(apply_edit(scene, edit))), as_tensor(render(scene))],
+                         [instruction_text(edit)] * 2, [None, None])
+    assert batch.valid.all()
+    assert batch.scores.tolist() == pytest.approx([1.0, 0.3])
+
+
+def test_unknown_reward_and_bad_options():
+    with pytest.raises(EditR1Error, match="unknown reward 'nope'.*shapes_verifier"):
+        build_reward("nope")
+    with pytest.raises(EditR1Error, match="reward.options"):
+        build_reward("shapes_verifier", {"temperature": 2})
