@@ -55,3 +55,16 @@ def test_resume_continues_exactly(shapes_data, tmp_path):
     a = [r["reward_mean"] for r in read_metrics(straight) if "reward_mean" in r]
     b = [r["reward_mean"] for r in read_metrics(split) if "reward_mean" in r]
     assert a == b
+
+
+def test_full_fine_tuning_with_kl_reference(shapes_data, tmp_path):
+    out = tmp_path / "full"
+    overrides = tiny_nft_overrides(shapes_data, out, iterations=2) + [
+        "model.train_mode=full", "rl.kl_coef=0.01", "eval.every=0", "data.heldout=null", "optim.lr=1e-4",
+    ]
+    summary = run_nft(load_config(NFTConfig, None, overrides))
+    assert summary == {"iterations": 2, "train_seconds": summary["train_seconds"]}
+    rows = [r for r in read_metrics(out) if "reward_mean" in r]
+    assert all(r["kl_loss"] >= 0 for r in rows) and rows[1]["kl_loss"] > 0
+    trained = load_file(out / "checkpoints/step_000002/trained.safetensors")
+    assert any("transformer_blocks.0.attn.to_q.weight" == k for k in trained)
