@@ -6,7 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from editr1.data.images import image_to_tensor, load_image, resize_center_crop, tensor_to_image
+from editr1.data.images import (
+    image_to_tensor,
+    load_image,
+    resize_center_crop,
+    tensor_to_image,
+)
 from editr1.errors import DataError, EditR1Error
 
 

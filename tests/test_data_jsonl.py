@@ -54,7 +54,7 @@ def test_good_file(data_dir):
 
 
 def test_paths_resolve_against_jsonl_folder_not_cwd(data_dir, monkeypatch, tmp_path):
-    p = _write(data_dir, {"image": "img/1.png", "prompt": "x"})
+    _write(data_dir, {"image": "img/1.png", "prompt": "x"})
     monkeypatch.chdir(tmp_path)
     (s,) = read_edit_jsonl(Path("data/train.jsonl"))
     assert s.images == (Path("data/img/1.png"),)

@@ -5,7 +5,11 @@ import torch
 
 from editr1.data.order import take_indices
 from editr1.errors import EditR1Error
-from editr1.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from editr1.trainer.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def test_order_is_a_permutation_per_epoch_and_resumable():

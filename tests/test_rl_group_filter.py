@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from editr1.rl.group_filter import group_stats, groups_to_ban, low_variance_keep_mask
+from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
+from editr1.rl.group_stats import group_stats
 
 
 def _t(xs):

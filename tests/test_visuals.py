@@ -4,8 +4,15 @@ import torch
 from PIL import Image
 
 from editr1.eval.report import ReportSection, write_report
-from editr1.eval.visuals import (PAD, before_after_grid, group_grid, image_grid, line_height,
-                                 reward_curve, wrap_text)
+from editr1.eval.visuals import (
+    PAD,
+    before_after_grid,
+    group_grid,
+    image_grid,
+    line_height,
+    reward_curve,
+    wrap_text,
+)
 from editr1.trainer.progress import phase_progress
 
 

@@ -10,7 +10,8 @@ import torch
 from editr1.errors import EditR1Error
 from editr1.models.base import EditModelAdapter
 from editr1.models.hub import resolve_model_path
-from editr1.models.qwen_image_edit import PIPELINE_CLASS as QWEN_IMAGE_EDIT_PIPELINE, QwenImageEditAdapter
+from editr1.models.qwen_image_edit import PIPELINE_CLASS as QWEN_IMAGE_EDIT_PIPELINE
+from editr1.models.qwen_image_edit import QwenImageEditAdapter
 
 ADAPTERS: dict[str, type[EditModelAdapter]] = {QwenImageEditAdapter.family: QwenImageEditAdapter}
 PIPELINE_TO_FAMILY = {QWEN_IMAGE_EDIT_PIPELINE: QwenImageEditAdapter.family}

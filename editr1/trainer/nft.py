@@ -22,7 +22,14 @@ from editr1.data.batching import first_source_tensor, source_images
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.order import take_indices
 from editr1.errors import EditR1Error
-from editr1.eval.heldout import EvalResult, HeldoutSet, evaluate, load_eval, paired_stderr, save_eval
+from editr1.eval.heldout import (
+    EvalResult,
+    HeldoutSet,
+    evaluate,
+    load_eval,
+    paired_stderr,
+    save_eval,
+)
 from editr1.eval.report import ReportSection, write_report
 from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
@@ -32,7 +39,11 @@ from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
 from editr1.rl.nft_loss import nft_loss
 from editr1.rl.old_policy import old_policy_decay
 from editr1.sampling.generate import generate
-from editr1.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from editr1.trainer.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
 from editr1.trainer.model_loading import build_model
 from editr1.trainer.policies import PolicySet
