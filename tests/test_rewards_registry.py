@@ -15,7 +15,7 @@ def test_verifier_is_registered_and_scores_through_the_contract():
     batch = reward.score([as_tensor(render(scene))] * 2, [as_tensor(render(apply_edit(scene, edit))), as_tensor(render(scene))],
                          [instruction_text(edit)] * 2, [None, None])
     assert batch.valid.all()
-    assert batch.scores.tolist() == pytest.approx([1.0, 0.3])
+    assert batch.scores.tolist() == pytest.approx([1.0, 0.0])
 
 
 def test_unknown_reward_and_bad_options():

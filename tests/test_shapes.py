@@ -192,7 +192,7 @@ def test_verifier_orders_outputs_sensibly(op):
         assert verify_edit(src, tgt, text) == pytest.approx(1.0)
         assert verify_edit(src, tgt.astype(np.float32) / 255, text) == pytest.approx(1.0)
         unchanged = verify_edit(src, src, text)
-        assert unchanged == pytest.approx(0.3)
+        assert unchanged == 0.0
         noisy = np.clip(tgt / 255 + noise.normal(0, 0.1, tgt.shape), 0, 1)
         assert unchanged < verify_edit(src, noisy, text) < 1.0
 
@@ -205,6 +205,25 @@ def test_wrong_recolor_scores_lower_than_right():
         wrong = Scene(tuple(x for x in target.shapes if x.cell != cell) + (Shape(edit.kind, wrong_colour, cell),))
         src, text = render(source), instruction_text(edit)
         assert verify_edit(src, render(wrong), text) < verify_edit(src, render(target), text)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_verifier_penalises_lost_bystanders_and_stray_paint(op):
+    for source, edit, target in _samples(op):
+        src, tgt, text = render(source), render(target), instruction_text(edit)
+        bystanders = [s for s in target.shapes if s in source.shapes]
+        if bystanders:
+            # The edit done right, but one untouched object deleted: at most (n-1)/n.
+            lost = render(Scene(tuple(s for s in target.shapes if s != bystanders[0])))
+            assert verify_edit(src, lost, text) <= (len(bystanders) - 1) / len(bystanders) + 1e-9
+        # The edit done right, plus a smear of stray colour on empty background.
+        smeared = tgt.copy()
+        empty = np.argwhere((tgt == 0).all(axis=-1) & (src == 0).all(axis=-1))[:32]
+        smeared[empty[:, 0], empty[:, 1]] = (200, 0, 0)
+        assert verify_edit(src, smeared, text) == pytest.approx(0.5)
+        # Washed-out colours quantise to the right palette entry but are not clean.
+        washed = (tgt.astype(np.float64) / 255 * 0.6).clip(0, 1)
+        assert verify_edit(src, washed, text) == 0.0
 
 
 def test_verifier_refuses_to_guess():
@@ -229,6 +248,6 @@ def test_shapes_verifier_batch():
     scores = v.score([as_t(render(s1)), as_t(render(s2))], [as_t(render(t1)), as_t(render(s2))],
                      [instruction_text(e1), instruction_text(e2)]).scores
     assert scores.dtype == torch.float32 and scores.shape == (2,)
-    assert scores.tolist() == pytest.approx([1.0, 0.3])
+    assert scores.tolist() == pytest.approx([1.0, 0.0])
     with pytest.raises(ValueError, match="batch sizes differ"):
         v.score([as_t(render(s1))], [], ["x"])

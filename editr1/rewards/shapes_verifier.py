@@ -1,15 +1,19 @@
 """Programmatic ground-truth reward for the synthetic shapes editing task.
 
-The source image and the instruction determine the exact target (see
-:mod:`editr1.data.shapes`). Let M be the union of the edited object's pixels
-in the source and in the target (what must change, plus the new object)::
+The source image and the instruction determine the exact target (see :mod:`editr1.data.shapes`).
+A pixel is *right* when every channel is within ``TOLERANCE`` of the target's colour, so smeared or
+washed-out colours count as wrong. With M the pixels the edit must change (the edited object
+before and after), the score is the product of three fractions:
 
-    score = 0.7 * mean over M of [nearest palette colour of edited == target colour]
-          + 0.3 * (1 - mean |edited - target| outside M, in [0, 1] units)
+    edit      = right pixels within M                            (was the instruction carried out)
+    preserve  = mean over the untouched objects of their right pixels   (was everything else kept)
+    clean     = max(0, 1 - wrong background pixels / OBJECT_PIXELS)     (no stray paint)
+    score     = edit * preserve * clean
 
-The exact target scores 1.0. An unchanged copy of the source scores 0.30 for
-every instruction kind (recolor, remove, add and move): on M it is wrong
-everywhere, outside M it is exact.
+A product, because each part is necessary: an edit that deletes a bystander or sprays stray colour
+must not score well (a weighted sum was easy to game: an RL policy learned to paint blobs over the
+canvas and still scored 0.95). The exact target scores 1.0; an unchanged copy scores 0.0 for every
+instruction kind, since none of the pixels in M is right.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from editr1.data.shapes import (
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.rewards.registry import register_reward
 
-MASK_WEIGHT = 0.7
-OUTSIDE_WEIGHT = 0.3
+TOLERANCE = 0.25
+OBJECT_PIXELS = 64  # a square's area: that many stray pixels zero the clean term
 
 
 def _edited_shapes(scene: Scene, edit: Edit) -> list[Shape]:
@@ -66,18 +70,28 @@ def verify_edit(source: np.ndarray, edited: np.ndarray, instruction: str) -> flo
     """
     scene = parse_scene(source, strict=True)
     edit = parse_instruction(instruction)
-    target = render(apply_edit(scene, edit))
+    target_scene = apply_edit(scene, edit)
+    target = render(target_scene)
     out = _as_unit_float(edited, "edited")
     if out.shape != target.shape:
         raise ValueError(f"edited image has shape {out.shape}, expected {target.shape}")
 
-    mask = np.zeros(target.shape[:2], dtype=bool)
+    right = np.abs(out - target.astype(np.float64) / 255.0).max(axis=-1) <= TOLERANCE
+    changed = np.zeros(target.shape[:2], dtype=bool)
     for shape in _edited_shapes(scene, edit):
-        mask |= shape_mask(shape)
-    # Compare palette indices: a pixel is right when its nearest colour is the target's.
-    right = quantize(out)[mask] == quantize(target)[mask]
-    diff = np.abs(out - target.astype(np.float64) / 255.0)[~mask]
-    return float(MASK_WEIGHT * right.mean() + OUTSIDE_WEIGHT * (1.0 - diff.mean()))
+        changed |= shape_mask(shape)
+    untouched = set(scene.shapes) & set(target_scene.shapes)
+    kept = np.zeros_like(changed)
+    preserved = []
+    for shape in untouched:
+        mask = shape_mask(shape)
+        kept |= mask
+        preserved.append(right[mask].mean())
+    background = ~changed & ~kept
+    edit_score = right[changed].mean()
+    preserve_score = float(np.mean(preserved)) if preserved else 1.0
+    clean_score = max(0.0, 1.0 - (~right[background]).sum() / OBJECT_PIXELS)
+    return float(edit_score * preserve_score * clean_score)
 
 
 def _to_hwc(t: torch.Tensor) -> np.ndarray:
