@@ -25,6 +25,16 @@ class ConfigError(EditR1Error):
     pass
 
 
+# Numeric bounds checked at load time: (section class, field) -> (minimum, maximum, exclusive minimum).
+_BOUNDS: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {}
+
+
+def _bounds(cls_name: str, **fields: tuple) -> None:
+    for name, spec in fields.items():
+        low, high, *exclusive = spec
+        _BOUNDS[(cls_name, name)] = (low, high, bool(exclusive and exclusive[0]))
+
+
 @dataclass
 class LoraConfig:
     rank: int = 32
@@ -156,6 +166,21 @@ class SFTConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+_bounds("LoraConfig", rank=(1, None), alpha=(0, None, True))
+_bounds("ModelConfig", resolution=(8, None))
+_bounds("DataConfig", max_pixels=(1, None))
+_bounds("RolloutConfig", groups_per_iteration=(1, None), group_size=(2, None), steps=(1, None), batch_size=(1, None),
+        cfg_scale=(1.0, None))
+_bounds("RLConfig", beta=(0, None, True), kl_coef=(0, None), adv_clip=(0, None, True), timestep_fraction=(0, 1, True),
+        filter_mean_threshold=(0, 1), filter_std_threshold=(0, None), max_unscored_fraction=(0, 0.99))
+_bounds("OptimConfig", lr=(0, None, True), weight_decay=(0, None), grad_clip=(0, None, True), micro_batch=(1, None))
+_bounds("EvalConfig", every=(0, None), samples=(1, None), steps=(1, None), cfg_scale=(1.0, None))
+_bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint_every=(1, None))
+_bounds("NFTConfig", iterations=(0, None), time_budget_s=(0, None))
+_bounds("SFTConfig", steps=(1, None), time_budget_s=(0, None), batch_size=(1, None), lr=(0, None, True),
+        warmup_steps=(0, None), weight_decay=(0, None), grad_clip=(0, None, True), ema_decay=(0, 0.99999))
+
+
 # ---- validation -------------------------------------------------------------------------------
 
 
@@ -235,7 +260,18 @@ def _build(cls: type[T], data: dict, where: str) -> T:
             hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(names)}"
             raise ConfigError(f"{dotted}: unknown field{hint}")
         kwargs[key] = _convert(value, hints[key], dotted)
+        _check_bounds(cls.__name__, key, kwargs[key], dotted)
     return cls(**kwargs)
+
+
+def _check_bounds(cls_name: str, key: str, value: Any, dotted: str) -> None:
+    if (cls_name, key) not in _BOUNDS or value is None:
+        return
+    low, high, exclusive = _BOUNDS[(cls_name, key)]
+    if low is not None and (value <= low if exclusive else value < low):
+        raise ConfigError(f"{dotted}: must be {'>' if exclusive else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"{dotted}: must be <= {high}, got {value}")
 
 
 def _apply_override(data: dict, assignment: str) -> None:

@@ -26,7 +26,7 @@ def test_order_is_a_permutation_per_epoch_and_resumable():
 def test_order_skips_banned_and_fails_when_everything_is_banned():
     chosen, _ = take_indices(5, 0, 0, 8, skip={1, 2})
     assert 1 not in chosen and 2 not in chosen and len(chosen) == 8
-    with pytest.raises(ValueError, match="banned"):
+    with pytest.raises(EditR1Error, match="banned"):
         take_indices(3, 0, 0, 1, skip={0, 1, 2})
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
-from editr1.rl.group_stats import group_stats
+from editr1.rl.group_stats import group_stats64
 
 
 def _t(xs):
@@ -12,7 +12,7 @@ def _t(xs):
 def test_group_stats_population_std_and_sorted_ids():
     r = _t([0.5, 1.0, 0.0, 0.0, 0.2, 0.6])
     g = torch.tensor([9, 9, 2, 2, 4, 4])
-    ids, means, stds = group_stats(r, g)
+    ids, means, stds, _ = group_stats64(r, g, None)
     assert ids.tolist() == [2, 4, 9]
     assert torch.allclose(means, _t([0.0, 0.4, 0.75]))
     assert torch.allclose(stds, _t([0.0, 0.2, 0.25]))  # population, not unbiased
@@ -22,7 +22,7 @@ def test_group_stats_ignores_invalid():
     r = _t([0.5, 1.0, float("nan"), 0.3])
     g = torch.tensor([1, 1, 1, 2])
     valid = torch.tensor([True, True, False, False])
-    ids, means, stds = group_stats(r, g, valid=valid)
+    ids, means, stds, _ = group_stats64(r, g, valid)
     assert ids.tolist() == [1]  # group 2 has no valid sample
     assert torch.allclose(means, _t([0.75])) and torch.allclose(stds, _t([0.25]))
 
@@ -123,6 +123,6 @@ def test_errors():
     with pytest.raises(ValueError, match="rule"):
         low_variance_keep_mask(r, torch.tensor([0, 0]), rule="loose")
     with pytest.raises(ValueError, match="shape"):
-        group_stats(r, torch.tensor([0]))
+        group_stats64(r, torch.tensor([0]), None)
     with pytest.raises(ValueError):
-        group_stats(r, torch.tensor([0.0, 1.0]))
+        group_stats64(r, torch.tensor([0.0, 1.0]), None)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from editr1.rl.old_policy import ema_decay, old_policy_decay, soft_update_
+from editr1.rl.old_policy import old_policy_decay, soft_update_
 
 
 @pytest.mark.parametrize("step,expected", [(0, 0.0), (1, 0.001), (75, 0.075), (76, 0.076), (499, 0.499),
@@ -28,12 +28,6 @@ def test_on_policy_and_errors():
         old_policy_decay(3, "cosine")
     with pytest.raises(ValueError):
         old_policy_decay(-1)
-
-
-@pytest.mark.parametrize("step,expected", [(0, 0.1), (1, 2 / 11), (8, 0.5), (79, 80 / 89), (80, 0.9),
-                                           (10 ** 6, 0.9)])
-def test_ema_decay(step, expected):
-    assert ema_decay(step) == pytest.approx(expected)
 
 
 def test_soft_update_math():

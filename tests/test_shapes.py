@@ -249,5 +249,8 @@ def test_shapes_verifier_batch():
                      [instruction_text(e1), instruction_text(e2)]).scores
     assert scores.dtype == torch.float32 and scores.shape == (2,)
     assert scores.tolist() == pytest.approx([1.0, 0.0])
+    unverifiable = v.score([as_t(render(s1))] * 2, [as_t(render(t1))] * 2, [instruction_text(e1), "Make it prettier"])
+    assert unverifiable.valid.tolist() == [True, False] and torch.isnan(unverifiable.scores[1])
+    assert list(unverifiable.failures) == [1]
     with pytest.raises(ValueError, match="batch sizes differ"):
         v.score([as_t(render(s1))], [], ["x"])

@@ -9,6 +9,8 @@ way: the honest comparison of RL against simply training more.
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 from editr1.config import NFTConfig, SFTConfig, load_config
@@ -27,9 +29,12 @@ DATA_SEED, N_TRAIN, N_TEST = 0, 2000, 256
 
 
 def run_demo(out: Path, control: bool = False, overrides: list[str] = ()) -> dict:
+    started = time.monotonic()
     data = out / "data"
     if not (data / "test.jsonl").is_file():
         write_shapes_dataset(data, N_TRAIN, N_TEST, DATA_SEED)
+    for previous in ("nft", "control"):
+        shutil.rmtree(out / previous, ignore_errors=True)  # the demo owns these: a rerun starts afresh
     common = [f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"model.path={SHIPPED_BASE}"]
     nft_config = load_config(NFTConfig, DEMO_CONFIG, [*common, f"output_dir={out / 'nft'}", *overrides])
     summary = run_nft(nft_config)
@@ -59,6 +64,7 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = ()) -> dic
             f"base reaches {summary['control_heldout_reward']:.4f}; RL minus control = "
             f"{summary['rl_minus_control']:+.4f} ± {summary['rl_minus_control_stderr']:.4f} (paired standard error).",
         ))
+    summary["demo_seconds"] = round(time.monotonic() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary, sections, title="editr1 demo: DiffusionNFT on the shapes editing task")
     return summary

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from editr1.data.batching import first_source_tensor, source_images
 from editr1.data.jsonl import EditSample
+from editr1.errors import DataError
 from editr1.rewards.base import Reward
 from editr1.sampling.generate import generate
 
@@ -21,22 +22,24 @@ class HeldoutSet:
     samples: list[EditSample]
     resolution: int
     noise: torch.Tensor
-    _conditions: dict[int, Any] = field(default_factory=dict)
+    _conditions: dict[tuple[int, int], Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, samples: list[EditSample], count: int, resolution: int, token_shape: tuple[int, int], seed: int) -> "HeldoutSet":
+    def build(
+        cls, samples: list[EditSample], count: int, resolution: int, token_shape: tuple[int, int], seed: int, source: str = "held-out data"
+    ) -> "HeldoutSet":
         if len(samples) < count:
-            raise ValueError(f"held-out set has {len(samples)} samples, {count} requested")
+            raise DataError(f"{source}: has {len(samples)} samples but eval.samples={count}")
         noise = torch.randn(count, *token_shape, generator=torch.Generator().manual_seed(seed))
         return cls(samples[:count], resolution, noise)
 
     def conditions(self, adapter: Any, start: int, end: int) -> Any:
         """Encoded once and cached: the text encoder is frozen."""
-        if start not in self._conditions:
+        if (start, end) not in self._conditions:
             chunk = self.samples[start:end]
             sources = [source_images(s, self.resolution) for s in chunk]
-            self._conditions[start] = adapter.encode_conditions(sources, [s.prompt for s in chunk], self.resolution, self.resolution)
-        return self._conditions[start]
+            self._conditions[start, end] = adapter.encode_conditions(sources, [s.prompt for s in chunk], self.resolution, self.resolution)
+        return self._conditions[start, end]
 
 
 @dataclass

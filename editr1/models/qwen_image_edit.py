@@ -187,7 +187,7 @@ class QwenImageEditAdapter(EditModelAdapter):
         guidance: float | None = None,
         transformer: nn.Module | None = None,
     ) -> torch.Tensor:
-        model = transformer or self.transformer
+        model = self.transformer if transformer is None else transformer
         c = conditions.tensors
         mask = c["prompt_mask"]
         if bool(mask.all()):

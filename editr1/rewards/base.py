@@ -17,6 +17,8 @@ class RewardBatch:
     valid: torch.Tensor
     #: Per-sample diagnostics to log (e.g. the judge's probability mass on score tokens).
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Why each unscored sample failed, by batch index.
+    failures: dict[int, str] = field(default_factory=dict)
 
 
 class Reward(ABC):

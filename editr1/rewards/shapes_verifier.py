@@ -114,15 +114,20 @@ class ShapesVerifier(Reward):
         prompts: list[str],
         requirements: list[str | None] | None = None,
     ) -> RewardBatch:
-        """Scores in [0, 1], one per sample. An unverifiable sample is a ValueError, never a guess."""
+        """Scores in [0, 1], one per sample. A sample that cannot be verified (an instruction outside
+        the grammar, a non-finite edit) is marked invalid with a NaN score, never a guess."""
         if not len(sources) == len(edited) == len(prompts):
             raise ValueError(
                 f"batch sizes differ: {len(sources)} sources, {len(edited)} edited, {len(prompts)} prompts"
             )
-        scores = []
-        for src, out, prompt in zip(sources, edited, prompts):
+        scores, failures = [], {}
+        for i, (src, out, prompt) in enumerate(zip(sources, edited, prompts)):
             # Sources arrive as float tensors; round back to the exact uint8 rendering.
             src_u8 = np.rint(np.clip(_to_hwc(src), 0.0, 1.0) * 255.0).astype(np.uint8)
-            scores.append(verify_edit(src_u8, _to_hwc(out), prompt))
+            try:
+                scores.append(verify_edit(src_u8, _to_hwc(out), prompt))
+            except ValueError as error:
+                scores.append(float("nan"))
+                failures[i] = str(error)
         values = torch.tensor(scores, dtype=torch.float32)
-        return RewardBatch(values, torch.ones_like(values, dtype=torch.bool))
+        return RewardBatch(values, ~torch.isnan(values), failures=failures)

@@ -4,7 +4,7 @@ Groups are keyed by integer ids supplied by the caller (one id per source/instru
 by instruction text. Statistics use valid (scored) samples only.
 """
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -40,13 +40,3 @@ def group_stats64(rewards: Tensor, group_ids: Tensor, valid: Optional[Tensor]):
     var = torch.zeros(g, dtype=torch.float64).index_add_(0, inv, (rv - means[inv]) ** 2) / counts
     return ids, means, var.sqrt(), valid
 
-
-def group_stats(
-    rewards: Tensor, group_ids: Tensor, valid: Optional[Tensor] = None
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Per-group (sorted unique ids, means, population stds) over valid samples only.
-
-    Groups with no valid sample are omitted. Means/stds have the dtype of rewards, on the CPU.
-    """
-    ids, means, stds, _ = group_stats64(rewards, group_ids, valid)
-    return ids, means.to(rewards.dtype), stds.to(rewards.dtype)

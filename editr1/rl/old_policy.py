@@ -28,13 +28,6 @@ def old_policy_decay(step: int, schedule: str = "linear") -> float:
     raise ValueError(f"unknown old-policy schedule {schedule!r}; expected one of {SCHEDULES}")
 
 
-def ema_decay(step: int) -> float:
-    """Warm-up EMA decay min((1 + s) / (10 + s), 0.9) for the evaluation/export EMA."""
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return min((1.0 + step) / (10.0 + step), 0.9)
-
-
 def soft_update_(target: Iterable[Tensor], source: Iterable[Tensor], decay: float) -> None:
     """In place, target <- decay * target + (1 - decay) * source, pairwise, without autograd."""
     if not 0.0 <= decay <= 1.0:

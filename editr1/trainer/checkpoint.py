@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from editr1.errors import EditR1Error
@@ -92,6 +93,6 @@ def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer) -> tuple[dic
         optimizer.load_state_dict(_unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta))
         torch.set_rng_state(load_file(folder / "rng.safetensors")["cpu"])
         state = json.loads((folder / "state.json").read_text())
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
         raise EditR1Error(f"{folder}: cannot load checkpoint: {error}") from error
     return trained, old, state

@@ -65,8 +65,9 @@ class Rollout:
 
     @property
     def group_ids(self) -> torch.Tensor:
+        """Group of each edit. Groups are draws, keyed by position: a pair drawn twice is two groups."""
         k = self.latents.shape[0] // len(self.dataset_indices)
-        return torch.tensor(self.dataset_indices).repeat_interleave(k)
+        return torch.arange(len(self.dataset_indices)).repeat_interleave(k)
 
 
 class NFTTrainer:
@@ -96,12 +97,17 @@ class NFTTrainer:
         if config.data.heldout and config.eval.every > 0:
             held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
             token_shape = self.adapter.latent_token_shape(self.size, self.size)
-            self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed)
+            self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)
             self.eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
         self.step, self.position, self.banned, self.train_seconds = 0, 0, set(), 0.0
+        self.evaluated_steps: set[int] = set()
         if resume:
             self._resume()
         else:
+            if (self.run_dir / "checkpoints").exists() or (self.run_dir / "metrics.jsonl").exists():
+                raise EditR1Error(
+                    f"{self.run_dir}: already holds a run; pass --resume to continue it, or choose another output_dir"
+                )
             save_config(config, self.run_dir / "config.yaml")
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -126,7 +132,7 @@ class NFTTrainer:
                 if self.step % config.logging.checkpoint_every == 0:
                     self._save_checkpoint()
             task.done()
-            if self.heldout is not None and not (self.run_dir / "eval" / f"step_{self.step:06d}.safetensors").exists():
+            if self.heldout is not None and self.step not in self.evaluated_steps:
                 self._evaluate(self.step, log)
         self._save_checkpoint()
         return self._finish()
@@ -151,16 +157,18 @@ class NFTTrainer:
         )
         rewards, valid = scored.scores.float(), scored.valid
         if (~valid).float().mean() > rl.max_unscored_fraction:
+            first = next(iter(scored.failures.values()), "no reason given")
             raise EditR1Error(
-                f"iteration {step}: {(~valid).sum()} of {valid.numel()} samples could not be scored "
-                f"(more than rl.max_unscored_fraction={rl.max_unscored_fraction}); check the reward"
+                f"iteration {step}: {int((~valid).sum())} of {valid.numel()} samples could not be scored "
+                f"(more than rl.max_unscored_fraction={rl.max_unscored_fraction}); first failure: {first}"
             )
         group_ids = rollout.group_ids
         advantages = group_advantages(rewards, group_ids, valid, rl.std_mode)
         r = optimality_probability(advantages, rl.adv_clip)
         keep = low_variance_keep_mask(rewards, group_ids, rl.filter_rule, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
         if rl.ban_saturated:
-            self.banned.update(groups_to_ban(rewards, group_ids, rl.filter_mean_threshold, rl.filter_std_threshold, valid))
+            saturated = groups_to_ban(rewards, group_ids, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
+            self.banned.update(indices[g] for g in saturated)
         timings["seconds_reward"] = time.monotonic() - tick
 
         tick = time.monotonic()
@@ -226,7 +234,7 @@ class NFTTrainer:
         kept = torch.nonzero(keep).flatten()
         self.optimizer.zero_grad(set_to_none=True)
         if kept.numel() == 0:
-            return {"loss": 0.0, "policy_loss": 0.0, "kl_loss": 0.0, "loss_pos": 0.0, "loss_neg": 0.0, "old_deviation": 0.0, "grad_norm": 0.0}
+            return {"skipped_update": 1.0}  # every group filtered: no loss to report, none invented
         generator = generator_for(config.seed, step, "train")
         num_steps = self.sigmas.numel() - 1
         per_sample = max(1, math.floor(rl.timestep_fraction * num_steps))
@@ -258,7 +266,7 @@ class NFTTrainer:
                     v_theta = self.adapter.velocity(x_t, t, conditions, guidance, trained)
                     loss = nft_loss(v_theta, v_old, x_t, x0, t, r[rows].to(device), rl.beta, rl.adv_clip, None, v_ref, rl.kl_coef)
                     if not torch.isfinite(loss.total):
-                        raise FloatingPointError(f"iteration {step}: NFT loss is {loss.total.item()}; lower optim.lr")
+                        raise EditR1Error(f"iteration {step}: the NFT loss is {loss.total.item()}; training diverged, lower optim.lr")
                     share = rows.numel() / total_pairs
                     (loss.total * share).backward()
                 for name, value in (("loss", loss.total), ("policy_loss", loss.policy), ("kl_loss", loss.kl), ("loss_pos", loss.pos), ("loss_neg", loss.neg)):
@@ -277,6 +285,7 @@ class NFTTrainer:
                               guidance=self.config.rollout.guidance)
         folder = self.run_dir / "eval"
         save_eval(result, folder / f"step_{step:06d}.safetensors", GRID_SAMPLES)
+        self.evaluated_steps.add(step)
         metrics = {"heldout_reward": result.mean, "seconds_eval": time.monotonic() - tick}
         if step > 0:
             base = load_eval(folder / "step_000000.safetensors")
@@ -319,9 +328,11 @@ class NFTTrainer:
     def _finish(self) -> dict:
         rows = read_metrics(self.run_dir)
         reward_curve(rows, self.run_dir / "reward_curve.png", title="DiffusionNFT: rollout and held-out reward")
-        lora_folder = self.run_dir / "final"
+        final_folder = self.run_dir / "final"
         if self.config.model.train_mode == "lora":
-            self.adapter.save_lora(self.policies.trained_state(), lora_folder)
+            self.adapter.save_lora(self.policies.trained_state(), final_folder)
+        else:
+            self.adapter.save_pretrained(final_folder)
         summary = {"iterations": self.step, "train_seconds": round(self.train_seconds, 1)}
         if self.heldout is not None:
             eval_dir = self.run_dir / "eval"

@@ -18,6 +18,7 @@ from editr1.config import SFTConfig, save_config
 from editr1.data.batching import source_images, target_tensor
 from editr1.data.jsonl import read_edit_jsonl
 from editr1.data.order import take_indices
+from editr1.errors import EditR1Error
 from editr1.eval.heldout import HeldoutSet, evaluate, save_eval
 from editr1.eval.visuals import reward_curve
 from editr1.rewards.registry import build_reward
@@ -53,6 +54,8 @@ def flow_matching_batch(adapter, samples, size: int, generator: torch.Generator)
 
 def run_sft(config: SFTConfig) -> dict:
     run_dir = Path(config.output_dir)
+    if (run_dir / "metrics.jsonl").exists():
+        raise EditR1Error(f"{run_dir}: already holds a run; choose another output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     size = config.model.resolution
@@ -73,7 +76,7 @@ def run_sft(config: SFTConfig) -> dict:
     heldout = None
     if config.data.heldout:
         held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
-        heldout = HeldoutSet.build(held, config.eval.samples, size, adapter.latent_token_shape(size, size), config.eval.seed)
+        heldout = HeldoutSet.build(held, config.eval.samples, size, adapter.latent_token_shape(size, size), config.eval.seed, config.data.heldout)
         eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
 
     def evaluate_ema() -> float:
@@ -105,7 +108,7 @@ def run_sft(config: SFTConfig) -> dict:
             conditions, x_t, sigma, target = flow_matching_batch(adapter, batch, size, generator_for(config.seed, step, "sft-noise"))
             loss = F.mse_loss(adapter.velocity(x_t, sigma, conditions).float(), target.float())
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"sft step {step}: loss is {loss.item()}; lower sft.lr or check the data")
+                raise EditR1Error(f"sft step {step}: the loss is {loss.item()}; training diverged, lower lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
@@ -134,7 +137,7 @@ def run_sft(config: SFTConfig) -> dict:
 
 
 def save_model(adapter, folder: Path, config: SFTConfig) -> None:
-    """Full fine-tuning saves the whole model; LoRA saves the base plus diffusers-format LoRA weights."""
+    """Full fine-tuning saves the whole model; LoRA saves diffusers-format LoRA weights only (`lora/`)."""
     transformer = adapter.transformer
     if config.model.train_mode == "lora":
         from peft.utils import get_peft_model_state_dict
