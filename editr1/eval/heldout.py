@@ -14,7 +14,7 @@ from editr1.data.batching import first_source_tensor, source_images
 from editr1.data.jsonl import EditSample
 from editr1.errors import DataError
 from editr1.rewards.base import Reward
-from editr1.sampling.generate import generate
+from editr1.sampling.generate import generate_in_batches
 
 
 @dataclass
@@ -74,9 +74,9 @@ def evaluate(
         negative = None
         if cfg_scale != 1.0:
             negative = adapter.encode_conditions([source_images(s, size) for s in chunk], [" "] * len(chunk), size, size)
-        latents = generate(
+        latents = generate_in_batches(
             adapter, heldout.conditions(adapter, start, end), heldout.noise[start:end].to(adapter.device), sigmas,
-            sampler, cfg_scale, negative, guidance=guidance, transformer=transformer,
+            batch_size, sampler, cfg_scale, negative, guidance, transformer,
         )
         pixels = adapter.decode_latents(latents, size, size).float().cpu()
         result = reward.score(

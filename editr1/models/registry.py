@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,9 +13,19 @@ from editr1.models.base import EditModelAdapter
 from editr1.models.hub import resolve_model_path
 from editr1.models.qwen_image_edit import PIPELINE_CLASS as QWEN_IMAGE_EDIT_PIPELINE
 from editr1.models.qwen_image_edit import QwenImageEditAdapter
+from editr1.models.tiny_qwen_image_edit import build_tiny_qwen_image_edit
 
 ADAPTERS: dict[str, type[EditModelAdapter]] = {QwenImageEditAdapter.family: QwenImageEditAdapter}
+#: Random tiny models of the real architectures, built offline from configs: `model.path: tiny:<family>`.
+TINY_PRESETS: dict[str, Callable[..., EditModelAdapter]] = {"tiny:qwen-image-edit": build_tiny_qwen_image_edit}
 PIPELINE_TO_FAMILY = {QWEN_IMAGE_EDIT_PIPELINE: QwenImageEditAdapter.family}
+
+
+def build_tiny(preset: str, corpus: list[str], seed: int = 0) -> EditModelAdapter:
+    """A tiny preset whose tokenizer vocabulary is learned from `corpus` (e.g. the training prompts)."""
+    if preset not in TINY_PRESETS:
+        raise EditR1Error(f"model.path: unknown tiny preset {preset!r}; known: {sorted(TINY_PRESETS)}")
+    return TINY_PRESETS[preset](corpus=corpus, seed=seed)
 
 
 def detect_family(folder: Path) -> str:

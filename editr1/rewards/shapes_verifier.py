@@ -28,7 +28,6 @@ from editr1.data.shapes import (
     apply_edit,
     parse_instruction,
     parse_scene,
-    quantize,
     render,
     shape_mask,
 )

@@ -41,3 +41,27 @@ def generate(
         velocity_fn = with_cfg(conditional, unconditional, cfg_scale, renorm=cfg_renorm)
     with torch.no_grad():
         return get_sampler(sampler)(velocity_fn, noise, sigmas.to(noise.device))
+
+
+def generate_in_batches(
+    model: Any,
+    conditions: Any,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    batch_size: int,
+    sampler: str = "euler",
+    cfg_scale: float = 1.0,
+    negative_conditions: Any = None,
+    guidance: float | None = None,
+    transformer: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """`generate` over rows of `noise` in chunks of `batch_size`; conditions are sliced with `.select(rows)`."""
+    chunks = []
+    for start in range(0, noise.shape[0], batch_size):
+        rows = torch.arange(start, min(start + batch_size, noise.shape[0]))
+        negative = None if negative_conditions is None else negative_conditions.select(rows)
+        chunks.append(
+            generate(model, conditions.select(rows), noise[rows], sigmas, sampler, cfg_scale, negative,
+                     guidance=guidance, transformer=transformer)
+        )
+    return torch.cat(chunks)

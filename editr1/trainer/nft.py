@@ -38,7 +38,7 @@ from editr1.rl.advantages import group_advantages, optimality_probability
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
 from editr1.rl.nft_loss import nft_loss
 from editr1.rl.old_policy import old_policy_decay
-from editr1.sampling.generate import generate
+from editr1.sampling.generate import generate_in_batches
 from editr1.trainer.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -211,19 +211,11 @@ class NFTTrainer:
             ).select(torch.arange(len(samples)).repeat_interleave(k))
         shape = self.adapter.latent_token_shape(size, size)
         noise = torch.randn(len(samples) * k, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))
-        chunks = []
         with self.policies.use("old") as old:
-            for start in range(0, noise.shape[0], rollout_config.batch_size):
-                rows = torch.arange(start, min(start + rollout_config.batch_size, noise.shape[0]))
-                chunks.append(
-                    generate(
-                        self.adapter, repeated.select(rows), noise[rows].to(self.adapter.device), self.sigmas,
-                        rollout_config.sampler, rollout_config.cfg_scale,
-                        None if negative is None else negative.select(rows),
-                        guidance=rollout_config.guidance, transformer=old,
-                    )
-                )
-        latents = torch.cat(chunks)
+            latents = generate_in_batches(
+                self.adapter, repeated, noise.to(self.adapter.device), self.sigmas, rollout_config.batch_size,
+                rollout_config.sampler, rollout_config.cfg_scale, negative, rollout_config.guidance, old,
+            )
         images = self.adapter.decode_latents(latents, size, size).float().cpu()
         sources = [first_source_tensor(s, size) for s in samples]
         return Rollout(indices, conditions, sources, latents, images)
