@@ -49,6 +49,11 @@ class ModelConfig:
     path: str = "tiny:qwen-image-edit"
     family: str | None = None
     resolution: int = 32
+    #: Source-image pixel area for conditioning; null: the training resolution. Qwen-Image-Edit's
+    #: diffusers pipeline uses 1048576 (1024^2): set that to condition exactly as it does at inference.
+    condition_area: int | None = None
+    #: Weights dtype of the base model; trainable LoRA/optimizer math stays float32 at the loss.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     train_mode: Literal["lora", "full"] = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
@@ -167,7 +172,7 @@ class SFTConfig:
 
 
 _bounds("LoraConfig", rank=(1, None), alpha=(0, None, True))
-_bounds("ModelConfig", resolution=(8, None))
+_bounds("ModelConfig", resolution=(8, None), condition_area=(64, None))
 _bounds("DataConfig", max_pixels=(1, None))
 _bounds("RolloutConfig", groups_per_iteration=(1, None), group_size=(2, None), steps=(1, None), batch_size=(1, None),
         cfg_scale=(1.0, None))

@@ -61,3 +61,35 @@ def test_image_size_must_fit_the_patch_grid():
     adapter = build_tiny_qwen_image_edit(codec="pixel")
     with pytest.raises(EditR1Error, match="multiple of 4"):
         adapter.latent_token_shape(30, 32)
+
+
+def test_condition_area_resizes_the_source_like_the_pipeline():
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import (
+        calculate_dimensions,
+    )
+
+    adapter = build_tiny_qwen_image_edit(["Remove the red circle"], codec="pixel")
+    wide = Image.new("RGB", (96, 32), (255, 0, 0))
+    adapter.condition_area = 64 * 64
+    conditions = adapter.encode_conditions([[wide]], ["Remove the red circle"], 32, 32)
+    width, height, _ = calculate_dimensions(64 * 64, 96 / 32)
+    grid = (1, height // 4, width // 4)  # pixel codec /2, then 2x2 patches
+    assert conditions.shared["img_shapes"] == [(1, 8, 8), grid]
+    assert conditions.tensors["image_tokens"].shape[1] == grid[1] * grid[2]
+    with torch.no_grad():
+        v = adapter.velocity(torch.randn(1, 64, 48), torch.tensor([0.5]), conditions)
+    assert v.shape == (1, 64, 48)
+    with pytest.raises(EditR1Error, match="different condition sizes"):
+        adapter.encode_conditions([[wide], [Image.new("RGB", (32, 96))]], ["a", "b"], 32, 32)
+
+
+def test_bfloat16_weights_keep_the_callers_dtype():
+    adapter = build_tiny_qwen_image_edit(["Remove the red circle"], codec="pixel")
+    adapter.transformer.to(torch.bfloat16)
+    image = Image.new("RGB", (32, 32))
+    conditions = adapter.encode_conditions([[image]], ["Remove the red circle"], 32, 32)
+    tokens = torch.randn(1, 64, 48, requires_grad=True)
+    v = adapter.velocity(tokens, torch.tensor([0.5]), conditions)
+    assert v.dtype == torch.float32 and torch.isfinite(v).all()
+    v.sum().backward()
+    assert tokens.grad is not None

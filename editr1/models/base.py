@@ -49,6 +49,8 @@ class EditModelAdapter(ABC):
     transformer: nn.Module
     #: Module names LoRA attaches to (peft `target_modules`).
     lora_target_modules: tuple[str, ...]
+    #: Pixel area the source image is resized to for conditioning; None: the target size.
+    condition_area: int | None = None
 
     @classmethod
     @abstractmethod

@@ -19,7 +19,10 @@ from diffusers import (
     QwenImageTransformer2DModel,
 )
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import (
+    calculate_dimensions,
+    calculate_shift,
+)
 from PIL import Image
 from torch import nn
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
@@ -65,6 +68,9 @@ class QwenImageEditAdapter(EditModelAdapter):
         self.processor = processor
         self.scheduler = scheduler
         self.image_processor = VaeImageProcessor(vae_scale_factor=codec.scale_factor * 2)
+        #: Pixel area the source image is resized to before encoding. None: the target size.
+        #: `QwenImageEditPipeline` uses 1024 * 1024 (aspect ratio kept, sides multiples of 32).
+        self.condition_area: int | None = None
         # The pipeline drops the system prompt by a fixed token count (64 for the released tokenizer);
         # count it with this tokenizer so that tiny vocabularies drop exactly the same text.
         prefix = PROMPT_TEMPLATE.split("<|vision_start|>")[0]
@@ -150,8 +156,13 @@ class QwenImageEditAdapter(EditModelAdapter):
     def encode_conditions(self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int) -> Conditions:
         if any(len(images) != 1 for images in sources):
             raise EditR1Error("Qwen-Image-Edit takes exactly one source image per sample")
-        resized = [self.image_processor.resize(images[0], height, width) for images in sources]
-        pixels = self.image_processor.preprocess(resized, height, width)  # [-1, 1]
+        sizes = {self._condition_size(images[0], height, width) for images in sources}
+        if len(sizes) > 1:
+            raise EditR1Error(f"source images of one batch resize to different condition sizes {sorted(sizes)}; "
+                              "batch images of one aspect ratio together")
+        cond_width, cond_height = sizes.pop()
+        resized = [self.image_processor.resize(images[0], cond_height, cond_width) for images in sources]
+        pixels = self.image_processor.preprocess(resized, cond_height, cond_width)  # [-1, 1]
         device = self.device
         image_tokens = self.encode_images(((pixels + 1) / 2).to(device, self.transformer.dtype))
         inputs = self.processor(
@@ -172,11 +183,17 @@ class QwenImageEditAdapter(EditModelAdapter):
             embeds[i, : k.shape[0]] = k
             mask[i, : k.shape[0]] = 1
         h, w = self._latent_hw(height, width)
-        grid = (1, h // 2, w // 2)
+        ch, cw = self._latent_hw(cond_height, cond_width)
         return Conditions(
             {"prompt_embeds": embeds.to(self.transformer.dtype), "prompt_mask": mask, "image_tokens": image_tokens},
-            {"img_shapes": [grid, grid]},
+            {"img_shapes": [(1, h // 2, w // 2), (1, ch // 2, cw // 2)]},
         )
+
+    def _condition_size(self, image: Image.Image, height: int, width: int) -> tuple[int, int]:
+        if self.condition_area is None:
+            return width, height
+        cond_width, cond_height, _ = calculate_dimensions(self.condition_area, image.width / image.height)
+        return cond_width, cond_height
 
     # ---- denoising -----------------------------------------------------------------------------
     def velocity(
@@ -198,16 +215,17 @@ class QwenImageEditAdapter(EditModelAdapter):
             if guidance is None:
                 raise EditR1Error("this Qwen-Image transformer is guidance-distilled: set a guidance value")
             guidance_tensor = torch.full((batch,), float(guidance), device=tokens.device, dtype=torch.float32)
+        dtype = model.dtype
         out = model(
-            hidden_states=torch.cat([tokens, c["image_tokens"].to(tokens.dtype)], dim=1),
-            timestep=sigma.to(tokens.dtype).expand(batch),
+            hidden_states=torch.cat([tokens.to(dtype), c["image_tokens"].to(dtype)], dim=1),
+            timestep=sigma.to(dtype).expand(batch),
             guidance=guidance_tensor,
             encoder_hidden_states=c["prompt_embeds"],
             encoder_hidden_states_mask=mask,
             img_shapes=[conditions.shared["img_shapes"]] * batch,
             return_dict=False,
         )[0]
-        return out[:, : tokens.shape[1]]
+        return out[:, : tokens.shape[1]].to(tokens.dtype)
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)

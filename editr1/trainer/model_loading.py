@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
+
 from editr1.config import ModelConfig
 from editr1.models.base import EditModelAdapter
 from editr1.models.registry import build_tiny, load_adapter
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0) -> EditModelAdapter:
     """`tiny:<family>` builds a random tiny model (its tokenizer learned from `corpus`); anything
     else is a diffusers-format folder or hub id."""
+    dtype = DTYPES[config.dtype]
     if config.path.startswith("tiny:"):
         adapter = build_tiny(config.path, list(corpus), seed)
+        adapter.transformer.to(dtype)
     else:
-        adapter = load_adapter(config.path, family=config.family)
+        adapter = load_adapter(config.path, family=config.family, torch_dtype=dtype)
+    adapter.condition_area = config.condition_area
     if config.gradient_checkpointing:
         adapter.transformer.enable_gradient_checkpointing()
     return adapter
