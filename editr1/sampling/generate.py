@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,8 +55,11 @@ def generate_in_batches(
     negative_conditions: Any = None,
     guidance: float | None = None,
     transformer: torch.nn.Module | None = None,
+    on_batch: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """`generate` over rows of `noise` in chunks of `batch_size`; conditions are sliced with `.select(rows)`."""
+    """`generate` over rows of `noise` in chunks of `batch_size`; conditions are sliced with `.select(rows)`.
+
+    `on_batch` is called after each chunk (progress display)."""
     chunks = []
     for start in range(0, noise.shape[0], batch_size):
         rows = torch.arange(start, min(start + batch_size, noise.shape[0]))
@@ -64,4 +68,6 @@ def generate_in_batches(
             generate(model, conditions.select(rows), noise[rows], sigmas, sampler, cfg_scale, negative,
                      guidance=guidance, transformer=transformer)
         )
+        if on_batch is not None:
+            on_batch()
     return torch.cat(chunks)

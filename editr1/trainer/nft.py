@@ -119,6 +119,7 @@ class NFTTrainer:
                 self._evaluate(0, log)
             task = progress.task("nft iterations", config.iterations)
             task.advance(self.step)
+            self.phases = {name: progress.task(f"  {name}", 1, quiet=True) for name in ("rollout", "reward", "train")}
             while self.step < config.iterations:
                 if config.time_budget_s and self.train_seconds >= config.time_budget_s:
                     console.print(f"nft: time budget of {config.time_budget_s:.0f}s reached after {self.step} iterations")
@@ -149,6 +150,7 @@ class NFTTrainer:
 
         tick = time.monotonic()
         k = config.rollout.group_size
+        self.phases["reward"].restart(1)
         scored = self.reward.score(
             [s for s in rollout.sources for _ in range(k)],
             list(rollout.images),
@@ -169,6 +171,7 @@ class NFTTrainer:
         if rl.ban_saturated:
             saturated = groups_to_ban(rewards, group_ids, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
             self.banned.update(indices[g] for g in saturated)
+        self.phases["reward"].advance()
         timings["seconds_reward"] = time.monotonic() - tick
 
         tick = time.monotonic()
@@ -211,10 +214,12 @@ class NFTTrainer:
             ).select(torch.arange(len(samples)).repeat_interleave(k))
         shape = self.adapter.latent_token_shape(size, size)
         noise = torch.randn(len(samples) * k, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))
+        self.phases["rollout"].restart(math.ceil(noise.shape[0] / rollout_config.batch_size))
         with self.policies.use("old") as old:
             latents = generate_in_batches(
                 self.adapter, repeated, noise.to(self.adapter.device), self.sigmas, rollout_config.batch_size,
                 rollout_config.sampler, rollout_config.cfg_scale, negative, rollout_config.guidance, old,
+                on_batch=self.phases["rollout"].advance,
             )
         images = self.adapter.decode_latents(latents, size, size).float().cpu()
         sources = [first_source_tensor(s, size) for s in samples]
@@ -238,6 +243,7 @@ class NFTTrainer:
         sums = dict.fromkeys(("loss", "policy_loss", "kl_loss", "loss_pos", "loss_neg", "old_deviation"), 0.0)
         micro = config.optim.micro_batch
         device = self.adapter.device
+        self.phases["train"].restart(per_sample * math.ceil(kept.numel() / micro))
         for column in range(per_sample):
             for start in range(0, kept.numel(), micro):
                 rows = kept[start : start + micro]
@@ -264,6 +270,7 @@ class NFTTrainer:
                 for name, value in (("loss", loss.total), ("policy_loss", loss.policy), ("kl_loss", loss.kl), ("loss_pos", loss.pos), ("loss_neg", loss.neg)):
                     sums[name] += value.item() * share
                 sums["old_deviation"] += float((v_theta.detach() - v_old).pow(2).mean()) * share
+                self.phases["train"].advance()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policies.trainable_parameters(), config.optim.grad_clip)
         self.optimizer.step()
         return {**sums, "grad_norm": float(grad_norm)}

@@ -31,11 +31,12 @@ console = Console()
 class TaskHandle:
     """One task: ``advance()`` as work completes, ``done()`` once at the end."""
 
-    def __init__(self, description: str, total: int, progress: Progress | None) -> None:
+    def __init__(self, description: str, total: int, progress: Progress | None, quiet: bool = False) -> None:
         self.description = description
         self.total = total
         self.completed = 0
         self.finished = False
+        self.quiet = quiet
         self._progress = progress
         self._start = time.perf_counter()
         self._task_id = None
@@ -50,15 +51,22 @@ class TaskHandle:
         if self._progress is not None:
             self._progress.advance(self._task_id, n)
 
+    def restart(self, total: int) -> None:
+        """Begin the task again with a new total (a phase that repeats every iteration)."""
+        self.total, self.completed, self.finished = total, 0, False
+        self._start = time.perf_counter()
+        if self._progress is not None:
+            self._progress.reset(self._task_id, total=total, completed=0)
+
     def done(self) -> None:
-        """Finish the task (idempotent); in fallback mode print its summary line."""
+        """Finish the task (idempotent); in fallback mode print its summary line unless quiet."""
         if self.finished:
             return
         self.finished = True
         elapsed = time.perf_counter() - self._start
         if self._progress is not None:
             self._progress.stop_task(self._task_id)
-        else:
+        elif not self.quiet:
             print(f"{self.description}: {self.completed}/{self.total} in {elapsed:.1f}s",
                   file=sys.stdout, flush=True)
 
@@ -70,11 +78,11 @@ class PhaseProgress:
         self._progress = progress
         self._tasks: list[TaskHandle] = []
 
-    def task(self, description: str, total: int) -> TaskHandle:
-        """Start a task of ``total`` units of work."""
+    def task(self, description: str, total: int, quiet: bool = False) -> TaskHandle:
+        """Start a task of ``total`` units of work; a quiet one prints nothing in fallback mode."""
         if total < 0:
             raise ValueError(f"total must be >= 0, got {total}")
-        handle = TaskHandle(description, total, self._progress)
+        handle = TaskHandle(description, total, self._progress, quiet)
         self._tasks.append(handle)
         return handle
 
