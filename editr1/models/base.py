@@ -62,6 +62,10 @@ class EditModelAdapter(ABC):
         """Write every component in diffusers format."""
 
     @abstractmethod
+    def to(self, device: torch.device | str) -> "EditModelAdapter":
+        """Move every component to `device`."""
+
+    @abstractmethod
     def save_lora(self, state_dict: dict[str, torch.Tensor], folder: str | Path) -> None:
         """Write peft LoRA weights of the transformer in the format the family's diffusers
         pipeline loads with `load_lora_weights`."""

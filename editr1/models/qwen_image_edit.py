@@ -117,6 +117,12 @@ class QwenImageEditAdapter(EditModelAdapter):
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
+    def to(self, device: torch.device | str) -> "QwenImageEditAdapter":
+        self.transformer.to(device)
+        self.text_encoder.to(device)
+        self.codec.to(device)
+        return self
+
     def save_lora(self, state_dict: dict[str, torch.Tensor], folder: str | Path) -> None:
         QwenImageEditPipeline.save_lora_weights(str(folder), transformer_lora_layers=state_dict)
 
@@ -204,18 +210,18 @@ class QwenImageEditAdapter(EditModelAdapter):
         guidance: float | None = None,
         transformer: nn.Module | None = None,
     ) -> torch.Tensor:
-        model = self.transformer if transformer is None else transformer
+        model = self.transformer if transformer is None else transformer  # may be a DDP wrapper
         c = conditions.tensors
         mask = c["prompt_mask"]
         if bool(mask.all()):
             mask = None  # an all-ones mask only knocks attention off the fast kernel
         batch = tokens.shape[0]
         guidance_tensor = None
-        if model.config.guidance_embeds:
+        if self.transformer.config.guidance_embeds:
             if guidance is None:
                 raise EditR1Error("this Qwen-Image transformer is guidance-distilled: set a guidance value")
             guidance_tensor = torch.full((batch,), float(guidance), device=tokens.device, dtype=torch.float32)
-        dtype = model.dtype
+        dtype = self.transformer.dtype
         out = model(
             hidden_states=torch.cat([tokens.to(dtype), c["image_tokens"].to(dtype)], dim=1),
             timestep=sigma.to(dtype).expand(batch),

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from editr1.config import NFTConfig, save_config
 from editr1.data.batching import first_source_tensor, source_images
@@ -63,22 +65,23 @@ class Rollout:
     latents: torch.Tensor
     images: torch.Tensor
 
-    @property
-    def group_ids(self) -> torch.Tensor:
-        """Group of each edit. Groups are draws, keyed by position: a pair drawn twice is two groups."""
-        k = self.latents.shape[0] // len(self.dataset_indices)
-        return torch.arange(len(self.dataset_indices)).repeat_interleave(k)
-
 
 class NFTTrainer:
     def __init__(self, config: NFTConfig, resume: bool = False):
         self.config = config
         self.run_dir = Path(config.output_dir)
+        # Scale-out is accelerate's: `accelerate launch -m editr1.cli.main train ...` runs one process per
+        # device; each rolls out its share of one global draw of groups, statistics are gathered.
+        # The last block's text-stream output is discarded, so its LoRA gets no gradient: DDP must allow it.
+        self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.size = config.model.resolution
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         torch.manual_seed(config.seed)
         self.adapter = build_model(config.model, [s.prompt for s in self.train_samples], seed=config.seed)
+        self.adapter.to(self.accelerator.device)
         self.reward = build_reward(config.reward.name, config.reward.options)
         self.policies = PolicySet(
             self.adapter.transformer,
@@ -88,13 +91,15 @@ class NFTTrainer:
             config.model.lora.target_modules or self.adapter.lora_target_modules,
             need_reference=config.rl.kl_coef > 0,
         )
+        # DDP-wrapped when several processes run: gradients of the trained policy are averaged across ranks.
+        self.trained_module = self.accelerator.prepare_model(self.adapter.transformer)
         optim = config.optim
         self.optimizer = torch.optim.AdamW(
             self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
         )
         self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
         self.heldout = None
-        if config.data.heldout and config.eval.every > 0:
+        if config.data.heldout and config.eval.every > 0 and self.is_main:
             held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
             token_shape = self.adapter.latent_token_shape(self.size, self.size)
             self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)
@@ -108,13 +113,17 @@ class NFTTrainer:
                 raise EditR1Error(
                     f"{self.run_dir}: already holds a run; pass --resume to continue it, or choose another output_dir"
                 )
-            save_config(config, self.run_dir / "config.yaml")
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                save_config(config, self.run_dir / "config.yaml")
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
         config = self.config
-        with MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard) as log, phase_progress(config.logging.progress) as progress:
-            log.truncate_after(self.step)
+        logger = MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard) if self.is_main else nullcontext()
+        with logger as log, phase_progress(config.logging.progress and self.is_main) as progress:
+            if log is not None:
+                log.truncate_after(self.step)
             if self.heldout is not None and self.step == 0:
                 self._evaluate(0, log)
             task = progress.task("nft iterations", config.iterations)
@@ -126,7 +135,8 @@ class NFTTrainer:
                     break
                 metrics = self._iteration(self.step)
                 self.step += 1
-                log.log(self.step, metrics)
+                if log is not None:
+                    log.log(self.step, metrics)
                 task.advance()
                 if self.heldout is not None and self.step % config.eval.every == 0:
                     self._evaluate(self.step, log)
@@ -136,35 +146,41 @@ class NFTTrainer:
             if self.heldout is not None and self.step not in self.evaluated_steps:
                 self._evaluate(self.step, log)
         self._save_checkpoint()
-        return self._finish()
+        summary = self._finish() if self.is_main else {}
+        self.accelerator.wait_for_everyone()
+        return summary
 
     def _iteration(self, step: int) -> dict[str, float]:
         config, rl = self.config, self.config.rl
         timings = {}
         tick = time.monotonic()
+        groups, k = config.rollout.groups_per_iteration, config.rollout.group_size
         indices, self.position = take_indices(
-            len(self.train_samples), config.seed, self.position, config.rollout.groups_per_iteration, self.banned
+            len(self.train_samples), config.seed, self.position, groups * self.world, self.banned
         )
-        rollout = self._rollout(step, [self.train_samples[i] for i in indices], indices)
+        own_groups = indices[self.rank * groups : (self.rank + 1) * groups]
+        own_rows = slice(self.rank * groups * k, (self.rank + 1) * groups * k)
+        rollout = self._rollout(step, [self.train_samples[i] for i in own_groups], own_groups, own_rows, len(indices))
         timings["seconds_rollout"] = time.monotonic() - tick
 
         tick = time.monotonic()
-        k = config.rollout.group_size
         self.phases["reward"].restart(1)
         scored = self.reward.score(
             [s for s in rollout.sources for _ in range(k)],
             list(rollout.images),
-            [self.train_samples[i].prompt for i in indices for _ in range(k)],
-            [self.train_samples[i].requirement for i in indices for _ in range(k)],
+            [self.train_samples[i].prompt for i in own_groups for _ in range(k)],
+            [self.train_samples[i].requirement for i in own_groups for _ in range(k)],
         )
-        rewards, valid = scored.scores.float(), scored.valid
+        # Group statistics (the global std above all) are over every rank's rewards.
+        rewards = self.accelerator.gather(scored.scores.float().to(self.accelerator.device)).cpu()
+        valid = self.accelerator.gather(scored.valid.to(self.accelerator.device, torch.uint8)).cpu().bool()
         if (~valid).float().mean() > rl.max_unscored_fraction:
             first = next(iter(scored.failures.values()), "no reason given")
             raise EditR1Error(
                 f"iteration {step}: {int((~valid).sum())} of {valid.numel()} samples could not be scored "
                 f"(more than rl.max_unscored_fraction={rl.max_unscored_fraction}); first failure: {first}"
             )
-        group_ids = rollout.group_ids
+        group_ids = torch.arange(len(indices)).repeat_interleave(k)
         advantages = group_advantages(rewards, group_ids, valid, rl.std_mode)
         r = optimality_probability(advantages, rl.adv_clip)
         keep = low_variance_keep_mask(rewards, group_ids, rl.filter_rule, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
@@ -175,13 +191,15 @@ class NFTTrainer:
         timings["seconds_reward"] = time.monotonic() - tick
 
         tick = time.monotonic()
-        losses = self._train(step, rollout, r, keep)
+        losses = self._train(step, rollout, r[own_rows], keep[own_rows])
         self.policies.update_old(old_policy_decay(step, rl.old_policy_schedule))
         timings["seconds_train"] = time.monotonic() - tick
-        self.train_seconds += sum(timings.values())
+        # Every rank must take the same decisions (time budget): use the slowest rank's clock.
+        elapsed = torch.tensor([sum(timings.values())], device=self.accelerator.device)
+        self.train_seconds += float(self.accelerator.gather(elapsed).max())
 
-        if config.logging.grid_every and step % config.logging.grid_every == 0:
-            self._save_grid(step, rollout, rewards)
+        if self.is_main and config.logging.grid_every and step % config.logging.grid_every == 0:
+            self._save_grid(step, rollout, rewards[own_rows])
         good = rewards[valid]
         groups_total = len(indices)
         kept_groups = len(torch.unique(group_ids[keep]))
@@ -200,7 +218,7 @@ class NFTTrainer:
         }
 
     @torch.no_grad()
-    def _rollout(self, step: int, samples: list[EditSample], indices: list[int]) -> Rollout:
+    def _rollout(self, step: int, samples: list[EditSample], indices: list[int], rows: slice, total_groups: int) -> Rollout:
         rollout_config = self.config.rollout
         k, size = rollout_config.group_size, self.size
         conditions = self.adapter.encode_conditions(
@@ -213,7 +231,8 @@ class NFTTrainer:
                 [source_images(s, size) for s in samples], [" "] * len(samples), size, size
             ).select(torch.arange(len(samples)).repeat_interleave(k))
         shape = self.adapter.latent_token_shape(size, size)
-        noise = torch.randn(len(samples) * k, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))
+        # One global noise draw, sliced per rank: the edits do not depend on how many processes run.
+        noise = torch.randn(total_groups * k, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))[rows]
         self.phases["rollout"].restart(math.ceil(noise.shape[0] / rollout_config.batch_size))
         with self.policies.use("old") as old:
             latents = generate_in_batches(
@@ -226,54 +245,66 @@ class NFTTrainer:
         return Rollout(indices, conditions, sources, latents, images)
 
     def _train(self, step: int, rollout: Rollout, r: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
-        """Accumulate the NFT loss over kept samples x rollout timesteps, then one optimizer step."""
+        """Accumulate the NFT loss over kept samples x rollout timesteps, then one optimizer step.
+
+        The loss is the mean over every rank's kept (sample, timestep) pairs. Ranks run the same number
+        of backward passes (padding with zero-weight ones), as DDP's gradient all-reduce requires.
+        """
         config, rl = self.config, self.config.rl
         kept = torch.nonzero(keep).flatten()
         self.optimizer.zero_grad(set_to_none=True)
-        if kept.numel() == 0:
-            return {"skipped_update": 1.0}  # every group filtered: no loss to report, none invented
-        generator = generator_for(config.seed, step, "train")
         num_steps = self.sigmas.numel() - 1
         per_sample = max(1, math.floor(rl.timestep_fraction * num_steps))
-        # Each sample trains on its own shuffled subset of the rollout's timesteps.
-        order = torch.stack([torch.randperm(num_steps, generator=generator)[:per_sample] for _ in range(kept.numel())])
-        k = config.rollout.group_size
-        group_of_row = torch.arange(len(rollout.dataset_indices)).repeat_interleave(k)
-        total_pairs = kept.numel() * per_sample
-        sums = dict.fromkeys(("loss", "policy_loss", "kl_loss", "loss_pos", "loss_neg", "old_deviation"), 0.0)
         micro = config.optim.micro_batch
-        device = self.adapter.device
-        self.phases["train"].restart(per_sample * math.ceil(kept.numel() / micro))
-        for column in range(per_sample):
-            for start in range(0, kept.numel(), micro):
-                rows = kept[start : start + micro]
-                x0 = rollout.latents[rows].to(device)
-                t = self.sigmas[order[start : start + micro, column]].to(device, x0.dtype)
-                noise = torch.randn(x0.shape, generator=generator).to(x0)
-                x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-                conditions = rollout.conditions.select(group_of_row[rows])
-                guidance = config.rollout.guidance
-                with torch.no_grad():
-                    with self.policies.use("old") as old:
-                        v_old = self.adapter.velocity(x_t, t, conditions, guidance, old)
-                    v_ref = None
-                    if rl.kl_coef > 0:
-                        with self.policies.use("reference") as reference:
-                            v_ref = self.adapter.velocity(x_t, t, conditions, guidance, reference)
-                with self.policies.use("trained") as trained:
-                    v_theta = self.adapter.velocity(x_t, t, conditions, guidance, trained)
-                    loss = nft_loss(v_theta, v_old, x_t, x0, t, r[rows].to(device), rl.beta, rl.adv_clip, None, v_ref, rl.kl_coef)
-                    if not torch.isfinite(loss.total):
-                        raise EditR1Error(f"iteration {step}: the NFT loss is {loss.total.item()}; training diverged, lower optim.lr")
-                    share = rows.numel() / total_pairs
-                    (loss.total * share).backward()
-                for name, value in (("loss", loss.total), ("policy_loss", loss.policy), ("kl_loss", loss.kl), ("loss_pos", loss.pos), ("loss_neg", loss.neg)):
-                    sums[name] += value.item() * share
-                sums["old_deviation"] += float((v_theta.detach() - v_old).pow(2).mean()) * share
-                self.phases["train"].advance()
+        local_steps = per_sample * math.ceil(kept.numel() / micro)
+        counts = self.accelerator.gather(torch.tensor([kept.numel() * per_sample, local_steps], device=self.accelerator.device)).view(-1, 2)
+        total_pairs, backward_passes = int(counts[:, 0].sum()), int(counts[:, 1].max())
+        if total_pairs == 0:
+            return {"skipped_update": 1.0}  # every group filtered: no loss to report, none invented
+        generator = generator_for(config.seed, step, "train" if self.rank == 0 else f"train-rank{self.rank}")
+        # Each sample trains on its own shuffled subset of the rollout's timesteps.
+        order = [torch.randperm(num_steps, generator=generator)[:per_sample] for _ in range(kept.numel())]
+        batches = [
+            (kept[start : start + micro], torch.stack([o[column] for o in order[start : start + micro]]))
+            for column in range(per_sample)
+            for start in range(0, kept.numel(), micro)
+        ]
+        padding = [(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))] * (backward_passes - len(batches))
+        group_of_row = torch.arange(len(rollout.dataset_indices)).repeat_interleave(config.rollout.group_size)
+        sums = dict.fromkeys(("loss", "policy_loss", "kl_loss", "loss_pos", "loss_neg", "old_deviation"), 0.0)
+        device, guidance = self.accelerator.device, config.rollout.guidance
+        self.phases["train"].restart(backward_passes)
+        for index, (rows, timestep_index) in enumerate(batches + padding):
+            is_padding = index >= len(batches)
+            x0 = rollout.latents[rows].to(device)
+            t = self.sigmas[timestep_index].to(device, x0.dtype)
+            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+            conditions = rollout.conditions.select(group_of_row[rows])
+            with torch.no_grad():
+                with self.policies.use("old") as old:
+                    v_old = self.adapter.velocity(x_t, t, conditions, guidance, old)
+                v_ref = None
+                if rl.kl_coef > 0:
+                    with self.policies.use("reference") as reference:
+                        v_ref = self.adapter.velocity(x_t, t, conditions, guidance, reference)
+            last = index == backward_passes - 1
+            with self.policies.use("trained"), (nullcontext() if last else self.accelerator.no_sync(self.trained_module)):
+                v_theta = self.adapter.velocity(x_t, t, conditions, guidance, self.trained_module)
+                loss = nft_loss(v_theta, v_old, x_t, x0, t, r[rows].to(device), rl.beta, rl.adv_clip, None, v_ref, rl.kl_coef)
+                if not torch.isfinite(loss.total):
+                    raise EditR1Error(f"iteration {step}: the NFT loss is {loss.total.item()}; training diverged, lower optim.lr")
+                share = 0.0 if is_padding else rows.numel() / total_pairs
+                # DDP averages gradients over ranks; scaling by the world size makes that a sum.
+                (loss.total * share * self.world).backward()
+            for name, value in (("loss", loss.total), ("policy_loss", loss.policy), ("kl_loss", loss.kl), ("loss_pos", loss.pos), ("loss_neg", loss.neg)):
+                sums[name] += value.item() * share
+            sums["old_deviation"] += float((v_theta.detach() - v_old).pow(2).mean()) * share
+            self.phases["train"].advance()
+        summed = self.accelerator.reduce(torch.tensor(list(sums.values()), device=device, dtype=torch.float64), "sum")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policies.trainable_parameters(), config.optim.grad_clip)
         self.optimizer.step()
-        return {**sums, "grad_norm": float(grad_norm)}
+        return {**dict(zip(sums, summed.tolist())), "grad_norm": float(grad_norm)}
 
     # ---- evaluation, grids, checkpoints --------------------------------------------------------
     def _evaluate(self, step: int, log: MetricsLogger) -> EvalResult:
@@ -306,6 +337,9 @@ class NFTTrainer:
             image.save(folder / f"step_{step:06d}_group{g}.png")
 
     def _save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return
         state = {
             "position": self.position,
             "banned": sorted(self.train_samples[i].id for i in self.banned),

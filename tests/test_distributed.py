@@ -1,0 +1,37 @@
+"""Two processes through accelerate (gloo on the CPU) train like one process with twice the groups."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import tiny_nft_overrides
+from editr1.config import NFTConfig, load_config
+from editr1.trainer.metrics_log import read_metrics
+from editr1.trainer.nft import run_nft
+
+
+def _overrides(shapes_data, out, groups):
+    return tiny_nft_overrides(shapes_data, out, iterations=2) + [
+        f"rollout.groups_per_iteration={groups}", "data.heldout=null", "eval.every=0",
+    ]
+
+
+def test_two_processes_shard_one_global_draw(shapes_data, tmp_path):
+    launcher = Path(sys.executable).parent / "accelerate"
+    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "editr1.cli.main", "train"]
+    for override in _overrides(shapes_data, tmp_path / "two", groups=1):
+        command += ["--set", override]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    run_nft(load_config(NFTConfig, None, _overrides(shapes_data, tmp_path / "one", groups=2)))
+    two = [r for r in read_metrics(tmp_path / "two") if "reward_mean" in r]
+    one = [r for r in read_metrics(tmp_path / "one") if "reward_mean" in r]
+    assert [r["step"] for r in two] == [1, 2]
+    # Same global draw of groups and noise, split over ranks: the first rollouts are the same edits.
+    assert two[0]["reward_mean"] == one[0]["reward_mean"]
+    assert two[0]["reward_std"] == one[0]["reward_std"]
+    assert (tmp_path / "two" / "checkpoints" / "step_000002" / "trained.safetensors").is_file()
