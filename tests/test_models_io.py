@@ -93,3 +93,20 @@ def test_bfloat16_weights_keep_the_callers_dtype():
     assert v.dtype == torch.float32 and torch.isfinite(v).all()
     v.sum().backward()
     assert tokens.grad is not None
+
+
+def test_lora_adapters_stay_float32_over_a_bfloat16_base():
+    from editr1.trainer.policies import PolicySet
+
+    adapter = build_tiny_qwen_image_edit(["Remove the red circle"], codec="pixel")
+    adapter.transformer.to(torch.bfloat16)
+    policies = PolicySet(adapter.transformer, "lora", 4, 8, adapter.lora_target_modules, need_reference=True)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in policies.trainable_parameters())
+    conditions = adapter.encode_conditions([[Image.new("RGB", (32, 32))]], ["Remove the red circle"], 32, 32)
+    with policies.use("trained") as trained:
+        v = adapter.velocity(torch.randn(1, 64, 48), torch.tensor([0.5]), conditions, transformer=trained)
+        v.square().mean().backward()
+    grads = [p.grad for p in policies.trainable_parameters() if p.grad is not None]
+    # All but the last block's text-stream output projection (its output is discarded) get gradients.
+    assert len(grads) >= len(policies.trainable_parameters()) - 2
+    assert all(g.dtype == torch.float32 for g in grads)

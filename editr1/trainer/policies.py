@@ -44,8 +44,13 @@ class PolicySet:
                 # peft warns that a second adapter is being added: here that is the point.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 transformer.add_adapter(copy.deepcopy(config), adapter_name=OLD)
-            self._trained = [p for n, p in transformer.named_parameters() if f".{TRAINED}." in n]
-            self._old = [p for n, p in transformer.named_parameters() if f".{OLD}." in n]
+            named = dict(transformer.named_parameters())
+            self._trained = [p for n, p in named.items() if f".{TRAINED}." in n]
+            # Pair old with trained by name, not by order.
+            self._old = [named[n.replace(f".{TRAINED}.", f".{OLD}.")] for n, p in named.items() if f".{TRAINED}." in n]
+            # Adapters and their optimizer state stay float32 over a bf16/fp16 base (peft casts inputs).
+            for p in self._trained + self._old:
+                p.data = p.data.float()
             soft_update_(self._old, self._trained, 0.0)
             transformer.set_adapter(TRAINED)
             self.old_module, self.reference_module = transformer, transformer
