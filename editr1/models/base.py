@@ -28,18 +28,12 @@ class Conditions:
     tensors: dict[str, torch.Tensor | None]
     shared: dict = field(default_factory=dict)
 
-    def __len__(self) -> int:
-        return next(t.shape[0] for t in self.tensors.values() if t is not None)
-
     def select(self, index: torch.Tensor | list[int]) -> "Conditions":
         """The rows `index` (with repeats), e.g. each group's conditions repeated K times."""
         index = torch.as_tensor(index, dtype=torch.long)
         return Conditions(
             {k: None if t is None else t[index.to(t.device)] for k, t in self.tensors.items()}, self.shared
         )
-
-    def to(self, device: torch.device | str) -> "Conditions":
-        return Conditions({k: None if t is None else t.to(device) for k, t in self.tensors.items()}, self.shared)
 
 
 class EditModelAdapter(ABC):

@@ -53,7 +53,6 @@ class PolicySet:
                 p.data = p.data.float()
             soft_update_(self._old, self._trained, 0.0)
             transformer.set_adapter(TRAINED)
-            self.old_module, self.reference_module = transformer, transformer
         else:
             self.old_module = copy.deepcopy(transformer)
             self.reference_module = copy.deepcopy(transformer) if need_reference else None
