@@ -19,7 +19,7 @@ from editr1.data.shapes import write_shapes_dataset
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import run_nft
 
-PHASES = ("seconds_rollout", "seconds_reward", "seconds_train", "seconds_total")
+PHASES = ("seconds_rollout_and_reward", "seconds_reward_compute", "seconds_train", "seconds_total")
 
 
 def main() -> None:

@@ -70,6 +70,8 @@ class DataConfig:
 class RewardConfig:
     name: str = "shapes_verifier"
     options: dict[str, Any] = field(default_factory=dict)
+    #: Training only: score each rollout batch on a background thread while the next batch rolls out.
+    overlap: bool = True
 
 
 @dataclass
@@ -117,6 +119,9 @@ class EvalConfig:
     cfg_scale: float = 1.0
     seed: int = 1234
     reward: RewardConfig = field(default_factory=RewardConfig)
+    #: Also score the held-out edits with the training reward (e.g. the judge next to the verifier):
+    #: the judge's reward rising while the verifier's does not is reward hacking, made visible.
+    track_training_reward: bool = False
 
 
 @dataclass
@@ -171,6 +176,57 @@ class SFTConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+@dataclass
+class JudgeArchConfig:
+    """Sizes of the tiny Qwen2.5-VL judge (`editr1.rewards.tiny_judge`)."""
+
+    hidden: int = 128
+    layers: int = 4
+    vision_hidden: int = 64
+    vision_depth: int = 2
+
+
+@dataclass
+class JudgeRolloutConfig:
+    """Edits of the policy model to learn on: `count` per training sample with this sampler."""
+
+    sampler: Literal["euler", "dpmpp_2m"] = "dpmpp_2m"
+    steps: int = 6
+    count: int = 4
+
+
+@dataclass
+class JudgeDistillConfig:
+    """`editr1 judge distill`: teach a tiny MLLM judge to answer the shapes verifier's score."""
+
+    seed: int = 0
+    output_dir: str = "runs/judge"
+    #: The editing model whose rollouts the judge learns to score (besides targets and corruptions).
+    policy: ModelConfig = field(default_factory=lambda: ModelConfig(path="editr1/assets/shapes_base"))
+    data: DataConfig = field(default_factory=DataConfig)
+    rollouts: list[JudgeRolloutConfig] = field(
+        default_factory=lambda: [JudgeRolloutConfig("dpmpp_2m", 6, 4), JudgeRolloutConfig("euler", 8, 2)]
+    )
+    corruptions_per_sample: int = 5
+    #: `examples.npz` of an earlier run with the same data and rollout settings: skips building them.
+    reuse_examples: str | None = None
+    steps: int = 3000
+    time_budget_s: float = 0.0
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    #: Held-out samples whose two policy rollouts form the agreement pairs.
+    eval_pairs: int = 256
+    #: Verifier scores closer than this make a "tie" pair.
+    tie_margin: float = 0.05
+    arch: JudgeArchConfig = field(default_factory=JudgeArchConfig)
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
 _bounds("LoraConfig", rank=(1, None), alpha=(0, None, True))
 _bounds("ModelConfig", resolution=(8, None), condition_area=(64, None))
 _bounds("DataConfig", max_pixels=(1, None))
@@ -184,6 +240,11 @@ _bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint
 _bounds("NFTConfig", iterations=(0, None), time_budget_s=(0, None))
 _bounds("SFTConfig", steps=(1, None), time_budget_s=(0, None), batch_size=(1, None), lr=(0, None, True),
         warmup_steps=(0, None), weight_decay=(0, None), grad_clip=(0, None, True), ema_decay=(0, 0.99999))
+_bounds("JudgeArchConfig", hidden=(16, None), layers=(1, None), vision_hidden=(16, None), vision_depth=(1, None))
+_bounds("JudgeRolloutConfig", steps=(1, None), count=(0, None))
+_bounds("JudgeDistillConfig", corruptions_per_sample=(1, None), steps=(1, None), time_budget_s=(0, None),
+        batch_size=(1, None), lr=(0, None, True), warmup_steps=(0, None), weight_decay=(0, None),
+        grad_clip=(0, None, True), eval_every=(0, None), eval_pairs=(0, None), tie_margin=(0, 1))
 
 
 # ---- validation -------------------------------------------------------------------------------

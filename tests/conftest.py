@@ -22,3 +22,13 @@ def tiny_nft_overrides(data, out, iterations=3):
         "model.lora.rank=4", "model.lora.alpha=8", "logging.progress=false", "logging.tensorboard=false",
         "optim.lr=1e-3", "optim.micro_batch=4",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_judge_dir(tmp_path_factory):
+    """A randomly initialised tiny Qwen2.5-VL judge saved in transformers format."""
+    from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
+
+    folder = tmp_path_factory.mktemp("judge")
+    save_judge(build_tiny_judge(["remove the red circle", "make the blue square green"], hidden=64, layers=2), folder)
+    return folder

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from conftest import tiny_nft_overrides
+
 from editr1.config import NFTConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import run_nft

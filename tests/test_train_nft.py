@@ -23,7 +23,7 @@ def test_three_iteration_run_writes_everything(shapes_data, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert 0 <= row["reward_mean"] <= 1
-        assert row["seconds_rollout"] > 0 and row["seconds_train"] > 0
+        assert row["seconds_rollout_and_reward"] > 0 and row["seconds_reward_compute"] > 0 and row["seconds_train"] > 0
         assert 0 <= row["fraction_filtered"] <= 1
     # The linear schedule starts on-policy (decay 0 after iteration 0): old == trained until then.
     assert rows[0]["old_deviation"] == 0.0

@@ -4,6 +4,9 @@ shapes data -> the shipped SFT base (levelled off) -> DiffusionNFT with the veri
 held-out evaluation before and after (fixed samples, fixed noise, paired standard error) -> report.
 `--control` spends the same training wall time on more SFT from the same base, evaluated the same
 way: the honest comparison of RL against simply training more.
+`--reward mllm` trains on the shipped distilled judge's score-logit reward instead, keeps the verifier
+as the independent ground truth, reports the judge's pairwise agreement with the verifier, and runs
+the group-filtering ablation (filter on vs off, same seed and budget).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from editr1.config import NFTConfig, SFTConfig, load_config
 from editr1.data.shapes import write_shapes_dataset
+from editr1.errors import EditR1Error
 from editr1.eval.heldout import load_eval, paired_stderr
 from editr1.eval.report import ReportSection, write_report
 from editr1.trainer.nft import run_nft
@@ -24,25 +28,47 @@ PACKAGE = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = PACKAGE / "configs" / "shapes_nft_demo.yaml"
 CONTROL_CONFIG = PACKAGE / "configs" / "shapes_sft_control.yaml"
 SHIPPED_BASE = PACKAGE / "assets" / "shapes_base"
+SHIPPED_JUDGE = PACKAGE / "assets" / "shapes_judge"
+REWARDS = ("verifier", "mllm")
 # The shipped base was trained on this dataset (configs/shapes_sft.yaml); the demo regenerates it.
 DATA_SEED, N_TRAIN, N_TEST = 0, 2000, 256
+JUDGE_PAIRS = 256
 
 
-def run_demo(out: Path, control: bool = False, overrides: list[str] = ()) -> dict:
+def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward: str = "verifier", ablation: bool = True) -> dict:
+    if reward not in REWARDS:
+        raise EditR1Error(f"--reward: expected one of {list(REWARDS)}, got {reward!r}")
     started = time.monotonic()
     data = out / "data"
     if not (data / "test.jsonl").is_file():
         write_shapes_dataset(data, N_TRAIN, N_TEST, DATA_SEED)
-    for previous in ("nft", "control"):
+    for previous in ("nft", "control", "nft_no_filter", "judge_pairs"):
         shutil.rmtree(out / previous, ignore_errors=True)  # the demo owns these: a rerun starts afresh
     common = [f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"model.path={SHIPPED_BASE}"]
-    nft_config = load_config(NFTConfig, DEMO_CONFIG, [*common, f"output_dir={out / 'nft'}", *overrides])
-    summary = run_nft(nft_config)
+    judge = []
+    if reward == "mllm":
+        judge = ["reward.name=mllm", f"reward.options={{model: '{SHIPPED_JUDGE}', batch_size: 48}}", "eval.track_training_reward=true"]
+    nft_config = load_config(NFTConfig, DEMO_CONFIG, [*common, *judge, f"output_dir={out / 'nft'}", *overrides])
+    summary = {"reward": reward}
+    sections = []
+    if reward == "mllm":
+        summary.update(_judge_agreement(nft_config, out / "judge_pairs"))
+    summary.update(run_nft(nft_config))
 
-    sections = [
-        ReportSection("Reward curve", "Rollout reward (verifier) per iteration, held-out reward at evaluations.", "nft/reward_curve.png"),
+    sections += [
+        ReportSection("Reward curve", f"Rollout reward ({'judge' if reward == 'mllm' else 'verifier'}) per iteration, "
+                      "held-out reward (verifier) at evaluations.", "nft/reward_curve.png"),
         ReportSection("Before / after", "Held-out samples: source, shipped SFT base, after DiffusionNFT.", "nft/before_after.png"),
     ]
+    if reward == "mllm":
+        sections.insert(0, _judge_section(summary))
+        if ablation:
+            no_filter = load_config(NFTConfig, DEMO_CONFIG, [*common, *judge, f"output_dir={out / 'nft_no_filter'}", *overrides,
+                                                              "rl.filter_rule=none"])
+            unfiltered = run_nft(no_filter)
+            summary.update(no_filter_final_heldout_reward=unfiltered["final_heldout_reward"],
+                           no_filter_final_heldout_training_reward=unfiltered["final_heldout_training_reward"])
+            sections.append(_ablation_section(nft_config, summary, unfiltered, out))
     if control:
         control_config = load_config(SFTConfig, CONTROL_CONFIG, [
             *common, f"output_dir={out / 'control'}", f"time_budget_s={summary['train_seconds']}",
@@ -68,3 +94,59 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = ()) -> dic
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary, sections, title="editr1 demo: DiffusionNFT on the shapes editing task")
     return summary
+
+
+def _judge_agreement(config: NFTConfig, folder: Path) -> dict:
+    """The shipped judge's pairwise agreement with the verifier on rollout pairs of held-out samples."""
+    from editr1.config import JudgeDistillConfig
+    from editr1.data.jsonl import read_edit_jsonl
+    from editr1.data.preference_pairs import read_preference_jsonl
+    from editr1.eval.reward_alignment import evaluate_alignment
+    from editr1.rewards.registry import build_reward
+    from editr1.trainer.judge_distill import write_heldout_pairs
+    from editr1.trainer.model_loading import build_model
+
+    pairs_config = JudgeDistillConfig(seed=config.seed, policy=config.model, eval_pairs=JUDGE_PAIRS)
+    held = read_edit_jsonl(config.data.heldout)[:JUDGE_PAIRS]
+    pairs = read_preference_jsonl(write_heldout_pairs(build_model(config.model), held, pairs_config, folder))
+    result = evaluate_alignment(build_reward(config.reward.name, config.reward.options), pairs)
+    return {"judge_agreement_with_verifier": result.accuracy, "judge_agreement_pairs": result.decided_pairs,
+            "judge_agreement_ties": result.tie_pairs}
+
+
+def _judge_section(summary: dict) -> ReportSection:
+    judge_gain = summary["final_heldout_training_reward"] - summary["base_heldout_training_reward"]
+    verifier_gain = summary["final_heldout_reward"] - summary["base_heldout_reward"]
+    hacked = judge_gain > 2 * summary["heldout_training_stderr"] and verifier_gain <= 2 * summary["heldout_stderr"]
+    verdict = ("**Reward hacking: the judge's reward rose while the verifier's did not.**" if hacked else
+               "The verifier's reward moved with the judge's: no sign of reward hacking." if verifier_gain > 0 else
+               "Neither reward rose.")
+    return ReportSection("Judge and verifier", (
+        f"The reward is the shipped tiny Qwen2.5-VL judge's expected score (score-logit readout). On "
+        f"{summary['judge_agreement_pairs']} held-out rollout pairs it orders {100 * summary['judge_agreement_with_verifier']:.1f}% "
+        f"as the verifier does ({summary['judge_agreement_ties']} tie pairs reported apart).\n\n"
+        "| held-out reward (128 fixed samples) | SFT base | after NFT | gain ± paired SE |\n| --- | --- | --- | --- |\n"
+        f"| verifier (ground truth) | {summary['base_heldout_reward']:.4f} | {summary['final_heldout_reward']:.4f} | "
+        f"{verifier_gain:+.4f} ± {summary['heldout_stderr']:.4f} |\n"
+        f"| judge (training reward) | {summary['base_heldout_training_reward']:.4f} | {summary['final_heldout_training_reward']:.4f} | "
+        f"{judge_gain:+.4f} ± {summary['heldout_training_stderr']:.4f} |\n\n{verdict}"
+    ))
+
+
+def _ablation_section(config: NFTConfig, with_filter: dict, without_filter: dict, out: Path) -> ReportSection:
+    from editr1.trainer.metrics_log import read_metrics
+
+    def filtered(run: str) -> float:
+        rows = [r["fraction_filtered"] for r in read_metrics(out / run) if r.get("fraction_filtered") is not None]
+        return sum(rows) / len(rows)
+
+    rule = config.rl
+    return ReportSection("Ablation: low-variance group filtering", (
+        f"Same seed, same {with_filter['iterations']} iterations; only `rl.filter_rule` differs "
+        f"(paper rule: drop a group when mean > {rule.filter_mean_threshold} and std < {rule.filter_std_threshold}).\n\n"
+        "| filter | groups filtered (mean per iteration) | held-out verifier | held-out judge |\n| --- | --- | --- | --- |\n"
+        f"| {rule.filter_rule} | {filtered('nft'):.3f} | {with_filter['final_heldout_reward']:.4f} | "
+        f"{with_filter['final_heldout_training_reward']:.4f} |\n"
+        f"| none | 0.000 | {without_filter['final_heldout_reward']:.4f} | {without_filter['final_heldout_training_reward']:.4f} |\n\n"
+        f"SFT base: verifier {with_filter['base_heldout_reward']:.4f}, judge {with_filter['base_heldout_training_reward']:.4f}."
+    ))

@@ -35,11 +35,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
 
+    judge = commands.add_parser("judge", help="MLLM judges")
+    judge_actions = judge.add_subparsers(dest="judge_action", required=True)
+    distill = judge_actions.add_parser("distill", help="train the tiny Qwen2.5-VL judge to answer the shapes verifier's score")
+    _add_config_args(distill)
+
+    evaluation = commands.add_parser("eval", help="evaluations")
+    evaluations = evaluation.add_subparsers(dest="evaluation", required=True)
+    alignment = evaluations.add_parser("reward-alignment", help="pairwise accuracy of a reward on preference pairs")
+    alignment.add_argument("--pairs", required=True, type=Path, help="JSONL: source, prompt, image_a, image_b, preferred")
+    alignment.add_argument("--reward", required=True, type=Path, help="YAML with the reward's name and options")
+    alignment.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a field of the reward config, e.g. --set options.batch_size=16")
+    alignment.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE before scoring")
+
     demo = commands.add_parser("demo", help="the CPU demo: shapes data, shipped base, NFT, held-out report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--control", action="store_true", help="also run equal-time SFT from the same base")
+    demo.add_argument("--reward", choices=("verifier", "mllm"), default="verifier",
+                      help="train on the programmatic verifier or on the shipped MLLM judge's score-logit reward")
+    demo.add_argument("--no-ablation", dest="ablation", action="store_false",
+                      help="with --reward mllm: skip the group-filtering ablation run")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a field of the demo's NFT config")
+
+    serve = commands.add_parser("serve-reward", help="serve the MLLM judge over an OpenAI-compatible HTTP API")
+    _add_config_args(serve)
     return parser
 
 
@@ -59,10 +80,29 @@ def run(args: argparse.Namespace) -> None:
         from editr1.trainer.nft import run_nft
 
         print(json.dumps(run_nft(load_config(NFTConfig, args.config, args.overrides), resume=args.resume), indent=2))
+    elif args.command == "judge":
+        from editr1.config import JudgeDistillConfig, load_config
+        from editr1.trainer.judge_distill import run_judge_distill
+
+        print(json.dumps(run_judge_distill(load_config(JudgeDistillConfig, args.config, args.overrides)), indent=2))
+    elif args.command == "eval":
+        from editr1.config import RewardConfig, load_config
+        from editr1.data.preference_pairs import read_preference_jsonl
+        from editr1.eval.reward_alignment import evaluate_alignment
+        from editr1.rewards.registry import build_reward
+
+        reward_config = load_config(RewardConfig, args.reward, args.overrides)
+        pairs = read_preference_jsonl(args.pairs)
+        result = evaluate_alignment(build_reward(reward_config.name, reward_config.options), pairs, size=args.size)
+        print(json.dumps({"reward": reward_config.name, "pairs": str(args.pairs), **result.as_dict()}, indent=2))
     elif args.command == "demo":
         from editr1.cli.demo import run_demo
 
-        print(json.dumps(run_demo(args.out, control=args.control, overrides=args.overrides), indent=2))
+        print(json.dumps(run_demo(args.out, control=args.control, overrides=args.overrides, reward=args.reward, ablation=args.ablation), indent=2))
+    elif args.command == "serve-reward":
+        from editr1.cli.serve import serve_reward
+
+        serve_reward(args.config, args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

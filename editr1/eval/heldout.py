@@ -47,6 +47,9 @@ class EvalResult:
     scores: torch.Tensor
     valid: torch.Tensor
     edited: torch.Tensor
+    #: Scores of the same edits by a second reward (the training reward, when tracked).
+    training_scores: torch.Tensor | None = None
+    training_valid: torch.Tensor | None = None
 
     @property
     def mean(self) -> float:
@@ -91,12 +94,15 @@ def evaluate(
 def save_eval(result: EvalResult, path: Path, keep_images: int = 8) -> None:
     """Per-sample scores (and the first few edits, for grids) in safetensors."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"scores": result.scores, "valid": result.valid, "edited": result.edited[:keep_images].contiguous()}, path)
+    tensors = {"scores": result.scores, "valid": result.valid, "edited": result.edited[:keep_images].contiguous()}
+    if result.training_scores is not None:
+        tensors.update(training_scores=result.training_scores, training_valid=result.training_valid)
+    save_file(tensors, path)
 
 
 def load_eval(path: Path) -> EvalResult:
     data = load_file(path)
-    return EvalResult(data["scores"], data["valid"], data["edited"])
+    return EvalResult(data["scores"], data["valid"], data["edited"], data.get("training_scores"), data.get("training_valid"))
 
 
 def paired_stderr(after: torch.Tensor, before: torch.Tensor) -> float:

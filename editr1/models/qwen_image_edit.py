@@ -31,10 +31,10 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
 )
 
 from editr1.errors import EditR1Error
+from editr1.hub import resolve_model_path
 from editr1.models.base import Conditions, EditModelAdapter
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec, load_codec
-from editr1.models.hub import resolve_model_path
-from editr1.models.offline_processor import ImageOnlyQwen2VLProcessor
+from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
 
 PIPELINE_CLASS = "QwenImageEditPipeline"
 

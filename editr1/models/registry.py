@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from editr1.errors import EditR1Error
+from editr1.hub import resolve_model_path
 from editr1.models.base import EditModelAdapter
-from editr1.models.hub import resolve_model_path
 from editr1.models.qwen_image_edit import PIPELINE_CLASS as QWEN_IMAGE_EDIT_PIPELINE
 from editr1.models.qwen_image_edit import QwenImageEditAdapter
 from editr1.models.tiny_qwen_image_edit import build_tiny_qwen_image_edit

@@ -22,9 +22,9 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
 )
 
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec
-from editr1.models.offline_processor import ImageOnlyQwen2VLProcessor
 from editr1.models.qwen_image_edit import PROMPT_TEMPLATE, QwenImageEditAdapter
-from editr1.models.tiny_tokenizer import build_tiny_qwen_tokenizer
+from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
+from editr1.processing.tiny_tokenizer import build_tiny_qwen_tokenizer
 
 TEXT_HIDDEN = 64
 

@@ -33,3 +33,16 @@ class Reward(ABC):
         requirements: list[str | None],
     ) -> RewardBatch:
         """Images are `(3, H, W)` floats in [0, 1]."""
+
+
+def concat_reward_batches(batches: list[RewardBatch]) -> RewardBatch:
+    """Join per-chunk results in order; failure indices are shifted to the joined positions."""
+    failures, offset = {}, 0
+    for batch in batches:
+        failures.update({offset + i: reason for i, reason in batch.failures.items()})
+        offset += batch.scores.numel()
+    keys = set().union(*(b.extras for b in batches)) if batches else set()
+    extras = {
+        key: torch.cat([b.extras.get(key, torch.full((b.scores.numel(),), float("nan"))) for b in batches]) for key in keys
+    }
+    return RewardBatch(torch.cat([b.scores for b in batches]), torch.cat([b.valid for b in batches]), extras, failures)

@@ -55,11 +55,12 @@ def generate_in_batches(
     negative_conditions: Any = None,
     guidance: float | None = None,
     transformer: torch.nn.Module | None = None,
-    on_batch: Callable[[], None] | None = None,
+    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """`generate` over rows of `noise` in chunks of `batch_size`; conditions are sliced with `.select(rows)`.
 
-    `on_batch` is called after each chunk (progress display)."""
+    `on_batch(rows, latents)` is called after each chunk, so a caller can start scoring it while the
+    next chunk is sampled."""
     chunks = []
     for start in range(0, noise.shape[0], batch_size):
         rows = torch.arange(start, min(start + batch_size, noise.shape[0]))
@@ -69,5 +70,5 @@ def generate_in_batches(
                      guidance=guidance, transformer=transformer)
         )
         if on_batch is not None:
-            on_batch()
+            on_batch(rows, chunks[-1])
     return torch.cat(chunks)

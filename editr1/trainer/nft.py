@@ -35,12 +35,14 @@ from editr1.eval.heldout import (
 from editr1.eval.report import ReportSection, write_report
 from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
+from editr1.rewards.base import RewardBatch
 from editr1.rewards.registry import build_reward
 from editr1.rl.advantages import group_advantages, optimality_probability
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
 from editr1.rl.nft_loss import nft_loss
 from editr1.rl.old_policy import old_policy_decay
 from editr1.sampling.generate import generate_in_batches
+from editr1.trainer.async_scoring import RolloutScorer
 from editr1.trainer.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -64,6 +66,9 @@ class Rollout:
     sources: list[torch.Tensor]
     latents: torch.Tensor
     images: torch.Tensor
+    scored: RewardBatch
+    #: Seconds the reward spent computing (overlapped with sampling when `reward.overlap`).
+    reward_compute_seconds: float
 
 
 class NFTTrainer:
@@ -83,6 +88,7 @@ class NFTTrainer:
         self.adapter = build_model(config.model, [s.prompt for s in self.train_samples], seed=config.seed)
         self.adapter.to(self.accelerator.device)
         self.reward = build_reward(config.reward.name, config.reward.options)
+        self.scorer = RolloutScorer(self.reward, config.reward.overlap)
         self.policies = PolicySet(
             self.adapter.transformer,
             config.model.train_mode,
@@ -119,6 +125,12 @@ class NFTTrainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.scorer.close()
+
+    def _run(self) -> dict:
         config = self.config
         logger = MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard) if self.is_main else nullcontext()
         with logger as log, phase_progress(config.logging.progress and self.is_main) as progress:
@@ -128,7 +140,7 @@ class NFTTrainer:
                 self._evaluate(0, log)
             task = progress.task("nft iterations", config.iterations)
             task.advance(self.step)
-            self.phases = {name: progress.task(f"  {name}", 1, quiet=True) for name in ("rollout", "reward", "train")}
+            self.phases = {name: progress.task(f"  {name}", 1, quiet=True) for name in ("rollout", "train")}
             while self.step < config.iterations:
                 if config.time_budget_s and self.train_seconds >= config.time_budget_s:
                     console.print(f"nft: time budget of {config.time_budget_s:.0f}s reached after {self.step} iterations")
@@ -161,16 +173,12 @@ class NFTTrainer:
         own_groups = indices[self.rank * groups : (self.rank + 1) * groups]
         own_rows = slice(self.rank * groups * k, (self.rank + 1) * groups * k)
         rollout = self._rollout(step, [self.train_samples[i] for i in own_groups], own_groups, own_rows, len(indices))
-        timings["seconds_rollout"] = time.monotonic() - tick
+        # Scoring overlapped the rollout; what is left is the wait for the last batch's scores.
+        timings["seconds_rollout_and_reward"] = time.monotonic() - tick
+        timings["seconds_reward_compute"] = rollout.reward_compute_seconds
+        scored = rollout.scored
 
         tick = time.monotonic()
-        self.phases["reward"].restart(1)
-        scored = self.reward.score(
-            [s for s in rollout.sources for _ in range(k)],
-            list(rollout.images),
-            [self.train_samples[i].prompt for i in own_groups for _ in range(k)],
-            [self.train_samples[i].requirement for i in own_groups for _ in range(k)],
-        )
         # Group statistics (the global std above all) are over every rank's rewards.
         rewards = self.accelerator.gather(scored.scores.float().to(self.accelerator.device)).cpu()
         valid = self.accelerator.gather(scored.valid.to(self.accelerator.device, torch.uint8)).cpu().bool()
@@ -187,15 +195,15 @@ class NFTTrainer:
         if rl.ban_saturated:
             saturated = groups_to_ban(rewards, group_ids, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
             self.banned.update(indices[g] for g in saturated)
-        self.phases["reward"].advance()
-        timings["seconds_reward"] = time.monotonic() - tick
+        timings["seconds_statistics"] = time.monotonic() - tick
 
         tick = time.monotonic()
         losses = self._train(step, rollout, r[own_rows], keep[own_rows])
         self.policies.update_old(old_policy_decay(step, rl.old_policy_schedule))
         timings["seconds_train"] = time.monotonic() - tick
         # Every rank must take the same decisions (time budget): use the slowest rank's clock.
-        elapsed = torch.tensor([sum(timings.values())], device=self.accelerator.device)
+        wall = sum(v for k, v in timings.items() if k != "seconds_reward_compute")
+        elapsed = torch.tensor([wall], device=self.accelerator.device)
         self.train_seconds += float(self.accelerator.gather(elapsed).max())
 
         if self.is_main and config.logging.grid_every and step % config.logging.grid_every == 0:
@@ -209,12 +217,13 @@ class NFTTrainer:
             "reward_min": float(good.min()),
             "reward_max": float(good.max()),
             "unscored": float((~valid).sum()),
+            **{f"{key}_mean": float(values[scored.valid].mean()) for key, values in scored.extras.items() if scored.valid.any()},
             "fraction_filtered": 1 - kept_groups / groups_total,
             "fraction_banned": len(self.banned) / len(self.train_samples),
             "old_policy_decay": old_policy_decay(step, rl.old_policy_schedule),
             **losses,
             **timings,
-            "seconds_total": sum(timings.values()),
+            "seconds_total": wall,
         }
 
     @torch.no_grad()
@@ -234,15 +243,26 @@ class NFTTrainer:
         # One global noise draw, sliced per rank: the edits do not depend on how many processes run.
         noise = torch.randn(total_groups * k, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))[rows]
         self.phases["rollout"].restart(math.ceil(noise.shape[0] / rollout_config.batch_size))
+        sources = [first_source_tensor(s, size) for s in samples]
+        images = []
+
+        def score_batch(rows: torch.Tensor, latents: torch.Tensor) -> None:
+            # Decoded here, scored in the background while the next batch is sampled.
+            pixels = self.adapter.decode_latents(latents, size, size).float().cpu()
+            images.append(pixels)
+            groups = (rows // k).tolist()
+            self.scorer.submit([sources[g] for g in groups], list(pixels), [samples[g].prompt for g in groups],
+                               [samples[g].requirement for g in groups])
+            self.phases["rollout"].advance()
+
         with self.policies.use("old") as old:
             latents = generate_in_batches(
                 self.adapter, repeated, noise.to(self.adapter.device), self.sigmas, rollout_config.batch_size,
                 rollout_config.sampler, rollout_config.cfg_scale, negative, rollout_config.guidance, old,
-                on_batch=self.phases["rollout"].advance,
+                on_batch=score_batch,
             )
-        images = self.adapter.decode_latents(latents, size, size).float().cpu()
-        sources = [first_source_tensor(s, size) for s in samples]
-        return Rollout(indices, conditions, sources, latents, images)
+        scored, compute_seconds = self.scorer.collect()
+        return Rollout(indices, conditions, sources, latents, torch.cat(images), scored, compute_seconds)
 
     def _train(self, step: int, rollout: Rollout, r: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
         """Accumulate the NFT loss over kept samples x rollout timesteps, then one optimizer step.
@@ -313,10 +333,17 @@ class NFTTrainer:
         with torch.no_grad(), self.policies.use("trained") as trained:
             result = evaluate(self.adapter, self.heldout, self.eval_reward, ev.steps, ev.sampler, ev.cfg_scale, trained,
                               guidance=self.config.rollout.guidance)
+        metrics = {}
+        if ev.track_training_reward:
+            samples = self.heldout.samples
+            tracked = self.reward.score([first_source_tensor(s, self.size) for s in samples], list(result.edited),
+                                        [s.prompt for s in samples], [s.requirement for s in samples])
+            result.training_scores, result.training_valid = tracked.scores, tracked.valid
+            metrics["heldout_training_reward"] = float(tracked.scores[tracked.valid].mean())
         folder = self.run_dir / "eval"
         save_eval(result, folder / f"step_{step:06d}.safetensors", GRID_SAMPLES)
         self.evaluated_steps.add(step)
-        metrics = {"heldout_reward": result.mean, "seconds_eval": time.monotonic() - tick}
+        metrics.update(heldout_reward=result.mean, seconds_eval=time.monotonic() - tick)
         if step > 0:
             base = load_eval(folder / "step_000000.safetensors")
             both = result.valid & base.valid
@@ -378,6 +405,13 @@ class NFTTrainer:
                 heldout_n=int(both.sum()),
                 heldout_stderr=paired_stderr(final.scores[both], base.scores[both]),
             )
+            if base.training_scores is not None and final.training_scores is not None:
+                tracked = base.training_valid & final.training_valid
+                summary.update(
+                    base_heldout_training_reward=float(base.training_scores[tracked].mean()),
+                    final_heldout_training_reward=float(final.training_scores[tracked].mean()),
+                    heldout_training_stderr=paired_stderr(final.training_scores[tracked], base.training_scores[tracked]),
+                )
             n = min(GRID_SAMPLES, len(self.heldout.samples))
             samples = self.heldout.samples[:n]
             grid = before_after_grid(

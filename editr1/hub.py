@@ -8,12 +8,12 @@ from editr1.errors import EditR1Error
 
 
 def resolve_model_path(path_or_id: str | Path) -> Path:
-    """A local diffusers-format folder as is; a hub id through the local hub cache or a download."""
+    """A local model folder as is; a hub id through the local hub cache or a download."""
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise EditR1Error(f"{path}: is a file; expected a diffusers-format model folder")
+        raise EditR1Error(f"{path}: is a file; expected a model folder")
     text = str(path_or_id)
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise EditR1Error(f"{text}: no such model folder, and not a hub id of the form 'org/name'")

@@ -1,0 +1,1 @@
+"""Offline tokenizers and processors shared by editing models and judges."""

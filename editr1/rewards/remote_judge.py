@@ -1,0 +1,208 @@
+"""The `mllm_remote` reward: the score-logit readout from an OpenAI-compatible server.
+
+`editr1 serve-reward`, vLLM and SGLang all answer a chat completion with `max_tokens: 1` and the top
+log-probabilities of that token; the score is read from those (ALGORITHM.md: levels absent from the
+top-k get zero mass). Images travel as PNG data URLs of `tensor_to_image`, the exact pixels the
+in-process `mllm` reward sees. A sample the server cannot score is unscored, with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from editr1.data.images import tensor_to_image
+from editr1.errors import EditR1Error
+from editr1.rewards.base import Reward, RewardBatch
+from editr1.rewards.judge_prompt import JudgePrompt
+from editr1.rewards.registry import register_reward
+from editr1.rewards.score_logit import (
+    DEFAULT_LEVELS,
+    score_from_top_logprobs,
+    score_tokens,
+)
+
+#: Statuses worth another try besides 5xx: a timeout and rate limiting; other 4xx will not change.
+RETRY_STATUSES = frozenset({408, 429})
+MAX_BACKOFF_S = 30.0
+HEALTH_POLL_S = 0.25
+MAX_TOP_LOGPROBS = 20
+
+
+class RemoteError(Exception):
+    """Why one sample could not be scored by the server."""
+
+
+def _option_error(name: str, message: str) -> EditR1Error:
+    return EditR1Error(f"reward.options.{name}: {message}")
+
+
+def _image_part(image: torch.Tensor) -> dict:
+    buffer = io.BytesIO()
+    tensor_to_image(image).save(buffer, format="PNG", compress_level=1)  # lossless; fast beats small here
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}
+
+
+def _http_error_detail(error: urllib.error.HTTPError) -> str:
+    """The OpenAI-style error message of a response, else its reason phrase."""
+    try:
+        return str(json.loads(error.read())["error"]["message"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return str(error.reason)
+
+
+@register_reward("mllm_remote")
+class RemoteJudgeReward(Reward):
+    """Expected 0..L score of a judge behind an OpenAI-compatible `url`, normalised to [0, 1].
+
+    `url` is the API base (`http://host:8000/v1`), `model` the name the server knows the judge by.
+    One request per sample, `concurrency` at a time; each is tried `max_retries` more times after a
+    connection error, timeout, 5xx, 408 or 429, waiting `backoff_s` doubled per try (capped). Before
+    each `score` call, `GET <root>/health` is polled for up to `wait_ready_s` seconds (0: no check,
+    for servers without /health); a server not ready by then leaves the whole call unscored.
+    """
+
+    name = "mllm_remote"
+
+    def __init__(self, url: str, model: str, api_key: str | None = None, api_key_env: str | None = None,
+                 template: str | None = None, levels: int = DEFAULT_LEVELS, top_logprobs: int = MAX_TOP_LOGPROBS,
+                 timeout_s: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5, concurrency: int = 16,
+                 wait_ready_s: float = 300.0):
+        if not url.startswith(("http://", "https://")):
+            raise _option_error("url", f"expected an http(s) base URL such as http://127.0.0.1:8000/v1, got {url!r}")
+        try:
+            score_tokens(levels)
+        except ValueError as error:
+            raise _option_error("levels", str(error)) from error
+        if not 1 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise _option_error("top_logprobs", f"must be in 1..{MAX_TOP_LOGPROBS}, got {top_logprobs}")
+        for option, value, ok, rule in (("timeout_s", timeout_s, timeout_s > 0, "> 0"),
+                                        ("max_retries", max_retries, max_retries >= 0, ">= 0"),
+                                        ("backoff_s", backoff_s, backoff_s >= 0, ">= 0"),
+                                        ("concurrency", concurrency, concurrency >= 1, ">= 1"),
+                                        ("wait_ready_s", wait_ready_s, wait_ready_s >= 0, ">= 0 (0: no wait)")):
+            if not ok:
+                raise _option_error(option, f"must be {rule}, got {value}")
+        if api_key is not None and api_key_env is not None:
+            raise _option_error("api_key", "set api_key or api_key_env, not both")
+        if api_key_env is not None:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise _option_error("api_key_env", f"environment variable {api_key_env!r} is not set or empty")
+        base = url.rstrip("/")
+        self.completions_url = base + "/chat/completions"
+        # vLLM, SGLang and editr1 serve /health at the root, beside /v1.
+        self.health_url = base.removesuffix("/v1") + "/health"
+        self.model, self.levels, self.top_logprobs = model, levels, top_logprobs
+        self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self.concurrency, self.wait_ready_s = concurrency, wait_ready_s
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.prompt = JudgePrompt.from_file(template, levels - 1) if template else JudgePrompt(max_score=levels - 1)
+
+    def score(self, sources, edited, prompts, requirements) -> RewardBatch:
+        n = len(edited)
+        scores = torch.full((n,), float("nan"), dtype=torch.float64)
+        mass = torch.full((n,), float("nan"), dtype=torch.float64)
+        failures: dict[int, str] = {}
+        rows = []
+        for i in range(n):
+            if torch.isfinite(sources[i]).all() and torch.isfinite(edited[i]).all():
+                rows.append(i)
+            else:
+                failures[i] = "image contains NaN or infinite values (not sent to the judge)"
+        not_ready = self.wait_ready() if rows else None
+        if not_ready:
+            failures.update({i: not_ready for i in rows})
+            rows = []
+        if rows:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(rows))) as pool:
+                futures = {i: pool.submit(self.score_one, sources[i], edited[i], prompts[i], requirements[i]) for i in rows}
+            for i, future in futures.items():
+                try:
+                    scores[i], mass[i] = future.result()
+                except RemoteError as error:
+                    failures[i] = str(error)
+        return RewardBatch(scores.float(), torch.isfinite(scores), {"judge_score_mass": mass.float()}, failures)
+
+    def score_one(self, source: torch.Tensor, edited: torch.Tensor, prompt: str, requirement: str | None) -> tuple[float, float]:
+        """(score, probability mass on the score tokens) of one sample; raises RemoteError."""
+        return self.read_score(self.post(self.request_body(source, edited, prompt, requirement)))
+
+    def request_body(self, source: torch.Tensor, edited: torch.Tensor, prompt: str, requirement: str | None) -> bytes:
+        messages = self.prompt.messages(prompt, requirement, image_parts=(_image_part(source), _image_part(edited)))
+        return json.dumps({"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0,
+                           "logprobs": True, "top_logprobs": self.top_logprobs}).encode()
+
+    def post(self, body: bytes) -> dict:
+        """POST a chat completion, retrying what may pass on another try; raises RemoteError."""
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            request = urllib.request.Request(self.completions_url, data=body, headers=self.headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    raw = response.read()
+            except urllib.error.HTTPError as error:
+                problem = f"HTTP {error.code}: {_http_error_detail(error)}"
+                if error.code < 500 and error.code not in RETRY_STATUSES:
+                    raise RemoteError(f"POST {self.completions_url}: {problem}") from None
+            except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, cut short
+                problem = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+            else:
+                try:
+                    return json.loads(raw)
+                except ValueError as error:
+                    raise RemoteError(f"POST {self.completions_url}: the response is not JSON ({error})") from None
+            if attempt + 1 < attempts:
+                time.sleep(min(self.backoff_s * 2**attempt, MAX_BACKOFF_S))
+        raise RemoteError(f"POST {self.completions_url} failed after {attempts} attempt(s): {problem}")
+
+    def read_score(self, response: dict) -> tuple[float, float]:
+        try:
+            entries = response["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            top_logprobs: dict[str, float] = {}
+            for entry in entries:  # best first; a token text seen twice keeps its best entry
+                top_logprobs.setdefault(entry["token"], float(entry["logprob"]))
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise RemoteError(f"{self.completions_url}: the response has no choices[0].logprobs.content[0].top_logprobs "
+                              f"({type(error).__name__}: {error}); does the server support logprobs?") from None
+        try:
+            score, mass, _ = score_from_top_logprobs(top_logprobs, self.levels)
+        except ValueError as error:
+            raise RemoteError(f"{self.completions_url}: {error}") from None
+        if not math.isfinite(score):
+            raise RemoteError(f"{self.completions_url}: the score from the top log-probabilities is not finite")
+        return score, mass
+
+    def wait_ready(self) -> str | None:
+        """None once GET /health answers 200; else, after wait_ready_s, why the server is not ready."""
+        if self.wait_ready_s == 0:
+            return None
+        deadline = time.monotonic() + self.wait_ready_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                request = urllib.request.Request(self.health_url, headers=self.headers)
+                with urllib.request.urlopen(request, timeout=max(0.1, min(self.timeout_s, remaining))) as response:
+                    if response.status == 200:
+                        return None
+                    problem = f"HTTP {response.status}"
+            except urllib.error.HTTPError as error:
+                problem = f"HTTP {error.code}: {_http_error_detail(error)}"
+            except (OSError, http.client.HTTPException) as error:
+                problem = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return f"server not ready: GET {self.health_url} gave no 200 within {self.wait_ready_s:g}s (last: {problem})"
+            time.sleep(min(HEALTH_POLL_S, remaining))

@@ -1,0 +1,5 @@
+"""`editr1 serve-reward`: the score-logit judge behind an OpenAI-compatible HTTP API.
+
+`protocol` parses and answers the chat-completions subset, `batcher` shares judge forward passes
+between concurrent requests, `reward_server` is the stdlib HTTP front, `config` its typed settings.
+"""

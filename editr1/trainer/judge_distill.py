@@ -1,0 +1,246 @@
+"""`editr1 judge distill`: teach the tiny Qwen2.5-VL judge to answer the shapes verifier's score.
+
+The judge sees what a real one sees (source image, edited image, the instruction in the judge
+prompt) and is trained, with cross-entropy at its first answer position, to put on the score tokens a
+distribution whose expectation is the verifier's score. Its training edits are the policy model's own
+rollouts (what RL will show it), the exact targets, and procedural corruptions. Its pairwise agreement
+with the verifier is measured on rollouts of held-out samples, written as a preference-pairs file so
+that `editr1 eval reward-alignment` measures any reward the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from editr1.config import JudgeDistillConfig, JudgeRolloutConfig, save_config
+from editr1.data.batching import first_source_tensor, source_images
+from editr1.data.jsonl import EditSample, read_edit_jsonl, write_jsonl
+from editr1.data.preference_pairs import read_preference_jsonl
+from editr1.data.shapes import apply_edit, parse_instruction, parse_scene, render
+from editr1.data.shapes_corruptions import corrupted_edits
+from editr1.errors import EditR1Error
+from editr1.eval.reward_alignment import evaluate_alignment
+from editr1.eval.visuals import reward_curve
+from editr1.rewards.judge_prompt import JudgePrompt
+from editr1.rewards.mllm_judge import MLLMScoreReward
+from editr1.rewards.score_logit import score_token_ids, two_hot_levels
+from editr1.rewards.shapes_verifier import verify_edit
+from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
+from editr1.sampling.generate import generate_in_batches
+from editr1.trainer.metrics_log import MetricsLogger, read_metrics
+from editr1.trainer.model_loading import build_model
+from editr1.trainer.progress import console, phase_progress
+from editr1.trainer.seeding import generator_for
+from editr1.trainer.sft import SAVE_DTYPES, learning_rate_factor
+
+ROLLOUT_BATCH = 64
+
+
+@dataclass
+class JudgeExamples:
+    """Edited images with their verifier scores; `source_of[i]` indexes `sources` and `samples`."""
+
+    samples: list[EditSample]
+    sources: np.ndarray
+    source_of: np.ndarray
+    edited: np.ndarray
+    scores: np.ndarray
+
+
+def _to_uint8(t: torch.Tensor) -> np.ndarray:
+    return t.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def policy_rollouts(adapter, samples: list[EditSample], spec: JudgeRolloutConfig, size: int, generator: torch.Generator,
+                    on_batch=None) -> np.ndarray:
+    """`spec.count` edits of every sample, `(len(samples) * count, H, W, 3)` uint8, sample-major."""
+    sigmas = adapter.sigmas(spec.steps, size, size)
+    token_shape = adapter.latent_token_shape(size, size)
+    chunks = []
+    per_chunk = max(1, ROLLOUT_BATCH // spec.count)
+    for start in range(0, len(samples), per_chunk):
+        chunk = samples[start : start + per_chunk]
+        conditions = adapter.encode_conditions([source_images(s, size) for s in chunk], [s.prompt for s in chunk], size, size)
+        repeated = conditions.select(torch.arange(len(chunk)).repeat_interleave(spec.count))
+        noise = torch.randn(len(chunk) * spec.count, *token_shape, generator=generator).to(adapter.device)
+        latents = generate_in_batches(adapter, repeated, noise, sigmas, ROLLOUT_BATCH, spec.sampler)
+        chunks.append(_to_uint8(adapter.decode_latents(latents, size, size).float().cpu()))
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return np.concatenate(chunks)
+
+
+def build_examples(adapter, samples: list[EditSample], config: JudgeDistillConfig, progress) -> JudgeExamples:
+    size = config.policy.resolution
+    sources = np.stack([_to_uint8(first_source_tensor(s, size)[None])[0] for s in samples])
+    edited, source_of = [], []
+    for number, spec in enumerate(config.rollouts):
+        if spec.count == 0:
+            continue
+        task = progress.task(f"judge data: {spec.sampler} x{spec.steps} rollouts", len(samples))
+        images = policy_rollouts(adapter, samples, spec, size, generator_for(config.seed, number, "judge-rollouts"), task.advance)
+        task.done()
+        edited.append(images)
+        source_of.append(np.repeat(np.arange(len(samples)), spec.count))
+    rng = random.Random(f"editr1-judge:{config.seed}")
+    task = progress.task("judge data: targets and corruptions", len(samples))
+    for index, sample in enumerate(samples):
+        scene, edit = parse_scene(sources[index], strict=True), parse_instruction(sample.prompt)
+        images = [render(apply_edit(scene, edit)), *corrupted_edits(rng, scene, edit, config.corruptions_per_sample)]
+        edited.append(np.stack(images))
+        source_of.append(np.full(len(images), index))
+        task.advance()
+    task.done()
+    edited_all, source_all = np.concatenate(edited), np.concatenate(source_of)
+    scores = np.array([verify_edit(sources[s], e, samples[s].prompt) for s, e in zip(source_all, edited_all)], dtype=np.float32)
+    return JudgeExamples(samples, sources, source_all, edited_all, scores)
+
+
+def write_heldout_pairs(adapter, samples: list[EditSample], config: JudgeDistillConfig, folder: Path) -> Path:
+    """Two rollouts per held-out sample (the first rollout spec, as RL samples them), labelled by the
+    verifier: "tie" when their scores are within `tie_margin`. Returns the pairs JSONL."""
+    size = config.policy.resolution
+    spec = JudgeRolloutConfig(config.rollouts[0].sampler, config.rollouts[0].steps, 2)
+    images = policy_rollouts(adapter, samples, spec, size, generator_for(config.seed, 0, "judge-heldout-pairs"))
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, sample in enumerate(samples):
+        source = _to_uint8(first_source_tensor(sample, size)[None])[0]
+        a, b = images[2 * index], images[2 * index + 1]
+        score_a, score_b = verify_edit(source, a, sample.prompt), verify_edit(source, b, sample.prompt)
+        preferred = "tie" if abs(score_a - score_b) < config.tie_margin else ("a" if score_a > score_b else "b")
+        names = {}
+        for side, image in (("source", source), ("a", a), ("b", b)):
+            names[side] = f"images/{sample.id}_{side}.png"
+            Image.fromarray(image).save(folder / names[side])
+        rows.append({"id": sample.id, "source": names["source"], "prompt": sample.prompt, "requirement": sample.requirement,
+                     "image_a": names["a"], "image_b": names["b"], "preferred": preferred,
+                     "verifier_a": round(score_a, 6), "verifier_b": round(score_b, 6)})
+    path = folder / "pairs.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+class JudgeDistiller:
+    def __init__(self, config: JudgeDistillConfig):
+        self.config = config
+        self.run_dir = Path(config.output_dir)
+        if (self.run_dir / "metrics.jsonl").exists():
+            raise EditR1Error(f"{self.run_dir}: already holds a run; choose another output_dir")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, self.run_dir / "config.yaml")
+        self.train = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
+        self.heldout = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels) if config.data.heldout else []
+        arch = config.arch
+        self.judge = build_tiny_judge([s.prompt for s in self.train], config.policy.resolution, config.seed, arch.hidden,
+                                      arch.layers, arch.vision_hidden, arch.vision_depth)
+        self.prompt = JudgePrompt()
+        self.level_ids = torch.tensor(score_token_ids(self.judge.tokenizer))
+
+    def run(self) -> dict:
+        config = self.config
+        with phase_progress(config.logging.progress) as progress:
+            torch.manual_seed(config.seed)
+            policy = build_model(config.policy, [s.prompt for s in self.train], seed=config.seed)
+            examples = self._examples(policy, progress)
+            pairs_path = None
+            if self.heldout and config.eval_pairs:
+                pairs_path = write_heldout_pairs(policy, self.heldout[: config.eval_pairs], config, self.run_dir / "heldout_pairs")
+            del policy
+            console.print(f"judge: {len(examples.scores)} training edits, mean verifier score {examples.scores.mean():.3f}")
+            pairs = read_preference_jsonl(pairs_path) if pairs_path else []
+            step = self._train(examples, pairs, progress)
+        save_judge(self.judge, self.run_dir / "judge", SAVE_DTYPES[config.save_dtype])
+        rows = read_metrics(self.run_dir)
+        reward_curve(rows, self.run_dir / "agreement_curve.png", keys=("loss",), eval_keys=("heldout_agreement",),
+                     title="Judge distillation: loss and held-out agreement with the verifier")
+        summary = {"steps": step, "training_edits": int(len(examples.scores)), "judge": str(self.run_dir / "judge")}
+        if pairs:
+            summary.update(self._agreement(pairs).as_dict())
+            summary["pairs"] = str(pairs_path)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _examples(self, policy, progress) -> JudgeExamples:
+        """Built once per run and kept in `examples.npz`; `reuse_examples` points at another run's file."""
+        path = Path(self.config.reuse_examples) if self.config.reuse_examples else self.run_dir / "examples.npz"
+        if path.is_file():
+            data = np.load(path)
+            if len(data["sources"]) != len(self.train):
+                raise EditR1Error(f"{path}: built from {len(data['sources'])} training samples, the data has {len(self.train)}")
+            return JudgeExamples(self.train, data["sources"], data["source_of"], data["edited"], data["scores"])
+        if self.config.reuse_examples:
+            raise EditR1Error(f"reuse_examples: {path} not found")
+        examples = build_examples(policy, self.train, self.config, progress)
+        np.savez_compressed(self.run_dir / "examples.npz", sources=examples.sources, source_of=examples.source_of,
+                            edited=examples.edited, scores=examples.scores)
+        return examples
+
+    def _agreement(self, pairs):
+        self.judge.model.eval()
+        return evaluate_alignment(MLLMScoreReward(self.judge, self.prompt), pairs)
+
+    def _train(self, examples: JudgeExamples, pairs, progress) -> int:
+        config, model = self.config, self.judge.model
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        started, step, order = time.monotonic(), 0, torch.empty(0, dtype=torch.long)
+        per_epoch = len(examples.scores)
+        with MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard) as log:
+            task = progress.task("judge distill", config.steps)
+            while step < config.steps:
+                if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
+                    console.print(f"judge: time budget of {config.time_budget_s:.0f}s reached at step {step}")
+                    break
+                if order.numel() < config.batch_size:
+                    order = torch.cat([order, torch.randperm(per_epoch, generator=generator_for(config.seed, step, "judge-order"))])
+                batch, order = order[: config.batch_size], order[config.batch_size :]
+                lr = config.lr * learning_rate_factor(step, config.steps, config.warmup_steps, "cosine")
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = self._loss(examples, batch)
+                if not torch.isfinite(loss):
+                    raise EditR1Error(f"judge step {step}: the loss is {loss.item()}; lower lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                step += 1
+                log.log(step, {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr})
+                task.advance()
+                if pairs and config.eval_every and step % config.eval_every == 0:
+                    result = self._agreement(pairs)
+                    model.train()
+                    log.log(step, {"heldout_agreement": result.accuracy})
+                    console.print(f"judge step {step}: held-out pairwise agreement with the verifier {result.accuracy:.4f}")
+            task.done()
+        model.eval()
+        return step
+
+    def _loss(self, examples: JudgeExamples, batch: torch.Tensor) -> torch.Tensor:
+        conversations = []
+        for i in batch.tolist():
+            sample = examples.samples[examples.source_of[i]]
+            images = [Image.fromarray(examples.sources[examples.source_of[i]]), Image.fromarray(examples.edited[i])]
+            conversations.append((self.prompt.messages(sample.prompt, sample.requirement), images))
+        inputs = self.judge.processor(
+            text=[self.judge.prompt_text(m) for m, _ in conversations],
+            images=[image for _, images in conversations for image in images], padding=True, return_tensors="pt",
+        )
+        logits = self.judge.model(**inputs, logits_to_keep=1).logits[:, -1].float()
+        target = torch.zeros_like(logits)
+        target[:, self.level_ids] = two_hot_levels(torch.from_numpy(examples.scores[batch.numpy()])).float()
+        return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def run_judge_distill(config: JudgeDistillConfig) -> dict:
+    return JudgeDistiller(config).run()
