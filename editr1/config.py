@@ -218,6 +218,9 @@ class JudgeDistillConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eval_every: int = 250
+    #: Weight of the auxiliary captioning loss (0: scoring only), and captions per step.
+    caption_weight: float = 1.0
+    caption_batch_size: int = 32
     #: Held-out samples whose two policy rollouts form the agreement pairs.
     eval_pairs: int = 256
     #: Verifier scores closer than this make a "tie" pair.
@@ -244,7 +247,8 @@ _bounds("JudgeArchConfig", hidden=(16, None), layers=(1, None), vision_hidden=(1
 _bounds("JudgeRolloutConfig", steps=(1, None), count=(0, None))
 _bounds("JudgeDistillConfig", corruptions_per_sample=(1, None), steps=(1, None), time_budget_s=(0, None),
         batch_size=(1, None), lr=(0, None, True), warmup_steps=(0, None), weight_decay=(0, None),
-        grad_clip=(0, None, True), eval_every=(0, None), eval_pairs=(0, None), tie_margin=(0, 1))
+        grad_clip=(0, None, True), eval_every=(0, None), eval_pairs=(0, None), tie_margin=(0, 1), caption_weight=(0, None),
+        caption_batch_size=(1, None))
 
 
 # ---- validation -------------------------------------------------------------------------------

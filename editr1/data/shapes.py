@@ -318,6 +318,13 @@ def apply_edit(scene: Scene, edit: Edit) -> Scene:
     return Scene(tuple(others) + (new,))
 
 
+def describe_scene(scene: Scene) -> str:
+    """A caption listing every object, e.g. "a red circle at the top left, a blue square at the center"."""
+    if not scene.shapes:
+        return "an empty black canvas"
+    return ", ".join(f"a {s.color} {s.kind} at the {CELL_NAMES[s.cell]}" for s in scene.shapes)
+
+
 # --------------------------------------------------------------- sampling
 
 

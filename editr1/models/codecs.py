@@ -2,6 +2,8 @@
 
 `VaeCodec` wraps a diffusers VAE of the Qwen-Image family (5-D latents with a frame axis,
 per-channel mean/std normalisation, mode of the posterior as the pipelines use).
+`ScaledVaeCodec` wraps an image `AutoencoderKL` normalised by one `shift_factor`/`scaling_factor` pair,
+as the FLUX.1 pipelines use it.
 `PixelUnshuffleCodec` is an exactly invertible space-to-depth map. The CPU demo uses it because a
 tiny VAE trained here would blur 32x32 shapes and the verifier would then score the VAE, not the
 policy; with an exact codec every reward change comes from the transformer.
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKLQwenImage
+from diffusers import AutoencoderKL, AutoencoderKLQwenImage
 
 from editr1.errors import EditR1Error
 
@@ -79,7 +81,40 @@ class VaeCodec:
         return self
 
 
-def load_codec(folder: Path, torch_dtype: torch.dtype = torch.float32) -> PixelUnshuffleCodec | VaeCodec:
+class ScaledVaeCodec:
+    """An `AutoencoderKL` used as `FluxKontextPipeline` uses it: mode of the posterior, then
+    `(z - shift_factor) * scaling_factor`; decoding inverts that."""
+
+    def __init__(self, vae: AutoencoderKL):
+        self.vae = vae
+        # The pipelines' `vae_scale_factor`: one 2x downsampling between consecutive blocks.
+        self.scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_channels = vae.config.latent_channels
+
+    @property
+    def _shift(self) -> float:
+        return self.vae.config.shift_factor or 0.0  # Stable Diffusion-era VAEs have none
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        latents = self.vae.encode((pixels * 2 - 1).to(self.vae.dtype)).latent_dist.mode()
+        return (latents - self._shift) * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + self._shift
+        image = self.vae.decode(z, return_dict=False)[0]
+        return ((image + 1) / 2).clamp(0, 1)
+
+    def save_pretrained(self, folder: Path) -> None:
+        self.vae.save_pretrained(folder)
+
+    def to(self, *args, **kwargs) -> "ScaledVaeCodec":
+        self.vae.to(*args, **kwargs)
+        return self
+
+
+def load_codec(
+    folder: Path, torch_dtype: torch.dtype = torch.float32
+) -> PixelUnshuffleCodec | VaeCodec | ScaledVaeCodec:
     """Load the codec saved in `folder` (a model's `vae/` subfolder), whichever kind it is."""
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
@@ -89,4 +124,6 @@ def load_codec(folder: Path, torch_dtype: torch.dtype = torch.float32) -> PixelU
         return PixelUnshuffleCodec(json.loads(config_path.read_text())["factor"])
     if class_name == "AutoencoderKLQwenImage":
         return VaeCodec(AutoencoderKLQwenImage.from_pretrained(folder, torch_dtype=torch_dtype).eval())
+    if class_name == "AutoencoderKL":
+        return ScaledVaeCodec(AutoencoderKL.from_pretrained(folder, torch_dtype=torch_dtype).eval())
     raise EditR1Error(f"{config_path}: unsupported VAE class {class_name!r}")

@@ -50,6 +50,8 @@ PROMPT_TEMPLATE = (
 
 class QwenImageEditAdapter(EditModelAdapter):
     family = "qwen-image-edit"
+    #: The diffusers pipeline class `save_pretrained` names in `model_index.json`.
+    pipeline_class = PIPELINE_CLASS
     lora_target_modules = (
         "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
     )
@@ -107,7 +109,7 @@ class QwenImageEditAdapter(EditModelAdapter):
         self.processor.tokenizer.save_pretrained(folder / "processor")
         self.scheduler.save_pretrained(folder / "scheduler")
         index = {
-            "_class_name": PIPELINE_CLASS,
+            "_class_name": self.pipeline_class,
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
             "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
             "tokenizer": ["transformers", "Qwen2Tokenizer"],
@@ -171,9 +173,20 @@ class QwenImageEditAdapter(EditModelAdapter):
         pixels = self.image_processor.preprocess(resized, cond_height, cond_width)  # [-1, 1]
         device = self.device
         image_tokens = self.encode_images(((pixels + 1) / 2).to(device, self.transformer.dtype))
-        inputs = self.processor(
-            text=[PROMPT_TEMPLATE.format(p) for p in prompts], images=resized, padding=True, return_tensors="pt"
-        ).to(device)
+        embeds, mask = self._encode_prompts([PROMPT_TEMPLATE.format(p) for p in prompts], resized)
+        h, w = self._latent_hw(height, width)
+        ch, cw = self._latent_hw(cond_height, cond_width)
+        return Conditions(
+            {"prompt_embeds": embeds, "prompt_mask": mask, "image_tokens": image_tokens},
+            {"img_shapes": [(1, h // 2, w // 2), (1, ch // 2, cw // 2)]},
+        )
+
+    def _encode_prompts(self, texts: list[str], images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VL encoder's last hidden states of each chat `texts[i]` (its images, in order, are the next
+        ones of `images`) without the system prompt, right-padded: `(B, L, D)` embeddings in the
+        transformer's dtype and their `(B, L)` mask, as the pipelines' `_get_qwen_prompt_embeds`."""
+        device = self.device
+        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(device)
         hidden = self.text_encoder(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
@@ -188,12 +201,7 @@ class QwenImageEditAdapter(EditModelAdapter):
         for i, k in enumerate(kept):
             embeds[i, : k.shape[0]] = k
             mask[i, : k.shape[0]] = 1
-        h, w = self._latent_hw(height, width)
-        ch, cw = self._latent_hw(cond_height, cond_width)
-        return Conditions(
-            {"prompt_embeds": embeds.to(self.transformer.dtype), "prompt_mask": mask, "image_tokens": image_tokens},
-            {"img_shapes": [(1, h // 2, w // 2), (1, ch // 2, cw // 2)]},
-        )
+        return embeds.to(self.transformer.dtype), mask
 
     def _condition_size(self, image: Image.Image, height: int, width: int) -> tuple[int, int]:
         if self.condition_area is None:

@@ -11,14 +11,34 @@ import torch
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
 from editr1.models.base import EditModelAdapter
+from editr1.models.flux_kontext import PIPELINE_CLASS as FLUX_KONTEXT_PIPELINE
+from editr1.models.flux_kontext import FluxKontextAdapter
 from editr1.models.qwen_image_edit import PIPELINE_CLASS as QWEN_IMAGE_EDIT_PIPELINE
 from editr1.models.qwen_image_edit import QwenImageEditAdapter
+from editr1.models.qwen_image_edit_plus import (
+    PIPELINE_CLASS as QWEN_IMAGE_EDIT_PLUS_PIPELINE,
+)
+from editr1.models.qwen_image_edit_plus import QwenImageEditPlusAdapter
+from editr1.models.tiny_flux_kontext import build_tiny_flux_kontext
 from editr1.models.tiny_qwen_image_edit import build_tiny_qwen_image_edit
+from editr1.models.tiny_qwen_image_edit_plus import build_tiny_qwen_image_edit_plus
 
-ADAPTERS: dict[str, type[EditModelAdapter]] = {QwenImageEditAdapter.family: QwenImageEditAdapter}
+ADAPTERS: dict[str, type[EditModelAdapter]] = {
+    QwenImageEditAdapter.family: QwenImageEditAdapter,
+    QwenImageEditPlusAdapter.family: QwenImageEditPlusAdapter,
+    FluxKontextAdapter.family: FluxKontextAdapter,
+}
 #: Random tiny models of the real architectures, built offline from configs: `model.path: tiny:<family>`.
-TINY_PRESETS: dict[str, Callable[..., EditModelAdapter]] = {"tiny:qwen-image-edit": build_tiny_qwen_image_edit}
-PIPELINE_TO_FAMILY = {QWEN_IMAGE_EDIT_PIPELINE: QwenImageEditAdapter.family}
+TINY_PRESETS: dict[str, Callable[..., EditModelAdapter]] = {
+    "tiny:qwen-image-edit": build_tiny_qwen_image_edit,
+    "tiny:qwen-image-edit-plus": build_tiny_qwen_image_edit_plus,
+    "tiny:flux-kontext": build_tiny_flux_kontext,
+}
+PIPELINE_TO_FAMILY = {
+    QWEN_IMAGE_EDIT_PIPELINE: QwenImageEditAdapter.family,
+    QWEN_IMAGE_EDIT_PLUS_PIPELINE: QwenImageEditPlusAdapter.family,
+    FLUX_KONTEXT_PIPELINE: FluxKontextAdapter.family,
+}
 
 
 def build_tiny(preset: str, corpus: list[str], seed: int = 0) -> EditModelAdapter:

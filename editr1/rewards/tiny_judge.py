@@ -38,14 +38,14 @@ def build_tiny_judge(corpus: Iterable[str] = (), image_size: int = 32, seed: int
                                           chat_template=QWEN2VL_CHAT_TEMPLATE)
     ids = tokenizer.convert_tokens_to_ids
     heads = 4
-    quarter = hidden // heads // 2 // 4  # mrope splits half the head dim into (time, height, width)
+    half = hidden // heads // 2
+    spatial = half * 3 // 8  # mrope splits half the head dim into (time, height, width), as Qwen's [16, 24, 24]
     special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
             num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "mrope_section": [quarter, (hidden // heads // 2 - quarter) // 2,
-                                                                       (hidden // heads // 2 - quarter) // 2],
+            rope_parameters={"rope_type": "default", "mrope_section": [half - 2 * spatial, spatial, spatial],
                              "rope_theta": 1e4},
             **special,
         ),

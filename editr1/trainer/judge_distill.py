@@ -2,7 +2,10 @@
 
 The judge sees what a real one sees (source image, edited image, the instruction in the judge
 prompt) and is trained, with cross-entropy at its first answer position, to put on the score tokens a
-distribution whose expectation is the verifier's score. Its training edits are the policy model's own
+distribution whose expectation is the verifier's score. A judge trained from scratch on that one
+token per example stays image-blind for a long time (it learns the score prior first), so each step
+also trains it to caption single images ("a red circle at the top left, ..."), the dense
+vision-language pretraining real judges get before any scoring. Its training edits are the policy model's own
 rollouts (what RL will show it), the exact targets, and procedural corruptions. Its pairwise agreement
 with the verifier is measured on rollouts of held-out samples, written as a preference-pairs file so
 that `editr1 eval reward-alignment` measures any reward the same way.
@@ -24,7 +27,13 @@ from editr1.config import JudgeDistillConfig, JudgeRolloutConfig, save_config
 from editr1.data.batching import first_source_tensor, source_images
 from editr1.data.jsonl import EditSample, read_edit_jsonl, write_jsonl
 from editr1.data.preference_pairs import read_preference_jsonl
-from editr1.data.shapes import apply_edit, parse_instruction, parse_scene, render
+from editr1.data.shapes import (
+    apply_edit,
+    describe_scene,
+    parse_instruction,
+    parse_scene,
+    render,
+)
 from editr1.data.shapes_corruptions import corrupted_edits
 from editr1.errors import EditR1Error
 from editr1.eval.reward_alignment import evaluate_alignment
@@ -42,6 +51,7 @@ from editr1.trainer.seeding import generator_for
 from editr1.trainer.sft import SAVE_DTYPES, learning_rate_factor
 
 ROLLOUT_BATCH = 64
+CAPTION_REQUEST = "Describe the image."
 
 
 @dataclass
@@ -53,6 +63,23 @@ class JudgeExamples:
     source_of: np.ndarray
     edited: np.ndarray
     scores: np.ndarray
+
+
+def caption_examples(examples: JudgeExamples) -> tuple[list[np.ndarray], list[str]]:
+    """Every distinct clean rendering among the sources and edits, with its scene caption."""
+    images, captions, seen = [], [], set()
+    for image in [*examples.sources, *examples.edited]:
+        key = image.tobytes()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            scene = parse_scene(image, strict=True)
+        except ValueError:  # not an exact rendering (a rollout, a noisy corruption)
+            continue
+        images.append(image)
+        captions.append(describe_scene(scene))
+    return images, captions
 
 
 def _to_uint8(t: torch.Tensor) -> np.ndarray:
@@ -141,7 +168,8 @@ class JudgeDistiller:
         self.train = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         self.heldout = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels) if config.data.heldout else []
         arch = config.arch
-        self.judge = build_tiny_judge([s.prompt for s in self.train], config.policy.resolution, config.seed, arch.hidden,
+        corpus = [s.prompt for s in self.train] + [CAPTION_REQUEST, describe_scene(parse_scene(np.zeros((32, 32, 3), np.uint8)))]
+        self.judge = build_tiny_judge(corpus, config.policy.resolution, config.seed, arch.hidden,
                                       arch.layers, arch.vision_hidden, arch.vision_depth)
         self.prompt = JudgePrompt()
         self.level_ids = torch.tensor(score_token_ids(self.judge.tokenizer))
@@ -195,6 +223,7 @@ class JudgeDistiller:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         started, step, order = time.monotonic(), 0, torch.empty(0, dtype=torch.long)
         per_epoch = len(examples.scores)
+        caption_images, captions = caption_examples(examples) if config.caption_weight > 0 else ([], [])
         with MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard) as log:
             task = progress.task("judge distill", config.steps)
             while step < config.steps:
@@ -207,7 +236,13 @@ class JudgeDistiller:
                 lr = config.lr * learning_rate_factor(step, config.steps, config.warmup_steps, "cosine")
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = self._loss(examples, batch)
+                score_loss = self._loss(examples, batch)
+                loss, caption_loss = score_loss, torch.zeros(())
+                if captions:
+                    picks = torch.randint(len(captions), (config.caption_batch_size,),
+                                          generator=generator_for(config.seed, step, "judge-captions")).tolist()
+                    caption_loss = self._caption_loss([caption_images[i] for i in picks], [captions[i] for i in picks])
+                    loss = score_loss + config.caption_weight * caption_loss
                 if not torch.isfinite(loss):
                     raise EditR1Error(f"judge step {step}: the loss is {loss.item()}; lower lr")
                 optimizer.zero_grad(set_to_none=True)
@@ -215,7 +250,8 @@ class JudgeDistiller:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 step += 1
-                log.log(step, {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr})
+                log.log(step, {"loss": loss.item(), "score_loss": score_loss.item(), "caption_loss": caption_loss.item(),
+                               "grad_norm": float(grad_norm), "lr": lr})
                 task.advance()
                 if pairs and config.eval_every and step % config.eval_every == 0:
                     result = self._agreement(pairs)
@@ -240,6 +276,23 @@ class JudgeDistiller:
         target = torch.zeros_like(logits)
         target[:, self.level_ids] = two_hot_levels(torch.from_numpy(examples.scores[batch.numpy()])).float()
         return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+    def _caption_loss(self, images: list[np.ndarray], captions: list[str]) -> torch.Tensor:
+        """Teacher-forced cross-entropy of each caption (and its end token) after a one-image prompt."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_REQUEST}]}]
+        prompt = self.judge.prompt_text(messages)
+        end = self.judge.processor.tokenizer.eos_token
+        inputs = self.judge.processor(text=[prompt + c + end for c in captions], images=[Image.fromarray(i) for i in images],
+                                      padding=True, return_tensors="pt")
+        answer_lengths = [len(self.judge.tokenizer(c + end, add_special_tokens=False)["input_ids"]) for c in captions]
+        keep = max(answer_lengths) + 1
+        logits = self.judge.model(**inputs, logits_to_keep=keep).logits.float()  # the last `keep` positions
+        targets = inputs["input_ids"][:, -keep + 1 :]
+        log_probabilities = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[..., None])[..., 0]
+        # Left padding: every row's answer is its last `answer_lengths[i]` tokens.
+        mask = torch.arange(keep - 1)[None, :] >= (keep - 1 - torch.tensor(answer_lengths))[:, None]
+        return -(log_probabilities * mask).sum() / mask.sum()
 
 
 def run_judge_distill(config: JudgeDistillConfig) -> dict:

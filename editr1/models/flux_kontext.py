@@ -1,0 +1,250 @@
+"""FLUX.1 Kontext: diffusers' `FluxTransformer2DModel`, the FLUX `AutoencoderKL`, CLIP-L and T5-XXL encoders.
+
+The transformer sees the noisy target tokens followed by the reference-image tokens on one
+sequence; the two are told apart by their position ids (the reference's first id channel is 1), and
+only the target part of the output is the velocity. The instruction is encoded twice, as
+`FluxKontextPipeline` does: CLIP's pooled embedding conditions the modulation, T5's padded
+sequence is the text stream. The dev model is guidance-distilled: the guidance value is an input of
+the transformer (one forward per step), not classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    FluxKontextPipeline,
+    FluxTransformer2DModel,
+)
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.flux import pipeline_flux_kontext
+from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
+from PIL import Image
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+from editr1.errors import EditR1Error
+from editr1.hub import resolve_model_path
+from editr1.models.base import Conditions, EditModelAdapter
+from editr1.models.codecs import PixelUnshuffleCodec, ScaledVaeCodec, load_codec
+
+PIPELINE_CLASS = "FluxKontextPipeline"
+#: `FluxKontextPipeline`'s preferred resolutions all have this area.
+PREFERRED_AREA = 1024 * 1024
+
+
+class FluxKontextAdapter(EditModelAdapter):
+    family = "flux-kontext"
+    # Attention projections of the double-stream blocks; `to_q/k/v` also match the single-stream
+    # blocks' attention (which has no output projection of its own).
+    lora_target_modules = (
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    )
+    #: Guidance value when the caller gives none (`rollout.guidance: null`, SFT): 2.5, what BFL's and
+    #: diffusers' Kontext-dev examples use (the pipeline's own default, 3.5, is FLUX.1-dev's).
+    default_guidance = 2.5
+    #: T5 sequence length; `FluxKontextPipeline`'s default `max_sequence_length`.
+    max_sequence_length = 512
+
+    def __init__(
+        self,
+        transformer: FluxTransformer2DModel,
+        codec: ScaledVaeCodec | PixelUnshuffleCodec,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        text_encoder_2: T5EncoderModel,
+        tokenizer_2: T5TokenizerFast,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ):
+        self.transformer = transformer
+        self.codec = codec
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.text_encoder_2 = text_encoder_2
+        self.tokenizer_2 = tokenizer_2
+        self.scheduler = scheduler
+        self.image_processor = VaeImageProcessor(vae_scale_factor=codec.scale_factor * 2)
+        #: Pixel area the reference image is resized to. None: the target size. 1024 * 1024: the
+        #: pipeline's auto-resize (the preferred Kontext resolution nearest in aspect ratio).
+        self.condition_area: int | None = None
+
+    # ---- loading and saving -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "FluxKontextAdapter":
+        folder = resolve_model_path(path)
+        for sub in ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"):
+            if not (folder / sub).is_dir():
+                raise EditR1Error(f"{folder}: missing subfolder '{sub}/' of a FLUX.1 Kontext model")
+        transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch_dtype)
+        text_encoder_2 = T5EncoderModel.from_pretrained(folder / "text_encoder_2", dtype=torch_dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        tokenizer_2 = T5TokenizerFast.from_pretrained(folder / "tokenizer_2")
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+        codec = load_codec(folder / "vae", torch_dtype)
+        return cls(
+            transformer.eval(), codec, text_encoder.eval(), tokenizer, text_encoder_2.eval(), tokenizer_2, scheduler
+        )
+
+    def save_pretrained(self, path: str | Path) -> None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(folder / "transformer")
+        self.codec.save_pretrained(folder / "vae")
+        self.text_encoder.save_pretrained(folder / "text_encoder")
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.text_encoder_2.save_pretrained(folder / "text_encoder_2")
+        self.tokenizer_2.save_pretrained(folder / "tokenizer_2")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        index = {
+            "_class_name": PIPELINE_CLASS,
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "T5EncoderModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "T5TokenizerFast"],
+            "transformer": ["diffusers", "FluxTransformer2DModel"],
+            "vae": ["diffusers", "AutoencoderKL"] if isinstance(self.codec, ScaledVaeCodec)
+            else ["editr1", PixelUnshuffleCodec.class_name],
+            # Optional IP-adapter components, absent as in the released model.
+            "image_encoder": [None, None],
+            "feature_extractor": [None, None],
+        }
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+    def to(self, device: torch.device | str) -> "FluxKontextAdapter":
+        self.transformer.to(device)
+        self.text_encoder.to(device)
+        self.text_encoder_2.to(device)
+        self.codec.to(device)
+        return self
+
+    def save_lora(self, state_dict: dict[str, torch.Tensor], folder: str | Path) -> None:
+        # The LoRA scale (alpha / rank) is not in the weights; without the adapter's config as metadata
+        # `load_lora_weights` assumes alpha = rank. "default" is peft's name for the trained adapter.
+        config = getattr(self.transformer, "peft_config", {}).get("default")
+        FluxKontextPipeline.save_lora_weights(
+            str(folder),
+            transformer_lora_layers=state_dict,
+            transformer_lora_adapter_metadata=None if config is None else config.to_dict(),
+        )
+
+    # ---- geometry ------------------------------------------------------------------------------
+    def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
+        multiple = self.codec.scale_factor * 2
+        if height % multiple or width % multiple:
+            raise EditR1Error(f"image size {width}x{height} must be a multiple of {multiple} for this model")
+        return height // self.codec.scale_factor, width // self.codec.scale_factor
+
+    def latent_token_shape(self, height: int, width: int) -> tuple[int, int]:
+        h, w = self._latent_hw(height, width)
+        return (h // 2) * (w // 2), self.codec.latent_channels * 4
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        latents = self.codec.encode(pixels)
+        b, c, h, w = latents.shape
+        return FluxKontextPipeline._pack_latents(latents, b, c, h, w)
+
+    @torch.no_grad()
+    def decode_latents(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        self._latent_hw(height, width)  # checks the size
+        return self.codec.decode(FluxKontextPipeline._unpack_latents(tokens, height, width, self.codec.scale_factor))
+
+    # ---- conditioning --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_conditions(
+        self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int
+    ) -> Conditions:
+        if any(len(images) != 1 for images in sources):
+            raise EditR1Error("FLUX.1 Kontext takes exactly one source image per sample")
+        sizes = {self._condition_size(images[0], height, width) for images in sources}
+        if len(sizes) > 1:
+            raise EditR1Error(f"source images of one batch resize to different condition sizes {sorted(sizes)}; "
+                              "batch images of one aspect ratio together")
+        cond_width, cond_height = sizes.pop()
+        resized = [self.image_processor.resize(images[0], cond_height, cond_width) for images in sources]
+        pixels = self.image_processor.preprocess(resized, cond_height, cond_width)  # [-1, 1]
+        device, dtype = self.device, self.transformer.dtype
+        image_tokens = self.encode_images(((pixels + 1) / 2).to(device, dtype))
+        # As FluxPipeline._get_clip_prompt_embeds: CLIP's pooled output over 77 padded tokens.
+        clip_ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        pooled = self.text_encoder(clip_ids.to(device), output_hidden_states=False).pooler_output
+        # As FluxPipeline._get_t5_prompt_embeds: T5's last hidden states, padded, with no attention mask.
+        t5_ids = self.tokenizer_2(
+            prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        embeds = self.text_encoder_2(t5_ids.to(device), output_hidden_states=False)[0]
+        h, w = self._latent_hw(height, width)
+        ch, cw = self._latent_hw(cond_height, cond_width)
+        return Conditions(
+            {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype), "image_tokens": image_tokens},
+            {"token_grids": ((h // 2, w // 2), (ch // 2, cw // 2))},
+        )
+
+    def _condition_size(self, image: Image.Image, height: int, width: int) -> tuple[int, int]:
+        if self.condition_area is None:
+            return width, height
+        # The pipeline's `_auto_resize`: the preferred Kontext resolution nearest in aspect ratio, here
+        # scaled from its 1024^2 area to `condition_area` (exactly the pipeline's choice at 1024^2).
+        ratio = image.width / image.height
+        _, w, h = min((abs(ratio - w / h), w, h) for w, h in pipeline_flux_kontext.PREFERRED_KONTEXT_RESOLUTIONS)
+        scale = (self.condition_area / PREFERRED_AREA) ** 0.5
+        multiple = self.codec.scale_factor * 2
+        return round(w * scale) // multiple * multiple, round(h * scale) // multiple * multiple
+
+    # ---- denoising -----------------------------------------------------------------------------
+    def velocity(
+        self,
+        tokens: torch.Tensor,
+        sigma: torch.Tensor,
+        conditions: Conditions,
+        guidance: float | None = None,
+        transformer: nn.Module | None = None,
+    ) -> torch.Tensor:
+        model = self.transformer if transformer is None else transformer  # may be a DDP wrapper
+        c = conditions.tensors
+        batch, device, dtype = tokens.shape[0], tokens.device, self.transformer.dtype
+        guidance_tensor = None
+        if self.transformer.config.guidance_embeds:
+            value = self.default_guidance if guidance is None else guidance
+            guidance_tensor = torch.full((batch,), float(value), device=device, dtype=torch.float32)
+        # Position ids as the pipeline builds them: (0, row, col) for the target, (1, row, col) for the
+        # reference, zeros for the text.
+        (th, tw), (rh, rw) = conditions.shared["token_grids"]
+        target_ids = FluxKontextPipeline._prepare_latent_image_ids(batch, th, tw, device, dtype)
+        reference_ids = FluxKontextPipeline._prepare_latent_image_ids(batch, rh, rw, device, dtype)
+        reference_ids[..., 0] = 1
+        text_ids = torch.zeros(c["prompt_embeds"].shape[1], 3, device=device, dtype=dtype)
+        out = model(
+            hidden_states=torch.cat([tokens.to(dtype), c["image_tokens"].to(dtype)], dim=1),
+            timestep=sigma.to(dtype).expand(batch),  # the transformer multiplies by 1000 itself
+            guidance=guidance_tensor,
+            pooled_projections=c["pooled_prompt_embeds"].to(dtype),
+            encoder_hidden_states=c["prompt_embeds"].to(dtype),
+            txt_ids=text_ids,
+            img_ids=torch.cat([target_ids, reference_ids], dim=0),
+            return_dict=False,
+        )[0]
+        return out[:, : tokens.shape[1]].to(torch.float32)
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
+        config = scheduler.config
+        # The shift depends on the target's token count only, as in the pipeline.
+        mu = calculate_shift(
+            self.latent_token_shape(height, width)[0],
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+        return scheduler.sigmas.to(torch.float32).cpu()

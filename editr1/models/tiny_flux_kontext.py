@@ -1,0 +1,158 @@
+"""The `tiny` FLUX.1 Kontext preset: the real architecture at toy scale, built offline from configs.
+
+Every component is the class the released model uses (FluxTransformer2DModel with the guidance
+embedding, AutoencoderKL with FLUX's shift/scale, CLIPTextModel + CLIPTokenizer, T5EncoderModel +
+T5TokenizerFast, the flow-match scheduler with FLUX.1's settings); only the sizes shrink. The two
+tokenizers are trained here on a corpus with the `tokenizers` library (byte-level BPE for CLIP,
+Unigram for T5) and wrapped in the transformers classes, so they save and reload like the real ones.
+`codec="pixel"` swaps the VAE for the exact pixel-unshuffle codec of the CPU demo.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Iterable
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxTransformer2DModel,
+)
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+
+from editr1.models.codecs import PixelUnshuffleCodec, ScaledVaeCodec
+from editr1.models.flux_kontext import FluxKontextAdapter
+
+TEXT_HIDDEN = 32
+# Always in the tokenizer corpus, so an empty corpus still trains (and common words stay whole).
+BASE_CORPUS = ("Change the color of the object. Remove the small square, add a red circle, make it blue.",)
+
+# FLUX.1's released scheduler settings.
+SCHEDULER_CONFIG = dict(
+    base_image_seq_len=256,
+    base_shift=0.5,
+    max_image_seq_len=4096,
+    max_shift=1.15,
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+)
+
+
+def build_tiny_clip_tokenizer(corpus: Iterable[str], vocab_size: int = 320) -> CLIPTokenizer:
+    """A byte-level BPE with CLIP's `</w>` word ends, trained on `corpus` (deterministic)."""
+    # CLIPTokenizer installs its own normalizer (lowercase) and pre-tokenizer when built from a
+    # vocabulary; train with exactly those so the learned merges are the ones it will apply.
+    template = CLIPTokenizer().backend_tokenizer
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.normalizer, bpe.pre_tokenizer = template.normalizer, template.pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],  # ids 0, 1: bos, eos (= pad)
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    bpe.train_from_iterator(list(corpus), trainer)
+    trained = json.loads(bpe.to_str())["model"]
+    vocab = trained["vocab"]
+    # Every byte alone and as a word end, as in CLIP's vocabulary: unseen text never maps to unk,
+    # which is CLIP's eos and would move the pooled position.
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        for token in (char, char + "</w>"):
+            vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def build_tiny_t5_tokenizer(corpus: Iterable[str], vocab_size: int = 256) -> T5TokenizerFast:
+    """A sentencepiece-style Unigram with T5's special tokens (pad 0, eos 1, unk 2), trained on `corpus`."""
+    template = T5TokenizerFast().backend_tokenizer  # T5's whitespace + metaspace pre-tokenizer
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = template.pre_tokenizer
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation),
+        show_progress=False,
+    )
+    unigram.train_from_iterator(list(corpus), trainer)
+    vocab = [(piece, score) for piece, score in json.loads(unigram.to_str())["model"]["vocab"]]
+    # No sentinel <extra_id_*> tokens: they only matter for T5's span-corruption pre-training.
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def tiny_clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=TEXT_HIDDEN,
+        # The pooled output is read at the first eos token: its id must be the tokenizer's.
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_t5_encoder(tokenizer: T5TokenizerFast) -> T5EncoderModel:
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=TEXT_HIDDEN, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu",  # T5 v1.1, as FLUX's T5-XXL
+        relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def build_tiny_flux_kontext(
+    corpus: Iterable[str] = (),
+    seed: int = 0,
+    codec: str = "vae",
+    num_layers: int = 1,
+    num_single_layers: int = 1,
+    num_heads: int = 2,
+    head_dim: int = 16,
+) -> FluxKontextAdapter:
+    """A randomly initialised tiny FLUX.1 Kontext; `corpus` shapes both tokenizers' vocabularies."""
+    torch.manual_seed(seed)
+    texts = [*BASE_CORPUS, *corpus]
+    tokenizer, tokenizer_2 = build_tiny_clip_tokenizer(texts), build_tiny_t5_tokenizer(texts)
+    if codec == "vae":
+        # FLUX's VAE at toy width: 16 latent channels, its shift/scale, no quant convs; three blocks
+        # downsample by 4 (FLUX: four blocks, 8), so 32x32 images give 8x8 latents, 16 tokens.
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=16, norm_num_groups=8,
+            sample_size=32, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+        )
+        latent_codec = ScaledVaeCodec(vae.eval())
+    elif codec == "pixel":
+        latent_codec = PixelUnshuffleCodec(factor=2)
+    else:
+        raise ValueError(f"codec must be 'vae' or 'pixel', got {codec!r}")
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=latent_codec.latent_channels * 4,  # 2x2 latent patches packed into one token
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=num_heads,
+        joint_attention_dim=TEXT_HIDDEN,  # T5's width
+        pooled_projection_dim=TEXT_HIDDEN,  # CLIP's width
+        guidance_embeds=True,
+        axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8),  # sums to head_dim
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    return FluxKontextAdapter(
+        transformer, latent_codec, tiny_clip_text_encoder(tokenizer), tokenizer,
+        tiny_t5_encoder(tokenizer_2), tokenizer_2, scheduler,
+    )
