@@ -117,6 +117,8 @@ class EvalConfig:
     steps: int = 8
     sampler: Literal["euler", "dpmpp_2m"] = "euler"
     cfg_scale: float = 1.0
+    #: Distilled guidance of guidance-embedded models (FLUX.1 Kontext: 3.5 at evaluation); null: `rollout.guidance`.
+    guidance: float | None = None
     seed: int = 1234
     reward: RewardConfig = field(default_factory=RewardConfig)
     #: Also score the held-out edits with the training reward (e.g. the judge next to the verifier):
@@ -221,6 +223,8 @@ class JudgeDistillConfig:
     #: Weight of the auxiliary captioning loss (0: scoring only), and captions per step.
     caption_weight: float = 1.0
     caption_batch_size: int = 32
+    #: Weight of the pairwise ranking loss between edits of one source (batches hold whole sources).
+    ranking_weight: float = 1.0
     #: Held-out samples whose two policy rollouts form the agreement pairs.
     eval_pairs: int = 256
     #: Verifier scores closer than this make a "tie" pair.
@@ -247,7 +251,7 @@ _bounds("JudgeArchConfig", hidden=(16, None), layers=(1, None), vision_hidden=(1
 _bounds("JudgeRolloutConfig", steps=(1, None), count=(0, None))
 _bounds("JudgeDistillConfig", corruptions_per_sample=(1, None), steps=(1, None), time_budget_s=(0, None),
         batch_size=(1, None), lr=(0, None, True), warmup_steps=(0, None), weight_decay=(0, None),
-        grad_clip=(0, None, True), eval_every=(0, None), eval_pairs=(0, None), tie_margin=(0, 1), caption_weight=(0, None),
+        grad_clip=(0, None, True), eval_every=(0, None), eval_pairs=(0, None), tie_margin=(0, 1), caption_weight=(0, None), ranking_weight=(0, None),
         caption_batch_size=(1, None))
 
 

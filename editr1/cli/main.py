@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from editr1.cli.edit import add_edit_arguments
 from editr1.errors import EditR1Error
 
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a field of the demo's NFT config")
 
+    add_edit_arguments(commands.add_parser("edit", help="edit one image with a base model and an optional LoRA"))
+
     serve = commands.add_parser("serve-reward", help="serve the MLLM judge over an OpenAI-compatible HTTP API")
     _add_config_args(serve)
     return parser
@@ -99,6 +102,12 @@ def run(args: argparse.Namespace) -> None:
         from editr1.cli.demo import run_demo
 
         print(json.dumps(run_demo(args.out, control=args.control, overrides=args.overrides, reward=args.reward, ablation=args.ablation), indent=2))
+    elif args.command == "edit":
+        from editr1.cli.edit import run_edit
+
+        result = run_edit(args)
+        print(f"wrote {result['out']} ({result['width']}x{result['height']}, {result['family']}, {result['steps']} "
+              f"{result['sampler']} steps, seed {result['seed']})")
     elif args.command == "serve-reward":
         from editr1.cli.serve import serve_reward
 

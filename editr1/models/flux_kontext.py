@@ -39,6 +39,7 @@ PREFERRED_AREA = 1024 * 1024
 
 class FluxKontextAdapter(EditModelAdapter):
     family = "flux-kontext"
+    lora_pipeline = FluxKontextPipeline
     # Attention projections of the double-stream blocks; `to_q/k/v` also match the single-stream
     # blocks' attention (which has no output projection of its own).
     lora_target_modules = (
@@ -122,16 +123,6 @@ class FluxKontextAdapter(EditModelAdapter):
         self.text_encoder_2.to(device)
         self.codec.to(device)
         return self
-
-    def save_lora(self, state_dict: dict[str, torch.Tensor], folder: str | Path) -> None:
-        # The LoRA scale (alpha / rank) is not in the weights; without the adapter's config as metadata
-        # `load_lora_weights` assumes alpha = rank. "default" is peft's name for the trained adapter.
-        config = getattr(self.transformer, "peft_config", {}).get("default")
-        FluxKontextPipeline.save_lora_weights(
-            str(folder),
-            transformer_lora_layers=state_dict,
-            transformer_lora_adapter_metadata=None if config is None else config.to_dict(),
-        )
 
     # ---- geometry ------------------------------------------------------------------------------
     def _latent_hw(self, height: int, width: int) -> tuple[int, int]:

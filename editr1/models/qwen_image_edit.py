@@ -52,6 +52,7 @@ class QwenImageEditAdapter(EditModelAdapter):
     family = "qwen-image-edit"
     #: The diffusers pipeline class `save_pretrained` names in `model_index.json`.
     pipeline_class = PIPELINE_CLASS
+    lora_pipeline = QwenImageEditPipeline
     lora_target_modules = (
         "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
     )
@@ -124,9 +125,6 @@ class QwenImageEditAdapter(EditModelAdapter):
         self.text_encoder.to(device)
         self.codec.to(device)
         return self
-
-    def save_lora(self, state_dict: dict[str, torch.Tensor], folder: str | Path) -> None:
-        QwenImageEditPipeline.save_lora_weights(str(folder), transformer_lora_layers=state_dict)
 
     # ---- geometry ------------------------------------------------------------------------------
     def _latent_hw(self, height: int, width: int) -> tuple[int, int]:

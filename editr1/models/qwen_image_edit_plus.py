@@ -28,7 +28,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    QwenImageEditPlusPipeline,
+    QwenImageTransformer2DModel,
+)
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
 from PIL import Image
 from torch import nn
@@ -63,6 +67,7 @@ def chat_text(prompt: str, num_references: int) -> str:
 class QwenImageEditPlusAdapter(QwenImageEditAdapter):
     family = "qwen-image-edit-plus"
     pipeline_class = PIPELINE_CLASS
+    lora_pipeline = QwenImageEditPlusPipeline
 
     def __init__(
         self,

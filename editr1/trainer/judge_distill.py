@@ -40,7 +40,7 @@ from editr1.eval.reward_alignment import evaluate_alignment
 from editr1.eval.visuals import reward_curve
 from editr1.rewards.judge_prompt import JudgePrompt
 from editr1.rewards.mllm_judge import MLLMScoreReward
-from editr1.rewards.score_logit import score_token_ids, two_hot_levels
+from editr1.rewards.score_logit import expected_score, score_token_ids, two_hot_levels
 from editr1.rewards.shapes_verifier import verify_edit
 from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
 from editr1.sampling.generate import generate_in_batches
@@ -157,6 +157,19 @@ def write_heldout_pairs(adapter, samples: list[EditSample], config: JudgeDistill
     return path
 
 
+def pairwise_ranking_loss(expected: torch.Tensor, scores: torch.Tensor, source_of: torch.Tensor, margin: float,
+                          sharpness: float = 10.0) -> torch.Tensor:
+    """Logistic loss on the order of every two edits of one source whose verifier scores differ by more
+    than `margin`: RL uses the judge to rank a group's edits, so the ranking is trained directly."""
+    same = source_of[:, None] == source_of[None, :]
+    better = (scores[:, None] - scores[None, :]) > margin
+    pairs = same & better
+    if not pairs.any():
+        return expected.sum() * 0
+    gaps = (expected[:, None] - expected[None, :]).float()
+    return torch.nn.functional.softplus(-sharpness * gaps[pairs]).mean()
+
+
 class JudgeDistiller:
     def __init__(self, config: JudgeDistillConfig):
         self.config = config
@@ -222,7 +235,9 @@ class JudgeDistiller:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         started, step, order = time.monotonic(), 0, torch.empty(0, dtype=torch.long)
-        per_epoch = len(examples.scores)
+        # Batches are whole sources (all their edits), so that the ranking loss compares edits of one source.
+        by_source = [torch.from_numpy(np.flatnonzero(examples.source_of == s)) for s in range(len(examples.sources))]
+        sources_per_batch = max(1, config.batch_size // max(len(group) for group in by_source))
         caption_images, captions = caption_examples(examples) if config.caption_weight > 0 else ([], [])
         with MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard) as log:
             task = progress.task("judge distill", config.steps)
@@ -230,19 +245,22 @@ class JudgeDistiller:
                 if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
                     console.print(f"judge: time budget of {config.time_budget_s:.0f}s reached at step {step}")
                     break
-                if order.numel() < config.batch_size:
-                    order = torch.cat([order, torch.randperm(per_epoch, generator=generator_for(config.seed, step, "judge-order"))])
-                batch, order = order[: config.batch_size], order[config.batch_size :]
+                if order.numel() < sources_per_batch:
+                    order = torch.cat([order, torch.randperm(len(by_source), generator=generator_for(config.seed, step, "judge-order"))])
+                batch = torch.cat([by_source[s] for s in order[:sources_per_batch].tolist()])
+                order = order[sources_per_batch:]
                 lr = config.lr * learning_rate_factor(step, config.steps, config.warmup_steps, "cosine")
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                score_loss = self._loss(examples, batch)
-                loss, caption_loss = score_loss, torch.zeros(())
+                score_loss, expected = self._loss(examples, batch)
+                ranking_loss = pairwise_ranking_loss(expected, torch.from_numpy(examples.scores[batch.numpy()]),
+                                                     torch.from_numpy(examples.source_of[batch.numpy()]), config.tie_margin)
+                loss, caption_loss = score_loss + config.ranking_weight * ranking_loss, torch.zeros(())
                 if captions:
                     picks = torch.randint(len(captions), (config.caption_batch_size,),
                                           generator=generator_for(config.seed, step, "judge-captions")).tolist()
                     caption_loss = self._caption_loss([caption_images[i] for i in picks], [captions[i] for i in picks])
-                    loss = score_loss + config.caption_weight * caption_loss
+                    loss = loss + config.caption_weight * caption_loss
                 if not torch.isfinite(loss):
                     raise EditR1Error(f"judge step {step}: the loss is {loss.item()}; lower lr")
                 optimizer.zero_grad(set_to_none=True)
@@ -251,6 +269,7 @@ class JudgeDistiller:
                 optimizer.step()
                 step += 1
                 log.log(step, {"loss": loss.item(), "score_loss": score_loss.item(), "caption_loss": caption_loss.item(),
+                               "ranking_loss": ranking_loss.item(),
                                "grad_norm": float(grad_norm), "lr": lr})
                 task.advance()
                 if pairs and config.eval_every and step % config.eval_every == 0:
@@ -262,7 +281,8 @@ class JudgeDistiller:
         model.eval()
         return step
 
-    def _loss(self, examples: JudgeExamples, batch: torch.Tensor) -> torch.Tensor:
+    def _loss(self, examples: JudgeExamples, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy against the two-hot score targets, and the judge's expected scores (the reward)."""
         conversations = []
         for i in batch.tolist():
             sample = examples.samples[examples.source_of[i]]
@@ -275,7 +295,9 @@ class JudgeDistiller:
         logits = self.judge.model(**inputs, logits_to_keep=1).logits[:, -1].float()
         target = torch.zeros_like(logits)
         target[:, self.level_ids] = two_hot_levels(torch.from_numpy(examples.scores[batch.numpy()])).float()
-        return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+        log_probabilities = torch.log_softmax(logits, dim=-1)
+        expected = expected_score(log_probabilities[:, self.level_ids])
+        return -(target * log_probabilities).sum(-1).mean(), expected
 
 
     def _caption_loss(self, images: list[np.ndarray], captions: list[str]) -> torch.Tensor:

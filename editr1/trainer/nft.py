@@ -35,6 +35,7 @@ from editr1.eval.heldout import (
 from editr1.eval.report import ReportSection, write_report
 from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
+from editr1.models.lora_io import LoraSpec
 from editr1.rewards.base import RewardBatch
 from editr1.rewards.registry import build_reward
 from editr1.rl.advantages import group_advantages, optimality_probability
@@ -332,7 +333,7 @@ class NFTTrainer:
         tick = time.monotonic()
         with torch.no_grad(), self.policies.use("trained") as trained:
             result = evaluate(self.adapter, self.heldout, self.eval_reward, ev.steps, ev.sampler, ev.cfg_scale, trained,
-                              guidance=self.config.rollout.guidance)
+                              guidance=self.config.rollout.guidance if ev.guidance is None else ev.guidance)
         metrics = {}
         if ev.track_training_reward:
             samples = self.heldout.samples
@@ -390,7 +391,9 @@ class NFTTrainer:
         reward_curve(rows, self.run_dir / "reward_curve.png", title="DiffusionNFT: rollout and held-out reward")
         final_folder = self.run_dir / "final"
         if self.config.model.train_mode == "lora":
-            self.adapter.save_lora(self.policies.trained_state(), final_folder)
+            lora = self.config.model.lora
+            spec = LoraSpec(lora.rank, lora.alpha, tuple(lora.target_modules or self.adapter.lora_target_modules))
+            self.adapter.save_lora(self.policies.trained_state(), final_folder, spec)
         else:
             self.adapter.save_pretrained(final_folder)
         summary = {"iterations": self.step, "train_seconds": round(self.train_seconds, 1)}

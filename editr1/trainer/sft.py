@@ -142,7 +142,11 @@ def save_model(adapter, folder: Path, config: SFTConfig) -> None:
     if config.model.train_mode == "lora":
         from peft.utils import get_peft_model_state_dict
 
-        adapter.save_lora(get_peft_model_state_dict(transformer), folder / "lora")
+        from editr1.models.lora_io import LoraSpec
+
+        lora = config.model.lora
+        spec = LoraSpec(lora.rank, lora.alpha, tuple(lora.target_modules or adapter.lora_target_modules))
+        adapter.save_lora(get_peft_model_state_dict(transformer), folder / "lora", spec)
         return
     saved = copy.copy(adapter)
     saved.transformer = copy.deepcopy(transformer).to(SAVE_DTYPES[config.save_dtype])

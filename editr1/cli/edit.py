@@ -1,0 +1,233 @@
+"""`editr1 edit`: one instruction-based edit with a base model and, optionally, a LoRA.
+
+    editr1 edit --model Qwen/Qwen-Image-Edit-2509 --lora runs/nft/final --image in.png --prompt "..." --out out.png
+
+The model is a diffusers-format folder or hub id; its family comes from `model_index.json`. The edit
+runs through the family's adapter and `editr1.sampling.generate`, the code that training and
+evaluation use, so an exported LoRA edits here exactly as it did in the run's evaluations.
+
+Defaults per family are the usual inference settings: 28 Euler steps; Qwen-Image-Edit(-2509): true
+CFG 4.0 with a " " negative prompt (the transformer has no guidance input); FLUX.1 Kontext: distilled
+guidance 3.5 and no CFG. The output size defaults to the first image's, scaled down to at most
+1024 x 1024 pixels of area (aspect kept) and rounded to the model's size multiple; references are
+encoded at the output size unless `--pipeline-sizing` sizes them as the diffusers pipeline does.
+
+Every input is checked before the model is loaded (family, reference count, images, LoRA file,
+output path); problems are `EditR1Error`s, which the CLI prints as one line (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from editr1.errors import EditR1Error
+
+DEFAULT_STEPS = 28
+#: Largest default output area (pixels); the output size otherwise follows the first image.
+DEFAULT_MAX_AREA = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    cfg_scale: float
+    guidance: float | None
+    max_references: int
+    #: `generate`'s norm-preserving CFG: QwenImageEdit(Plus)Pipeline rescales, FluxKontextPipeline does not.
+    cfg_renorm: bool
+
+
+FAMILY_DEFAULTS = {
+    "qwen-image-edit": FamilyDefaults(cfg_scale=4.0, guidance=None, max_references=1, cfg_renorm=True),
+    "qwen-image-edit-plus": FamilyDefaults(cfg_scale=4.0, guidance=None, max_references=3, cfg_renorm=True),
+    "flux-kontext": FamilyDefaults(cfg_scale=1.0, guidance=3.5, max_references=1, cfg_renorm=False),
+}
+
+
+def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="diffusers-format model folder or hub id")
+    parser.add_argument("--lora", help="LoRA file or folder (diffusers or peft layout), e.g. a run's final/")
+    parser.add_argument("--image", dest="images", action="append", required=True, metavar="PATH",
+                        help="source image; repeat for reference images (Qwen-Image-Edit-2509: up to 3)")
+    parser.add_argument("--prompt", required=True, help="the edit instruction")
+    parser.add_argument("--out", required=True, type=Path, help="output PNG path")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default: {DEFAULT_STEPS})")
+    parser.add_argument("--sampler", choices=("euler", "dpmpp_2m"), default="euler", help="ODE sampler (default: euler)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="distilled guidance of guidance-embedded models (FLUX.1 Kontext default: 3.5)")
+    parser.add_argument("--cfg-scale", type=float, default=None,
+                        help="true classifier-free guidance scale (Qwen default: 4.0; FLUX default: 1.0, off)")
+    parser.add_argument("--negative-prompt", default=" ", help="negative prompt for true CFG (default: ' ')")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0); the same seed gives the same PNG")
+    parser.add_argument("--size", help="output size WxH, e.g. 1024x768 (default: the first image's, at most 1024^2 area)")
+    parser.add_argument("--height", type=int, default=None, help="output height (width follows the aspect ratio if not given)")
+    parser.add_argument("--width", type=int, default=None, help="output width (height follows the aspect ratio if not given)")
+    parser.add_argument("--pipeline-sizing", action="store_true",
+                        help="size the reference images as the family's diffusers pipeline does (~1024^2) "
+                             "instead of at the output size")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="model weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+
+
+# ---- checks that run before the model is loaded ---------------------------------------------------
+
+
+def parse_size(size: str | None, height: int | None, width: int | None) -> tuple[int | None, int | None]:
+    """(height, width) asked for; None where the image's aspect ratio decides."""
+    if size is not None:
+        if height is not None or width is not None:
+            raise EditR1Error("--size: give either --size WxH or --height/--width, not both")
+        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", size)
+        if match is None:
+            raise EditR1Error(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 1024x768")
+        width, height = int(match[1]), int(match[2])
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and value <= 0:
+            raise EditR1Error(f"--{name} {value}: must be positive")
+    return height, width
+
+
+def check_output_path(out: Path) -> Path:
+    """A PNG path whose folder exists (created if missing) and is writable."""
+    out = out.expanduser()
+    if out.suffix.lower() != ".png":
+        raise EditR1Error(f"--out {out}: the output is a PNG; give a path ending in .png")
+    if out.is_dir():
+        raise EditR1Error(f"--out {out}: is a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EditR1Error(f"--out {out}: cannot create its folder {out.parent} ({error.strerror or error})") from error
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise EditR1Error(f"--out {out}: not writable")
+    return out
+
+
+def output_size(image_size: tuple[int, int], height: int | None, width: int | None, multiple: int) -> tuple[int, int]:
+    """(height, width) of the output: as asked, the missing side from the image's aspect ratio, or by
+    default the image's size scaled down to `DEFAULT_MAX_AREA`; free sides are rounded to `multiple`."""
+    image_width, image_height = image_size
+    ratio = image_width / image_height
+
+    def rounded(value: float) -> int:
+        return max(multiple, round(value / multiple) * multiple)
+
+    if height is None and width is None:
+        scale = min(1.0, math.sqrt(DEFAULT_MAX_AREA / (image_width * image_height)))
+        return rounded(image_height * scale), rounded(image_width * scale)
+    if height is None:
+        return rounded(width / ratio), width
+    if width is None:
+        return height, rounded(height * ratio)
+    return height, width
+
+
+# ---- the edit -----------------------------------------------------------------------------------
+
+
+def edit_image(
+    adapter,
+    images: list,
+    prompt: str,
+    height: int,
+    width: int,
+    steps: int = DEFAULT_STEPS,
+    sampler: str = "euler",
+    cfg_scale: float = 1.0,
+    negative_prompt: str = " ",
+    guidance: float | None = None,
+    seed: int = 0,
+    cfg_renorm: bool = True,
+):
+    """One edit of `images` (the source, then any references) by `prompt`: an RGB PIL image."""
+    import torch
+
+    from editr1.data.images import tensor_to_image
+    from editr1.sampling.generate import generate
+
+    conditions = adapter.encode_conditions([images], [prompt], height, width)
+    negative = adapter.encode_conditions([images], [negative_prompt], height, width) if cfg_scale != 1.0 else None
+    sigmas = adapter.sigmas(steps, height, width)
+    # Noise drawn on the CPU: the same seed gives the same edit on any device.
+    noise = torch.randn(1, *adapter.latent_token_shape(height, width), generator=torch.Generator().manual_seed(seed))
+    latents = generate(adapter, conditions, noise.to(adapter.device), sigmas, sampler, cfg_scale, negative,
+                       cfg_renorm=cfg_renorm, guidance=guidance)
+    return tensor_to_image(adapter.decode_latents(latents, height, width)[0])
+
+
+def _use_pipeline_sizing(adapter, family: str) -> None:
+    if family == "qwen-image-edit-plus":
+        adapter.use_pipeline_sizing()
+    elif family == "qwen-image-edit":
+        adapter.condition_area = 1024 * 1024  # QwenImageEditPipeline's condition area
+    else:
+        from editr1.models.flux_kontext import PREFERRED_AREA
+
+        adapter.condition_area = PREFERRED_AREA
+
+
+def run_edit(args: argparse.Namespace) -> dict:
+    import torch
+
+    from editr1.data.images import load_image
+    from editr1.hub import resolve_model_path
+    from editr1.models.lora_io import find_lora_file, load_lora
+    from editr1.models.registry import ADAPTERS, detect_family
+    from editr1.trainer.model_loading import DTYPES
+
+    height, width = parse_size(args.size, args.height, args.width)
+    if args.steps < 1:
+        raise EditR1Error(f"--steps {args.steps}: must be at least 1")
+    if args.cfg_scale is not None and args.cfg_scale < 1.0:
+        raise EditR1Error(f"--cfg-scale {args.cfg_scale}: must be at least 1 (1 turns true CFG off)")
+    if str(args.model).startswith("tiny:"):
+        raise EditR1Error(f"--model {args.model}: tiny presets are built in memory; save one with "
+                          "`build_tiny(...).save_pretrained(folder)` and pass the folder")
+    folder = resolve_model_path(args.model)
+    family = detect_family(folder)
+    defaults = FAMILY_DEFAULTS.get(family)
+    if defaults is None:
+        raise EditR1Error(f"{folder}: `editr1 edit` has no defaults for model family {family!r}")
+    if len(args.images) > defaults.max_references:
+        raise EditR1Error(
+            f"--image given {len(args.images)} times: {family} takes "
+            + ("one source image" if defaults.max_references == 1 else f"1 to {defaults.max_references} reference images")
+        )
+    images = [load_image(Path(path)) for path in args.images]
+    out = check_output_path(args.out)
+    if args.lora is not None:
+        find_lora_file(args.lora)  # fails early on a missing or unreadable-looking LoRA
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+    adapter = ADAPTERS[family].from_pretrained(folder, torch_dtype=dtype)
+    guided = bool(adapter.transformer.config.get("guidance_embeds", False))
+    guidance = args.guidance if args.guidance is not None else defaults.guidance
+    if args.guidance is not None and not guided:
+        raise EditR1Error(f"--guidance: this {family} transformer has no guidance input; use --cfg-scale for true CFG")
+    if guided and guidance is None:
+        raise EditR1Error(f"this {family} transformer is guidance-distilled: set --guidance")
+    if args.lora is not None:
+        load_lora(adapter, args.lora)
+    if args.pipeline_sizing:
+        _use_pipeline_sizing(adapter, family)
+    adapter.to(device)
+    multiple = adapter.codec.scale_factor * 2
+    height, width = output_size(images[0].size, height, width, multiple)
+    if height % multiple or width % multiple:
+        raise EditR1Error(f"output size {width}x{height}: both sides must be multiples of {multiple} for this model")
+    cfg_scale = args.cfg_scale if args.cfg_scale is not None else defaults.cfg_scale
+    image = edit_image(adapter, images, args.prompt, height, width, args.steps, args.sampler, cfg_scale,
+                       args.negative_prompt, guidance if guided else None, args.seed, defaults.cfg_renorm)
+    try:
+        image.save(out, format="PNG")
+    except OSError as error:
+        raise EditR1Error(f"--out {out}: could not write the image ({error})") from error
+    return {"out": str(out), "family": family, "width": width, "height": height, "steps": args.steps,
+            "sampler": args.sampler, "cfg_scale": cfg_scale, "guidance": guidance if guided else None,
+            "seed": args.seed, "lora": args.lora}
