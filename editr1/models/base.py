@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -44,6 +45,8 @@ class EditModelAdapter(ABC):
 
     family: str
     transformer: nn.Module
+    #: The flow-match scheduler whose config gives the sigma schedule (`sigmas`).
+    scheduler: object
     #: Module names LoRA attaches to (peft `target_modules`).
     lora_target_modules: tuple[str, ...]
     #: Pixel area the source image is resized to for conditioning; None: the target size.
@@ -112,9 +115,23 @@ class EditModelAdapter(ABC):
         the old and reference policies); with LoRA the caller switches adapters instead.
         """
 
-    @abstractmethod
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
-        """The family's shifted sigma schedule for `num_steps` steps, ending with 0 (length N+1)."""
+        """The family's shifted sigma schedule for `num_steps` steps, ending with 0 (length N+1): the
+        pipelines' `linspace(1, 1/N, N)` shifted by `calculate_shift` of the target's token count."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
+        config = scheduler.config
+        mu = calculate_shift(
+            self.latent_token_shape(height, width)[0],
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+        return scheduler.sigmas.to(torch.float32).cpu()
 
     @property
     def device(self) -> torch.device:

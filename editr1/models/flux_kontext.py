@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import (
     FlowMatchEulerDiscreteScheduler,
@@ -22,7 +21,6 @@ from diffusers import (
 )
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.flux import pipeline_flux_kontext
-from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
 from PIL import Image
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -225,17 +223,3 @@ class FluxKontextAdapter(EditModelAdapter):
             return_dict=False,
         )[0]
         return out[:, : tokens.shape[1]].to(torch.float32)
-
-    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
-        config = scheduler.config
-        # The shift depends on the target's token count only, as in the pipeline.
-        mu = calculate_shift(
-            self.latent_token_shape(height, width)[0],
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-        return scheduler.sigmas.to(torch.float32).cpu()

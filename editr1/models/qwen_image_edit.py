@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import (
     FlowMatchEulerDiscreteScheduler,
@@ -21,7 +20,6 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import (
     calculate_dimensions,
-    calculate_shift,
 )
 from PIL import Image
 from torch import nn
@@ -238,16 +236,3 @@ class QwenImageEditAdapter(EditModelAdapter):
             return_dict=False,
         )[0]
         return out[:, : tokens.shape[1]].to(tokens.dtype)
-
-    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
-        config = scheduler.config
-        mu = calculate_shift(
-            self.latent_token_shape(height, width)[0],
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-        return scheduler.sigmas.to(torch.float32).cpu()
