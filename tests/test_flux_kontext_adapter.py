@@ -15,6 +15,7 @@ from torch import nn
 
 from editr1.config import NFTConfig, load_config
 from editr1.models.flux_kontext import FluxKontextAdapter
+from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import load_adapter
 from editr1.models.tiny_flux_kontext import build_tiny_flux_kontext
 from editr1.rewards.base import Reward, RewardBatch
@@ -109,7 +110,8 @@ def test_lora_targets_exist_and_load_into_the_pipeline(tmp_path):
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
     tuned = _velocity(adapter)
     assert not torch.allclose(tuned, base, atol=1e-3)
-    adapter.save_lora(get_peft_model_state_dict(adapter.transformer), tmp_path / "lora")
+    spec = LoraSpec.from_peft(adapter.transformer.peft_config["default"])
+    adapter.save_lora(get_peft_model_state_dict(adapter.transformer), tmp_path / "lora", spec)
 
     pipe = FluxKontextPipeline.from_pretrained(tmp_path / "base")
     pipe.load_lora_weights(tmp_path / "lora")

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from editr1.errors import EditR1Error
 from editr1.models.lora_io import LoraSpec, save_lora
 
 
@@ -68,20 +67,11 @@ class EditModelAdapter(ABC):
     #: The diffusers pipeline class whose `load_lora_weights` reads this family's exported LoRAs.
     lora_pipeline: type
 
-    def save_lora(
-        self, state_dict: dict[str, torch.Tensor], folder: str | Path, spec: LoraSpec | None = None
-    ) -> Path:
+    def save_lora(self, state_dict: dict[str, torch.Tensor], folder: str | Path, spec: LoraSpec) -> Path:
         """Write peft LoRA weights of the transformer (`get_peft_model_state_dict`: no adapter name in
         the keys) in the layout the family's diffusers pipeline loads with `load_lora_weights`, with
         `spec` (rank, alpha, targets) as metadata so that the LoRA loads at its trained scale.
-        Without `spec`, the config of the transformer's peft adapter "default" is used.
         Returns the file written (`folder/pytorch_lora_weights.safetensors`)."""
-        if spec is None:
-            config = (getattr(self.transformer, "peft_config", None) or {}).get("default")
-            if config is None:
-                raise EditR1Error("save_lora: pass the LoRA's spec (rank, alpha, targets); the transformer has no "
-                                  "peft adapter 'default' to read it from")
-            spec = LoraSpec.from_peft(config)
         return save_lora(self.lora_pipeline, state_dict, folder, spec)
 
     @abstractmethod
