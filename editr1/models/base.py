@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from editr1.errors import EditR1Error
 from editr1.models.lora_io import LoraSpec, save_lora
 
 
@@ -46,6 +47,8 @@ class EditModelAdapter(ABC):
     transformer: nn.Module
     #: The flow-match scheduler whose config gives the sigma schedule (`sigmas`).
     scheduler: object
+    #: Pixels <-> latents (`encode`, `decode`, `scale_factor`, `latent_channels`).
+    codec: object
     #: Module names LoRA attaches to (peft `target_modules`).
     lora_target_modules: tuple[str, ...]
     #: Pixel area the source image is resized to for conditioning; None: the target size.
@@ -86,9 +89,17 @@ class EditModelAdapter(ABC):
     def decode_latents(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Packed latents `(B, S, C)` -> pixels `(B, 3, H, W)` in [0, 1]."""
 
-    @abstractmethod
+    def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
+        """The codec's latent grid for an image size; the size must allow 2x2 latent patches."""
+        multiple = self.codec.scale_factor * 2
+        if height % multiple or width % multiple:
+            raise EditR1Error(f"image size {width}x{height} must be a multiple of {multiple} for this model")
+        return height // self.codec.scale_factor, width // self.codec.scale_factor
+
     def latent_token_shape(self, height: int, width: int) -> tuple[int, int]:
-        """`(S, C)` of the packed latents for an image of this size."""
+        """`(S, C)` of the packed latents for an image of this size: 2x2 patches of the codec's latents."""
+        h, w = self._latent_hw(height, width)
+        return (h // 2) * (w // 2), self.codec.latent_channels * 4
 
     @abstractmethod
     def velocity(

@@ -123,16 +123,6 @@ class FluxKontextAdapter(EditModelAdapter):
         return self
 
     # ---- geometry ------------------------------------------------------------------------------
-    def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
-        multiple = self.codec.scale_factor * 2
-        if height % multiple or width % multiple:
-            raise EditR1Error(f"image size {width}x{height} must be a multiple of {multiple} for this model")
-        return height // self.codec.scale_factor, width // self.codec.scale_factor
-
-    def latent_token_shape(self, height: int, width: int) -> tuple[int, int]:
-        h, w = self._latent_hw(height, width)
-        return (h // 2) * (w // 2), self.codec.latent_channels * 4
-
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         latents = self.codec.encode(pixels)
