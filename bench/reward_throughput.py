@@ -42,11 +42,11 @@ def start_server(config: Path, threads: int) -> tuple[subprocess.Popen, int]:
     sys.exit(f"the server exited with code {process.wait()} before listening")
 
 
-def served(client: RemoteJudgeReward, clients: int, requests: int, size: int) -> tuple[int, float]:
+def served(client: RemoteJudgeReward, clients: int, requests: int, size: int, references: int) -> tuple[int, float]:
     """(errors, wall seconds) of `clients` threads x `requests` sequential requests each."""
     generator = torch.Generator().manual_seed(0)
-    bodies = [client.request_body(torch.rand(3, size, size, generator=generator), torch.rand(3, size, size, generator=generator),
-                                  PROMPT, None) for _ in range(clients)]
+    bodies = [client.request_body([torch.rand(3, size, size, generator=generator) for _ in range(references)],
+                                  torch.rand(3, size, size, generator=generator), PROMPT, None) for _ in range(clients)]
     client.post(bodies[0])  # warm-up, untimed
     errors, lock = [], threading.Lock()
 
@@ -74,12 +74,13 @@ def in_process(judge: Path, total: int, batch: int, size: int, args) -> float:
     reward = build_reward("mllm", {"model": str(judge), "batch_size": args.batch_size, "dtype": args.dtype,
                                    "device": args.device})
     generator = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, size, size, generator=generator) for _ in range(2 * batch)]
-    reward.score(images[:1], images[1:2], [PROMPT], [None])  # warm-up, untimed
+    sources = [[torch.rand(3, size, size, generator=generator) for _ in range(args.references)] for _ in range(batch)]
+    edited = [torch.rand(3, size, size, generator=generator) for _ in range(batch)]
+    reward.score(sources[:1], edited[:1], [PROMPT], [None])  # warm-up, untimed
     start = time.perf_counter()
     for done in range(0, total, batch):
         n = min(batch, total - done)
-        reward.score(images[:n], images[batch : batch + n], [PROMPT] * n, [None] * n)
+        reward.score(sources[:n], edited[:n], [PROMPT] * n, [None] * n)
     return time.perf_counter() - start
 
 
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=50, help="requests per client")
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--references", type=int, default=1, help="reference images per sample (Qwen-Image-Edit-2509: 1-3)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--batch-size", type=int, default=32, help="conversations per judge forward pass")
@@ -98,6 +100,8 @@ def main() -> None:
                         help="intra-op threads of both paths; the default leaves the CPU to the client threads "
                              "(OpenMP threads spinning on an oversubscribed CPU run 10-30x slower)")
     args = parser.parse_args()
+    if args.references < 1:
+        parser.error(f"--references: must be >= 1, got {args.references}")
     torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory() as tmp:
         judge = args.judge
@@ -112,13 +116,14 @@ def main() -> None:
         try:
             client = RemoteJudgeReward(f"http://127.0.0.1:{port}/v1", "judge", max_retries=0, wait_ready_s=60,
                                        concurrency=args.clients)
-            errors, served_wall = served(client, args.clients, args.requests, args.image_size)
+            errors, served_wall = served(client, args.clients, args.requests, args.image_size, args.references)
         finally:
             server.terminate()  # SIGTERM: the server's clean stop
             server.wait(timeout=60)
         total = args.clients * args.requests
         local_wall = in_process(judge, total, args.max_batch_size, args.image_size, args)
-    print(f"\njudge {args.judge or 'tiny random Qwen2.5-VL'}, {args.image_size}px images, device {args.device}, "
+    print(f"\njudge {args.judge or 'tiny random Qwen2.5-VL'}, {args.references} reference(s) + 1 edit of "
+          f"{args.image_size}px per request, device {args.device}, "
           f"{torch.get_num_threads()} torch threads\n")
     print(f"{'path':<34}{'requests':>9}{'errors':>8}{'wall s':>9}{'requests/s':>12}")
     print(f"{f'served, {args.clients} clients':<34}{total:>9}{errors:>8}{served_wall:>9.2f}{total / served_wall:>12.1f}")

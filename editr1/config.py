@@ -46,7 +46,7 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     #: A diffusers-format folder, a hub id, or `tiny:qwen-image-edit` to build the tiny preset.
-    path: str = "tiny:qwen-image-edit"
+    path: str = field(default="tiny:qwen-image-edit", metadata={"path": "if_exists"})
     family: str | None = None
     resolution: int = 32
     #: Source-image pixel area for conditioning; null: the training resolution. Qwen-Image-Edit's
@@ -61,15 +61,21 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "data/shapes/train.jsonl"
-    heldout: str | None = "data/shapes/test.jsonl"
+    train: str = field(default="data/shapes/train.jsonl", metadata={"path": "always"})
+    heldout: str | None = field(default="data/shapes/test.jsonl", metadata={"path": "always"})
     max_pixels: int = 64 * 1024 * 1024
+    #: Longest instruction in text-encoder tokens; null: the model family's own limit.
+    max_prompt_tokens: int | None = None
+    #: What a longer instruction does, decided when the data is loaded: an error naming file and
+    #: line, or truncation to `max_prompt_tokens` (reported once, with the count).
+    prompt_overflow: Literal["error", "truncate"] = "error"
 
 
 @dataclass
 class RewardConfig:
     name: str = "shapes_verifier"
-    options: dict[str, Any] = field(default_factory=dict)
+    #: Keyword arguments of the reward; a string naming a file or folder beside the config is a path.
+    options: dict[str, Any] = field(default_factory=dict, metadata={"path": "options"})
     #: Training only: score each rollout batch on a background thread while the next batch rolls out.
     overlap: bool = True
 
@@ -120,7 +126,8 @@ class EvalConfig:
     #: Distilled guidance of guidance-embedded models (FLUX.1 Kontext: 3.5 at evaluation); null: `rollout.guidance`.
     guidance: float | None = None
     seed: int = 1234
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    #: The held-out reward; null: the training reward (`editr1 sft`, which has none, must set it).
+    reward: RewardConfig | None = None
     #: Also score the held-out edits with the training reward (e.g. the judge next to the verifier):
     #: the judge's reward rising while the verifier's does not is reward hacking, made visible.
     track_training_reward: bool = False
@@ -131,6 +138,9 @@ class LoggingConfig:
     grid_every: int = 10
     grid_groups: int = 4
     checkpoint_every: int = 10
+    #: Checkpoints kept on disk, newest first (0: all). Each holds the trained and old weights and
+    #: the optimizer state: about 1.5 GB for a rank-32 Qwen-Image LoRA.
+    keep_checkpoints: int = 3
     tensorboard: bool = True
     progress: bool = True
 
@@ -211,7 +221,7 @@ class JudgeDistillConfig:
     )
     corruptions_per_sample: int = 5
     #: `examples.npz` of an earlier run with the same data and rollout settings: skips building them.
-    reuse_examples: str | None = None
+    reuse_examples: str | None = field(default=None, metadata={"path": "always"})
     steps: int = 3000
     time_budget_s: float = 0.0
     batch_size: int = 64
@@ -236,14 +246,14 @@ class JudgeDistillConfig:
 
 _bounds("LoraConfig", rank=(1, None), alpha=(0, None, True))
 _bounds("ModelConfig", resolution=(8, None), condition_area=(64, None))
-_bounds("DataConfig", max_pixels=(1, None))
+_bounds("DataConfig", max_pixels=(1, None), max_prompt_tokens=(1, None))
 _bounds("RolloutConfig", groups_per_iteration=(1, None), group_size=(2, None), steps=(1, None), batch_size=(1, None),
         cfg_scale=(1.0, None))
 _bounds("RLConfig", beta=(0, None, True), kl_coef=(0, None), adv_clip=(0, None, True), timestep_fraction=(0, 1, True),
         filter_mean_threshold=(0, 1), filter_std_threshold=(0, None), max_unscored_fraction=(0, 0.99))
 _bounds("OptimConfig", lr=(0, None, True), weight_decay=(0, None), grad_clip=(0, None, True), micro_batch=(1, None))
-_bounds("EvalConfig", every=(0, None), samples=(1, None), steps=(1, None), cfg_scale=(1.0, None))
-_bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint_every=(1, None))
+_bounds("EvalConfig", every=(0, None), samples=(2, None), steps=(1, None), cfg_scale=(1.0, None))
+_bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint_every=(1, None), keep_checkpoints=(0, None))
 _bounds("NFTConfig", iterations=(0, None), time_budget_s=(0, None))
 _bounds("SFTConfig", steps=(1, None), time_budget_s=(0, None), batch_size=(1, None), lr=(0, None, True),
         warmup_steps=(0, None), weight_decay=(0, None), grad_clip=(0, None, True), ema_decay=(0, 0.99999))
@@ -348,21 +358,90 @@ def _check_bounds(cls_name: str, key: str, value: Any, dotted: str) -> None:
         raise ConfigError(f"{dotted}: must be <= {high}, got {value}")
 
 
-def _apply_override(data: dict, assignment: str) -> None:
+def _apply_override(data: dict, assignment: str, cls: type) -> None:
+    """Set the field `a.b` of the raw config to `value` (a path in it is relative to the working directory)."""
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. train.steps=4")
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. seed=1")
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment}: empty field name in {key!r}")
+    nested: Any = yaml.safe_load(raw)
+    for part in reversed(parts):
+        nested = {part: nested}
+    _resolve_paths(cls, nested, Path.cwd())
     node = data
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        node, nested = node[part], nested[part]
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = nested[parts[-1]]
+
+
+# ---- paths: relative to the config file that names them -------------------------------------
+
+
+PACKAGE_PREFIX = "editr1:"
+
+
+def package_path(relative: str) -> Path:
+    """A file shipped inside the installed package: `editr1:assets/shapes_base`."""
+    return Path(__file__).resolve().parent / relative
+
+
+def _resolve_one(value: Any, kind: str, base: Path) -> Any:
+    if not isinstance(value, str) or not value or value.startswith("tiny:"):
+        return value
+    if value.startswith(PACKAGE_PREFIX):
+        return str(package_path(value[len(PACKAGE_PREFIX):]))
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    candidate = base / path
+    # A model or reward option that is no file here is a hub id or a plain setting: left as given.
+    if kind == "always" or candidate.exists():
+        return str(candidate)
+    return value
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _resolve_paths(cls: type, data: dict, base: Path) -> None:
+    """Resolve, in place, the raw values of path fields (`field(metadata={"path": ...})`) against `base`."""
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        if spec.name not in data:
+            continue
+        value, kind = data[spec.name], spec.metadata.get("path")
+        if kind == "options" and isinstance(value, dict):
+            data[spec.name] = {key: _resolve_one(item, "if_exists", base) for key, item in value.items()}
+        elif kind:
+            data[spec.name] = _resolve_one(value, kind, base)
+        elif (inner := _dataclass_in(hints[spec.name])) is not None:
+            if isinstance(value, dict):
+                _resolve_paths(inner, value, base)
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, dict):
+                        _resolve_paths(inner, item, base)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
-    """Read YAML at `path` (or the defaults), apply `--set` overrides, validate into `cls`."""
+    """Read YAML at `path` (or the defaults), apply `--set` overrides, validate into `cls`.
+
+    Paths in the file are relative to the file's folder; paths in `--set` values to the working
+    directory; `editr1:<path>` names a file shipped in the package. Errors blame the file or the
+    `--set` that caused them.
+    """
     data: dict = {}
     source = "defaults"
     if path is not None:
@@ -376,12 +455,36 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: invalid YAML: {error}") from error
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
+        _resolve_paths(cls, data, path.resolve().parent)
+
+    def attempt() -> tuple[T | None, str | None]:
+        try:
+            return _build(cls, data, ""), None
+        except ConfigError as error:
+            return None, str(error)
+
+    config, problem = attempt()
     for assignment in overrides:
-        _apply_override(data, assignment)
-    try:
-        return _build(cls, data, "")
-    except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
+        _apply_override(data, assignment, cls)
+        before, (config, problem) = problem, attempt()
+        # A problem that this assignment brought is its own; one it did not fix stays the file's.
+        if problem is not None and problem != before:
+            raise ConfigError(f"--set {assignment}: {problem}")
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}")
+    _absolute_defaults(config)
+    return config
+
+
+def _absolute_defaults(config: Any) -> None:
+    """Default data paths are relative to the working directory: made absolute, so that a saved
+    config (a run's `config.yaml`) means the same files from anywhere."""
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if dataclasses.is_dataclass(value):
+            _absolute_defaults(value)
+        elif spec.metadata.get("path") == "always" and isinstance(value, str) and not Path(value).is_absolute():
+            setattr(config, spec.name, str(Path.cwd() / value))
 
 
 def config_to_dict(config: Any) -> dict:
@@ -398,4 +501,6 @@ def config_to_dict(config: Any) -> dict:
 
 
 def save_config(config: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    from editr1.fileio import write_text_atomic
+
+    write_text_atomic(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -158,3 +158,92 @@ def test_tensor_round_trip_clamps_and_rounds():
     assert np.asarray(tensor_to_image(odd))[0, :, 0].tolist() == [0, 128, 255, 51]
     with pytest.raises(ValueError):
         tensor_to_image(torch.zeros(1, 4, 4))
+
+
+def _marked(w, h):
+    """A w x h image, black except one red pixel at the top-left corner."""
+    img = Image.new("RGB", (w, h))
+    img.putpixel((0, 0), (255, 0, 0))
+    return img
+
+
+def _oriented_jpeg(tmp_path, orientation):
+    """The marked 6x4 image stored as a JPEG with EXIF Orientation = ``orientation``."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _save(tmp_path, f"o{orientation}.jpg", _marked(6, 4), exif=exif, quality=100, subsampling=0)
+
+
+def _red_corner(img):
+    """Which corner of ``img`` holds the (lossy) red pixel."""
+    w, h = img.size
+    corners = {"top-left": (0, 0), "top-right": (w - 1, 0), "bottom-left": (0, h - 1), "bottom-right": (w - 1, h - 1)}
+    return [name for name, xy in corners.items() if img.getpixel(xy)[0] > 128 and img.getpixel(xy)[1] < 128]
+
+
+@pytest.mark.parametrize("orientation, size, corner", [
+    (1, (6, 4), "top-left"),
+    (3, (6, 4), "bottom-right"),  # stored upside down
+    (6, (4, 6), "top-right"),     # stored rotated 90 degrees anticlockwise: shown turned clockwise
+    (8, (4, 6), "bottom-left"),   # stored rotated 90 degrees clockwise
+])
+def test_exif_orientation_is_applied(tmp_path, orientation, size, corner):
+    img = load_image(_oriented_jpeg(tmp_path, orientation))
+    assert img.mode == "RGB" and img.size == size
+    assert _red_corner(img) == [corner]
+
+
+def test_exif_rotated_image_is_size_checked(tmp_path):
+    p = _oriented_jpeg(tmp_path, 6)
+    with pytest.raises(DataError, match="6x4 = 24 pixels, limit is 23"):
+        load_image(p, max_pixels=23)
+
+
+def test_empty_file(tmp_path):
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty file \(0 bytes\)") as e:
+        load_image(p)
+    assert str(p) in str(e.value)
+
+
+def test_symlink_loop_and_dangling_symlink(tmp_path):
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match="symlink loop") as e:
+        load_image(loop)
+    assert str(loop) in str(e.value)
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataError, match="dangling symlink, points to a missing file") as e:
+        load_image(dangling)
+    assert str(dangling) in str(e.value) and "gone.png" in str(e.value)
+
+
+def test_size_error_names_the_config_field(tmp_path):
+    p = _save(tmp_path, "a.png", Image.new("RGB", (10, 10)))
+    with pytest.raises(DataError, match=r"limit is 99 \(data\.max_pixels\)$"):
+        load_image(p, max_pixels=99, limit_name="data.max_pixels")
+
+
+def test_pillow_bomb_error_quotes_the_configured_limit(tmp_path):
+    # Pillow itself refuses this header inside Image.open, before our own size check runs.
+    side = 20000
+    assert side * side > 2 * Image.MAX_IMAGE_PIXELS
+    p = _png_header_only(tmp_path / "bomb.png", side, side)
+    with pytest.raises(DataError) as e:
+        load_image(p, max_pixels=1000, limit_name="data.max_pixels")
+    message = str(e.value)
+    assert str(p) in message and "limit is 1000 (data.max_pixels)" in message
+    assert str(Image.MAX_IMAGE_PIXELS) not in message  # Pillow's own limit is not the user's
+    with pytest.raises(DataError, match=r"Pillow refuses .* even though data\.max_pixels allows 1000000000000$"):
+        load_image(p, max_pixels=10**12, limit_name="data.max_pixels")
+
+
+def test_limit_above_pillow_warning_level_is_honoured(tmp_path):
+    # Between Image.MAX_IMAGE_PIXELS and twice it Pillow only warns: the configured limit decides.
+    side = 10000
+    assert Image.MAX_IMAGE_PIXELS < side * side < 2 * Image.MAX_IMAGE_PIXELS
+    p = _png_header_only(tmp_path / "big.png", side, side)
+    with pytest.raises(DataError, match=f"limit is {side * side - 1} \\(data.max_pixels\\)"):
+        load_image(p, max_pixels=side * side - 1, limit_name="data.max_pixels")

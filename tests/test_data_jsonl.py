@@ -157,3 +157,39 @@ def test_write_jsonl_round_trip_and_atomicity(tmp_path):
         write_jsonl(p, [{"bad": object()}])
     assert p.read_bytes() == before
     assert os.listdir(p.parent) == ["out.jsonl"]  # no temp files left behind
+
+
+@pytest.mark.parametrize("row, kw, expected", [
+    ({"image": "img/1.png", "promt": "x"}, {},
+     "field 'prompt': missing (required); found unknown field 'promt' — did you mean 'prompt'?"),
+    ({"images": "img/1.png", "prompt": "x"}, {},
+     "field 'image': missing (required); found unknown field 'images' — did you mean 'image'?"),
+    ({"image": "img/1.png", "prompt": "x", "traget": "tgt/1.png"}, {"require_target": True},
+     "field 'target': missing (required for this dataset); found unknown field 'traget' — did you mean 'target'?"),
+    ({"image": "img/1.png", "instruction": "x"}, {}, "field 'prompt': missing (required)"),
+])
+def test_misspelt_required_field_is_named(data_dir, row, kw, expected):
+    good = [{"image": f"img/{i}.png", "prompt": "fine", "target": f"tgt/{i}.png"} for i in (1, 2)]
+    p = _write(data_dir, *good, row)
+    assert _error(p, **kw) == f"{p}:3: {expected}"
+
+
+def test_size_error_names_the_limit_field(data_dir):
+    p = _write(data_dir, {"image": "img/1.png", "prompt": "x"})
+    assert _error(p, max_pixels=15).endswith("limit is 15 (data.max_pixels)")
+    assert _error(p, max_pixels=15, max_pixels_field="eval.max_pixels").endswith("limit is 15 (eval.max_pixels)")
+
+
+def test_jsonl_symlink_loop(tmp_path):
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    assert _error(loop) == f"{loop}: symlink loop"
+
+
+def test_write_jsonl_new_file_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_jsonl(tmp_path / "new.jsonl", [{"a": 1}])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.jsonl").stat().st_mode & 0o777 == 0o640

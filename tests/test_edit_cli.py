@@ -1,4 +1,4 @@
-"""`editr1 edit` on each tiny preset saved to disk: sizes, determinism, LoRA, and one-line errors."""
+"""`editr1 edit` on each tiny preset saved to disk: sizes, determinism, LoRA, progress, and one-line errors."""
 
 import json
 
@@ -9,9 +9,11 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
+from editr1.cli import edit
 from editr1.cli.main import main
 from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import build_tiny, load_adapter
+from editr1.sampling.generate import generate
 
 PRESETS = ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"]
 PROMPT = "Change the red circle to blue"
@@ -131,3 +133,32 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(models, source, tmp_path
     last = err.splitlines()[-1]
     assert last.startswith("editr1: error:") and expected in last, err
     assert not out.exists()
+
+
+# ---- what will run, and progress ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler, cfg_scale", [("euler", 1.0), ("dpmpp_2m", 4.0)])
+def test_generate_reports_each_step(models, sampler, cfg_scale):
+    adapter = load_adapter(models["tiny:qwen-image-edit"][0])
+    image = Image.new("RGB", (32, 32))
+    conditions = adapter.encode_conditions([[image]], [PROMPT], 32, 32)
+    negative = adapter.encode_conditions([[image]], [" "], 32, 32)
+    noise = torch.randn(1, *adapter.latent_token_shape(32, 32), generator=torch.Generator().manual_seed(0))
+    sigmas = adapter.sigmas(3, 32, 32)
+    steps = []
+    latents = generate(adapter, conditions, noise, sigmas, sampler, cfg_scale, negative,
+                       on_step=lambda step, total: steps.append((step, total)))
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert torch.equal(latents, generate(adapter, conditions, noise, sigmas, sampler, cfg_scale, negative))
+
+
+def test_edit_says_what_will_run_and_reports_progress_without_a_terminal(models, source, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(edit, "PLAIN_PROGRESS_EVERY_S", 0.0)  # a plain line at every step
+    model, lora = models["tiny:qwen-image-edit"]
+    assert _edit(model, [source], tmp_path / "a.png", "--steps", "3", "--lora", lora) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"editr1 edit: {model} (qwen-image-edit) + LoRA {lora}, ~32x32, 3 euler steps, "
+                        "true CFG 4.0 (2 model passes a step), on cpu (float32)")
+    assert [line.split(",")[0] for line in lines[1:3]] == ["sampling 32x32: step 1/3", "sampling 32x32: step 2/3"]
+    assert lines[3].startswith("sampling 32x32: 3/3 in ") and lines[4].startswith("wrote ")

@@ -26,14 +26,12 @@ def test_distillation_writes_a_loadable_judge_and_heldout_pairs(shapes_data, tmp
     pairs = read_preference_jsonl(out / "heldout_pairs" / "pairs.jsonl")
     assert {p.preferred for p in pairs} <= {"a", "b", "tie"} and len(pairs) == 6
     reward = build_reward("mllm", {"model": str(out / "judge")})
-    from editr1.data.batching import (
-        first_source_tensor,  # the saved judge scores like any reward
-    )
+    from editr1.data.batching import source_tensors  # the saved judge scores like any reward
     from editr1.data.jsonl import read_edit_jsonl
 
     sample = read_edit_jsonl(shapes_data / "test.jsonl")[0]
-    source = first_source_tensor(sample, 32)
-    assert reward.score([source], [source], [sample.prompt], [None]).valid.all()
+    sources = source_tensors(sample, 32)
+    assert reward.score([sources], [sources[0]], [sample.prompt], [None]).valid.all()
 
     reused = load_config(JudgeDistillConfig, None, [
         f"output_dir={tmp_path / 'again'}", f"policy.path={SHIPPED_BASE}", f"data.train={shapes_data / 'train.jsonl'}",

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from editr1.data.images import tensor_to_image
 from editr1.errors import EditR1Error
 from editr1.processing.tiny_tokenizer import build_tiny_qwen_tokenizer
 from editr1.rewards.registry import build_reward
@@ -13,7 +14,7 @@ def _images(n, seed=0):
 
 def test_batched_scores_equal_one_at_a_time(tiny_judge_dir):
     reward = build_reward("mllm", {"model": str(tiny_judge_dir), "batch_size": 8})
-    sources, edited = _images(5, 0), _images(5, 1)
+    sources, edited = [[image] for image in _images(5, 0)], _images(5, 1)
     prompts = ["remove the red circle", "make the blue square green now please", "remove the red circle",
                "add a green square at the top left", "x"]
     requirements = [None, "keep the rest", None, None, "a much longer requirement string than the others"]
@@ -32,9 +33,48 @@ def test_non_finite_images_are_unscored_never_zero(tiny_judge_dir):
     reward = build_reward("mllm", {"model": str(tiny_judge_dir)})
     edited = _images(3)
     edited[1][0, 0, 0] = float("nan")
-    result = reward.score(_images(3, 5), edited, ["remove the red circle"] * 3, [None] * 3)
+    result = reward.score([[image] for image in _images(3, 5)], edited, ["remove the red circle"] * 3, [None] * 3)
     assert result.valid.tolist() == [True, False, True]
     assert torch.isnan(result.scores[1]) and "NaN" in result.failures[1]
+    second = _images(2, 6)
+    second[1][0, 1, 1] = float("inf")  # a bad second reference image counts too
+    again = reward.score([[_images(1, 7)[0], second[0]], [_images(1, 8)[0], second[1]]], _images(2, 9), ["x"] * 2, [None] * 2)
+    assert again.valid.tolist() == [True, False] and "NaN or infinite" in again.failures[1]
+
+
+def test_the_judge_sees_every_reference_image_then_the_edit(tiny_judge_dir):
+    reward = build_reward("mllm", {"model": str(tiny_judge_dir)})
+    seen, original = [], reward.judge.next_token_logits
+
+    def recording(conversations):
+        seen.extend(conversations)
+        return original(conversations)
+
+    reward.judge.next_token_logits = recording
+    first, second, edit = _images(3, 11)
+    result = reward.score([[first, second]], [edit], ["put the cat from Picture 2 on the sofa of Picture 1"], [None])
+    assert result.valid.all()
+    (messages, images), = seen
+    assert [tensor_to_image(t).tobytes() for t in (first, second, edit)] == [image.tobytes() for image in images]
+    parts = messages[0]["content"]
+    assert [p["type"] for p in parts] == ["image", "image", "image", "text"]
+    assert "Picture 1 and Picture 2" in parts[-1]["text"] and "the last image is the edited result" in parts[-1]["text"]
+
+
+def test_batched_equals_one_at_a_time_with_mixed_reference_counts(tiny_judge_dir):
+    reward = build_reward("mllm", {"model": str(tiny_judge_dir), "batch_size": 4})
+    pool = _images(9, 21)
+    sources = [pool[:1], pool[1:3], pool[3:6], pool[6:8], pool[8:9]]
+    edited = _images(5, 22)
+    prompts = ["remove the red circle", "make the blue square green", "x", "put Picture 2 into Picture 1", "y"]
+    requirements = [None, "keep the rest", None, None, "z"]
+    batched = reward.score(sources, edited, prompts, requirements)
+    single = torch.cat([reward.score([s], [e], [p], [r]).scores for s, e, p, r in zip(sources, edited, prompts, requirements)])
+    assert batched.valid.all()
+    torch.testing.assert_close(batched.scores, single, atol=1e-5, rtol=0)
+    # The references matter: the same edit judged against other references scores differently.
+    swapped = reward.score([pool[1:3][::-1]], [edited[1]], [prompts[1]], [requirements[1]])
+    assert abs(float(swapped.scores[0]) - float(batched.scores[1])) > 1e-6
 
 
 def test_judge_errors_are_clear(tiny_judge_dir, tmp_path):

@@ -6,8 +6,8 @@ import torch
 from editr1.data.order import take_indices
 from editr1.errors import EditR1Error
 from editr1.trainer.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
+    newest_intact_checkpoint,
+    read_checkpoint,
     save_checkpoint,
 )
 
@@ -41,19 +41,58 @@ def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path):
 
     fresh = torch.nn.Linear(3, 2)
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
-    assert latest_checkpoint(tmp_path) == folder
-    trained, old, state = load_checkpoint(folder, fresh_optimizer)
+    checkpoint, skipped = newest_intact_checkpoint(tmp_path)
+    assert checkpoint.folder == folder and skipped == []
+    checkpoint.restore(fresh_optimizer)
     assert torch.equal(torch.rand(3), expected_draw)
-    assert state == {"step": 7, "position": 3, "banned": ["a"]}
-    assert torch.equal(old["w"], torch.ones(2)) and torch.equal(trained["weight"], model.weight)
+    assert checkpoint.state == {"step": 7, "position": 3, "banned": ["a"]}
+    assert torch.equal(checkpoint.old["w"], torch.ones(2)) and torch.equal(checkpoint.trained["weight"], model.weight)
     saved, loaded = optimizer.state_dict(), fresh_optimizer.state_dict()
     for index in saved["state"]:
         for key, value in saved["state"][index].items():
             assert torch.equal(loaded["state"][index][key], value)
     assert json.loads((folder / "optimizer.json").read_text())["param_groups"][0]["lr"] == 1e-2
+    assert (folder / "trained.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
-def test_broken_latest_pointer_is_a_clear_error(tmp_path):
-    (tmp_path / "latest").write_text("step_000009")
-    with pytest.raises(EditR1Error, match="step_000009"):
-        latest_checkpoint(tmp_path)
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _save(root, step, value=1.0):
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    return save_checkpoint(root, step, {"w": torch.full((2,), value)}, {"w": torch.zeros(2)}, optimizer, {"position": step}, keep=2)
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path):
+    _save(tmp_path, 2)
+    newest = _save(tmp_path, 4)
+    (newest / "old.safetensors").write_bytes(b"torn")  # a truncated file, as a crash mid-write leaves
+    checkpoint, skipped = newest_intact_checkpoint(tmp_path)
+    assert checkpoint.step == 2
+    assert len(skipped) == 1 and "step_000004" in skipped[0]
+    with pytest.raises(EditR1Error, match="incomplete checkpoint"):
+        read_checkpoint(newest)
+
+
+def test_an_intact_checkpoint_is_never_rewritten_and_a_broken_one_is_replaced(tmp_path):
+    first = _save(tmp_path, 4, value=1.0)
+    _save(tmp_path, 4, value=2.0)  # the final save at an already checkpointed step
+    assert torch.equal(read_checkpoint(first).trained["w"], torch.full((2,), 1.0))
+    (first / "manifest.json").unlink()
+    (first / "trained.safetensors").write_bytes(b"")
+    _save(tmp_path, 4, value=3.0)
+    assert torch.equal(read_checkpoint(first).trained["w"], torch.full((2,), 3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_000004"]
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    for step in (2, 4, 6, 8):
+        _save(tmp_path, step)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000006", "step_000008"]
+    assert (tmp_path / "latest").read_text() == "step_000008"

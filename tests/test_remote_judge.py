@@ -3,9 +3,14 @@ in-process `mllm` reward, explicit failures (never a made-up score), and a serve
 
 from __future__ import annotations
 
+import email.utils
+import json
 import math
 import socket
+import threading
 import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -13,7 +18,7 @@ from reward_serving import INSTRUCTIONS, ServerProcess, random_images, save_test
 
 from editr1.errors import EditR1Error
 from editr1.rewards.registry import build_reward
-from editr1.rewards.remote_judge import RemoteError
+from editr1.rewards.remote_judge import MAX_BACKOFF_S, RemoteError, retry_after_s
 
 KEY = "remote-secret"
 
@@ -37,11 +42,17 @@ def remote(port: int, **options):
     return build_reward("mllm_remote", {"url": f"http://127.0.0.1:{port}/v1", "model": "judge", "api_key": KEY, **options})
 
 
-def batch(n: int, seed: int):
-    images = random_images(2 * n, seed)
+def batch(n: int, seed: int, references: list[int] | None = None):
+    """n samples with references[i] (default 1) reference images each."""
+    references = references or [1] * n
+    images = random_images(sum(references) + n, seed)
+    sources, start = [], n
+    for count in references:
+        sources.append(images[start : start + count])
+        start += count
     prompts = [INSTRUCTIONS[i % 2] for i in range(n)]
     requirements = [None if i % 2 else "keep the background unchanged" for i in range(n)]
-    return images[:n], images[n:], prompts, requirements
+    return sources, images[:n], prompts, requirements
 
 
 def test_served_scores_equal_the_in_process_judge(server, judge_folder):
@@ -52,6 +63,16 @@ def test_served_scores_equal_the_in_process_judge(server, judge_folder):
     torch.testing.assert_close(served.scores, local.scores, atol=1e-4, rtol=0)
     torch.testing.assert_close(served.extras["judge_score_mass"], local.extras["judge_score_mass"], atol=1e-4, rtol=0)
     assert served.scores.max() - served.scores.min() > 1e-3  # the comparison tells samples apart
+
+
+@pytest.mark.parametrize("references", [[2, 2, 2], [1, 2, 3, 2]])
+def test_served_scores_equal_the_in_process_judge_with_several_references(server, judge_folder, references):
+    samples = batch(len(references), seed=7, references=references)
+    served = remote(server.port).score(*samples)
+    local = build_reward("mllm", {"model": str(judge_folder)}).score(*samples)
+    assert served.failures == {} and served.valid.all() and local.valid.all()
+    torch.testing.assert_close(served.scores, local.scores, atol=1e-4, rtol=0)
+    torch.testing.assert_close(served.extras["judge_score_mass"], local.extras["judge_score_mass"], atol=1e-4, rtol=0)
 
 
 def test_non_finite_images_are_unscored_and_not_sent(server):
@@ -124,3 +145,142 @@ def test_a_response_without_score_tokens_is_unscored_with_the_reason():
 def test_bad_options_name_the_option(options, message):
     with pytest.raises(EditR1Error, match=message):
         build_reward("mllm_remote", {"url": "http://127.0.0.1:1/v1", "model": "judge", **options})
+
+
+class FakeServer:
+    """A loopback HTTP server answering request k with scripted response k (the last one repeats):
+    (status, headers, body). Records (method, path) of every request."""
+
+    def __init__(self, responses: list[tuple[int, dict, bytes]]):
+        self.responses, self.requests = responses, []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.requests.append((self.command, self.path))
+                status, headers, body = owner.responses[min(len(owner.requests), len(owner.responses)) - 1]
+                self.send_response(status)
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake():
+    servers = []
+
+    def start(*responses):
+        servers.append(FakeServer(list(responses)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+SCORED = (200, {"Content-Type": "application/json"}, json.dumps({"choices": [{"logprobs": {"content": [
+    {"top_logprobs": [{"token": "5", "logprob": math.log(0.5)}, {"token": "0", "logprob": math.log(0.5)}]}]}}]}).encode())
+
+
+@pytest.mark.parametrize("body", [
+    {"error": {"message": "the prompt is too long", "type": "BadRequestError", "code": 400}},  # OpenAI, vLLM
+    {"object": "error", "message": "the prompt is too long", "type": "BadRequestError", "code": 400},  # SGLang, older vLLM
+    {"message": "the prompt is too long"},
+    {"detail": "the prompt is too long"},  # FastAPI
+    "the prompt is too long",  # plain text
+])
+def test_the_servers_reason_is_read_from_every_error_body_shape(fake, body):
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    server = fake((400, {}, raw))
+    with pytest.raises(RemoteError, match=r"HTTP 400: the prompt is too long$"):
+        remote(server.port, wait_ready_s=0).post(b"{}")
+
+
+def test_a_long_plain_text_error_body_is_shortened(fake):
+    server = fake((502, {"Content-Type": "text/html"}, b"<html>" + b"upstream failed " * 200 + b"</html>"))
+    with pytest.raises(RemoteError) as error:
+        remote(server.port, wait_ready_s=0, max_retries=0).post(b"{}")
+    message = str(error.value)
+    assert "HTTP 502: <html>upstream failed upstream failed" in message and "(3213 characters)" in message
+    assert len(message) < 500
+    empty = fake((400, {}, b""))
+    with pytest.raises(RemoteError, match="HTTP 400: Bad Request$"):  # nothing said: the reason phrase
+        remote(empty.port, wait_ready_s=0).post(b"{}")
+
+
+@pytest.mark.parametrize("message", [
+    "At most 1 image(s) may be provided in one prompt.",
+    "You set image=1 (or defaulted to 1) in `--limit-mm-per-prompt`, but passed 3 image items in the same prompt.",
+])
+def test_a_refusal_for_too_many_images_suggests_the_vllm_flag(fake, message):
+    server = fake((400, {}, json.dumps({"object": "error", "message": message, "type": "BadRequestError", "code": 400}).encode()))
+    result = remote(server.port, wait_ready_s=0).score(*batch(1, seed=8, references=[2]))
+    reason = result.failures[0]
+    assert message in reason and """--limit-mm-per-prompt '{"image": 4}'""" in reason and "image=4" in reason
+    assert server.requests == [("POST", "/v1/chat/completions")]  # a 400 is final
+
+
+def record_waits(reward, monkeypatch) -> list[float]:
+    waits = []
+    monkeypatch.setattr(reward, "_sleep", waits.append)
+    return waits
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_seconds_is_waited_instead_of_the_backoff(fake, monkeypatch, status):
+    server = fake((status, {"Retry-After": "3"}, b'{"error": {"message": "busy"}}'), SCORED)
+    reward = remote(server.port, wait_ready_s=0, backoff_s=0.01)
+    waits = record_waits(reward, monkeypatch)
+    assert reward.read_score(reward.post(b"{}")) == (pytest.approx(0.5), pytest.approx(1.0))
+    assert waits == [3.0] and len(server.requests) == 2
+
+
+def test_retry_after_as_an_http_date_and_its_cap(fake, monkeypatch):
+    in_20_s = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=20), usegmt=True)
+    server = fake((503, {"Retry-After": in_20_s}, b"loading"), (429, {"Retry-After": "3600"}, b""),
+                  (503, {}, b""), (429, {"Retry-After": "soon"}, b""), SCORED)
+    reward = remote(server.port, wait_ready_s=0, backoff_s=0.01, max_retries=4)
+    waits = record_waits(reward, monkeypatch)
+    reward.post(b"{}")
+    assert 18 <= waits[0] <= 20  # the date has whole seconds
+    assert waits[1:] == [MAX_BACKOFF_S, 0.04, 0.08]  # capped; no header or an unreadable one: the backoff
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0 and retry_after_s(" 2.5 ") == 2.5
+
+
+def test_check_ready_says_it_waits_then_fails_naming_the_url_and_the_wait(capsys):
+    port = free_port()
+    remote(port, wait_ready_s=0).check_ready()  # 0: no /health to ask
+    assert capsys.readouterr().err == ""
+    with pytest.raises(EditR1Error, match=rf"http://127.0.0.1:{port}/health was not ready within 0.5s "
+                                          r"\(reward.options.wait_ready_s\); last problem: URLError"):
+        remote(port, wait_ready_s=0.5).check_ready()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"waiting up to 0.5s (reward.options.wait_ready_s) for the judge server at "
+                               f"http://127.0.0.1:{port}/health: URLError")
+
+
+def test_check_ready_waits_for_a_server_that_becomes_ready(fake, capsys):
+    server = fake((503, {}, b'{"message": "loading the model"}'), (503, {}, b""), (200, {}, b"ok"))
+    remote(server.port, wait_ready_s=60).check_ready()
+    assert server.requests == [("GET", "/health")] * 3
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"waiting up to 60s (reward.options.wait_ready_s) for the judge server at "
+                     f"http://127.0.0.1:{server.port}/health: HTTP 503: loading the model"]
+    remote(server.port, wait_ready_s=60).check_ready()  # ready at once: nothing printed
+    assert capsys.readouterr().err == ""

@@ -8,6 +8,7 @@ from editr1.data.jsonl import read_edit_jsonl
 from editr1.data.preference_pairs import read_preference_jsonl
 from editr1.errors import DataError
 from editr1.eval.reward_alignment import evaluate_alignment, pair_agreement
+from editr1.rewards.base import Reward, RewardBatch
 from editr1.rewards.registry import build_reward
 
 
@@ -47,8 +48,41 @@ def test_cli_reward_alignment(shapes_data, tmp_path, capsys):
     assert printed["accuracy"] == 1.0 and printed["tie_pairs"] == 1 and printed["reward"] == "shapes_verifier"
 
 
+class RecordingReward(Reward):
+    """The verifier, recording how many reference images each sample arrives with."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.inner, self.reference_counts = build_reward("shapes_verifier"), []
+
+    def score(self, sources, edited, prompts, requirements) -> RewardBatch:
+        self.reference_counts.extend(len(references) for references in sources)
+        return self.inner.score(sources, edited, prompts, requirements)
+
+
+def test_pairs_with_several_source_images_reach_the_reward(shapes_data, tmp_path):
+    path = _write_pairs(shapes_data, tmp_path / "pairs.jsonl", n=3)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows[:2]:
+        row["source"] = [row["source"], row["source"]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = read_preference_jsonl(path)
+    assert [len(p.sources) for p in pairs] == [2, 2, 1, 1]
+    reward = RecordingReward()
+    result = evaluate_alignment(reward, pairs)
+    assert reward.reference_counts == [2, 2, 1, 1] * 2  # both sides of every pair
+    assert result.accuracy == 1.0 and result.decided_pairs == 3
+
+
 @pytest.mark.parametrize("row, message", [
     ({"prompt": "x", "image_a": "a.png", "image_b": "b.png", "preferred": "a"}, "field 'source': missing"),
+    ({"source": [], "prompt": "x", "image_a": "a.png", "image_b": "b.png", "preferred": "a"},
+     "field 'source': the list of source images is empty"),
+    ({"source": 3, "prompt": "x", "image_a": "a.png", "image_b": "b.png", "preferred": "a"},
+     "field 'source': expected a path string or a list of them, got"),
+    ({"source": ["s.png", "missing.png"], "prompt": "x", "image_a": "a.png", "image_b": "b.png", "preferred": "a"},
+     r"field 'source\[1\]'"),
     ({"source": "s.png", "prompt": "x", "image_a": "a.png", "image_b": "b.png", "preferred": "both"}, "field 'preferred'"),
     ({"source": "s.png", "prompt": "x", "image_a": "missing.png", "image_b": "b.png", "preferred": "a"}, "field 'image_a'"),
 ])

@@ -20,6 +20,7 @@ from editr1.cli.main import main
 from editr1.data.images import tensor_to_image
 from editr1.rewards.tiny_judge import build_tiny_judge
 from editr1.serve.batcher import Batcher
+from editr1.serve.protocol import decode_image_url
 
 KEY = "test-secret"
 
@@ -181,12 +182,28 @@ def test_concurrent_clients_are_all_served(server):
 @pytest.mark.parametrize(("overrides", "message"), [
     (["port=70000"], "port: must be in 0..65535"),
     (["max_batch_size=0"], "max_batch_size: must be >= 1"),
+    (["max_concurrent_requests=0"], "max_concurrent_requests: must be >= 1"),
+    (["body_timeout_s=0"], "body_timeout_s: must be > 0"),
     (["api_key_env=EDITR1_TEST_UNSET_VARIABLE"], "api_key_env: environment variable 'EDITR1_TEST_UNSET_VARIABLE'"),
     (["model=''"], "model: required"),
 ])
 def test_config_errors_name_the_field(overrides, message, capsys):
     assert main(["serve-reward", "--set", "model=some/judge", *[a for o in overrides for a in ("--set", o)]]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_exif_rotated_jpeg_is_decoded_upright():
+    """A camera JPEG stores its pixels sideways with EXIF Orientation 6 (turn 90 degrees clockwise to view)."""
+    stored = Image.new("RGB", (64, 32), (255, 0, 0))
+    stored.paste((0, 0, 255), (32, 0, 64, 32))  # left half red, right half blue, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    image = decode_image_url(data_url(buffer.getvalue(), "image/jpeg")["image_url"]["url"], "image", 10**6)
+    assert image.size == (32, 64)  # upright: portrait
+    red, blue = image.getpixel((16, 8)), image.getpixel((16, 56))  # the stored left edge is now the top
+    assert red[0] > 200 and red[2] < 60 and blue[2] > 200 and blue[0] < 60, (red, blue)
 
 
 def test_the_batcher_fails_only_the_request_the_judge_refuses():

@@ -245,12 +245,12 @@ def test_shapes_verifier_batch():
     as_t = lambda a: torch.from_numpy(a).permute(2, 0, 1).float() / 255  # noqa: E731
     v = ShapesVerifier()
     assert v.name == "shapes_verifier"
-    scores = v.score([as_t(render(s1)), as_t(render(s2))], [as_t(render(t1)), as_t(render(s2))],
-                     [instruction_text(e1), instruction_text(e2)]).scores
+    scores = v.score([[as_t(render(s1))], [as_t(render(s2))]], [as_t(render(t1)), as_t(render(s2))],
+                     [instruction_text(e1), instruction_text(e2)], [None, None]).scores
     assert scores.dtype == torch.float32 and scores.shape == (2,)
     assert scores.tolist() == pytest.approx([1.0, 0.0])
-    unverifiable = v.score([as_t(render(s1))] * 2, [as_t(render(t1))] * 2, [instruction_text(e1), "Make it prettier"])
+    unverifiable = v.score([[as_t(render(s1))]] * 2, [as_t(render(t1))] * 2, [instruction_text(e1), "Make it prettier"], [None] * 2)
     assert unverifiable.valid.tolist() == [True, False] and torch.isnan(unverifiable.scores[1])
     assert list(unverifiable.failures) == [1]
     with pytest.raises(ValueError, match="batch sizes differ"):
-        v.score([as_t(render(s1))], [], ["x"])
+        v.score([[as_t(render(s1))]], [], ["x"], [None])

@@ -29,7 +29,7 @@ def test_three_iteration_run_writes_everything(shapes_data, tmp_path):
     assert rows[0]["old_deviation"] == 0.0
     assert rows[1]["old_deviation"] == 0.0
     assert rows[2]["old_deviation"] > 0.0
-    assert list((out / "grids").glob("step_000000_group*.png"))
+    assert list((out / "grids").glob("step_000001_group*.png"))  # named by iteration, as metrics are
     lora = load_file(out / "final/pytorch_lora_weights.safetensors")
     assert lora and all(k.startswith("transformer.") for k in lora)
     assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k), "training changed nothing"

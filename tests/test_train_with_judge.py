@@ -31,6 +31,7 @@ def test_nft_trains_on_the_judge_and_tracks_it_next_to_the_verifier(shapes_data,
     out = tmp_path / "run"
     overrides = tiny_nft_overrides(shapes_data, out, iterations=2) + [
         "reward.name=mllm", f"reward.options={{model: '{tiny_judge_dir}'}}", "eval.track_training_reward=true",
+        "eval.reward.name=shapes_verifier",
         "rollout.batch_size=3",  # several batches: scoring overlaps the next batch's sampling
     ]
     summary = run_nft(load_config(NFTConfig, None, overrides))
@@ -69,5 +70,5 @@ def test_too_many_unscored_samples_fail_the_iteration(shapes_data, tmp_path):
     overrides = tiny_nft_overrides(shapes_data, tmp_path / "run", iterations=2) + [
         "reward.name=test_every_third_unscored", "rl.max_unscored_fraction=0.1", "eval.every=0", "data.heldout=null",
     ]
-    with pytest.raises(EditR1Error, match=r"iteration 0: 2 of 8 samples could not be scored.*judge timed out"):
+    with pytest.raises(EditR1Error, match=r"iteration 1: 2 of 8 samples could not be scored.*judge timed out"):
         run_nft(load_config(NFTConfig, None, overrides))

@@ -1,8 +1,12 @@
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from editr1.eval.heldout import EvalResult, load_eval, save_eval
 from editr1.eval.report import ReportSection, write_report
 from editr1.eval.visuals import (
     PAD,
@@ -11,6 +15,7 @@ from editr1.eval.visuals import (
     image_grid,
     line_height,
     reward_curve,
+    _text_width,
     wrap_text,
 )
 from editr1.trainer.progress import phase_progress
@@ -131,3 +136,47 @@ def test_progress_non_terminal_falls_back_and_reports_unfinished(capsys):
     with phase_progress(enabled=True) as phase:  # capsys stdout is not a terminal
         phase.task("eval", total=4).advance()
     assert capsys.readouterr().out.startswith("eval: 1/4 in ")
+
+
+def _blank_runs(strip):
+    """Widths of the all-background column runs between the first and last inked column."""
+    ink = (strip < 160).any(axis=(0, 2))
+    xs = np.flatnonzero(ink)
+    runs, run = [], 0
+    for inked in ink[xs[0]:xs[-1] + 1]:
+        if inked and run:
+            runs.append(run)
+        run = 0 if inked else run + 1
+    return sorted(runs, reverse=True)
+
+
+def test_title_spaces_are_visible():
+    # The default font's 2-pixel space read as "Puta small red hat onthe cat".
+    words = "Put a small red hat on the cat".split()
+    grid = np.asarray(group_grid(_solid((0.5, 0.5, 0.5), 32, 32), [_solid((0.0, 1.0, 0.0), 32, 32)], [0.5],
+                                 " ".join(words)))
+    title = grid[PAD:PAD + line_height()]
+    gaps = _blank_runs(title)
+    spaces = len(words) - 1
+    assert gaps[spaces - 1] >= gaps[spaces] + 2, gaps  # every word gap is clearly wider than any letter gap
+
+
+@pytest.mark.parametrize("width", [40, 60, 90, 200, 1000])
+def test_wrapped_lines_keep_every_word(width):
+    text = "Put a small red hat on the cat and make it look festive"
+    lines = wrap_text(text, width)
+    assert " ".join(lines) == text
+    assert all(_text_width(line) <= width for line in lines)
+
+
+def test_report_and_eval_files_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        report = write_report(tmp_path, {"a": 1}, [])
+        save_eval(EvalResult(torch.zeros(3), torch.ones(3, dtype=torch.bool), torch.zeros(3, 3, 4, 4)),
+                  tmp_path / "eval" / "after.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(report.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "eval" / "after.safetensors").stat().st_mode) == 0o644
+    assert load_eval(tmp_path / "eval" / "after.safetensors").scores.tolist() == [0.0, 0.0, 0.0]

@@ -1,10 +1,14 @@
-"""`editr1 edit`: one instruction-based edit with a base model and, optionally, a LoRA.
+"""`editr1 edit`: one instruction-based edit with a trained run, or a base model and optionally a LoRA.
 
+    editr1 edit --run runs/nft --image in.png --prompt "..." --out out.png
     editr1 edit --model Qwen/Qwen-Image-Edit-2509 --lora runs/nft/final --image in.png --prompt "..." --out out.png
 
-The model is a diffusers-format folder or hub id; its family comes from `model_index.json`. The edit
-runs through the family's adapter and `editr1.sampling.generate`, the code that training and
-evaluation use, so an exported LoRA edits here exactly as it did in the run's evaluations.
+`--run` reads the run's `model.json` (written by `editr1 train`): the exact base model (a tiny
+preset's is saved in the run), the final weights (a LoRA on that base, or a whole fine-tuned model),
+and the run's dtype and condition area. A model is a diffusers-format folder or hub id; its family
+comes from `model_index.json`. The edit runs through the family's adapter and
+`editr1.sampling.generate`, the code that training and evaluation use, so an exported LoRA edits
+here exactly as it did in the run's evaluations.
 
 Defaults per family are the usual inference settings: 28 Euler steps; Qwen-Image-Edit(-2509): true
 CFG 4.0 with a " " negative prompt (the transformer has no guidance input); FLUX.1 Kontext: distilled
@@ -12,16 +16,21 @@ guidance 3.5 and no CFG. The output size defaults to the first image's, scaled d
 1024 x 1024 pixels of area (aspect kept) and rounded to the model's size multiple; references are
 encoded at the output size unless `--pipeline-sizing` sizes them as the diffusers pipeline does.
 
-Every input is checked before the model is loaded (family, reference count, images, LoRA file,
-output path); problems are `EditR1Error`s, which the CLI prints as one line (exit code 2).
+Every input is checked before the model is loaded (run folder, family, reference count, images,
+LoRA file, output path); problems are `EditR1Error`s, which the CLI prints as one line (exit code 2).
+What will run is printed before loading, then sampling shows a progress bar (a line now and then
+when stdout is not a terminal).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +39,11 @@ from editr1.errors import EditR1Error
 DEFAULT_STEPS = 28
 #: Largest default output area (pixels); the output size otherwise follows the first image.
 DEFAULT_MAX_AREA = 1024 * 1024
+#: Without a terminal, a progress line at the first step and then at most this often.
+PLAIN_PROGRESS_EVERY_S = 30.0
+#: What a run folder's `model.json` holds.
+RUN_RECORD = "model.json"
+RUN_FIELDS = ("base", "family", "dtype", "condition_area", "train_mode", "final")
 
 
 @dataclass(frozen=True)
@@ -49,8 +63,11 @@ FAMILY_DEFAULTS = {
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="diffusers-format model folder or hub id")
-    parser.add_argument("--lora", help="LoRA file or folder (diffusers or peft layout), e.g. a run's final/")
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--run", type=Path, metavar="RUN_DIR",
+                         help="a finished `editr1 train` run: its own base model, final weights, dtype and condition area")
+    weights.add_argument("--model", help="diffusers-format model folder or hub id")
+    parser.add_argument("--lora", help="with --model: LoRA file or folder (diffusers or peft layout), e.g. a run's final/")
     parser.add_argument("--image", dest="images", action="append", required=True, metavar="PATH",
                         help="source image; repeat for reference images (Qwen-Image-Edit-2509: up to 3)")
     parser.add_argument("--prompt", required=True, help="the edit instruction")
@@ -71,7 +88,7 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of at the output size")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                        help="model weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+                        help="model weights dtype (default: the run's with --run; else bfloat16 on GPU, float32 on CPU)")
 
 
 # ---- checks that run before the model is loaded ---------------------------------------------------
@@ -127,6 +144,67 @@ def output_size(image_size: tuple[int, int], height: int | None, width: int | No
     return height, width
 
 
+@dataclass(frozen=True)
+class RunWeights:
+    """What a run folder's `model.json` says to load."""
+
+    #: The model folder: the run's base (LoRA runs) or its final/ (full fine-tuning: a whole model).
+    model: Path
+    #: The final LoRA folder (LoRA runs), loaded on `model`.
+    lora: Path | None
+    family: str
+    dtype: str
+    condition_area: int | None
+
+
+def read_run(run: Path) -> RunWeights:
+    """The weights of a finished run, from its `model.json`; every problem is an `EditR1Error`."""
+    from editr1.hub import resolve_model_path
+    from editr1.models.registry import detect_family
+    from editr1.trainer.model_loading import DTYPES
+
+    run = run.expanduser()
+    if not run.is_dir():
+        raise EditR1Error(f"--run {run}: " + ("not a folder" if run.exists() else "no such folder"))
+    path = run / RUN_RECORD
+    if not path.is_file():
+        raise EditR1Error(f"--run {run}: not a run folder (written by editr1 train): no {RUN_RECORD}")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise EditR1Error(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(record, dict):
+        raise EditR1Error(f"{path}: expected a JSON object")
+    missing = [name for name in RUN_FIELDS if name not in record]
+    if missing:
+        raise EditR1Error(f"{path}: missing field(s) {', '.join(missing)}")
+    for name in ("base", "final"):
+        if not isinstance(record[name], str) or not record[name]:
+            raise EditR1Error(f"{path}: {name}: expected a folder name or path, got {record[name]!r}")
+    if record["train_mode"] not in ("lora", "full"):
+        raise EditR1Error(f"{path}: train_mode: expected 'lora' or 'full', got {record['train_mode']!r}")
+    if record["dtype"] not in DTYPES:
+        raise EditR1Error(f"{path}: dtype: expected one of {sorted(DTYPES)}, got {record['dtype']!r}")
+    area = record["condition_area"]
+    if area is not None and (isinstance(area, bool) or not isinstance(area, int) or area < 1):
+        raise EditR1Error(f"{path}: condition_area: expected null or a positive integer, got {area!r}")
+    final = run / record["final"]
+    if not final.is_dir():
+        raise EditR1Error(f"--run {run}: the run has not finished: no {record['final']}/ yet (written when training ends)")
+    if record["train_mode"] == "full":
+        model, lora = final, None
+    else:
+        # A relative base is a folder inside the run (a tiny preset's saved base); else a path or hub id.
+        inside = run / record["base"]
+        try:
+            model = resolve_model_path(inside if inside.is_dir() else record["base"])
+        except EditR1Error as error:
+            raise EditR1Error(f"{path}: base: {error}") from error
+        lora = final
+    family = detect_family(model, record["family"], field=f"{path}: family")
+    return RunWeights(model, lora, family, record["dtype"], area)
+
+
 # ---- the edit -----------------------------------------------------------------------------------
 
 
@@ -143,8 +221,10 @@ def edit_image(
     guidance: float | None = None,
     seed: int = 0,
     cfg_renorm: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ):
-    """One edit of `images` (the source, then any references) by `prompt`: an RGB PIL image."""
+    """One edit of `images` (the source, then any references) by `prompt`: an RGB PIL image.
+    `on_step(step, steps)` follows the sampling loop."""
     import torch
 
     from editr1.data.images import tensor_to_image
@@ -156,7 +236,7 @@ def edit_image(
     # Noise drawn on the CPU: the same seed gives the same edit on any device.
     noise = torch.randn(1, *adapter.latent_token_shape(height, width), generator=torch.Generator().manual_seed(seed))
     latents = generate(adapter, conditions, noise.to(adapter.device), sigmas, sampler, cfg_scale, negative,
-                       cfg_renorm=cfg_renorm, guidance=guidance)
+                       cfg_renorm=cfg_renorm, guidance=guidance, on_step=on_step)
     return tensor_to_image(adapter.decode_latents(latents, height, width)[0])
 
 
@@ -171,25 +251,60 @@ def _use_pipeline_sizing(adapter, family: str) -> None:
         adapter.condition_area = PREFERRED_AREA
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _step_reporter(task, description: str, live: bool) -> Callable[[int, int], None]:
+    """`on_step` for `generate`: advances `task`; without a live bar, also prints a line at the first
+    step, then at most every `PLAIN_PROGRESS_EVERY_S` (the task's summary line ends it)."""
+    start = last = time.perf_counter()
+
+    def on_step(step: int, steps: int) -> None:
+        nonlocal last
+        task.advance()
+        now = time.perf_counter()
+        if live or step == steps or (step > 1 and now - last < PLAIN_PROGRESS_EVERY_S):
+            return
+        last = now
+        left = (now - start) / step * (steps - step)
+        print(f"{description}: step {step}/{steps}, {_duration(now - start)} elapsed, ~{_duration(left)} left", flush=True)
+
+    return on_step
+
+
 def run_edit(args: argparse.Namespace) -> dict:
     import torch
 
     from editr1.data.images import load_image
+    from editr1.data.prompt_length import fit_prompt
     from editr1.hub import resolve_model_path
     from editr1.models.lora_io import find_lora_file, load_lora
     from editr1.models.registry import ADAPTERS, detect_family
     from editr1.trainer.model_loading import DTYPES
+    from editr1.trainer.progress import phase_progress
 
     height, width = parse_size(args.size, args.height, args.width)
     if args.steps < 1:
         raise EditR1Error(f"--steps {args.steps}: must be at least 1")
     if args.cfg_scale is not None and args.cfg_scale < 1.0:
         raise EditR1Error(f"--cfg-scale {args.cfg_scale}: must be at least 1 (1 turns true CFG off)")
-    if str(args.model).startswith("tiny:"):
-        raise EditR1Error(f"--model {args.model}: tiny presets are built in memory; save one with "
-                          "`build_tiny(...).save_pretrained(folder)` and pass the folder")
-    folder = resolve_model_path(args.model)
-    family = detect_family(folder)
+    run = None
+    if args.run is not None:
+        if args.lora is not None:
+            raise EditR1Error("--lora: --run brings its own weights (the run's final/); use --model with --lora instead")
+        run = read_run(args.run)
+        folder, lora, family = run.model, run.lora, run.family
+        what = f"run {args.run}: {folder}"
+    else:
+        if str(args.model).startswith("tiny:"):
+            raise EditR1Error(f"--model {args.model}: tiny presets are built in memory; edit a run trained on one "
+                              "with --run RUN_DIR, or save one with `build_tiny(...).save_pretrained(folder)`")
+        folder, lora = resolve_model_path(args.model), args.lora
+        family = detect_family(folder)
+        what = args.model
     defaults = FAMILY_DEFAULTS.get(family)
     if defaults is None:
         raise EditR1Error(f"{folder}: `editr1 edit` has no defaults for model family {family!r}")
@@ -200,20 +315,29 @@ def run_edit(args: argparse.Namespace) -> dict:
         )
     images = [load_image(Path(path)) for path in args.images]
     out = check_output_path(args.out)
-    if args.lora is not None:
-        find_lora_file(args.lora)  # fails early on a missing or unreadable-looking LoRA
+    if lora is not None:
+        find_lora_file(lora)  # fails early on a missing or unreadable-looking LoRA
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    adapter = ADAPTERS[family].from_pretrained(folder, torch_dtype=dtype)
+    dtype_name = args.dtype or (run.dtype if run is not None else "bfloat16" if device.type == "cuda" else "float32")
+    cfg_scale = args.cfg_scale if args.cfg_scale is not None else defaults.cfg_scale
+    # The exact size needs the model's size multiple; until it is loaded, the size before rounding.
+    about_height, about_width = output_size(images[0].size, height, width, 1)
+    print(f"editr1 edit: {what} ({family})" + (f" + LoRA {lora}" if lora is not None else "")
+          + f", ~{about_width}x{about_height}, {args.steps} {args.sampler} steps"
+          + (f", true CFG {cfg_scale} (2 model passes a step)" if cfg_scale != 1.0 else "")
+          + f", on {device} ({dtype_name})", flush=True)
+    adapter = ADAPTERS[family].from_pretrained(folder, torch_dtype=DTYPES[dtype_name])
     guided = bool(adapter.transformer.config.get("guidance_embeds", False))
     guidance = args.guidance if args.guidance is not None else defaults.guidance
     if args.guidance is not None and not guided:
         raise EditR1Error(f"--guidance: this {family} transformer has no guidance input; use --cfg-scale for true CFG")
     if guided and guidance is None:
         raise EditR1Error(f"this {family} transformer is guidance-distilled: set --guidance")
-    if args.lora is not None:
-        load_lora(adapter, args.lora)
+    if lora is not None:
+        load_lora(adapter, lora)
+    if run is not None:
+        adapter.condition_area = run.condition_area
     if args.pipeline_sizing:
         _use_pipeline_sizing(adapter, family)
     adapter.to(device)
@@ -221,13 +345,16 @@ def run_edit(args: argparse.Namespace) -> dict:
     height, width = output_size(images[0].size, height, width, multiple)
     if height % multiple or width % multiple:
         raise EditR1Error(f"output size {width}x{height}: both sides must be multiples of {multiple} for this model")
-    cfg_scale = args.cfg_scale if args.cfg_scale is not None else defaults.cfg_scale
-    image = edit_image(adapter, images, args.prompt, height, width, args.steps, args.sampler, cfg_scale,
-                       args.negative_prompt, guidance if guided else None, args.seed, defaults.cfg_renorm)
+    prompt = fit_prompt(args.prompt, "--prompt", adapter, remedy=f"the {family} limit")
+    with phase_progress() as phase:
+        description = f"sampling {width}x{height}"
+        on_step = _step_reporter(phase.task(description, args.steps), description, phase.live)
+        image = edit_image(adapter, images, prompt, height, width, args.steps, args.sampler, cfg_scale,
+                           args.negative_prompt, guidance if guided else None, args.seed, defaults.cfg_renorm, on_step)
     try:
         image.save(out, format="PNG")
     except OSError as error:
         raise EditR1Error(f"--out {out}: could not write the image ({error})") from error
     return {"out": str(out), "family": family, "width": width, "height": height, "steps": args.steps,
             "sampler": args.sampler, "cfg_scale": cfg_scale, "guidance": guidance if guided else None,
-            "seed": args.seed, "lora": args.lora}
+            "seed": args.seed, "lora": None if lora is None else str(lora)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -11,10 +12,36 @@ from editr1.cli.edit import add_edit_arguments
 from editr1.errors import EditR1Error
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
+class _DropMessage(logging.Filter):
+    """Drops one logger's records that contain `fragment`; everything else passes."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+#: Library warnings that say nothing to an editr1 user, by the logger that emits them.
+_KNOWN_HARMLESS = {
+    # Without torchvision, transformers uses its PIL image processors: the ones editr1 is tested with.
+    "transformers.utils.import_utils": _DropMessage("requires torchvision (not installed); falling back to"),
+    # diffusers warns on every `.to(dtype)`, even when no module has to stay in float32.
+    "diffusers.models.modeling_utils": _DropMessage("that should be kept in float32: []"),
+}
+
+
+def silence_known_warnings() -> None:
+    """Filter exactly the known-harmless warnings above; other warnings of these loggers still show."""
+    for name, drop in _KNOWN_HARMLESS.items():
+        logging.getLogger(name).addFilter(drop)  # the same filter object is added once
+
+
+def _add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument("config", nargs="?", help="YAML config (defaults if omitted)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set rollout.group_size=4 (repeatable)")
+                        help=f"override a config field, e.g. --set {example} (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,16 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0)
 
     sft = commands.add_parser("sft", help="supervised flow-matching fine-tuning")
-    _add_config_args(sft)
+    _add_config_args(sft, "steps=200")
 
     train = commands.add_parser("train", help="DiffusionNFT post-training")
-    _add_config_args(train)
+    _add_config_args(train, "rollout.group_size=4")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
 
     judge = commands.add_parser("judge", help="MLLM judges")
     judge_actions = judge.add_subparsers(dest="judge_action", required=True)
     distill = judge_actions.add_parser("distill", help="train the tiny Qwen2.5-VL judge to answer the shapes verifier's score")
-    _add_config_args(distill)
+    _add_config_args(distill, "batch_size=32")
 
     evaluation = commands.add_parser("eval", help="evaluations")
     evaluations = evaluation.add_subparsers(dest="evaluation", required=True)
@@ -60,14 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a field of the demo's NFT config")
 
-    add_edit_arguments(commands.add_parser("edit", help="edit one image with a base model and an optional LoRA"))
+    add_edit_arguments(commands.add_parser("edit", help="edit one image with a trained run, or a base model and an optional LoRA"))
 
     serve = commands.add_parser("serve-reward", help="serve the MLLM judge over an OpenAI-compatible HTTP API")
-    _add_config_args(serve)
+    _add_config_args(serve, "port=8001")
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
+    # Configs are loaded before the trainers are imported: a config error then comes alone, fast.
     if args.command == "data":
         from editr1.data.shapes import write_shapes_dataset
 
@@ -75,26 +103,33 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {counts['train']} training and {counts['test']} held-out samples to {args.out}")
     elif args.command == "sft":
         from editr1.config import SFTConfig, load_config
+
+        config = load_config(SFTConfig, args.config, args.overrides)
         from editr1.trainer.sft import run_sft
 
-        print(json.dumps(run_sft(load_config(SFTConfig, args.config, args.overrides)), indent=2))
+        print(json.dumps(run_sft(config), indent=2))
     elif args.command == "train":
         from editr1.config import NFTConfig, load_config
+
+        config = load_config(NFTConfig, args.config, args.overrides)
         from editr1.trainer.nft import run_nft
 
-        print(json.dumps(run_nft(load_config(NFTConfig, args.config, args.overrides), resume=args.resume), indent=2))
+        print(json.dumps(run_nft(config, resume=args.resume), indent=2))
     elif args.command == "judge":
         from editr1.config import JudgeDistillConfig, load_config
+
+        config = load_config(JudgeDistillConfig, args.config, args.overrides)
         from editr1.trainer.judge_distill import run_judge_distill
 
-        print(json.dumps(run_judge_distill(load_config(JudgeDistillConfig, args.config, args.overrides)), indent=2))
+        print(json.dumps(run_judge_distill(config), indent=2))
     elif args.command == "eval":
         from editr1.config import RewardConfig, load_config
+
+        reward_config = load_config(RewardConfig, args.reward, args.overrides)
         from editr1.data.preference_pairs import read_preference_jsonl
         from editr1.eval.reward_alignment import evaluate_alignment
         from editr1.rewards.registry import build_reward
 
-        reward_config = load_config(RewardConfig, args.reward, args.overrides)
         pairs = read_preference_jsonl(args.pairs)
         result = evaluate_alignment(build_reward(reward_config.name, reward_config.options), pairs, size=args.size)
         print(json.dumps({"reward": reward_config.name, "pairs": str(args.pairs), **result.as_dict()}, indent=2))
@@ -109,13 +144,18 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {result['out']} ({result['width']}x{result['height']}, {result['family']}, {result['steps']} "
               f"{result['sampler']} steps, seed {result['seed']})")
     elif args.command == "serve-reward":
+        from editr1.config import load_config
+        from editr1.serve.config import ServeConfig
+
+        config = load_config(ServeConfig, args.config, args.overrides)  # before the heavy imports
         from editr1.cli.serve import serve_reward
 
-        serve_reward(args.config, args.overrides)
+        serve_reward(config)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    silence_known_warnings()
     try:
         run(args)
     except EditR1Error as error:

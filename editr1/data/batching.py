@@ -33,6 +33,6 @@ def target_tensor(sample: EditSample, size: int) -> torch.Tensor:
     return image_to_tensor(_load_resized(sample.target, size))
 
 
-def first_source_tensor(sample: EditSample, size: int) -> torch.Tensor:
-    """The first source image as a tensor: what rewards compare the edit with."""
-    return image_to_tensor(source_images(sample, size)[0])
+def source_tensors(sample: EditSample, size: int) -> list[torch.Tensor]:
+    """Every source image of the sample as tensors: what rewards compare the edit with."""
+    return [image_to_tensor(image) for image in source_images(sample, size)]

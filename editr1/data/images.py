@@ -6,12 +6,15 @@ a bad file in a dataset is reported instead of crashing a training job later.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from editr1.errors import DataError
 
@@ -22,33 +25,36 @@ MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 _WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open ``path``, fully decode it and return it as an 8-bit RGB image.
+def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, limit_name: str | None = None) -> Image.Image:
+    """Open ``path``, fully decode it, turn it upright and return it as an 8-bit RGB image.
 
-    Raises DataError (naming the path) for a missing, unreadable, corrupt,
-    truncated or oversized (> ``max_pixels``) file. PIL's own bomb guard
-    (Image.MAX_IMAGE_PIXELS) still applies, so raising ``max_pixels`` above it
-    does not admit bigger images.
+    The EXIF orientation is applied, so a photo stored on its side loads the way viewers show it.
+    Raises DataError (naming the path) for a missing, empty, unreadable, corrupt, truncated or
+    oversized (> ``max_pixels`` pixels, checked from the header before decoding) file;
+    ``limit_name`` (e.g. "data.max_pixels") is the setting that error names. Pillow refuses
+    headers above 2 x ``Image.MAX_IMAGE_PIXELS`` inside ``Image.open`` whatever ``max_pixels`` says.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"file not found: {path}")
-    if not path.is_file():
-        raise DataError(f"not a regular file: {path}")
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(f"{problem}: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"empty file (0 bytes): {path}")
     try:
-        # PIL's own bomb check fires inside open(); turn its warning into an
-        # exception here only, without touching the global Image.MAX_IMAGE_PIXELS.
-        # (catch_warnings is process-global: fine for loader processes, not threads.)
+        # Between Image.MAX_IMAGE_PIXELS and twice it Pillow only warns; _check_size is the guard
+        # there. (catch_warnings is process-global: fine for loader processes, not threads.)
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                _check_size(img, path, max_pixels)
+                _check_size(img, path, max_pixels, limit_name)
                 img.load()
+                # Turning keeps the pixel count, so the header check above still bounds memory.
+                ImageOps.exif_transpose(img, in_place=True)
                 return _to_rgb(img)
     except DataError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"image too large (decompression bomb guard): {path}: {e}") from e
+    except Image.DecompressionBombError as e:
+        raise DataError(_pillow_refused(path, max_pixels, limit_name)) from e
     except UnidentifiedImageError as e:
         raise DataError(f"not a recognised image format: {path}") from e
     except PermissionError as e:
@@ -57,13 +63,46 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
         raise DataError(f"corrupt or truncated image: {path} ({type(e).__name__}: {e})") from e
 
 
-def _check_size(img: Image.Image, path: Path, limit: int) -> None:
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a regular file, in a few words; None when it can."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"dangling symlink, points to a missing file ({os.readlink(path)})"
+        return "file not found"
+    except PermissionError:
+        return "unreadable (permission denied)"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop"
+        return f"unreadable ({e.strerror or e})"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return None
+
+
+def _limit(max_pixels: int, limit_name: str | None) -> str:
+    return f"limit is {max_pixels}" + (f" ({limit_name})" if limit_name else "")
+
+
+def _check_size(img: Image.Image, path: Path, limit: int, limit_name: str | None) -> None:
     """Reject images by their header size, before any pixel is decoded."""
     w, h = img.size
     if w <= 0 or h <= 0:
         raise DataError(f"image has no pixels ({w}x{h}): {path}")
     if w * h > limit:
-        raise DataError(f"image too large: {path} is {w}x{h} = {w * h} pixels, limit is {limit}")
+        raise DataError(f"image too large: {path} is {w}x{h} = {w * h} pixels, {_limit(limit, limit_name)}")
+
+
+def _pillow_refused(path: Path, max_pixels: int, limit_name: str | None) -> str:
+    """The message for a header that Pillow's own bomb guard refused inside Image.open."""
+    hard = 2 * Image.MAX_IMAGE_PIXELS
+    if max_pixels < hard:
+        return f"image too large: {path} has more than {hard} pixels, {_limit(max_pixels, limit_name)}"
+    allowed = f"{limit_name} allows {max_pixels}" if limit_name else f"the limit is {max_pixels}"
+    return (f"image too large: {path} has more than {hard} pixels, which Pillow refuses "
+            f"(2 x PIL.Image.MAX_IMAGE_PIXELS) even though {allowed}")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

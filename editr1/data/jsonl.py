@@ -14,6 +14,7 @@ is reported as ``"{file}:{line}: field '{name}': {what}"``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import stat
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from editr1.data.images import MAX_IMAGE_PIXELS, load_image
+from editr1.data.images import MAX_IMAGE_PIXELS, file_problem, load_image
 from editr1.errors import DataError
+from editr1.fileio import default_file_mode
 
 _KNOWN_FIELDS = ("id", "image", "prompt", "requirement", "target")
 
@@ -55,11 +57,13 @@ def read_edit_jsonl(
     require_target: bool = False,
     check_images: bool = True,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    max_pixels_field: str = "data.max_pixels",
 ) -> list[EditSample]:
     """Parse and validate an edit dataset; raise DataError on the first problem.
 
     With ``check_images`` every image and target is fully decoded once, so bad
     files fail here (with file, line and field) rather than mid-training.
+    ``max_pixels_field`` is the setting an "image too large" error names.
     """
     path = Path(path)
     raw = _read_bytes(path)
@@ -73,7 +77,7 @@ def read_edit_jsonl(
                     f"duplicate id {sample.id!r} (first used on line {first_line_of_id[sample.id]})", "id"
                 )
             if check_images:
-                _check_sample_images(sample, max_pixels)
+                _check_sample_images(sample, max_pixels, max_pixels_field)
         except _LineError as e:
             where = f"{path}:{lineno}: "
             if e.field_name is not None:
@@ -88,10 +92,9 @@ def read_edit_jsonl(
 
 def _read_bytes(path: Path) -> bytes:
     """Read the whole file, mapping OS errors to DataError."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file")
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
     try:
         return path.read_bytes()
     except OSError as e:
@@ -124,12 +127,12 @@ def _parse_row(text: str, lineno: int, base: Path, require_target: bool) -> Edit
     if not isinstance(row, dict):
         raise _LineError(f"expected a JSON object, got {_json_type(row)}")
     if "image" not in row:
-        raise _LineError("missing (required)", "image")
+        raise _LineError("missing (required)" + _misspelt(row, "image"), "image")
     if "prompt" not in row:
-        raise _LineError("missing (required)", "prompt")
+        raise _LineError("missing (required)" + _misspelt(row, "prompt"), "prompt")
     target = _optional_path(row, "target", base)
     if require_target and target is None:
-        raise _LineError("missing (required for this dataset)", "target")
+        raise _LineError("missing (required for this dataset)" + _misspelt(row, "target"), "target")
     return EditSample(
         id=_parse_id(row.get("id"), lineno),
         images=_parse_images(row["image"], base),
@@ -139,6 +142,13 @@ def _parse_row(text: str, lineno: int, base: Path, require_target: bool) -> Edit
         line=lineno,
         extra={k: v for k, v in row.items() if k not in _KNOWN_FIELDS},
     )
+
+
+def _misspelt(row: dict, name: str) -> str:
+    """Point at an unknown field that looks like a misspelling of the missing field ``name``."""
+    unknown = [key for key in row if key not in _KNOWN_FIELDS]
+    close = difflib.get_close_matches(name, unknown, n=1)
+    return f"; found unknown field {close[0]!r} — did you mean {name!r}?" if close else ""
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -219,14 +229,14 @@ def _optional_path(row: dict, name: str, base: Path) -> Path | None:
     return None if value is None else _resolve(value, base, name)
 
 
-def _check_sample_images(sample: EditSample, max_pixels: int) -> None:
+def _check_sample_images(sample: EditSample, max_pixels: int, max_pixels_field: str) -> None:
     """Decode every image of ``sample`` once; attribute failures to the field."""
     named = [("image" if len(sample.images) == 1 else f"image[{i}]", p) for i, p in enumerate(sample.images)]
     if sample.target is not None:
         named.append(("target", sample.target))
     for name, p in named:
         try:
-            load_image(p, max_pixels=max_pixels)
+            load_image(p, max_pixels=max_pixels, limit_name=max_pixels_field)
         except DataError as e:
             raise _LineError(str(e), name) from None
 
@@ -246,8 +256,8 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
                 f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp creates files 0600: keep the old file's mode, else a usual one.
-        os.chmod(tmp_name, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
+        # mkstemp creates files 0600: keep the old file's mode, else the usual one.
+        os.chmod(tmp_name, stat.S_IMODE(path.stat().st_mode) if path.exists() else default_file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         try:

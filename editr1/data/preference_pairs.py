@@ -5,8 +5,10 @@ JSON Lines, one pair per line::
     {"id": "p1", "source": "src/1.png", "prompt": "make the sky red", "requirement": null,
      "image_a": "a/1.png", "image_b": "b/1.png", "preferred": "a"}
 
-`preferred` is "a", "b" or "tie". Paths are relative to the file's folder. Public human-preference
-sets (one source, one instruction, two edits, a vote) convert to this with a few lines of code.
+`preferred` is "a", "b" or "tie". `source` is a path or, for multi-reference edits (Qwen-Image-Edit-2509's
+"Picture 1", "Picture 2", ...), a non-empty list of paths in that order. Paths are relative to the
+file's folder. Public human-preference sets (source image(s), one instruction, two edits, a vote)
+convert to this with a few lines of code.
 Problems are reported as `file:line: field 'name': what`, like the edit datasets.
 """
 
@@ -36,13 +38,23 @@ PREFERENCES = ("a", "b", "tie")
 @dataclass(frozen=True)
 class PreferencePair:
     id: str
-    source: Path
+    sources: tuple[Path, ...]
     prompt: str
     requirement: str | None
     image_a: Path
     image_b: Path
     preferred: str
     line: int
+
+
+def _parse_sources(value, base: Path) -> tuple[Path, ...]:
+    if isinstance(value, list):
+        if not value:
+            raise _LineError("the list of source images is empty", "source")
+        return tuple(_resolve(v, base, f"source[{i}]") for i, v in enumerate(value))
+    if not isinstance(value, str):
+        raise _LineError(f"expected a path string or a list of them, got {_json_type(value)}", "source")
+    return (_resolve(value, base, "source"),)
 
 
 def _parse_pair(text: str, lineno: int, base: Path) -> PreferencePair:
@@ -59,7 +71,7 @@ def _parse_pair(text: str, lineno: int, base: Path) -> PreferencePair:
         raise _LineError(f"expected one of {list(PREFERENCES)}, got {row['preferred']!r}", "preferred")
     return PreferencePair(
         id=_parse_id(row.get("id"), lineno),
-        source=_resolve(row["source"], base, "source"),
+        sources=_parse_sources(row["source"], base),
         prompt=_non_empty_string(row["prompt"], "prompt"),
         requirement=_optional_string(row, "requirement"),
         image_a=_resolve(row["image_a"], base, "image_a"),
@@ -76,9 +88,10 @@ def read_preference_jsonl(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> lis
     for lineno, text in _numbered_lines(path, _read_bytes(path)):
         try:
             pair = _parse_pair(text, lineno, path.parent)
-            for name in ("source", "image_a", "image_b"):
+            sources = [("source" if len(pair.sources) == 1 else f"source[{i}]", p) for i, p in enumerate(pair.sources)]
+            for name, image in [*sources, ("image_a", pair.image_a), ("image_b", pair.image_b)]:
                 try:
-                    load_image(getattr(pair, name), max_pixels=max_pixels)
+                    load_image(image, max_pixels=max_pixels)
                 except DataError as error:
                     raise _LineError(str(error), name) from None
         except _LineError as error:

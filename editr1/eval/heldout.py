@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from editr1.data.batching import first_source_tensor, source_images
+from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample
-from editr1.errors import DataError
+from editr1.errors import DataError, EditR1Error
+from editr1.fileio import save_safetensors
 from editr1.rewards.base import Reward
 from editr1.sampling.generate import generate_in_batches
 
@@ -50,6 +51,8 @@ class EvalResult:
     #: Scores of the same edits by a second reward (the training reward, when tracked).
     training_scores: torch.Tensor | None = None
     training_valid: torch.Tensor | None = None
+    #: Why each unscored sample could not be scored, by index (not saved).
+    failures: dict[int, str] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
@@ -70,7 +73,7 @@ def evaluate(
     """Edit every held-out sample from its fixed noise and score it."""
     size = heldout.resolution
     sigmas = adapter.sigmas(steps, size, size)
-    scores, valid, edited = [], [], []
+    scores, valid, edited, failures = [], [], [], {}
     for start in range(0, len(heldout.samples), batch_size):
         end = min(start + batch_size, len(heldout.samples))
         chunk = heldout.samples[start:end]
@@ -83,26 +86,41 @@ def evaluate(
         )
         pixels = adapter.decode_latents(latents, size, size).float().cpu()
         result = reward.score(
-            [first_source_tensor(s, size) for s in chunk], list(pixels), [s.prompt for s in chunk], [s.requirement for s in chunk]
+            [source_tensors(s, size) for s in chunk], list(pixels), [s.prompt for s in chunk], [s.requirement for s in chunk]
         )
+        failures.update({start + i: f"sample {chunk[i].id} (line {chunk[i].line}): {reason}" for i, reason in result.failures.items()})
         scores.append(result.scores)
         valid.append(result.valid)
         edited.append(pixels)
-    return EvalResult(torch.cat(scores), torch.cat(valid), torch.cat(edited))
+    result = EvalResult(torch.cat(scores), torch.cat(valid), torch.cat(edited), failures=failures)
+    if not result.valid.any():
+        first = next(iter(failures.values()), "no reason given")
+        raise EditR1Error(f"held-out evaluation: the reward could not score any of the {result.valid.numel()} samples; "
+                          f"first reason: {first}")
+    return result
 
 
 def save_eval(result: EvalResult, path: Path, keep_images: int = 8) -> None:
     """Per-sample scores (and the first few edits, for grids) in safetensors."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"scores": result.scores, "valid": result.valid, "edited": result.edited[:keep_images].contiguous()}
     if result.training_scores is not None:
         tensors.update(training_scores=result.training_scores, training_valid=result.training_valid)
-    save_file(tensors, path)
+    save_safetensors(tensors, path)
 
 
 def load_eval(path: Path) -> EvalResult:
     data = load_file(path)
     return EvalResult(data["scores"], data["valid"], data["edited"], data.get("training_scores"), data.get("training_valid"))
+
+
+def paired_gain(after: torch.Tensor, after_valid: torch.Tensor, before: torch.Tensor, before_valid: torch.Tensor
+                ) -> tuple[float, float, torch.Tensor]:
+    """(mean gain, its paired standard error, mask) over the samples scored in both evaluations."""
+    both = after_valid & before_valid
+    if int(both.sum()) < 2:
+        raise EditR1Error(f"held-out gain: only {int(both.sum())} sample(s) were scored in both evaluations; "
+                          "a paired standard error needs at least 2")
+    return float((after[both] - before[both]).mean()), paired_stderr(after[both], before[both]), both
 
 
 def paired_stderr(after: torch.Tensor, before: torch.Tensor) -> float:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import numbers
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from editr1.fileio import write_text_atomic
 
 REPORT_FILE = "report.md"
 
@@ -76,14 +77,5 @@ def write_report(run_dir: Path, summary: Mapping[str, Any], sections: Sequence[R
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / REPORT_FILE
-    text = render_report(run_dir, summary, sections, title)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=REPORT_FILE + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, render_report(run_dir, summary, sections, title))
     return path

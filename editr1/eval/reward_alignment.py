@@ -45,7 +45,7 @@ def evaluate_alignment(reward: Reward, pairs: list[PreferencePair], batch_size: 
     scores_a, scores_b, valid = [], [], []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        sources = [_tensor(p.source, size) for p in chunk]
+        sources = [[_tensor(path, size) for path in p.sources] for p in chunk]
         prompts, requirements = [p.prompt for p in chunk], [p.requirement for p in chunk]
         side_a = reward.score(sources, [_tensor(p.image_a, size) for p in chunk], prompts, requirements)
         side_b = reward.score(sources, [_tensor(p.image_b, size) for p in chunk], prompts, requirements)

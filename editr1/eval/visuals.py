@@ -21,6 +21,9 @@ from editr1.data.images import tensor_to_image
 PAD = 4
 BACKGROUND = (255, 255, 255)
 TEXT_COLOUR = (0, 0, 0)
+#: Pixels between words. The default font's own space is 2 pixels, narrower than the gaps some
+#: letters leave, so "Put a small hat" read as "Puta small hat": words are drawn one by one.
+WORD_GAP = 4
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,7 +38,16 @@ def line_height() -> int:
 
 
 def _text_width(text: str) -> float:
-    return _font().getlength(text)
+    """Width of ``text`` as :func:`_draw_text` draws it."""
+    words = text.split(" ")
+    return sum(_font().getlength(word) for word in words) + WORD_GAP * (len(words) - 1)
+
+
+def _draw_text(draw: ImageDraw.ImageDraw, x: float, y: float, text: str) -> None:
+    """Draw one line of ``text`` with :data:`WORD_GAP` pixels for each space."""
+    for word in text.split(" "):
+        draw.text((x, y), word, fill=TEXT_COLOUR, font=_font())
+        x += _font().getlength(word) + WORD_GAP
 
 
 def _fit(text: str, max_width: float) -> str:
@@ -107,7 +119,7 @@ def image_grid(rows: Sequence[Sequence[Tensor]], captions: Sequence[Sequence[str
     y = PAD
     for r, row in enumerate(cells):
         for line in titles[r]:
-            draw.text((PAD, y), line, fill=TEXT_COLOUR, font=_font())
+            _draw_text(draw, PAD, y, line)
             y += lh
         for c, cell in enumerate(row):
             x = PAD + c * (cell_w + PAD)
@@ -115,7 +127,7 @@ def image_grid(rows: Sequence[Sequence[Tensor]], captions: Sequence[Sequence[str
             if captions is not None:
                 text = _fit(captions[r][c], cell_w)
                 tx = x + (cell_w - _text_width(text)) / 2
-                draw.text((tx, y + cell_h + 1), text, fill=TEXT_COLOUR, font=_font())
+                _draw_text(draw, tx, y + cell_h + 1, text)
         y += cell_h + cap_h + PAD
     return canvas
 
@@ -127,23 +139,33 @@ def _check_captions(rows: Sequence[Sequence[Tensor]], captions: Sequence[Sequenc
         raise ValueError("captions must have exactly the same shape as rows")
 
 
-def group_grid(source: Tensor, samples: Sequence[Tensor], rewards: Sequence[float],
+def _sources(source: Tensor | Sequence[Tensor]) -> tuple[list[Tensor], list[str]]:
+    """A sample's source image(s) and their captions: "source", or "picture 1", "picture 2", ..."""
+    images = [source] if isinstance(source, (Tensor, Image.Image)) else list(source)
+    if len(images) == 1:
+        return images, ["source"]
+    return images, [f"picture {i + 1}" for i in range(len(images))]
+
+
+def group_grid(source: Tensor | Sequence[Tensor], samples: Sequence[Tensor], rewards: Sequence[float],
                prompt: str, scale: int = 4) -> Image.Image:
-    """One group: the source then its K samples captioned with their rewards, prompt above."""
+    """One group: the source (every reference image of a multi-reference sample) then its K samples
+    captioned with their rewards, prompt above."""
     samples = list(samples)
     rewards = [float(r) for r in rewards]
     if len(samples) != len(rewards):
         raise ValueError(f"got {len(samples)} samples but {len(rewards)} rewards")
-    row = [source, *samples]
-    caps = ["source", *(f"{r:.3f}" for r in rewards)]
+    references, names = _sources(source)
+    row = [*references, *samples]
+    caps = [*names, *(f"{r:.3f}" for r in rewards)]
     return image_grid([row], [caps], scale, row_titles=[prompt])
 
 
-def before_after_grid(sources: Sequence[Tensor], befores: Sequence[Tensor], afters: Sequence[Tensor],
+def before_after_grid(sources: Sequence[Tensor | Sequence[Tensor]], befores: Sequence[Tensor], afters: Sequence[Tensor],
                       prompts: Sequence[str], before_scores: Sequence[float],
                       after_scores: Sequence[float], targets: Sequence[Tensor] | None = None,
                       scale: int = 4) -> Image.Image:
-    """One row per sample: source | [target] | before (score) | after (score), prompt above."""
+    """One row per sample: source(s) | [target] | before (score) | after (score), prompt above."""
     n = len(sources)
     lengths = [len(befores), len(afters), len(prompts), len(before_scores), len(after_scores)]
     if targets is not None:
@@ -152,7 +174,7 @@ def before_after_grid(sources: Sequence[Tensor], befores: Sequence[Tensor], afte
         raise ValueError(f"before_after_grid needs equally long, non-empty inputs, got {[n, *lengths]}")
     rows, caps = [], []
     for i in range(n):
-        row, cap = [sources[i]], ["source"]
+        row, cap = _sources(sources[i])
         if targets is not None:
             row.append(targets[i])
             cap.append("target")

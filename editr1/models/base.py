@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tokenizers import Encoding
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from editr1.errors import EditR1Error
 from editr1.models.lora_io import LoraSpec, save_lora
@@ -76,6 +78,54 @@ class EditModelAdapter(ABC):
         `spec` (rank, alpha, targets) as metadata so that the LoRA loads at its trained scale.
         Returns the file written (`folder/pytorch_lora_weights.safetensors`)."""
         return save_lora(self.lora_pipeline, state_dict, folder, spec)
+
+    #: Longest instruction the released model takes, in the tokens `count_prompt_tokens` counts (each
+    #: adapter cites where its value comes from). `data.max_prompt_tokens` may lower it, not raise it.
+    max_prompt_tokens: int
+
+    @property
+    @abstractmethod
+    def prompt_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The (`tokenizers`-backed) tokenizer whose tokens `max_prompt_tokens` limits."""
+
+    def _prompt_encoding(self, prompt: str) -> Encoding:
+        # Truncation and padding off explicitly: a tokenizer keeps the settings of its last call (the
+        # FLUX encode pads and truncates T5 to 512), which would otherwise cap the count.
+        return self.prompt_tokenizer(
+            prompt, add_special_tokens=False, truncation=False, padding=False, verbose=False
+        ).encodings[0]
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        """The instruction's own tokens in the sequence the limiting text encoder sees; the special
+        tokens around it (chat template, image tokens, end of sequence) are not counted."""
+        return len(self._prompt_encoding(prompt).ids)
+
+    def prompt_token_bound(self, prompt: str) -> int:
+        """An upper bound on `count_prompt_tokens(prompt)` without tokenizing: the UTF-8 bytes of the
+        text after the tokenizer's normalizer, plus one. It holds for the families' tokenizers: a
+        byte-level BPE token (Qwen2) or a special token covers at least one byte, a Unigram token
+        (T5's sentencepiece) at least one character, and T5's pre-tokenizer adds one "▁" per word
+        but drops at least one space between words. Normalizing first matters: NFKC (T5's) can turn
+        one character into many."""
+        normalizer = self.prompt_tokenizer.backend_tokenizer.normalizer
+        text = prompt if normalizer is None else normalizer.normalize_str(prompt)
+        # surrogatepass: JSON allows lone surrogates, which plain UTF-8 encoding refuses.
+        return len(text.encode("utf-8", "surrogatepass")) + 1
+
+    def truncate_prompt(self, prompt: str, max_tokens: int) -> str:
+        """The longest prefix of `prompt` ending where one of its first `max_tokens` tokens ends that
+        still counts at most `max_tokens` tokens: exactly `max_tokens` unless a character is split
+        across tokens at the cut. Cut at the tokens' offsets in `prompt` rather than decoding them,
+        so the kept text is the user's own (decoding would rewrite it: normalization, T5's "<unk>")."""
+        offsets = self._prompt_encoding(prompt).offsets
+        if len(offsets) <= max_tokens:
+            return prompt
+        # Re-tokenizing a prefix can differ at its end (a character split across tokens comes back
+        # whole), so each candidate cut is counted again, longest first.
+        for end in sorted({stop for _, stop in offsets[:max_tokens]}, reverse=True):
+            if self.count_prompt_tokens(prompt[:end]) <= max_tokens:
+                return prompt[:end]
+        return ""
 
     @abstractmethod
     def encode_conditions(self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int) -> Conditions:

@@ -48,6 +48,10 @@ class FluxKontextAdapter(EditModelAdapter):
     default_guidance = 2.5
     #: T5 sequence length; `FluxKontextPipeline`'s default `max_sequence_length`.
     max_sequence_length = 512
+    #: T5 tokens of the instruction: the 512 positions less T5's end-of-sequence token. The pipeline
+    #: (and `encode_conditions`) cuts T5 there and refuses `max_sequence_length` > 512; CLIP's 77 are
+    #: cut too, by design: its pooled embedding reads only the start of a long instruction.
+    max_prompt_tokens = max_sequence_length - 1
 
     def __init__(
         self,
@@ -135,6 +139,10 @@ class FluxKontextAdapter(EditModelAdapter):
         return self.codec.decode(FluxKontextPipeline._unpack_latents(tokens, height, width, self.codec.scale_factor))
 
     # ---- conditioning --------------------------------------------------------------------------
+    @property
+    def prompt_tokenizer(self) -> T5TokenizerFast:
+        return self.tokenizer_2
+
     @torch.no_grad()
     def encode_conditions(
         self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int

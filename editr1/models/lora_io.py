@@ -16,6 +16,7 @@ silent partial load.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from collections import Counter
@@ -28,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from editr1.errors import EditR1Error
+from editr1.fileio import default_file_mode
 
 #: The file diffusers' `save_lora_weights` writes and `load_lora_weights` looks for in a folder.
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -105,7 +107,9 @@ def save_lora(pipeline_class: type, state_dict: dict[str, torch.Tensor], folder:
         transformer_lora_layers={k: v.detach().contiguous() for k, v in state_dict.items()},
         transformer_lora_adapter_metadata=spec.lora_config_kwargs(),
     )
-    return folder / DIFFUSERS_WEIGHT_NAME
+    file = folder / DIFFUSERS_WEIGHT_NAME
+    os.chmod(file, default_file_mode())  # safetensors created it 0600; a LoRA is made to be shared
+    return file
 
 
 # ---- import --------------------------------------------------------------------------------------

@@ -23,7 +23,11 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import (
 )
 from PIL import Image
 from torch import nn
-from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    Qwen2_5_VLForConditionalGeneration,
+)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
     Qwen2VLImageProcessorPil,
 )
@@ -54,6 +58,12 @@ class QwenImageEditAdapter(EditModelAdapter):
     lora_target_modules = (
         "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
     )
+    #: Qwen2.5-VL tokens of the instruction: 1024, the text limit of diffusers' Qwen-Image pipelines
+    #: (`tokenizer_max_length = 1024`, `encode_prompt(max_sequence_length=1024)`, `check_inputs`
+    #: refuses more; `QwenImagePipeline`, same encoder and transformer, tokenizes at most 1024 tokens
+    #: after its system prompt). The edit pipelines cut nothing (their text also holds the image
+    #: tokens), so the limit applies to the instruction; the template and image tokens are overhead.
+    max_prompt_tokens = 1024
 
     def __init__(
         self,
@@ -146,8 +156,27 @@ class QwenImageEditAdapter(EditModelAdapter):
         return self.codec.decode(self._unpack(tokens, height, width))
 
     # ---- conditioning --------------------------------------------------------------------------
+    @property
+    def prompt_tokenizer(self) -> PreTrainedTokenizerBase:
+        # Special tokens split the chat before the BPE runs, so the instruction between
+        # `<|vision_end|>` and `<|im_end|>` is tokenized exactly as it is alone.
+        return self.processor.tokenizer
+
+    def _refuse_long_prompts(self, prompts: list[str]) -> None:
+        """Defence in depth behind the load-time check (`editr1.data.prompt_length`): the encoder
+        would attend over the whole instruction, and a megabyte of text asks for hundreds of GB."""
+        for i, prompt in enumerate(prompts):
+            if self.prompt_token_bound(prompt) > self.max_prompt_tokens:
+                count = self.count_prompt_tokens(prompt)
+                if count > self.max_prompt_tokens:
+                    raise EditR1Error(
+                        f"instruction {i} of the batch has {count} tokens; {self.family} takes at most "
+                        f"{self.max_prompt_tokens} (data.max_prompt_tokens, data.prompt_overflow)"
+                    )
+
     @torch.no_grad()
     def encode_conditions(self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int) -> Conditions:
+        self._refuse_long_prompts(prompts)
         if any(len(images) != 1 for images in sources):
             raise EditR1Error("Qwen-Image-Edit takes exactly one source image per sample")
         sizes = {self._condition_size(images[0], height, width) for images in sources}

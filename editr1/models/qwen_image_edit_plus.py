@@ -117,6 +117,7 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
         """
         if len(sources) != len(prompts):
             raise EditR1Error(f"{len(sources)} source lists for {len(prompts)} prompts")
+        self._refuse_long_prompts(prompts)
         for i, images in enumerate(sources):
             if not 1 <= len(images) <= MAX_REFERENCES:
                 raise EditR1Error(

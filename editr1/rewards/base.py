@@ -1,4 +1,4 @@
-"""The reward contract: (source, edited, instruction) -> scores in [0, 1], or explicitly unscored."""
+"""The reward contract: (reference images, edited, instruction) -> scores in [0, 1], or explicitly unscored."""
 
 from __future__ import annotations
 
@@ -27,12 +27,35 @@ class Reward(ABC):
     @abstractmethod
     def score(
         self,
-        sources: list[torch.Tensor],
+        sources: list[list[torch.Tensor]],
         edited: list[torch.Tensor],
         prompts: list[str],
         requirements: list[str | None],
     ) -> RewardBatch:
-        """Images are `(3, H, W)` floats in [0, 1]."""
+        """`sources[i]` is the list of sample i's reference (source) images, 1..N of them in the order
+        the instruction numbers them; `edited[i]` is its edit. Images are `(3, H, W)` floats in [0, 1]."""
+
+    def check_ready(self) -> None:
+        """Called once when training starts: raise EditR1Error if the reward cannot work (e.g. its server
+        never comes up). Rewards with nothing to wait for do nothing."""
+
+
+def check_batch(sources: list[list[torch.Tensor]], edited: list[torch.Tensor], prompts: list[str],
+                requirements: list[str | None]) -> None:
+    """ValueError unless the arguments follow the `Reward.score` contract (equal lengths, and every
+    `sources[i]` a non-empty list of `(3, H, W)` tensors)."""
+    if not len(sources) == len(edited) == len(prompts) == len(requirements):
+        raise ValueError(f"batch sizes differ: {len(sources)} sources, {len(edited)} edited, {len(prompts)} prompts, "
+                         f"{len(requirements)} requirements")
+    for i, references in enumerate(sources):
+        if not isinstance(references, (list, tuple)) or not references:
+            raise ValueError(f"sources[{i}]: expected a non-empty list of the sample's reference images, "
+                             f"got {type(references).__name__}")
+        for k, image in enumerate([*references, edited[i]]):
+            if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+                where = f"sources[{i}][{k}]" if k < len(references) else f"edited[{i}]"
+                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+                raise ValueError(f"{where}: expected a (3, H, W) image tensor, got {shape}")
 
 
 def concat_reward_batches(batches: list[RewardBatch]) -> RewardBatch:

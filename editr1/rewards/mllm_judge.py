@@ -15,7 +15,7 @@ from editr1.data.images import tensor_to_image
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
 from editr1.processing.qwen2vl_image_only import load_image_only_processor
-from editr1.rewards.base import Reward, RewardBatch
+from editr1.rewards.base import Reward, RewardBatch, check_batch
 from editr1.rewards.judge_prompt import JudgePrompt
 from editr1.rewards.registry import register_reward
 from editr1.rewards.score_logit import (
@@ -90,7 +90,7 @@ class MLLMJudge:
 
 
 class MLLMScoreReward(Reward):
-    """Expected 0..L score of an in-process judge, normalised to [0, 1] (ALGORITHM.md)."""
+    """Expected 0..L score of an in-process judge, normalised to [0, 1] (docs/algorithm.md)."""
 
     name = "mllm"
 
@@ -103,17 +103,20 @@ class MLLMScoreReward(Reward):
             raise EditR1Error(f"reward.options.levels: {error}") from error
 
     def score(self, sources, edited, prompts, requirements) -> RewardBatch:
+        """The judge sees each reference image in order, then the edit, then the text."""
+        check_batch(sources, edited, prompts, requirements)
         n = len(edited)
         scores = torch.full((n,), float("nan"), dtype=torch.float64)
         mass = torch.full((n,), float("nan"), dtype=torch.float64)
         failures: dict[int, str] = {}
         conversations, rows = [], []
         for i in range(n):
-            if not (torch.isfinite(sources[i]).all() and torch.isfinite(edited[i]).all()):
+            images = [*sources[i], edited[i]]
+            if not all(torch.isfinite(image).all() for image in images):
                 failures[i] = "image contains NaN or infinite values"
                 continue
-            messages = self.prompt.messages(prompts[i], requirements[i])
-            conversations.append((messages, [tensor_to_image(sources[i]), tensor_to_image(edited[i])]))
+            messages = self.prompt.messages(prompts[i], requirements[i], num_references=len(sources[i]))
+            conversations.append((messages, [tensor_to_image(image) for image in images]))
             rows.append(i)
         if rows:
             logits = self.judge.next_token_logits(conversations)

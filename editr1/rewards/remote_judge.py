@@ -1,29 +1,33 @@
 """The `mllm_remote` reward: the score-logit readout from an OpenAI-compatible server.
 
 `editr1 serve-reward`, vLLM and SGLang all answer a chat completion with `max_tokens: 1` and the top
-log-probabilities of that token; the score is read from those (ALGORITHM.md: levels absent from the
-top-k get zero mass). Images travel as PNG data URLs of `tensor_to_image`, the exact pixels the
-in-process `mllm` reward sees. A sample the server cannot score is unscored, with the reason.
+log-probabilities of that token; the score is read from those (docs/algorithm.md, "Score-logit
+reward": levels absent from the top-k get zero mass). Images (each reference, then the edit) travel as
+PNG data URLs of `tensor_to_image`, the exact pixels the in-process `mllm` reward sees. A sample the
+server cannot score is unscored, with the reason.
 """
 
 from __future__ import annotations
 
 import base64
+import email.utils
 import http.client
 import io
 import json
 import math
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import torch
 
 from editr1.data.images import tensor_to_image
 from editr1.errors import EditR1Error
-from editr1.rewards.base import Reward, RewardBatch
+from editr1.rewards.base import Reward, RewardBatch, check_batch
 from editr1.rewards.judge_prompt import JudgePrompt
 from editr1.rewards.registry import register_reward
 from editr1.rewards.score_logit import (
@@ -34,9 +38,19 @@ from editr1.rewards.score_logit import (
 
 #: Statuses worth another try besides 5xx: a timeout and rate limiting; other 4xx will not change.
 RETRY_STATUSES = frozenset({408, 429})
+#: Statuses whose Retry-After header is honoured (instead of the exponential backoff).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 MAX_BACKOFF_S = 30.0
 HEALTH_POLL_S = 0.25
 MAX_TOP_LOGPROBS = 20
+MAX_ERROR_BODY_BYTES = 65536
+MAX_ERROR_TEXT = 300
+#: Phrases of servers (vLLM's, in its versions) refusing a request for carrying too many images.
+TOO_MANY_IMAGES = ("limit-mm-per-prompt", "limit_mm_per_prompt", "may be provided in one prompt",
+                   "items in the same prompt", "too many images")
+LIMIT_MM_HINT = ("; the judge server accepts fewer images per prompt than this request carries (the reference "
+                 "images and the edit): start vLLM with --limit-mm-per-prompt '{\"image\": 4}' "
+                 "(vLLM 0.8 and older: --limit-mm-per-prompt image=4)")
 
 
 class RemoteError(Exception):
@@ -53,12 +67,60 @@ def _image_part(image: torch.Tensor) -> dict:
     return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}
 
 
-def _http_error_detail(error: urllib.error.HTTPError) -> str:
-    """The OpenAI-style error message of a response, else its reason phrase."""
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + f"... ({len(text)} characters)"
+
+
+def error_body_message(body: bytes) -> str | None:
+    """The reason in an error response body: OpenAI's `{"error": {"message"}}`, the flat
+    `{"object": "error", "message"}` / `{"message"}` of SGLang and older vLLM, `{"error": "..."}`,
+    FastAPI's `{"detail": "..."}`, else the body as text (shortened); None for an empty body."""
+    text = body.decode("utf-8", errors="replace").strip()
+    if not text:
+        return None
     try:
-        return str(json.loads(error.read())["error"]["message"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return str(error.reason)
+        data = json.loads(text)
+    except ValueError:
+        return _shorten(text)
+    if isinstance(data, dict):
+        error = data.get("error")
+        candidates = (error.get("message") if isinstance(error, dict) else error, data.get("message"), data.get("detail"))
+        for candidate in candidates:
+            if isinstance(candidate, str) and candidate.strip():
+                return _shorten(candidate)
+    return _shorten(text)
+
+
+def _http_error_detail(error: urllib.error.HTTPError) -> str:
+    """The server's stated reason for an error status (else the reason phrase), with a hint when it
+    refused a request for carrying too many images."""
+    try:
+        body = error.read(MAX_ERROR_BODY_BYTES)
+    except (OSError, http.client.HTTPException):
+        body = b""
+    detail = error_body_message(body) or str(error.reason)
+    if any(phrase in detail.lower() for phrase in TOO_MANY_IMAGES):
+        detail += LIMIT_MM_HINT
+    return detail
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay seconds or an HTTP date); None if absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 @register_reward("mllm_remote")
@@ -66,13 +128,16 @@ class RemoteJudgeReward(Reward):
     """Expected 0..L score of a judge behind an OpenAI-compatible `url`, normalised to [0, 1].
 
     `url` is the API base (`http://host:8000/v1`), `model` the name the server knows the judge by.
-    One request per sample, `concurrency` at a time; each is tried `max_retries` more times after a
-    connection error, timeout, 5xx, 408 or 429, waiting `backoff_s` doubled per try (capped). Before
-    each `score` call, `GET <root>/health` is polled for up to `wait_ready_s` seconds (0: no check,
-    for servers without /health); a server not ready by then leaves the whole call unscored.
+    One request per sample (its reference images, the edit, the text), `concurrency` at a time; each
+    is tried `max_retries` more times after a connection error, timeout, 5xx, 408 or 429, waiting
+    `backoff_s` doubled per try, or what a 429/503's Retry-After header asks for (both capped at
+    MAX_BACKOFF_S). At start-up (`check_ready`) and before each `score` call, `GET <root>/health` is
+    polled for up to `wait_ready_s` seconds (0: no check, for servers without /health); a server not
+    ready by then fails start-up, and later leaves the whole call unscored.
     """
 
     name = "mllm_remote"
+    _sleep = staticmethod(time.sleep)  # a seam: tests record the waits instead of sleeping
 
     def __init__(self, url: str, model: str, api_key: str | None = None, api_key_env: str | None = None,
                  template: str | None = None, levels: int = DEFAULT_LEVELS, top_logprobs: int = MAX_TOP_LOGPROBS,
@@ -112,13 +177,15 @@ class RemoteJudgeReward(Reward):
         self.prompt = JudgePrompt.from_file(template, levels - 1) if template else JudgePrompt(max_score=levels - 1)
 
     def score(self, sources, edited, prompts, requirements) -> RewardBatch:
+        check_batch(sources, edited, prompts, requirements)
         n = len(edited)
         scores = torch.full((n,), float("nan"), dtype=torch.float64)
         mass = torch.full((n,), float("nan"), dtype=torch.float64)
         failures: dict[int, str] = {}
         rows = []
         for i in range(n):
-            if torch.isfinite(sources[i]).all() and torch.isfinite(edited[i]).all():
+            self.prompt.check_layout(len(sources[i]))  # a template error fails the call before anything is sent
+            if all(torch.isfinite(image).all() for image in [*sources[i], edited[i]]):
                 rows.append(i)
             else:
                 failures[i] = "image contains NaN or infinite values (not sent to the judge)"
@@ -136,12 +203,14 @@ class RemoteJudgeReward(Reward):
                     failures[i] = str(error)
         return RewardBatch(scores.float(), torch.isfinite(scores), {"judge_score_mass": mass.float()}, failures)
 
-    def score_one(self, source: torch.Tensor, edited: torch.Tensor, prompt: str, requirement: str | None) -> tuple[float, float]:
+    def score_one(self, sources: list[torch.Tensor], edited: torch.Tensor, prompt: str,
+                  requirement: str | None) -> tuple[float, float]:
         """(score, probability mass on the score tokens) of one sample; raises RemoteError."""
-        return self.read_score(self.post(self.request_body(source, edited, prompt, requirement)))
+        return self.read_score(self.post(self.request_body(sources, edited, prompt, requirement)))
 
-    def request_body(self, source: torch.Tensor, edited: torch.Tensor, prompt: str, requirement: str | None) -> bytes:
-        messages = self.prompt.messages(prompt, requirement, image_parts=(_image_part(source), _image_part(edited)))
+    def request_body(self, sources: list[torch.Tensor], edited: torch.Tensor, prompt: str, requirement: str | None) -> bytes:
+        parts = [_image_part(image) for image in [*sources, edited]]
+        messages = self.prompt.messages(prompt, requirement, image_parts=parts, num_references=len(sources))
         return json.dumps({"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0,
                            "logprobs": True, "top_logprobs": self.top_logprobs}).encode()
 
@@ -150,6 +219,7 @@ class RemoteJudgeReward(Reward):
         attempts = self.max_retries + 1
         for attempt in range(attempts):
             request = urllib.request.Request(self.completions_url, data=body, headers=self.headers, method="POST")
+            wait = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     raw = response.read()
@@ -157,6 +227,9 @@ class RemoteJudgeReward(Reward):
                 problem = f"HTTP {error.code}: {_http_error_detail(error)}"
                 if error.code < 500 and error.code not in RETRY_STATUSES:
                     raise RemoteError(f"POST {self.completions_url}: {problem}") from None
+                asked = retry_after_s(error.headers.get("Retry-After")) if error.code in RETRY_AFTER_STATUSES else None
+                if asked is not None:
+                    wait = min(asked, MAX_BACKOFF_S)
             except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, cut short
                 problem = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
             else:
@@ -165,7 +238,7 @@ class RemoteJudgeReward(Reward):
                 except ValueError as error:
                     raise RemoteError(f"POST {self.completions_url}: the response is not JSON ({error})") from None
             if attempt + 1 < attempts:
-                time.sleep(min(self.backoff_s * 2**attempt, MAX_BACKOFF_S))
+                self._sleep(wait)
         raise RemoteError(f"POST {self.completions_url} failed after {attempts} attempt(s): {problem}")
 
     def read_score(self, response: dict) -> tuple[float, float]:
@@ -185,24 +258,48 @@ class RemoteJudgeReward(Reward):
             raise RemoteError(f"{self.completions_url}: the score from the top log-probabilities is not finite")
         return score, mass
 
+    def health_problem(self, timeout: float) -> str | None:
+        """None if GET /health answers 200 now, else what went wrong."""
+        try:
+            request = urllib.request.Request(self.health_url, headers=self.headers)
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return None if response.status == 200 else f"HTTP {response.status}"
+        except urllib.error.HTTPError as error:
+            return f"HTTP {error.code}: {_http_error_detail(error)}"
+        except (OSError, http.client.HTTPException) as error:
+            return f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+
+    def _poll_health(self, announce: bool) -> str | None:
+        """Poll /health for up to wait_ready_s: None once it answers 200, else the last problem. With
+        `announce`, a server not ready at the first probe is reported at once on stderr."""
+        deadline = time.monotonic() + self.wait_ready_s
+        while True:
+            problem = self.health_problem(max(0.1, min(self.timeout_s, deadline - time.monotonic())))
+            if problem is None:
+                return None
+            if announce:
+                print(f"waiting up to {self.wait_ready_s:g}s (reward.options.wait_ready_s) for the judge server at "
+                      f"{self.health_url}: {problem}", file=sys.stderr, flush=True)
+                announce = False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return problem
+            self._sleep(min(HEALTH_POLL_S, remaining))
+
     def wait_ready(self) -> str | None:
         """None once GET /health answers 200; else, after wait_ready_s, why the server is not ready."""
         if self.wait_ready_s == 0:
             return None
-        deadline = time.monotonic() + self.wait_ready_s
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                request = urllib.request.Request(self.health_url, headers=self.headers)
-                with urllib.request.urlopen(request, timeout=max(0.1, min(self.timeout_s, remaining))) as response:
-                    if response.status == 200:
-                        return None
-                    problem = f"HTTP {response.status}"
-            except urllib.error.HTTPError as error:
-                problem = f"HTTP {error.code}: {_http_error_detail(error)}"
-            except (OSError, http.client.HTTPException) as error:
-                problem = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return f"server not ready: GET {self.health_url} gave no 200 within {self.wait_ready_s:g}s (last: {problem})"
-            time.sleep(min(HEALTH_POLL_S, remaining))
+        problem = self._poll_health(announce=False)
+        if problem is None:
+            return None
+        return f"server not ready: GET {self.health_url} gave no 200 within {self.wait_ready_s:g}s (last: {problem})"
+
+    def check_ready(self) -> None:
+        """At start-up: wait for the judge server, saying so on stderr; EditR1Error if it never comes up."""
+        if self.wait_ready_s == 0:
+            return
+        problem = self._poll_health(announce=True)
+        if problem is not None:
+            raise EditR1Error(f"the judge server at {self.health_url} was not ready within {self.wait_ready_s:g}s "
+                              f"(reward.options.wait_ready_s); last problem: {problem}")

@@ -1,8 +1,9 @@
-"""The score-logit readout (ALGORITHM.md, "MLLM implicit-feedback reward"), as pure functions.
+"""The score-logit readout (docs/algorithm.md, "Score-logit reward"), as pure functions.
 
-A judge answers with one score token "0".."L". The reward is the expected score under the softmax
-over those L+1 tokens' logits, divided by L. The probability mass the full-vocabulary softmax puts on
-the score tokens is reported alongside: a low mass means the prompt or the template is off.
+A judge answers with one score token "0".."L-1" (L levels, 6 by default). The reward is the expected
+score under the softmax over those L tokens' logits, divided by L - 1. The probability mass the
+full-vocabulary softmax puts on the score tokens is reported alongside: a low mass means the prompt
+or the template is off.
 Both readouts (logits in-process, top-k log-probabilities from a server) give the same numbers,
 because the full softmax and the restricted one share their numerator.
 """

@@ -31,7 +31,7 @@ from editr1.data.shapes import (
     render,
     shape_mask,
 )
-from editr1.rewards.base import Reward, RewardBatch
+from editr1.rewards.base import Reward, RewardBatch, check_batch
 from editr1.rewards.registry import register_reward
 
 TOLERANCE = 0.25
@@ -108,21 +108,19 @@ class ShapesVerifier(Reward):
 
     def score(
         self,
-        sources: list[torch.Tensor],
+        sources: list[list[torch.Tensor]],
         edited: list[torch.Tensor],
         prompts: list[str],
-        requirements: list[str | None] | None = None,
+        requirements: list[str | None],
     ) -> RewardBatch:
         """Scores in [0, 1], one per sample. A sample that cannot be verified (an instruction outside
-        the grammar, a non-finite edit) is marked invalid with a NaN score, never a guess."""
-        if not len(sources) == len(edited) == len(prompts):
-            raise ValueError(
-                f"batch sizes differ: {len(sources)} sources, {len(edited)} edited, {len(prompts)} prompts"
-            )
+        the grammar, a non-finite edit) is marked invalid with a NaN score, never a guess. The shapes
+        task has one source image per sample: the first reference is the one verified against."""
+        check_batch(sources, edited, prompts, requirements)
         scores, failures = [], {}
-        for i, (src, out, prompt) in enumerate(zip(sources, edited, prompts)):
+        for i, (references, out, prompt) in enumerate(zip(sources, edited, prompts)):
             # Sources arrive as float tensors; round back to the exact uint8 rendering.
-            src_u8 = np.rint(np.clip(_to_hwc(src), 0.0, 1.0) * 255.0).astype(np.uint8)
+            src_u8 = np.rint(np.clip(_to_hwc(references[0]), 0.0, 1.0) * 255.0).astype(np.uint8)
             try:
                 scores.append(verify_edit(src_u8, _to_hwc(out), prompt))
             except ValueError as error:

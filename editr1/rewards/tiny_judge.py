@@ -16,22 +16,27 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
     Qwen2VLImageProcessorPil,
 )
 
+from editr1.fileio import fix_modes
 from editr1.processing.qwen2vl_image_only import (
     QWEN2VL_CHAT_TEMPLATE,
     ImageOnlyQwen2VLProcessor,
 )
 from editr1.processing.tiny_tokenizer import build_tiny_qwen_tokenizer
-from editr1.rewards.judge_prompt import DEFAULT_TEMPLATE
+from editr1.rewards.judge_prompt import DEFAULT_TEMPLATE, ONE_REFERENCE
 from editr1.rewards.mllm_judge import MLLMJudge
 from editr1.rewards.score_logit import score_tokens
+
+#: The text a tiny judge's vocabulary is learned from (besides the caller's instructions): the default
+#: template as it read when the shipped judge was distilled, so that `judge distill` reproduces it.
+TOKENIZER_CORPUS = (DEFAULT_TEMPLATE.replace("{images}", ONE_REFERENCE), "You are a helpful assistant.",
+                    "system user assistant", *score_tokens())
 
 
 def build_tiny_judge(corpus: Iterable[str] = (), image_size: int = 32, seed: int = 0, hidden: int = 128,
                      layers: int = 4, vision_hidden: int = 64, vision_depth: int = 2, batch_size: int = 64) -> MLLMJudge:
     """A randomly initialised tiny judge; `corpus` (instructions) shapes the tokenizer's vocabulary."""
     torch.manual_seed(seed)
-    tokenizer = build_tiny_qwen_tokenizer([DEFAULT_TEMPLATE, "You are a helpful assistant.", "system user assistant",
-                                           *score_tokens(), *corpus])
+    tokenizer = build_tiny_qwen_tokenizer([*TOKENIZER_CORPUS, *corpus])
     pixels = image_size * image_size
     image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, min_pixels=pixels, max_pixels=pixels)
     processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
@@ -68,5 +73,6 @@ def save_judge(judge: MLLMJudge, folder: Path, dtype: torch.dtype | None = None)
     judge.processor.image_processor.save_pretrained(folder)
     judge.processor.tokenizer.save_pretrained(folder)
     (folder / "chat_template.jinja").write_text(judge.processor.chat_template)
+    fix_modes(folder)
     if dtype is not None:
         judge.model.float()

@@ -1,4 +1,7 @@
-"""Group-relative advantages and the NFT optimality probability (ALGORITHM.md steps 4-5)."""
+"""Group-relative advantages and the NFT optimality probability.
+
+Formulas: docs/algorithm.md, "Group advantages" and "Optimality probability".
+"""
 
 from typing import Optional
 
@@ -23,8 +26,9 @@ def group_advantages(
     std_mode "global": population std of all valid rewards; "group": population std of i's group.
     Invalid (unscored) samples get advantage 0 and enter no statistic; their reward may be NaN.
 
-    Cross-rank: the statistics are over exactly the tensors given, so for the ALGORITHM.md
-    "std over all ranks" the caller all-gathers rewards/ids/valid first and slices its part after.
+    Cross-rank: the statistics are over exactly the tensors given, so for the global std over every
+    process (docs/algorithm.md, "Group advantages") the caller all-gathers rewards/ids/valid first
+    and slices its part after.
     """
     if std_mode not in STD_MODES:
         raise ValueError(f"unknown std_mode {std_mode!r}; expected one of {STD_MODES}")
@@ -47,7 +51,10 @@ def group_advantages(
 
 
 def optimality_probability(advantages: Tensor, clip: float = 5.0) -> Tensor:
-    """r = clamp(0.5 + 0.5 * clamp(A, -c, c) / c, 0, 1), i.e. 0.5 + A/10 for c = 5 and |A| <= 5."""
+    """r = clamp(0.5 + 0.5 * clamp(A, -c, c) / c, 0, 1), i.e. 0.5 + A/10 for c = 5 and |A| <= 5.
+
+    docs/algorithm.md, "Optimality probability".
+    """
     if not clip > 0:
         raise ValueError(f"clip must be > 0, got {clip}")
     return (0.5 + 0.5 * advantages.clamp(-clip, clip) / clip).clamp(0.0, 1.0)

@@ -1,4 +1,4 @@
-"""Low-variance group filtering (ALGORITHM.md, "Low-variance group filtering").
+"""Low-variance group filtering (docs/algorithm.md, "Low-variance group filtering").
 
 Groups are keyed by integer sample-group ids supplied by the caller, never by instruction text.
 """

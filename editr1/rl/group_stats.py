@@ -1,7 +1,8 @@
 """Per-group reward statistics shared by the advantages and the group filter.
 
 Groups are keyed by integer ids supplied by the caller (one id per source/instruction pair), never
-by instruction text. Statistics use valid (scored) samples only.
+by instruction text. Statistics use valid (scored) samples only. docs/algorithm.md, "Group advantages"
+and "Low-variance group filtering".
 """
 
 from typing import Optional

@@ -1,4 +1,4 @@
-"""DiffusionNFT policy loss (ALGORITHM.md step 7)."""
+"""DiffusionNFT policy loss (docs/algorithm.md, "NFT loss" and "KL term")."""
 
 from dataclasses import dataclass
 from typing import Optional

@@ -1,4 +1,7 @@
-"""Old-policy soft-update schedules and EMA (ALGORITHM.md step 8)."""
+"""Old-policy soft-update schedules and the in-place soft update (docs/algorithm.md, "Old-policy soft update").
+
+The separate evaluation EMA that DiffusionNFT describes is not implemented; see that section.
+"""
 
 from typing import Iterable
 

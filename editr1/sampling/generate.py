@@ -21,11 +21,13 @@ def generate(
     cfg_renorm: bool = True,
     guidance: float | None = None,
     transformer: torch.nn.Module | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Clean packed latents from `noise` at sigma 1, following `sigmas` down to 0.
 
     `model.velocity(tokens, sigma, conditions, guidance, transformer)` gives the velocity; with
     `cfg_scale > 1`, `negative_conditions` are the unconditional branch ("true CFG").
+    `on_step(step, steps)` is called after each step's model evaluation (steps = len(sigmas) - 1).
     """
 
     def conditional(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -40,8 +42,24 @@ def generate(
             return model.velocity(x, sigma, negative_conditions, guidance, transformer)
 
         velocity_fn = with_cfg(conditional, unconditional, cfg_scale, renorm=cfg_renorm)
+    if on_step is not None:
+        velocity_fn = _counting(velocity_fn, sigmas.numel() - 1, on_step)
     with torch.no_grad():
         return get_sampler(sampler)(velocity_fn, noise, sigmas.to(noise.device))
+
+
+def _counting(velocity_fn: Callable, steps: int, on_step: Callable[[int, int], None]) -> Callable:
+    # Every sampler evaluates the velocity exactly once per step, so counting calls counts steps.
+    done = 0
+
+    def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        velocity = velocity_fn(x, sigma)
+        done += 1
+        on_step(done, steps)
+        return velocity
+
+    return counted
 
 
 def generate_in_batches(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from editr1.config import ConfigError
@@ -16,7 +16,7 @@ class ServeConfig:
     """`editr1 serve-reward`: the score-logit judge behind an OpenAI-compatible API."""
 
     #: The judge: a transformers chat-model folder or hub id (as the `mllm` reward's `model`).
-    model: str = ""
+    model: str = field(default="", metadata={"path": "if_exists"})
     #: Loopback by default; any other address must be set explicitly (and wants an api_key).
     host: str = "127.0.0.1"
     #: 0 picks a free port; the server prints the one it got.
@@ -32,6 +32,14 @@ class ServeConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 16 * 1024 * 1024
     max_images_per_request: int = 8
+    #: Chat completions being received, decoded or judged at once; one more is answered 503 with
+    #: Retry-After at once (its body unread). GET /health and /v1/models are not counted.
+    max_concurrent_requests: int = 128
+    #: A connection is closed when a request's headers have not all arrived this long after it
+    #: opened or after its previous response (idle keep-alive connections included).
+    header_timeout_s: float = 10.0
+    #: A request's body must arrive within this long after its headers, else 408.
+    body_timeout_s: float = 60.0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     #: Conversations per forward pass inside one judge call.
@@ -48,7 +56,11 @@ class ServeConfig:
             raise ConfigError(f"port: must be in 0..65535, got {self.port}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms: must be >= 0, got {self.max_wait_ms}")
-        for name in ("max_batch_size", "max_body_bytes", "max_image_pixels", "max_images_per_request", "batch_size"):
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("max_batch_size", "max_body_bytes", "max_image_pixels", "max_images_per_request",
+                     "max_concurrent_requests", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
 

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 #: OpenAI's limit on `top_logprobs` (also vLLM's default `max_logprobs`).
 MAX_TOP_LOGPROBS = 20
@@ -27,11 +27,13 @@ MIN_LOGPROB = -9999.0
 
 
 class ProtocolError(Exception):
-    """A request answered with `status` and an OpenAI-style error body."""
+    """A request answered with `status`, an OpenAI-style error body and any extra response `headers`."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return error_body(self.status, self.message, self.kind)
@@ -126,8 +128,10 @@ def _parse_messages(messages: Any) -> tuple[list[dict], list[tuple[str, str]]]:
 
 
 def decode_image_url(url: str, where: str, max_pixels: int) -> Image.Image:
-    """A `data:image/...;base64,` URL -> an RGB image. The decoded size is bounded by the request
-    body limit; the pixel count is checked from the header, before decoding."""
+    """A `data:image/...;base64,` URL -> an upright RGB image. The decoded size is bounded by the
+    request body limit; the pixel count is checked from the header, before decoding. A camera JPEG
+    stores its pixels sideways and says so in its EXIF Orientation tag; the judge must see what a
+    viewer shows, so the tag is applied."""
     if not url.startswith("data:"):
         raise ProtocolError(400, f"{where}: only data: URLs are accepted (base64 PNG, JPEG or WebP), "
                                  f"got {url[:40]!r}")
@@ -148,7 +152,7 @@ def decode_image_url(url: str, where: str, max_pixels: int) -> Image.Image:
                 raise ProtocolError(413, f"{where}: image is {width}x{height} = {width * height} pixels; "
                                          f"the limit is {max_pixels} (max_image_pixels)")
             image.load()
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB")
     except ProtocolError:
         raise
     except Image.DecompressionBombError as error:  # PIL's own guard fires inside open()

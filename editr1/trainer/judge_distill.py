@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from editr1.config import JudgeDistillConfig, JudgeRolloutConfig, save_config
-from editr1.data.batching import first_source_tensor, source_images
+from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample, read_edit_jsonl, write_jsonl
 from editr1.data.preference_pairs import read_preference_jsonl
 from editr1.data.shapes import (
@@ -108,7 +108,7 @@ def policy_rollouts(adapter, samples: list[EditSample], spec: JudgeRolloutConfig
 
 def build_examples(adapter, samples: list[EditSample], config: JudgeDistillConfig, progress) -> JudgeExamples:
     size = config.policy.resolution
-    sources = np.stack([_to_uint8(first_source_tensor(s, size)[None])[0] for s in samples])
+    sources = np.stack([_to_uint8(source_tensors(s, size)[0][None])[0] for s in samples])
     edited, source_of = [], []
     for number, spec in enumerate(config.rollouts):
         if spec.count == 0:
@@ -141,7 +141,7 @@ def write_heldout_pairs(adapter, samples: list[EditSample], config: JudgeDistill
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for index, sample in enumerate(samples):
-        source = _to_uint8(first_source_tensor(sample, size)[None])[0]
+        source = _to_uint8(source_tensors(sample, size)[0][None])[0]
         a, b = images[2 * index], images[2 * index + 1]
         score_a, score_b = verify_edit(source, a, sample.prompt), verify_edit(source, b, sample.prompt)
         preferred = "tie" if abs(score_a - score_b) < config.tie_margin else ("a" if score_a > score_b else "b")
@@ -191,7 +191,7 @@ class JudgeDistiller:
         config = self.config
         with phase_progress(config.logging.progress) as progress:
             torch.manual_seed(config.seed)
-            policy = build_model(config.policy, [s.prompt for s in self.train], seed=config.seed)
+            policy = build_model(config.policy, [s.prompt for s in self.train], seed=config.seed, section="policy")
             examples = self._examples(policy, progress)
             pairs_path = None
             if self.heldout and config.eval_pairs:

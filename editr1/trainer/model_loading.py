@@ -13,15 +13,15 @@ from editr1.models.registry import build_tiny, load_adapter
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0) -> EditModelAdapter:
+def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0, section: str = "model") -> EditModelAdapter:
     """`tiny:<family>` builds a random tiny model (its tokenizer learned from `corpus`); anything
-    else is a diffusers-format folder or hub id."""
+    else is a diffusers-format folder or hub id. `section` names the config section in errors."""
     dtype = DTYPES[config.dtype]
     if config.path.startswith("tiny:"):
-        adapter = build_tiny(config.path, list(corpus), seed)
+        adapter = build_tiny(config.path, list(corpus), seed, config.family, section)
         adapter.transformer.to(dtype)
     else:
-        adapter = load_adapter(config.path, family=config.family, torch_dtype=dtype)
+        adapter = load_adapter(config.path, family=config.family, torch_dtype=dtype, field=f"{section}.family")
     adapter.condition_area = config.condition_area
     if config.gradient_checkpointing:
         adapter.transformer.enable_gradient_checkpointing()

@@ -19,19 +19,21 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
-from editr1.config import NFTConfig, save_config
-from editr1.data.batching import first_source_tensor, source_images
+from editr1.config import NFTConfig
+from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.order import take_indices
+from editr1.data.prompt_length import fit_prompt_lengths
 from editr1.errors import EditR1Error
 from editr1.eval.heldout import (
     EvalResult,
     HeldoutSet,
     evaluate,
     load_eval,
-    paired_stderr,
+    paired_gain,
     save_eval,
 )
+from editr1.fileio import fix_modes
 from editr1.eval.report import ReportSection, write_report
 from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
@@ -44,15 +46,12 @@ from editr1.rl.nft_loss import nft_loss
 from editr1.rl.old_policy import old_policy_decay
 from editr1.sampling.generate import generate_in_batches
 from editr1.trainer.async_scoring import RolloutScorer
-from editr1.trainer.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
 from editr1.trainer.model_loading import build_model
 from editr1.trainer.policies import PolicySet
 from editr1.trainer.progress import console, phase_progress
+from editr1.trainer.run_folder import RunFolder
 from editr1.trainer.seeding import generator_for
 
 GRID_SAMPLES = 8
@@ -64,12 +63,22 @@ class Rollout:
 
     dataset_indices: list[int]
     conditions: Conditions
-    sources: list[torch.Tensor]
+    #: Every source image of each group's sample (several for multi-reference models).
+    sources: list[list[torch.Tensor]]
     latents: torch.Tensor
     images: torch.Tensor
     scored: RewardBatch
     #: Seconds the reward spent computing (overlapped with sampling when `reward.overlap`).
     reward_compute_seconds: float
+
+
+#: What the NFT trainer writes in its run folder (discarded when a run starts again from the beginning).
+OUTPUTS = ("metrics.jsonl", "tensorboard", "grids", "eval", "checkpoints", "final", "summary.json", "report.md",
+           "reward_curve.png", "before_after.png")
+#: Settings a resumed run may not change: they change what is learned, or what the held-out gain is
+#: measured against (the step-0 evaluation). Iterations, time budget, eval cadence and logging may.
+LOCKED = ("seed", "model", "data", "rollout", "rl", "optim", "reward.name", "eval.samples", "eval.steps",
+          "eval.sampler", "eval.cfg_scale", "eval.guidance", "eval.seed", "eval.reward")
 
 
 class NFTTrainer:
@@ -82,13 +91,37 @@ class NFTTrainer:
         self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_folder = RunFolder(self.run_dir, OUTPUTS, LOCKED, announce=self.is_main)
+        checkpoint = self.run_folder.prepare(config, resume)
+
+        # Every input is read and checked before anything is written.
         self.size = config.model.resolution
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         torch.manual_seed(config.seed)
         self.adapter = build_model(config.model, [s.prompt for s in self.train_samples], seed=config.seed)
-        self.adapter.to(self.accelerator.device)
+        self.train_samples = fit_prompt_lengths(self.train_samples, config.data.train, self.adapter,
+                                                config.data.max_prompt_tokens, config.data.prompt_overflow)
         self.reward = build_reward(config.reward.name, config.reward.options)
+        self.reward.check_ready()
+        self.heldout = None
+        if config.data.heldout and config.eval.every > 0 and self.is_main:
+            held = fit_prompt_lengths(read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels),
+                                      config.data.heldout, self.adapter, config.data.max_prompt_tokens,
+                                      config.data.prompt_overflow)
+            token_shape = self.adapter.latent_token_shape(self.size, self.size)
+            self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)
+            if config.eval.reward is None:
+                self.eval_reward = self.reward
+            else:
+                self.eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
+                self.eval_reward.check_ready()
+        if self.is_main:
+            self.run_folder.start(config)
+            if checkpoint is None:
+                self.run_folder.record_base_model(self.adapter, config.model, final="final")
+        self.accelerator.wait_for_everyone()
+
+        self.adapter.to(self.accelerator.device)
         self.scorer = RolloutScorer(self.reward, config.reward.overlap)
         self.policies = PolicySet(
             self.adapter.transformer,
@@ -105,24 +138,11 @@ class NFTTrainer:
             self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
         )
         self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
-        self.heldout = None
-        if config.data.heldout and config.eval.every > 0 and self.is_main:
-            held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
-            token_shape = self.adapter.latent_token_shape(self.size, self.size)
-            self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)
-            self.eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
         self.step, self.position, self.banned, self.train_seconds = 0, 0, set(), 0.0
         self.evaluated_steps: set[int] = set()
-        if resume:
-            self._resume()
-        else:
-            if (self.run_dir / "checkpoints").exists() or (self.run_dir / "metrics.jsonl").exists():
-                raise EditR1Error(
-                    f"{self.run_dir}: already holds a run; pass --resume to continue it, or choose another output_dir"
-                )
-            self.accelerator.wait_for_everyone()
-            if self.is_main:
-                save_config(config, self.run_dir / "config.yaml")
+        self.reported_unscored: set[str] = set()
+        if checkpoint is not None:
+            self._restore(checkpoint)
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -150,6 +170,8 @@ class NFTTrainer:
                 self.step += 1
                 if log is not None:
                     log.log(self.step, metrics)
+                    if not progress.live:
+                        console.print(iteration_line(self.step, config.iterations, metrics), soft_wrap=True)
                 task.advance()
                 if self.heldout is not None and self.step % config.eval.every == 0:
                     self._evaluate(self.step, log)
@@ -183,12 +205,14 @@ class NFTTrainer:
         # Group statistics (the global std above all) are over every rank's rewards.
         rewards = self.accelerator.gather(scored.scores.float().to(self.accelerator.device)).cpu()
         valid = self.accelerator.gather(scored.valid.to(self.accelerator.device, torch.uint8)).cpu().bool()
+        first = next(iter(scored.failures.values()), "no reason given")
         if (~valid).float().mean() > rl.max_unscored_fraction:
-            first = next(iter(scored.failures.values()), "no reason given")
             raise EditR1Error(
-                f"iteration {step}: {int((~valid).sum())} of {valid.numel()} samples could not be scored "
+                f"iteration {step + 1}: {int((~valid).sum())} of {valid.numel()} samples could not be scored "
                 f"(more than rl.max_unscored_fraction={rl.max_unscored_fraction}); first failure: {first}"
             )
+        if not valid.all():
+            self._report_unscored("rollouts", int((~valid).sum()), valid.numel(), first)
         group_ids = torch.arange(len(indices)).repeat_interleave(k)
         advantages = group_advantages(rewards, group_ids, valid, rl.std_mode)
         r = optimality_probability(advantages, rl.adv_clip)
@@ -208,7 +232,7 @@ class NFTTrainer:
         self.train_seconds += float(self.accelerator.gather(elapsed).max())
 
         if self.is_main and config.logging.grid_every and step % config.logging.grid_every == 0:
-            self._save_grid(step, rollout, rewards[own_rows])
+            self._save_grid(step + 1, rollout, rewards[own_rows])
         good = rewards[valid]
         groups_total = len(indices)
         kept_groups = len(torch.unique(group_ids[keep]))
@@ -244,7 +268,7 @@ class NFTTrainer:
         # One global noise draw, sliced per rank: the edits do not depend on how many processes run.
         noise = torch.randn(total_groups * k, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))[rows]
         self.phases["rollout"].restart(math.ceil(noise.shape[0] / rollout_config.batch_size))
-        sources = [first_source_tensor(s, size) for s in samples]
+        sources = [source_tensors(s, size) for s in samples]
         images = []
 
         def score_batch(rows: torch.Tensor, latents: torch.Tensor) -> None:
@@ -314,7 +338,7 @@ class NFTTrainer:
                 v_theta = self.adapter.velocity(x_t, t, conditions, guidance, self.trained_module)
                 loss = nft_loss(v_theta, v_old, x_t, x0, t, r[rows].to(device), rl.beta, rl.adv_clip, None, v_ref, rl.kl_coef)
                 if not torch.isfinite(loss.total):
-                    raise EditR1Error(f"iteration {step}: the NFT loss is {loss.total.item()}; training diverged, lower optim.lr")
+                    raise EditR1Error(f"iteration {step + 1}: the NFT loss is {loss.total.item()}; training diverged, lower optim.lr")
                 share = 0.0 if is_padding else rows.numel() / total_pairs
                 # DDP averages gradients over ranks; scaling by the world size makes that a sum.
                 (loss.total * share * self.world).backward()
@@ -334,27 +358,38 @@ class NFTTrainer:
         with torch.no_grad(), self.policies.use("trained") as trained:
             result = evaluate(self.adapter, self.heldout, self.eval_reward, ev.steps, ev.sampler, ev.cfg_scale, trained,
                               guidance=self.config.rollout.guidance if ev.guidance is None else ev.guidance)
+        if result.failures:
+            self._report_unscored("the held-out evaluation", len(result.failures), result.scores.numel(),
+                                  next(iter(result.failures.values())))
         metrics = {}
-        if ev.track_training_reward:
+        if ev.track_training_reward and self.eval_reward is not self.reward:
             samples = self.heldout.samples
-            tracked = self.reward.score([first_source_tensor(s, self.size) for s in samples], list(result.edited),
+            tracked = self.reward.score([source_tensors(s, self.size) for s in samples], list(result.edited),
                                         [s.prompt for s in samples], [s.requirement for s in samples])
             result.training_scores, result.training_valid = tracked.scores, tracked.valid
-            metrics["heldout_training_reward"] = float(tracked.scores[tracked.valid].mean())
+            if tracked.valid.any():
+                metrics["heldout_training_reward"] = float(tracked.scores[tracked.valid].mean())
         folder = self.run_dir / "eval"
         save_eval(result, folder / f"step_{step:06d}.safetensors", GRID_SAMPLES)
         self.evaluated_steps.add(step)
         metrics.update(heldout_reward=result.mean, seconds_eval=time.monotonic() - tick)
         if step > 0:
             base = load_eval(folder / "step_000000.safetensors")
-            both = result.valid & base.valid
-            metrics["heldout_gain"] = float((result.scores[both] - base.scores[both]).mean())
-            metrics["heldout_gain_stderr"] = paired_stderr(result.scores[both], base.scores[both])
+            gain, stderr, _ = paired_gain(result.scores, result.valid, base.scores, base.valid)
+            metrics.update(heldout_gain=gain, heldout_gain_stderr=stderr)
         log.log(step, metrics)
         console.print(f"step {step}: held-out reward {result.mean:.4f}" + (f" (gain {metrics['heldout_gain']:+.4f} ± {metrics['heldout_gain_stderr']:.4f})" if step else ""))
         return result
 
-    def _save_grid(self, step: int, rollout: Rollout, rewards: torch.Tensor) -> None:
+    def _report_unscored(self, where: str, count: int, total: int, reason: str) -> None:
+        """Once per kind of failure and run: the reason is the same every time."""
+        if where in self.reported_unscored or not self.is_main:
+            return
+        self.reported_unscored.add(where)
+        console.print(f"warning: the reward could not score {count} of {total} samples in {where} (they are left out, "
+                      f"and counted as `unscored` in metrics.jsonl); first reason: {reason}", soft_wrap=True)
+
+    def _save_grid(self, iteration: int, rollout: Rollout, rewards: torch.Tensor) -> None:
         folder = self.run_dir / "grids"
         folder.mkdir(exist_ok=True)
         k = self.config.rollout.group_size
@@ -362,7 +397,7 @@ class NFTTrainer:
             rows = slice(g * k, (g + 1) * k)
             image = group_grid(rollout.sources[g], list(rollout.images[rows]), rewards[rows].tolist(),
                                self.train_samples[rollout.dataset_indices[g]].prompt)
-            image.save(folder / f"step_{step:06d}_group{g}.png")
+            image.save(folder / f"step_{iteration:06d}_group{g}.png")
 
     def _save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -372,19 +407,21 @@ class NFTTrainer:
             "position": self.position,
             "banned": sorted(self.train_samples[i].id for i in self.banned),
             "train_seconds": self.train_seconds,
+            "evaluated_steps": sorted(self.evaluated_steps),
         }
-        save_checkpoint(self.run_dir / "checkpoints", self.step, self.policies.trained_state(), self.policies.old_state(), self.optimizer, state)
+        save_checkpoint(self.run_folder.checkpoints, self.step, self.policies.trained_state(), self.policies.old_state(),
+                        self.optimizer, state, keep=self.config.logging.keep_checkpoints)
 
-    def _resume(self) -> None:
-        folder = latest_checkpoint(self.run_dir / "checkpoints")
-        if folder is None:
-            raise EditR1Error(f"{self.run_dir}: --resume given but no checkpoint found under checkpoints/")
-        trained, old, state = load_checkpoint(folder, self.optimizer)
-        self.policies.load_states(trained, old)
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        checkpoint.restore(self.optimizer)
+        self.policies.load_states(checkpoint.trained, checkpoint.old)
+        state = checkpoint.state
         ids = {s.id: i for i, s in enumerate(self.train_samples)}
         self.step, self.position, self.train_seconds = state["step"], state["position"], state["train_seconds"]
         self.banned = {ids[sample_id] for sample_id in state["banned"] if sample_id in ids}
-        console.print(f"resumed from {folder} at iteration {self.step}")
+        self.evaluated_steps = set(state.get("evaluated_steps", []))
+        if self.is_main:
+            console.print(f"resumed from {checkpoint.folder} at iteration {self.step}")
 
     def _finish(self) -> dict:
         rows = read_metrics(self.run_dir)
@@ -396,38 +433,52 @@ class NFTTrainer:
             self.adapter.save_lora(self.policies.trained_state(), final_folder, spec)
         else:
             self.adapter.save_pretrained(final_folder)
+            fix_modes(final_folder)
         summary = {"iterations": self.step, "train_seconds": round(self.train_seconds, 1)}
         if self.heldout is not None:
             eval_dir = self.run_dir / "eval"
             base = load_eval(eval_dir / "step_000000.safetensors")
             final = load_eval(eval_dir / f"step_{self.step:06d}.safetensors")
-            both = base.valid & final.valid
+            gain, stderr, both = paired_gain(final.scores, final.valid, base.scores, base.valid)
             summary.update(
                 base_heldout_reward=float(base.scores[both].mean()),
                 final_heldout_reward=float(final.scores[both].mean()),
                 heldout_n=int(both.sum()),
-                heldout_stderr=paired_stderr(final.scores[both], base.scores[both]),
+                heldout_stderr=stderr,
             )
             if base.training_scores is not None and final.training_scores is not None:
-                tracked = base.training_valid & final.training_valid
+                _, tracked_stderr, tracked = paired_gain(final.training_scores, final.training_valid,
+                                                         base.training_scores, base.training_valid)
                 summary.update(
                     base_heldout_training_reward=float(base.training_scores[tracked].mean()),
                     final_heldout_training_reward=float(final.training_scores[tracked].mean()),
-                    heldout_training_stderr=paired_stderr(final.training_scores[tracked], base.training_scores[tracked]),
+                    heldout_training_stderr=tracked_stderr,
                 )
             n = min(GRID_SAMPLES, len(self.heldout.samples))
             samples = self.heldout.samples[:n]
             grid = before_after_grid(
-                [first_source_tensor(s, self.size) for s in samples], list(base.edited[:n]), list(final.edited[:n]),
+                [source_tensors(s, self.size) for s in samples], list(base.edited[:n]), list(final.edited[:n]),
                 [s.prompt for s in samples], base.scores[:n].tolist(), final.scores[:n].tolist(),
             )
             grid.save(self.run_dir / "before_after.png")
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.run_folder.write_json("summary.json", summary)
         sections = [ReportSection("Reward curve", "Rollout reward per iteration and held-out reward at evaluations.", "reward_curve.png")]
         if self.heldout is not None:
             sections.append(ReportSection("Before / after", "Held-out samples: source, base model, after NFT.", "before_after.png"))
         write_report(self.run_dir, summary, sections, title="editr1: DiffusionNFT run")
         return summary
+
+
+def iteration_line(iteration: int, total: int, metrics: dict[str, float]) -> str:
+    """One plain log line per iteration, for runs without a terminal."""
+    line = (f"iteration {iteration}/{total}: reward {metrics['reward_mean']:.4f} ± {metrics['reward_std']:.4f}, "
+            f"filtered {metrics['fraction_filtered']:.2f}")
+    if metrics.get("unscored"):
+        line += f", unscored {int(metrics['unscored'])}"
+    if "loss" in metrics:
+        line += f", loss {metrics['loss']:.4g}"
+    return line + (f", rollout+reward {metrics['seconds_rollout_and_reward']:.1f}s, train {metrics['seconds_train']:.1f}s, "
+                   f"total {metrics['seconds_total']:.1f}s")
 
 
 def run_nft(config: NFTConfig, resume: bool = False) -> dict:

@@ -78,6 +78,11 @@ class PhaseProgress:
         self._progress = progress
         self._tasks: list[TaskHandle] = []
 
+    @property
+    def live(self) -> bool:
+        """True when bars are drawn; otherwise long loops print a plain line per unit of work."""
+        return self._progress is not None
+
     def task(self, description: str, total: int, quiet: bool = False) -> TaskHandle:
         """Start a task of ``total`` units of work; a quiet one prints nothing in fallback mode."""
         if total < 0:

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from editr1.config import SFTConfig, save_config
+from editr1.config import ConfigError, SFTConfig
 from editr1.data.batching import source_images, target_tensor
 from editr1.data.jsonl import read_edit_jsonl
 from editr1.data.order import take_indices
+from editr1.data.prompt_length import fit_prompt_lengths
 from editr1.errors import EditR1Error
+from editr1.fileio import fix_modes
 from editr1.eval.heldout import HeldoutSet, evaluate, save_eval
 from editr1.eval.visuals import reward_curve
 from editr1.rewards.registry import build_reward
@@ -26,6 +28,7 @@ from editr1.rl.old_policy import soft_update_
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
 from editr1.trainer.model_loading import build_model
 from editr1.trainer.progress import console, phase_progress
+from editr1.trainer.run_folder import RunFolder
 from editr1.trainer.seeding import generator_for
 
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,16 +55,34 @@ def flow_matching_batch(adapter, samples, size: int, generator: torch.Generator)
     return conditions, x_t, sigma, noise - x0
 
 
+#: What `editr1 sft` writes in its run folder.
+OUTPUTS = ("metrics.jsonl", "tensorboard", "eval", "model", "heldout_curve.png")
+
+
 def run_sft(config: SFTConfig) -> dict:
     run_dir = Path(config.output_dir)
-    if (run_dir / "metrics.jsonl").exists():
-        raise EditR1Error(f"{run_dir}: already holds a run; choose another output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    run_folder = RunFolder(run_dir, OUTPUTS, locked=(), resumable=False)
+    run_folder.prepare(config, resume=False)
+    # Every input is read and checked before anything is written.
     size = config.model.resolution
     train = read_edit_jsonl(config.data.train, require_target=True, max_pixels=config.data.max_pixels)
+    heldout, eval_reward = None, None
+    if config.data.heldout:
+        if config.eval.reward is None:
+            raise ConfigError("eval.reward: sft has no training reward; name the reward of the held-out evaluation "
+                              "(e.g. eval.reward.name=shapes_verifier), or set data.heldout: null")
+        held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
+        eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
+        eval_reward.check_ready()
     torch.manual_seed(config.seed)
     adapter = build_model(config.model, [s.prompt for s in train], seed=config.seed)
+    data = config.data
+    train = fit_prompt_lengths(train, data.train, adapter, data.max_prompt_tokens, data.prompt_overflow)
+    if config.data.heldout:
+        held = fit_prompt_lengths(held, data.heldout, adapter, data.max_prompt_tokens, data.prompt_overflow)
+        heldout = HeldoutSet.build(held, config.eval.samples, size, adapter.latent_token_shape(size, size), config.eval.seed, config.data.heldout)
+    run_folder.start(config)
+    run_folder.record_base_model(adapter, config.model, final="model/lora" if config.model.train_mode == "lora" else "model")
     transformer = adapter.transformer
     if config.model.train_mode == "lora":
         from peft import LoraConfig
@@ -72,12 +93,6 @@ def run_sft(config: SFTConfig) -> dict:
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     ema = [p.detach().clone() for p in trainable] if config.ema_decay > 0 else None
-
-    heldout = None
-    if config.data.heldout:
-        held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
-        heldout = HeldoutSet.build(held, config.eval.samples, size, adapter.latent_token_shape(size, size), config.eval.seed, config.data.heldout)
-        eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
 
     def evaluate_ema() -> float:
         """Evaluate the EMA weights (what gets saved); the last result is kept per sample."""
@@ -97,7 +112,7 @@ def run_sft(config: SFTConfig) -> dict:
         step = 0
         while step < config.steps:
             if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
-                console.print(f"sft: time budget of {config.time_budget_s:.0f}s reached at step {step}")
+                console.print(f"sft: time budget of {config.time_budget_s:.0f}s reached after {step} steps")
                 break
             tick = time.monotonic()
             indices, position = take_indices(len(train), config.seed, position, config.batch_size)
@@ -108,7 +123,7 @@ def run_sft(config: SFTConfig) -> dict:
             conditions, x_t, sigma, target = flow_matching_batch(adapter, batch, size, generator_for(config.seed, step, "sft-noise"))
             loss = F.mse_loss(adapter.velocity(x_t, sigma, conditions).float(), target.float())
             if not torch.isfinite(loss):
-                raise EditR1Error(f"sft step {step}: the loss is {loss.item()}; training diverged, lower lr")
+                raise EditR1Error(f"sft step {step + 1}: the loss is {loss.item()}; training diverged, lower lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
@@ -151,3 +166,4 @@ def save_model(adapter, folder: Path, config: SFTConfig) -> None:
     saved = copy.copy(adapter)
     saved.transformer = copy.deepcopy(transformer).to(SAVE_DTYPES[config.save_dtype])
     saved.save_pretrained(folder)
+    fix_modes(folder)

@@ -1,0 +1,164 @@
+"""A run's folder: one run per folder, resumable from any moment, with a record of its config.
+
+`prepare` only reads: it refuses a folder that already holds another run, finds the checkpoint to
+resume from, and checks that a resumed run keeps every field that changes what is learned. `start`
+writes, and is called once every input has been validated, so a rejected input leaves nothing behind.
+
+`--resume` means "continue this run": from the newest intact checkpoint, or, when the run stopped
+before its first checkpoint, from the beginning (the unfinished attempt's logs are discarded).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from editr1.config import ConfigError, config_to_dict, load_config, save_config
+from editr1.errors import EditR1Error
+from editr1.fileio import fix_modes, write_text_atomic
+from editr1.trainer.checkpoint import (
+    Checkpoint,
+    checkpoint_folders,
+    newest_intact_checkpoint,
+    remove_staging,
+)
+from editr1.trainer.progress import console
+
+CONFIG_FILE = "config.yaml"
+#: `model.json` says how to rebuild the run's base model (`editr1 edit --run`); a tiny preset, built
+#: in memory from the training prompts, is saved in `base_model/`.
+MODEL_RECORD, BASE_MODEL_FOLDER = "model.json", "base_model"
+CHANGES_FILE = "config_changes.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def _is_locked(field: str, locked: tuple[str, ...]) -> bool:
+    return any(field == name or field.startswith(name + ".") for name in locked)
+
+
+def config_changes(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
+    """Dotted field -> (old value, new value), for every field that differs."""
+    before, after = _flatten(config_to_dict(old)), _flatten(config_to_dict(new))
+    return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)}
+
+
+class RunFolder:
+    """`outputs`: the names a trainer writes in the folder (discarded when a run starts over);
+    `locked`: dotted config fields (and sections) that a resumed run may not change."""
+
+    def __init__(self, path: str | Path, outputs: tuple[str, ...], locked: tuple[str, ...], announce: bool = True,
+                 resumable: bool = True):
+        self.path = Path(path)
+        self.announce, self.resumable = announce, resumable
+        self.outputs = (*outputs, CHANGES_FILE, MODEL_RECORD, BASE_MODEL_FOLDER)
+        self.locked = locked
+        self._changes: dict[str, tuple[Any, Any]] = {}
+        self._resumed_from: Checkpoint | None = None
+
+    def _say(self, message: str) -> None:
+        if self.announce:
+            console.print(message, soft_wrap=True)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def holds_run(self) -> bool:
+        return any((self.path / name).exists() for name in (CONFIG_FILE, *self.outputs))
+
+    def prepare(self, config: Any, resume: bool) -> Checkpoint | None:
+        """Read-only checks; the checkpoint to resume from, or None to start from the beginning."""
+        if not resume:
+            if self.holds_run():
+                hint = ("pass --resume to continue it (from its newest checkpoint, or from the beginning if it stopped "
+                        "before the first), or choose another output_dir" if self.resumable else
+                        "choose another output_dir, or delete this one to run it again")
+                raise EditR1Error(f"{self.path}: already holds a run; {hint}")
+            return None
+        if not self.holds_run():
+            self._say(f"--resume: {self.path} holds no run yet; starting one")
+            return None
+        checkpoint, skipped = newest_intact_checkpoint(self.checkpoints)
+        if checkpoint is None and checkpoint_folders(self.checkpoints):
+            raise EditR1Error(
+                f"{self.checkpoints}: no checkpoint can be read ({'; '.join(skipped)}); move that folder away to "
+                "start the run again from the beginning"
+            )
+        for reason in skipped:
+            self._say(f"--resume: passing over {reason}")
+        if checkpoint is None:
+            self._say(f"--resume: {self.path} stopped before its first checkpoint; starting it again from the "
+                          "beginning (the unfinished attempt's logs are discarded)")
+            return None
+        self._changes = self._check_config(config)
+        self._resumed_from = checkpoint
+        return checkpoint
+
+    def _check_config(self, config: Any) -> dict[str, tuple[Any, Any]]:
+        saved = self.path / CONFIG_FILE
+        if not saved.is_file():
+            raise EditR1Error(f"{saved}: missing; cannot check that the resumed run has the same settings")
+        try:
+            old = load_config(type(config), saved)
+        except ConfigError as error:
+            raise EditR1Error(f"--resume: the run's saved config no longer loads: {error}") from error
+        changes = config_changes(old, config)
+        locked = {key: change for key, change in changes.items() if _is_locked(key, self.locked)}
+        if locked:
+            lines = "; ".join(f"{key}: {old_value!r} -> {new_value!r}" for key, (old_value, new_value) in locked.items())
+            raise EditR1Error(
+                f"--resume: these fields change what is learned and must stay as the run started ({saved}): {lines}. "
+                "Change them back, or start a new run in another output_dir"
+            )
+        return changes
+
+    def start(self, config: Any) -> None:
+        """Create or continue the folder (main process only): after every input was validated."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        remove_staging(self.checkpoints)
+        if self._resumed_from is None:
+            for name in self.outputs:
+                target = self.path / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+        elif self._changes:
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_at_step": self._resumed_from.step,
+                      "changes": {key: {"old": old, "new": new} for key, (old, new) in self._changes.items()}}
+            with open(self.path / CHANGES_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self._say("--resume: changed " + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in self._changes.items())
+                          + f" (recorded in {CHANGES_FILE})")
+        save_config(config, self.path / CONFIG_FILE)
+
+    def write_json(self, name: str, data: dict) -> None:
+        write_text_atomic(self.path / name, json.dumps(data, indent=2))
+
+    def record_base_model(self, adapter: Any, model: Any, final: str) -> None:
+        """Write `model.json` (main process, once per run): the base model (`model.path` resolved, or
+        the saved tiny preset), its family, dtype and conditioning, and where the final weights go."""
+        base = model.path
+        if base.startswith("tiny:"):
+            adapter.save_pretrained(self.path / BASE_MODEL_FOLDER)
+            fix_modes(self.path / BASE_MODEL_FOLDER)
+            base = BASE_MODEL_FOLDER
+        elif Path(base).exists():
+            base = str(Path(base).resolve())
+        self.write_json(MODEL_RECORD, {
+            "base": base, "family": adapter.family, "dtype": model.dtype, "condition_area": model.condition_area,
+            "train_mode": model.train_mode, "final": final,
+        })

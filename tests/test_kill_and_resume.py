@@ -1,0 +1,87 @@
+"""A training run killed with SIGKILL at controlled points and resumed each time with `--resume` ends
+exactly where an uninterrupted run ends: weights, optimizer state, metrics (timings aside), summary."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from conftest import tiny_nft_overrides
+from safetensors.torch import load_file
+
+from editr1.config import NFTConfig, load_config
+from editr1.trainer.metrics_log import read_metrics
+from editr1.trainer.nft import run_nft
+
+# Runs `editr1 train` in this process after arranging a SIGKILL at the N-th call of one function.
+DRIVER = """
+import os, signal, sys
+import editr1.trainer.checkpoint as checkpoint
+import editr1.trainer.nft as nft
+from editr1.cli.main import main
+
+owner, name, when = sys.argv[1], sys.argv[2], int(sys.argv[3])
+target = {"trainer": nft.NFTTrainer, "checkpoint": checkpoint, "nft": nft}[owner]
+original, calls = getattr(target, name), [0]
+
+def killing(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == when:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+
+setattr(target, name, killing)
+sys.exit(main(sys.argv[4:]))
+"""
+
+# (where, which call): each run is killed there, then the next one resumes.
+KILLS = [
+    ("trainer", "_train", 1),  # during the first iteration, before any checkpoint
+    ("trainer", "_train", 3),  # during an iteration, after the checkpoint of iteration 2
+    ("checkpoint", "save_safetensors", 2),  # while writing the checkpoint of iteration 4
+    ("nft", "reward_curve", 1),  # at the start of the final save, after every checkpoint
+    ("nft", "write_report", 1),  # at the end of the final save (final weights and summary written)
+]
+
+
+def _train(overrides, kill=None):
+    args = ["train", "--resume", *(a for o in overrides for a in ("--set", o))]
+    command = [sys.executable, "-c", DRIVER, *map(str, kill or ("trainer", "_train", 0)), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+def _untimed(rows):
+    return [{k: v for k, v in row.items() if not k.startswith("seconds")} for row in rows]
+
+
+def test_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tmp_path):
+    def overrides(out):
+        return tiny_nft_overrides(shapes_data, out, iterations=4) + ["logging.keep_checkpoints=2"]
+
+    straight = tmp_path / "straight"
+    run_nft(load_config(NFTConfig, None, overrides(straight)))
+
+    killed = tmp_path / "killed"
+    for kill in KILLS:
+        result = _train(overrides(killed), kill)
+        assert result.returncode == -9, f"{kill}: expected SIGKILL, got {result.returncode}\n{result.stderr[-3000:]}"
+    result = _train(overrides(killed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout
+
+    for name in ("trained.safetensors", "old.safetensors", "optimizer.safetensors"):
+        a, b = load_file(straight / "checkpoints/step_000004" / name), load_file(killed / "checkpoints/step_000004" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs"
+    assert json.loads((killed / "checkpoints/step_000004/optimizer.json").read_text()) == json.loads(
+        (straight / "checkpoints/step_000004/optimizer.json").read_text())
+    assert _untimed(read_metrics(killed)) == _untimed(read_metrics(straight))
+    a, b = (json.loads((folder / "summary.json").read_text()) for folder in (straight, killed))
+    a.pop("train_seconds"), b.pop("train_seconds")
+    assert a == b
+    lora_a = load_file(straight / "final/pytorch_lora_weights.safetensors")
+    lora_b = load_file(killed / "final/pytorch_lora_weights.safetensors")
+    assert all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["latest", "step_000002", "step_000004"]
