@@ -44,7 +44,9 @@ def test_training_survives_a_judge_server_restart(shapes_data, tmp_path):
     rows = [r for r in read_metrics(out) if "reward_mean" in r]
     unscored = [r["unscored"] for r in rows]
     assert unscored[0] == 0 and unscored[2] == unscored[3] == 0, unscored  # before the kill, and after the restart
-    assert 1 <= unscored[1] <= SAMPLES_PER_ITERATION - 3, unscored  # the kill landed mid-iteration
+    # The kill landed mid-iteration. The server logs a request just before answering it (concurrency 1),
+    # so the third logged answer of the iteration may not have reached the client.
+    assert 1 <= unscored[1] <= SAMPLES_PER_ITERATION - 2, unscored
     # The reward statistics cover scored samples only: a made-up 0.0 would show as the minimum.
     assert all(math.isfinite(r["reward_mean"]) and r["reward_min"] > 0 for r in rows)
     assert server.count(CHAT) >= 2 * SAMPLES_PER_ITERATION  # the restarted server scored the last iterations
