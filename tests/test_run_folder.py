@@ -183,3 +183,16 @@ def test_edit_with_a_run_trained_on_a_tiny_preset(shapes_data, tmp_path):
     code = main(["edit", "--run", str(out), "--image", str(source), "--prompt", "Remove the red circle",
                  "--out", str(edited), "--steps", "2", "--size", "32x32"])
     assert code == 0 and edited.is_file()
+
+
+def test_a_judge_that_does_not_come_up_stops_the_run_at_start_up(shapes_data, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a free port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    remote = f"reward.options={{url: 'http://127.0.0.1:{port}/v1', model: judge, wait_ready_s: 0.5}}"
+    with pytest.raises(EditR1Error, match=rf"judge server at http://127.0.0.1:{port}/health was not ready within 0.5s"):
+        NFTTrainer(_config(shapes_data, tmp_path / "run", "reward.name=mllm_remote", remote))
+    assert f"waiting up to 0.5s (reward.options.wait_ready_s) for the judge server at http://127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -73,6 +73,17 @@ def test_group_grid_has_title_and_k_plus_one_cells():
         group_grid(src, samples, [0.1], "p")
 
 
+def test_grids_show_every_reference_image():
+    picture_1, picture_2, edit = _solid((1.0, 0.0, 0.0)), _solid((0.0, 0.0, 1.0)), _solid((0.0, 1.0, 0.0))
+    grid = group_grid([picture_1, picture_2], [edit, edit], [0.5, 0.6], "put the cat from Picture 1 in Picture 2")
+    assert grid.width == PAD + 4 * (32 + PAD)
+    top = PAD + line_height()
+    cells = [np.asarray(grid)[top + 16, PAD + c * (32 + PAD) + 16] for c in range(2)]
+    assert [tuple(cell) for cell in cells] == [(255, 0, 0), (0, 0, 255)]
+    rows = before_after_grid([[picture_1, picture_2], [picture_1]], [edit] * 2, [edit] * 2, ["a", "b"], [0, 0], [1, 1])
+    assert rows.width == PAD + 4 * (32 + PAD)
+
+
 def test_before_after_grid_rows_and_wrapped_prompt():
     n, img = 2, _solid((0.2, 0.4, 0.6))
     imgs = [img] * n
