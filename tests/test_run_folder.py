@@ -101,6 +101,14 @@ def test_rejected_input_writes_nothing(shapes_data, tmp_path):
     with pytest.raises(DataError):
         NFTTrainer(_config(shapes_data, tmp_path / "nft", f"data.train={bad}"))
     assert not (tmp_path / "nft").exists()
+    from editr1.config import JudgeDistillConfig
+    from editr1.trainer.judge_distill import run_judge_distill
+
+    with pytest.raises(EditR1Error, match="reuse_examples: .*missing.npz not found"):
+        run_judge_distill(load_config(JudgeDistillConfig, None, [
+            f"data.train={shapes_data / 'train.jsonl'}", "data.heldout=null", f"output_dir={tmp_path / 'judge'}",
+            f"reuse_examples={tmp_path / 'missing.npz'}", f"policy.path={package_path('assets/shapes_base')}"]))
+    assert not (tmp_path / "judge").exists()
     assert (out / "config.yaml").read_text() == "an earlier run's config\n"
 
 

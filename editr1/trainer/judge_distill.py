@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from editr1.config import JudgeDistillConfig, JudgeRolloutConfig, save_config
+from editr1.config import JudgeDistillConfig, JudgeRolloutConfig
 from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample, read_edit_jsonl, write_jsonl
 from editr1.data.preference_pairs import read_preference_jsonl
@@ -46,6 +46,7 @@ from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
 from editr1.sampling.generate import generate_in_batches
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
 from editr1.trainer.model_loading import build_model
+from editr1.trainer.run_folder import RunFolder
 from editr1.trainer.progress import console, phase_progress
 from editr1.trainer.seeding import generator_for
 from editr1.trainer.sft import SAVE_DTYPES, learning_rate_factor
@@ -170,14 +171,17 @@ def pairwise_ranking_loss(expected: torch.Tensor, scores: torch.Tensor, source_o
     return torch.nn.functional.softplus(-sharpness * gaps[pairs]).mean()
 
 
+#: What `editr1 judge distill` writes in its run folder.
+OUTPUTS = ("metrics.jsonl", "tensorboard", "judge", "examples.npz", "heldout_pairs", "agreement_curve.png", "summary.json")
+
+
 class JudgeDistiller:
     def __init__(self, config: JudgeDistillConfig):
         self.config = config
         self.run_dir = Path(config.output_dir)
-        if (self.run_dir / "metrics.jsonl").exists():
-            raise EditR1Error(f"{self.run_dir}: already holds a run; choose another output_dir")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, self.run_dir / "config.yaml")
+        run_folder = RunFolder(self.run_dir, OUTPUTS, locked=(), resumable=False)
+        run_folder.prepare(config, resume=False)
+        # Every input is read and checked before anything is written.
         self.train = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         self.heldout = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels) if config.data.heldout else []
         arch = config.arch
@@ -186,12 +190,16 @@ class JudgeDistiller:
                                       arch.layers, arch.vision_hidden, arch.vision_depth)
         self.prompt = JudgePrompt()
         self.level_ids = torch.tensor(score_token_ids(self.judge.tokenizer))
+        if config.reuse_examples and not Path(config.reuse_examples).is_file():
+            raise EditR1Error(f"reuse_examples: {config.reuse_examples} not found")
+        torch.manual_seed(config.seed)
+        self.policy = build_model(config.policy, [s.prompt for s in self.train], seed=config.seed, section="policy")
+        run_folder.start(config)
 
     def run(self) -> dict:
         config = self.config
         with phase_progress(config.logging.progress) as progress:
-            torch.manual_seed(config.seed)
-            policy = build_model(config.policy, [s.prompt for s in self.train], seed=config.seed, section="policy")
+            policy, self.policy = self.policy, None  # freed once its rollouts are made
             examples = self._examples(policy, progress)
             pairs_path = None
             if self.heldout and config.eval_pairs:
@@ -219,8 +227,6 @@ class JudgeDistiller:
             if len(data["sources"]) != len(self.train):
                 raise EditR1Error(f"{path}: built from {len(data['sources'])} training samples, the data has {len(self.train)}")
             return JudgeExamples(self.train, data["sources"], data["source_of"], data["edited"], data["scores"])
-        if self.config.reuse_examples:
-            raise EditR1Error(f"reuse_examples: {path} not found")
         examples = build_examples(policy, self.train, self.config, progress)
         np.savez_compressed(self.run_dir / "examples.npz", sources=examples.sources, source_of=examples.source_of,
                             edited=examples.edited, scores=examples.scores)
@@ -262,7 +268,7 @@ class JudgeDistiller:
                     caption_loss = self._caption_loss([caption_images[i] for i in picks], [captions[i] for i in picks])
                     loss = loss + config.caption_weight * caption_loss
                 if not torch.isfinite(loss):
-                    raise EditR1Error(f"judge step {step}: the loss is {loss.item()}; lower lr")
+                    raise EditR1Error(f"judge step {step + 1}: the loss is {loss.item()}; lower lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
