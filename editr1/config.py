@@ -435,6 +435,13 @@ def _resolve_paths(cls: type, data: dict, base: Path) -> None:
                         _resolve_paths(inner, item, base)
 
 
+def _names_field(problem: str, assignment: str) -> bool:
+    """Whether a validation message (`a.b: ...`) is about the field `assignment` sets, or inside it."""
+    key = assignment.split("=", 1)[0].strip()
+    field_name = problem.split(":", 1)[0].split("[", 1)[0]
+    return field_name == key or field_name.startswith(key + ".")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Read YAML at `path` (or the defaults), apply `--set` overrides, validate into `cls`.
 
@@ -467,8 +474,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     for assignment in overrides:
         _apply_override(data, assignment, cls)
         before, (config, problem) = problem, attempt()
-        # A problem that this assignment brought is its own; one it did not fix stays the file's.
-        if problem is not None and problem != before:
+        # A new problem in the assigned field is the assignment's; any other stays the file's.
+        if problem is not None and problem != before and _names_field(problem, assignment):
             raise ConfigError(f"--set {assignment}: {problem}")
     if problem is not None:
         raise ConfigError(f"{source}: {problem}")

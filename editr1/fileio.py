@@ -15,14 +15,18 @@ if TYPE_CHECKING:
     import torch
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+# Read once, at import: setting the umask to read it is not safe while other threads create files.
+_UMASK = _read_umask()
+
+
 def default_file_mode() -> int:
-    return 0o666 & ~_umask()
+    return 0o666 & ~_UMASK
 
 
 def fsync_path(path: Path) -> None:
@@ -65,6 +69,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -86,6 +91,7 @@ def save_safetensors(tensors: dict[str, "torch.Tensor"], path: Path, metadata: d
         fsync_path(Path(tmp))
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -45,3 +45,12 @@ def test_invalid_yaml(tmp_path):
     path.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
         load_config(SFTConfig, path)
+
+
+def test_a_set_is_blamed_only_for_its_own_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout: {group_size: 1}\nrl: {beta: 0}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: rl.beta: must be > 0"):
+        load_config(NFTConfig, path, ["rollout.group_size=4"])  # fixes one of the file's two mistakes
+    with pytest.raises(ConfigError, match=r"^--set optim.lr=-1: optim.lr: must be > 0"):
+        load_config(NFTConfig, None, ["optim.lr=-1"])

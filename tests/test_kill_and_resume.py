@@ -57,7 +57,8 @@ def _untimed(rows):
 
 def test_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tmp_path):
     def overrides(out):
-        return tiny_nft_overrides(shapes_data, out, iterations=4) + ["logging.keep_checkpoints=2"]
+        # Evaluations at 0, 3 and (after the last checkpoint) 4: a resume must not evaluate 4 twice.
+        return tiny_nft_overrides(shapes_data, out, iterations=4) + ["logging.keep_checkpoints=2", "eval.every=3"]
 
     straight = tmp_path / "straight"
     run_nft(load_config(NFTConfig, None, overrides(straight)))

@@ -8,7 +8,6 @@ of another family is refused whole.
 """
 
 import json
-import os
 import stat
 
 import numpy as np
@@ -30,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editr1.errors import EditR1Error
+from editr1.fileio import default_file_mode
 from editr1.models.flux_kontext import FluxKontextAdapter
 from editr1.models.lora_io import LoraSpec, load_lora, read_lora, save_lora
 from editr1.models.registry import load_adapter
@@ -267,10 +267,6 @@ def test_unsupported_files_are_clear_errors(tmp_path):
 def test_exported_file_gets_the_usual_mode(tmp_path):
     # diffusers' save_lora_weights goes through safetensors, which creates files 0600.
     state = {"blocks.0.to_q.lora_A.weight": torch.randn(RANK, 8), "blocks.0.to_q.lora_B.weight": torch.randn(8, RANK)}
-    old = os.umask(0o022)
-    try:
-        file = save_lora(QwenImageEditPipeline, state, tmp_path / "lora", LoraSpec(RANK, ALPHA, ("to_q",)))
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(file.stat().st_mode) == 0o644
+    file = save_lora(QwenImageEditPipeline, state, tmp_path / "lora", LoraSpec(RANK, ALPHA, ("to_q",)))
+    assert stat.S_IMODE(file.stat().st_mode) == default_file_mode() != 0o600  # 0644 under the usual umask 022
     assert read_lora(file).state_dict.keys() == state.keys()

@@ -5,6 +5,7 @@ import torch
 
 from editr1.data.order import take_indices
 from editr1.errors import EditR1Error
+from editr1.fileio import default_file_mode
 from editr1.trainer.checkpoint import (
     newest_intact_checkpoint,
     read_checkpoint,
@@ -52,15 +53,7 @@ def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path):
         for key, value in saved["state"][index].items():
             assert torch.equal(loaded["state"][index][key], value)
     assert json.loads((folder / "optimizer.json").read_text())["param_groups"][0]["lr"] == 1e-2
-    assert (folder / "trained.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert (folder / "trained.safetensors").stat().st_mode & 0o777 == default_file_mode() != 0o600
 
 
 def _save(root, step, value=1.0):

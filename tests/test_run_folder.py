@@ -2,6 +2,7 @@
 the held-out reward's default, visible unscored samples, config paths, and plain progress lines."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,13 +72,39 @@ def test_resume_refuses_changes_to_what_is_learned_and_records_the_rest(shapes_d
     assert "optim.lr: 0.001 -> 0.0005" in message and "model.resolution: 32 -> 64" in message
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 1e-3
 
-    run_nft(_config(shapes_data, out, "eval.every=1", iterations=3), resume=True)
+    with pytest.raises(EditR1Error, match="reward.options.colour: None -> 'red'"):
+        NFTTrainer(_config(shapes_data, out, "reward.options={colour: red}", iterations=4), resume=True)
+
+    # Out of memory: smaller batches change how much is computed at once, not what.
+    run_nft(_config(shapes_data, out, "eval.every=1", "optim.micro_batch=2", iterations=3), resume=True)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["iterations"] == 3 and saved["eval"]["every"] == 1
     record = json.loads((out / "config_changes.jsonl").read_text().splitlines()[-1])
     assert record["resumed_at_step"] == 2
-    assert record["changes"] == {"iterations": {"old": 2, "new": 3}, "eval.every": {"old": 2, "new": 1}}
+    assert record["changes"] == {"iterations": {"old": 2, "new": 3}, "eval.every": {"old": 2, "new": 1},
+                                 "optim.micro_batch": {"old": 4, "new": 2}}
     assert "--resume: changed" in capsys.readouterr().out
+
+
+def test_resume_refuses_folders_it_cannot_continue(shapes_data, tmp_path):
+    foreign = tmp_path / "foreign"
+    (foreign / "eval").mkdir(parents=True)
+    (foreign / "eval" / "mine.txt").write_text("a user's file")
+    with pytest.raises(EditR1Error, match="no config.yaml, so it is no editr1 run folder"):
+        NFTTrainer(_config(shapes_data, foreign), resume=True)
+    assert (foreign / "eval" / "mine.txt").exists()
+
+    finished = tmp_path / "finished"
+    run_nft(_config(shapes_data, finished, "eval.every=0", "data.heldout=null", iterations=1))
+    shutil.rmtree(finished / "checkpoints")  # to save space
+    with pytest.raises(EditR1Error, match="the run finished .* but it has no checkpoint left"):
+        NFTTrainer(_config(shapes_data, finished, "eval.every=0", "data.heldout=null", iterations=2), resume=True)
+    assert (finished / "final").is_dir()
+
+    without_eval = tmp_path / "without_eval"
+    run_nft(_config(shapes_data, without_eval, "eval.every=0", iterations=2))
+    with pytest.raises(EditR1Error, match="eval.every: .* no step-0 baseline"):
+        NFTTrainer(_config(shapes_data, without_eval, "eval.every=1", iterations=3), resume=True)
 
 
 def test_resume_of_an_empty_folder_starts_the_run(shapes_data, tmp_path):

@@ -1,4 +1,3 @@
-import os
 import stat
 
 import numpy as np
@@ -18,6 +17,7 @@ from editr1.eval.visuals import (
     _text_width,
     wrap_text,
 )
+from editr1.fileio import default_file_mode
 from editr1.trainer.progress import phase_progress
 
 
@@ -181,13 +181,9 @@ def test_wrapped_lines_keep_every_word(width):
 
 
 def test_report_and_eval_files_get_the_usual_mode(tmp_path):
-    old = os.umask(0o022)
-    try:
-        report = write_report(tmp_path, {"a": 1}, [])
-        save_eval(EvalResult(torch.zeros(3), torch.ones(3, dtype=torch.bool), torch.zeros(3, 3, 4, 4)),
-                  tmp_path / "eval" / "after.safetensors")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(report.stat().st_mode) == 0o644
-    assert stat.S_IMODE((tmp_path / "eval" / "after.safetensors").stat().st_mode) == 0o644
+    report = write_report(tmp_path, {"a": 1}, [])
+    save_eval(EvalResult(torch.zeros(3), torch.ones(3, dtype=torch.bool), torch.zeros(3, 3, 4, 4)),
+              tmp_path / "eval" / "after.safetensors")
+    assert stat.S_IMODE(report.stat().st_mode) == default_file_mode() != 0o600  # 0644 under the usual umask 022
+    assert stat.S_IMODE((tmp_path / "eval" / "after.safetensors").stat().st_mode) == default_file_mode()
     assert load_eval(tmp_path / "eval" / "after.safetensors").scores.tolist() == [0.0, 0.0, 0.0]

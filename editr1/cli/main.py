@@ -131,7 +131,9 @@ def run(args: argparse.Namespace) -> None:
         from editr1.rewards.registry import build_reward
 
         pairs = read_preference_jsonl(args.pairs)
-        result = evaluate_alignment(build_reward(reward_config.name, reward_config.options), pairs, size=args.size)
+        reward = build_reward(reward_config.name, reward_config.options)
+        reward.check_ready()
+        result = evaluate_alignment(reward, pairs, size=args.size)
         print(json.dumps({"reward": reward_config.name, "pairs": str(args.pairs), **result.as_dict()}, indent=2))
     elif args.command == "demo":
         from editr1.cli.demo import run_demo

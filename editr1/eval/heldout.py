@@ -114,13 +114,14 @@ def load_eval(path: Path) -> EvalResult:
 
 
 def paired_gain(after: torch.Tensor, after_valid: torch.Tensor, before: torch.Tensor, before_valid: torch.Tensor
-                ) -> tuple[float, float, torch.Tensor]:
-    """(mean gain, its paired standard error, mask) over the samples scored in both evaluations."""
+                ) -> tuple[float, float | None, torch.Tensor]:
+    """(mean gain, its paired standard error, mask) over the samples scored in both evaluations; the
+    standard error is None (never NaN) when only one sample was."""
     both = after_valid & before_valid
-    if int(both.sum()) < 2:
-        raise EditR1Error(f"held-out gain: only {int(both.sum())} sample(s) were scored in both evaluations; "
-                          "a paired standard error needs at least 2")
-    return float((after[both] - before[both]).mean()), paired_stderr(after[both], before[both]), both
+    if not both.any():
+        raise EditR1Error("held-out gain: no sample was scored in both evaluations")
+    stderr = paired_stderr(after[both], before[both]) if int(both.sum()) > 1 else None
+    return float((after[both] - before[both]).mean()), stderr, both
 
 
 def paired_stderr(after: torch.Tensor, before: torch.Tensor) -> float:

@@ -130,7 +130,7 @@ class MLLMScoreReward(Reward):
         return RewardBatch(scores.float(), valid, {"judge_score_mass": mass.float()}, failures)
 
 
-@register_reward("mllm")
+@register_reward("mllm", resume_safe_options=("batch_size",))
 def mllm_reward(model: str, template: str | None = None, levels: int = DEFAULT_LEVELS, batch_size: int = 8,
                 dtype: str = "float32", device: str = "cpu") -> MLLMScoreReward:
     """The judge at `model` (a local folder or hub id); `template`: a prompt template file."""

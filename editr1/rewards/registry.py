@@ -12,16 +12,26 @@ from editr1.errors import EditR1Error
 from editr1.rewards.base import Reward
 
 _REWARDS: dict[str, Callable[..., Reward]] = {}
+_RESUME_SAFE: dict[str, frozenset[str]] = {}
 
 
-def register_reward(name: str) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
+def register_reward(name: str, resume_safe_options: tuple[str, ...] = ()) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
+    """`resume_safe_options`: options that change how scores are obtained, never their values (an
+    endpoint, retries, a batch size): a resumed training run may change them."""
+
     def decorate(factory: Callable[..., Reward]) -> Callable[..., Reward]:
         if name in _REWARDS:
             raise ValueError(f"reward {name!r} registered twice")
         _REWARDS[name] = factory
+        _RESUME_SAFE[name] = frozenset(resume_safe_options)
         return factory
 
     return decorate
+
+
+def resume_safe_options(name: str) -> frozenset[str]:
+    _import_all()
+    return _RESUME_SAFE.get(name, frozenset())
 
 
 def _import_all() -> None:

@@ -42,6 +42,7 @@ RETRY_STATUSES = frozenset({408, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 MAX_BACKOFF_S = 30.0
 HEALTH_POLL_S = 0.25
+HEALTH_PROBE_TIMEOUT_S = 5.0
 MAX_TOP_LOGPROBS = 20
 MAX_ERROR_BODY_BYTES = 65536
 MAX_ERROR_TEXT = 300
@@ -123,7 +124,8 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-@register_reward("mllm_remote")
+@register_reward("mllm_remote", resume_safe_options=(
+    "url", "api_key", "api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency", "wait_ready_s"))
 class RemoteJudgeReward(Reward):
     """Expected 0..L score of a judge behind an OpenAI-compatible `url`, normalised to [0, 1].
 
@@ -269,12 +271,14 @@ class RemoteJudgeReward(Reward):
         except (OSError, http.client.HTTPException) as error:
             return f"{type(error).__name__}: {getattr(error, 'reason', error)}"
 
-    def _poll_health(self, announce: bool) -> str | None:
-        """Poll /health for up to wait_ready_s: None once it answers 200, else the last problem. With
-        `announce`, a server not ready at the first probe is reported at once on stderr."""
-        deadline = time.monotonic() + self.wait_ready_s
+    def _poll_health(self) -> str | None:
+        """Poll /health for up to wait_ready_s: None once it answers 200, else the last problem.
+        A server not ready at the first probe is reported at once on stderr, once per outage."""
+        deadline, announce = time.monotonic() + self.wait_ready_s, True
         while True:
-            problem = self.health_problem(max(0.1, min(self.timeout_s, deadline - time.monotonic())))
+            # /health answers at once when the server is up: a host that does not answer is reported
+            # after seconds, not after a full request timeout.
+            problem = self.health_problem(max(0.1, min(self.timeout_s, HEALTH_PROBE_TIMEOUT_S, deadline - time.monotonic())))
             if problem is None:
                 return None
             if announce:
@@ -290,7 +294,7 @@ class RemoteJudgeReward(Reward):
         """None once GET /health answers 200; else, after wait_ready_s, why the server is not ready."""
         if self.wait_ready_s == 0:
             return None
-        problem = self._poll_health(announce=False)
+        problem = self._poll_health()
         if problem is None:
             return None
         return f"server not ready: GET {self.health_url} gave no 200 within {self.wait_ready_s:g}s (last: {problem})"
@@ -299,7 +303,7 @@ class RemoteJudgeReward(Reward):
         """At start-up: wait for the judge server, saying so on stderr; EditR1Error if it never comes up."""
         if self.wait_ready_s == 0:
             return
-        problem = self._poll_health(announce=True)
+        problem = self._poll_health()
         if problem is not None:
             raise EditR1Error(f"the judge server at {self.health_url} was not ready within {self.wait_ready_s:g}s "
                               f"(reward.options.wait_ready_s); last problem: {problem}")

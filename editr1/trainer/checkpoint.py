@@ -39,7 +39,8 @@ _STAGING_PREFIX = ".staging_"
 
 @dataclass
 class Checkpoint:
-    """A checkpoint read fully into memory; nothing is applied until `restore` is called."""
+    """A checkpoint read fully into memory: the caller loads the weights; `restore` sets the
+    optimizer and the RNG."""
 
     folder: Path
     trained: dict[str, torch.Tensor]
@@ -97,8 +98,8 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 0,
 ) -> Path:
-    """Write `step_N` (unless it exists already), point `latest` at it, then keep only the `keep`
-    newest checkpoints (0: all)."""
+    """Write `step_N` (unless it exists already), point `latest` at it (for people and tools; resuming
+    scans the folders), then keep it and the `keep - 1` newest older checkpoints (0: all)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     if not _manifest_matches(final):
@@ -129,8 +130,9 @@ def save_checkpoint(
     write_text_atomic(root / LATEST, final.name)
     fsync_path(root)
     if keep > 0:
-        for _, older in checkpoint_folders(root)[keep:]:
-            shutil.rmtree(older)
+        older = [folder for saved, folder in checkpoint_folders(root) if saved < step]
+        for folder in older[keep - 1:]:
+            shutil.rmtree(folder)
     return final
 
 

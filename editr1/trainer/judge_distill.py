@@ -27,6 +27,7 @@ from editr1.config import JudgeDistillConfig, JudgeRolloutConfig
 from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample, read_edit_jsonl, write_jsonl
 from editr1.data.preference_pairs import read_preference_jsonl
+from editr1.data.prompt_length import fit_prompt_lengths
 from editr1.data.shapes import (
     apply_edit,
     describe_scene,
@@ -194,6 +195,11 @@ class JudgeDistiller:
             raise EditR1Error(f"reuse_examples: {config.reuse_examples} not found")
         torch.manual_seed(config.seed)
         self.policy = build_model(config.policy, [s.prompt for s in self.train], seed=config.seed, section="policy")
+        data = config.data
+        self.train = fit_prompt_lengths(self.train, data.train, self.policy, data.max_prompt_tokens, data.prompt_overflow)
+        if self.heldout:
+            self.heldout = fit_prompt_lengths(self.heldout, data.heldout, self.policy, data.max_prompt_tokens,
+                                              data.prompt_overflow)
         run_folder.start(config)
 
     def run(self) -> dict:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 from editr1.errors import DataError, EditR1Error
+from editr1.fileio import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -69,7 +69,7 @@ class MetricsLogger:
         self._close_writer()
         if self.path.exists():
             kept = [line for line, row in _parse_lines(self.path) if row["step"] <= step]
-            _atomic_write(self.path, "".join(line + "\n" for line in kept))
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         self._purge_step = step + 1
         self._file = open(self.path, "a", encoding="utf-8")
 
@@ -169,21 +169,6 @@ def _drop_torn_tail(path: Path) -> None:
     keep = data.rfind(b"\n") + 1
     warnings.warn(f"{path}: dropping incomplete last line (interrupted write)", stacklevel=3)
     os.truncate(path, keep)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a synced temp file in the same directory + os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _summary_writer_class() -> type:

@@ -9,7 +9,6 @@ iteration n is the same run.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -39,7 +38,7 @@ from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
 from editr1.models.lora_io import LoraSpec
 from editr1.rewards.base import RewardBatch
-from editr1.rewards.registry import build_reward
+from editr1.rewards.registry import build_reward, resume_safe_options
 from editr1.rl.advantages import group_advantages, optimality_probability
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
 from editr1.rl.nft_loss import nft_loss
@@ -55,6 +54,8 @@ from editr1.trainer.run_folder import RunFolder
 from editr1.trainer.seeding import generator_for
 
 GRID_SAMPLES = 8
+#: Held-out evaluations, one file per step; every gain is paired with the step-0 baseline.
+EVAL_FOLDER, BASELINE_EVAL = "eval", "step_000000.safetensors"
 
 
 @dataclass
@@ -73,12 +74,24 @@ class Rollout:
 
 
 #: What the NFT trainer writes in its run folder (discarded when a run starts again from the beginning).
-OUTPUTS = ("metrics.jsonl", "tensorboard", "grids", "eval", "checkpoints", "final", "summary.json", "report.md",
+OUTPUTS = ("metrics.jsonl", "tensorboard", "grids", EVAL_FOLDER, "checkpoints", "final", "summary.json", "report.md",
            "reward_curve.png", "before_after.png")
 #: Settings a resumed run may not change: they change what is learned, or what the held-out gain is
 #: measured against (the step-0 evaluation). Iterations, time budget, eval cadence and logging may.
-LOCKED = ("seed", "model", "data", "rollout", "rl", "optim", "reward.name", "eval.samples", "eval.steps",
+LOCKED = ("seed", "model", "data", "rollout", "rl", "optim", "reward", "eval.samples", "eval.steps",
           "eval.sampler", "eval.cfg_scale", "eval.guidance", "eval.seed", "eval.reward")
+#: ...except these, which change how much is computed at once, never what: a run that ran out of memory
+#: resumes with smaller batches.
+RESUME_SAFE = ("optim.micro_batch", "rollout.batch_size", "model.gradient_checkpointing", "reward.overlap")
+
+
+def resume_safe_fields(config: NFTConfig) -> tuple[str, ...]:
+    """RESUME_SAFE and the options each reward declares safe (a judge's URL, timeouts, batch size)."""
+    fields = list(RESUME_SAFE)
+    for section, reward in (("reward", config.reward), ("eval.reward", config.eval.reward)):
+        if reward is not None:
+            fields += [f"{section}.options.{option}" for option in sorted(resume_safe_options(reward.name))]
+    return tuple(fields)
 
 
 class NFTTrainer:
@@ -91,30 +104,37 @@ class NFTTrainer:
         self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-        self.run_folder = RunFolder(self.run_dir, OUTPUTS, LOCKED, announce=self.is_main)
+        self.run_folder = RunFolder(self.run_dir, OUTPUTS, LOCKED, announce=self.is_main,
+                                    unlocked=resume_safe_fields(config))
         checkpoint = self.run_folder.prepare(config, resume)
+        # Every rank has read the folder before the main process changes it.
+        self.accelerator.wait_for_everyone()
+        evaluating = bool(config.data.heldout and config.eval.every > 0)
+        if checkpoint is not None and evaluating and not (self.run_dir / EVAL_FOLDER / BASELINE_EVAL).is_file():
+            raise EditR1Error(f"eval.every: {self.run_dir} was started without held-out evaluation, so it has no step-0 "
+                              "baseline to measure a gain against; resume it with eval.every: 0, or start a new run")
 
-        # Every input is read and checked before anything is written.
+        # Every input is read and checked before anything is written; the judge first, as it may be a
+        # server that is still starting.
+        self.reward = build_reward(config.reward.name, config.reward.options)
+        self.reward.check_ready()
+        self.eval_reward = self.reward
+        if evaluating and self.is_main and config.eval.reward is not None:
+            self.eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
+            self.eval_reward.check_ready()
         self.size = config.model.resolution
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         torch.manual_seed(config.seed)
         self.adapter = build_model(config.model, [s.prompt for s in self.train_samples], seed=config.seed)
         self.train_samples = fit_prompt_lengths(self.train_samples, config.data.train, self.adapter,
                                                 config.data.max_prompt_tokens, config.data.prompt_overflow)
-        self.reward = build_reward(config.reward.name, config.reward.options)
-        self.reward.check_ready()
         self.heldout = None
-        if config.data.heldout and config.eval.every > 0 and self.is_main:
+        if evaluating and self.is_main:
             held = fit_prompt_lengths(read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels),
                                       config.data.heldout, self.adapter, config.data.max_prompt_tokens,
                                       config.data.prompt_overflow)
             token_shape = self.adapter.latent_token_shape(self.size, self.size)
             self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)
-            if config.eval.reward is None:
-                self.eval_reward = self.reward
-            else:
-                self.eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
-                self.eval_reward.check_ready()
         if self.is_main:
             self.run_folder.start(config)
             if checkpoint is None:
@@ -157,6 +177,8 @@ class NFTTrainer:
         with logger as log, phase_progress(config.logging.progress and self.is_main) as progress:
             if log is not None:
                 log.truncate_after(self.step)
+                # A resumed run may have evaluated its checkpoint's step after saving it (the final evaluation).
+                self.evaluated_steps = {row["step"] for row in read_metrics(self.run_dir) if "heldout_reward" in row}
             if self.heldout is not None and self.step == 0:
                 self._evaluate(0, log)
             task = progress.task("nft iterations", config.iterations)
@@ -369,16 +391,21 @@ class NFTTrainer:
             result.training_scores, result.training_valid = tracked.scores, tracked.valid
             if tracked.valid.any():
                 metrics["heldout_training_reward"] = float(tracked.scores[tracked.valid].mean())
-        folder = self.run_dir / "eval"
+        folder = self.run_dir / EVAL_FOLDER
         save_eval(result, folder / f"step_{step:06d}.safetensors", GRID_SAMPLES)
         self.evaluated_steps.add(step)
         metrics.update(heldout_reward=result.mean, seconds_eval=time.monotonic() - tick)
         if step > 0:
-            base = load_eval(folder / "step_000000.safetensors")
+            base = load_eval(folder / BASELINE_EVAL)
             gain, stderr, _ = paired_gain(result.scores, result.valid, base.scores, base.valid)
-            metrics.update(heldout_gain=gain, heldout_gain_stderr=stderr)
+            metrics["heldout_gain"] = gain
+            if stderr is not None:
+                metrics["heldout_gain_stderr"] = stderr
         log.log(step, metrics)
-        console.print(f"step {step}: held-out reward {result.mean:.4f}" + (f" (gain {metrics['heldout_gain']:+.4f} ± {metrics['heldout_gain_stderr']:.4f})" if step else ""))
+        line = f"step {step}: held-out reward {result.mean:.4f}"
+        if step:
+            line += f" (gain {gain:+.4f}" + (f" ± {stderr:.4f})" if stderr is not None else ")")
+        console.print(line)
         return result
 
     def _report_unscored(self, where: str, count: int, total: int, reason: str) -> None:
@@ -407,7 +434,6 @@ class NFTTrainer:
             "position": self.position,
             "banned": sorted(self.train_samples[i].id for i in self.banned),
             "train_seconds": self.train_seconds,
-            "evaluated_steps": sorted(self.evaluated_steps),
         }
         save_checkpoint(self.run_folder.checkpoints, self.step, self.policies.trained_state(), self.policies.old_state(),
                         self.optimizer, state, keep=self.config.logging.keep_checkpoints)
@@ -419,7 +445,6 @@ class NFTTrainer:
         ids = {s.id: i for i, s in enumerate(self.train_samples)}
         self.step, self.position, self.train_seconds = state["step"], state["position"], state["train_seconds"]
         self.banned = {ids[sample_id] for sample_id in state["banned"] if sample_id in ids}
-        self.evaluated_steps = set(state.get("evaluated_steps", []))
         if self.is_main:
             console.print(f"resumed from {checkpoint.folder} at iteration {self.step}")
 
@@ -436,8 +461,8 @@ class NFTTrainer:
             fix_modes(final_folder)
         summary = {"iterations": self.step, "train_seconds": round(self.train_seconds, 1)}
         if self.heldout is not None:
-            eval_dir = self.run_dir / "eval"
-            base = load_eval(eval_dir / "step_000000.safetensors")
+            eval_dir = self.run_dir / EVAL_FOLDER
+            base = load_eval(eval_dir / BASELINE_EVAL)
             final = load_eval(eval_dir / f"step_{self.step:06d}.safetensors")
             gain, stderr, both = paired_gain(final.scores, final.valid, base.scores, base.valid)
             summary.update(

@@ -33,6 +33,8 @@ CONFIG_FILE = "config.yaml"
 MODEL_RECORD, BASE_MODEL_FOLDER = "model.json", "base_model"
 CHANGES_FILE = "config_changes.jsonl"
 CHECKPOINTS = "checkpoints"
+#: What only a finished run has: never discarded by a start-over.
+FINISHED = ("final", "summary.json")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -44,8 +46,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
-def _is_locked(field: str, locked: tuple[str, ...]) -> bool:
-    return any(field == name or field.startswith(name + ".") for name in locked)
+def _under(field: str, names: tuple[str, ...]) -> bool:
+    return any(field == name or field.startswith(name + ".") for name in names)
 
 
 def config_changes(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
@@ -57,14 +59,15 @@ def config_changes(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
 
 class RunFolder:
     """`outputs`: the names a trainer writes in the folder (discarded when a run starts over);
-    `locked`: dotted config fields (and sections) that a resumed run may not change."""
+    `locked`: dotted config fields (and sections) that a resumed run may not change, except those
+    under `unlocked`."""
 
     def __init__(self, path: str | Path, outputs: tuple[str, ...], locked: tuple[str, ...], announce: bool = True,
-                 resumable: bool = True):
+                 resumable: bool = True, unlocked: tuple[str, ...] = ()):
         self.path = Path(path)
         self.announce, self.resumable = announce, resumable
         self.outputs = (*outputs, CHANGES_FILE, MODEL_RECORD, BASE_MODEL_FOLDER)
-        self.locked = locked
+        self.locked, self.unlocked = locked, unlocked
         self._changes: dict[str, tuple[Any, Any]] = {}
         self._resumed_from: Checkpoint | None = None
 
@@ -91,6 +94,9 @@ class RunFolder:
         if not self.holds_run():
             self._say(f"--resume: {self.path} holds no run yet; starting one")
             return None
+        if not (self.path / CONFIG_FILE).is_file():  # every run writes it before anything else
+            raise EditR1Error(f"{self.path}: holds files but no {CONFIG_FILE}, so it is no editr1 run folder; "
+                              "choose another output_dir")
         checkpoint, skipped = newest_intact_checkpoint(self.checkpoints)
         if checkpoint is None and checkpoint_folders(self.checkpoints):
             raise EditR1Error(
@@ -99,6 +105,9 @@ class RunFolder:
             )
         for reason in skipped:
             self._say(f"--resume: passing over {reason}")
+        if checkpoint is None and self.finished_outputs():
+            raise EditR1Error(f"{self.path}: the run finished ({', '.join(self.finished_outputs())} exist) but it has no "
+                              "checkpoint left to resume from; start a new run in another output_dir")
         if checkpoint is None:
             self._say(f"--resume: {self.path} stopped before its first checkpoint; starting it again from the "
                           "beginning (the unfinished attempt's logs are discarded)")
@@ -106,6 +115,9 @@ class RunFolder:
         self._changes = self._check_config(config)
         self._resumed_from = checkpoint
         return checkpoint
+
+    def finished_outputs(self) -> list[str]:
+        return [name for name in FINISHED if (self.path / name).exists()]
 
     def _check_config(self, config: Any) -> dict[str, tuple[Any, Any]]:
         saved = self.path / CONFIG_FILE
@@ -116,7 +128,8 @@ class RunFolder:
         except ConfigError as error:
             raise EditR1Error(f"--resume: the run's saved config no longer loads: {error}") from error
         changes = config_changes(old, config)
-        locked = {key: change for key, change in changes.items() if _is_locked(key, self.locked)}
+        locked = {key: change for key, change in changes.items()
+                  if _under(key, self.locked) and not _under(key, self.unlocked)}
         if locked:
             lines = "; ".join(f"{key}: {old_value!r} -> {new_value!r}" for key, (old_value, new_value) in locked.items())
             raise EditR1Error(
@@ -129,6 +142,11 @@ class RunFolder:
         """Create or continue the folder (main process only): after every input was validated."""
         self.path.mkdir(parents=True, exist_ok=True)
         remove_staging(self.checkpoints)
+        if self._resumed_from is not None:
+            # Newer folders were passed over as unreadable: the resumed run writes those steps again.
+            for step, folder in checkpoint_folders(self.checkpoints):
+                if step > self._resumed_from.step:
+                    shutil.rmtree(folder)
         if self._resumed_from is None:
             for name in self.outputs:
                 target = self.path / name
@@ -152,7 +170,8 @@ class RunFolder:
         """Write `model.json` (main process, once per run): the base model (`model.path` resolved, or
         the saved tiny preset), its family, dtype and conditioning, and where the final weights go."""
         base = model.path
-        if base.startswith("tiny:"):
+        # A full fine-tune's final folder is a whole model: a tiny base is then not needed to edit.
+        if base.startswith("tiny:") and model.train_mode == "lora":
             adapter.save_pretrained(self.path / BASE_MODEL_FOLDER)
             fix_modes(self.path / BASE_MODEL_FOLDER)
             base = BASE_MODEL_FOLDER
