@@ -186,10 +186,8 @@ def test_jsonl_symlink_loop(tmp_path):
     assert _error(loop) == f"{loop}: symlink loop"
 
 
-def test_write_jsonl_new_file_follows_the_umask(tmp_path):
-    old = os.umask(0o027)
-    try:
-        write_jsonl(tmp_path / "new.jsonl", [{"a": 1}])
-    finally:
-        os.umask(old)
-    assert (tmp_path / "new.jsonl").stat().st_mode & 0o777 == 0o640
+def test_write_jsonl_new_file_gets_the_usual_mode(tmp_path):
+    from editr1.fileio import default_file_mode
+
+    write_jsonl(tmp_path / "new.jsonl", [{"a": 1}])
+    assert (tmp_path / "new.jsonl").stat().st_mode & 0o777 == default_file_mode() != 0o600
