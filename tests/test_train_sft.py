@@ -14,7 +14,7 @@ def test_learning_rate_schedule():
     assert learning_rate_factor(99, 100, 10, "constant") == 1.0
 
 
-def test_short_sft_run_saves_a_loadable_model(shapes_data, tmp_path):
+def test_short_sft_run_saves_a_loadable_model(shapes_data, tmp_path, capsys):
     out = tmp_path / "sft"
     config = load_config(SFTConfig, None, [
         f"data.train={shapes_data / 'train.jsonl'}", f"data.heldout={shapes_data / 'test.jsonl'}", f"output_dir={out}",
@@ -22,6 +22,9 @@ def test_short_sft_run_saves_a_loadable_model(shapes_data, tmp_path):
         "logging.progress=false", "logging.tensorboard=false", "save_dtype=float16", "eval.reward.name=shapes_verifier",
     ])
     summary = run_sft(config)
+    printed = capsys.readouterr().out
+    assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("sft step") and "loss" in line] == [
+        "sft step 1/12", "sft step 10/12", "sft step 12/12"]  # without a terminal: plain progress lines
     rows = read_metrics(out)
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 12

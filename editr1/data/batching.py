@@ -1,7 +1,7 @@
 """Turn `EditSample`s into model inputs at a fixed resolution, with a small in-memory image cache.
 
 Samples come from `read_edit_jsonl`, which already opened every image under the configured
-`data.max_pixels`; here only PIL's own decompression-bomb guard applies.
+`data.max_pixels`; here only Pillow's hard limit (2 x `PIL.Image.MAX_IMAGE_PIXELS`) applies.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ from editr1.trainer.progress import console, phase_progress
 from editr1.trainer.run_folder import RunFolder
 from editr1.trainer.seeding import generator_for
 
+#: Without a terminal, a plain progress line every this many steps (steps take well under a second).
+PLAIN_LINE_EVERY = 10
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -131,8 +133,11 @@ def run_sft(config: SFTConfig) -> dict:
             if ema is not None:
                 soft_update_(ema, trainable, min(config.ema_decay, (1 + step) / (10 + step)))
             step += 1
-            log.log(step, {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr, "seconds": time.monotonic() - tick})
+            seconds = time.monotonic() - tick
+            log.log(step, {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr, "seconds": seconds})
             task.advance()
+            if not progress.live and (step == 1 or step % PLAIN_LINE_EVERY == 0 or step == config.steps):
+                console.print(f"sft step {step}/{config.steps}: loss {loss.item():.4g}, lr {lr:.3g}, {seconds:.2f}s")
             if heldout is not None and config.eval.every > 0 and step % config.eval.every == 0 and step < config.steps:
                 reward = evaluate_ema()
                 log.log(step, {"heldout_reward": reward})
