@@ -10,19 +10,21 @@ import torch
 from conftest import tiny_nft_overrides
 from safetensors.torch import load_file
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import NFTConfig, SFTConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import run_nft
+from editr1.trainer.sft import run_sft
 
 # Runs `editr1 train` in this process after arranging a SIGKILL at the N-th call of one function.
 DRIVER = """
 import os, signal, sys
 import editr1.trainer.checkpoint as checkpoint
 import editr1.trainer.nft as nft
+import editr1.trainer.sft as sft
 from editr1.cli.main import main
 
 owner, name, when = sys.argv[1], sys.argv[2], int(sys.argv[3])
-target = {"trainer": nft.NFTTrainer, "checkpoint": checkpoint, "nft": nft}[owner]
+target = {"trainer": nft.NFTTrainer, "checkpoint": checkpoint, "nft": nft, "sft": sft}[owner]
 original, calls = getattr(target, name), [0]
 
 def killing(*args, **kwargs):
@@ -45,8 +47,8 @@ KILLS = [
 ]
 
 
-def _train(overrides, kill=None):
-    args = ["train", "--resume", *(a for o in overrides for a in ("--set", o))]
+def _train(overrides, kill=None, command="train"):
+    args = [command, "--resume", *(a for o in overrides for a in ("--set", o))]
     command = [sys.executable, "-c", DRIVER, *map(str, kill or ("trainer", "_train", 0)), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"})
 
@@ -86,3 +88,35 @@ def test_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tm
     lora_b = load_file(killed / "final/pytorch_lora_weights.safetensors")
     assert all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["latest", "step_000002", "step_000004"]
+
+
+SFT_KILLS = [
+    ("sft", "flow_matching_batch", 2),  # before the first checkpoint
+    ("sft", "flow_matching_batch", 3),  # mid-run, after the checkpoint of step 3 (and its evaluation at 4 later)
+    ("checkpoint", "save_safetensors", 2),  # while writing a checkpoint
+    ("sft", "save_model", 1),  # during the final save
+]
+
+
+def test_sft_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tmp_path):
+    def overrides(out):
+        return [f"data.train={shapes_data / 'train.jsonl'}", f"data.heldout={shapes_data / 'test.jsonl'}",
+                f"output_dir={out}", "steps=7", "batch_size=4", "warmup_steps=1", "eval.every=4", "eval.samples=4",
+                "eval.steps=2", "eval.reward.name=shapes_verifier", "logging.checkpoint_every=3",
+                "logging.progress=false", "logging.tensorboard=false", "ema_decay=0.9", "save_dtype=float32"]
+
+    straight = tmp_path / "straight"
+    run_sft(load_config(SFTConfig, None, overrides(straight)))
+    killed = tmp_path / "killed"
+    for kill in SFT_KILLS:
+        result = _train(overrides(killed), kill, command="sft")
+        assert result.returncode == -9, f"{kill}: expected SIGKILL, got {result.returncode}\n{result.stderr[-3000:]}"
+    result = _train(overrides(killed), command="sft")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    weights = sorted((straight / "model").rglob("*.safetensors"))
+    assert weights
+    for path in weights:
+        a, b = load_file(path), load_file(killed / path.relative_to(straight))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{path.name} differs"
+    assert _untimed(read_metrics(killed)) == _untimed(read_metrics(straight))

@@ -58,10 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sft = commands.add_parser("sft", help="supervised flow-matching fine-tuning")
     _add_config_args(sft, "steps=200")
+    sft.add_argument("--resume", action="store_true",
+                     help="continue the run in output_dir from its newest checkpoint (or from the beginning)")
 
     train = commands.add_parser("train", help="DiffusionNFT post-training")
     _add_config_args(train, "rollout.group_size=4")
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in output_dir from its newest checkpoint (or from the beginning)")
 
     judge = commands.add_parser("judge", help="MLLM judges")
     judge_actions = judge.add_subparsers(dest="judge_action", required=True)
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> None:
         config = load_config(SFTConfig, args.config, args.overrides)
         from editr1.trainer.sft import run_sft
 
-        print(json.dumps(run_sft(config), indent=2))
+        print(json.dumps(run_sft(config, resume=args.resume), indent=2))
     elif args.command == "train":
         from editr1.config import NFTConfig, load_config
 

@@ -25,6 +25,7 @@ from editr1.eval.heldout import HeldoutSet, evaluate, save_eval
 from editr1.eval.visuals import reward_curve
 from editr1.rewards.registry import build_reward
 from editr1.rl.old_policy import soft_update_
+from editr1.trainer.checkpoint import save_checkpoint
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
 from editr1.trainer.model_loading import build_model
 from editr1.trainer.progress import console, phase_progress
@@ -58,13 +59,19 @@ def flow_matching_batch(adapter, samples, size: int, generator: torch.Generator)
 
 
 #: What `editr1 sft` writes in its run folder.
-OUTPUTS = ("metrics.jsonl", "tensorboard", "eval", "model", "heldout_curve.png")
+OUTPUTS = ("metrics.jsonl", "tensorboard", "eval", "checkpoints", "model", "heldout_curve.png")
+#: Settings a resumed run may not change (`steps` shapes the learning-rate schedule); the time budget,
+#: evaluation cadence, logging and the saved dtype may.
+LOCKED = ("seed", "model", "data", "steps", "batch_size", "lr", "lr_schedule", "warmup_steps", "weight_decay",
+          "grad_clip", "ema_decay", "eval.samples", "eval.steps", "eval.sampler", "eval.cfg_scale", "eval.guidance",
+          "eval.seed", "eval.reward")
+RESUME_SAFE = ("model.gradient_checkpointing",)
 
 
-def run_sft(config: SFTConfig) -> dict:
+def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     run_dir = Path(config.output_dir)
-    run_folder = RunFolder(run_dir, OUTPUTS, locked=(), resumable=False)
-    run_folder.prepare(config, resume=False)
+    run_folder = RunFolder(run_dir, OUTPUTS, LOCKED, unlocked=RESUME_SAFE)
+    checkpoint = run_folder.prepare(config, resume)
     # Every input is read and checked before anything is written.
     size = config.model.resolution
     train = read_edit_jsonl(config.data.train, require_target=True, max_pixels=config.data.max_pixels)
@@ -84,7 +91,8 @@ def run_sft(config: SFTConfig) -> dict:
         held = fit_prompt_lengths(held, data.heldout, adapter, data.max_prompt_tokens, data.prompt_overflow)
         heldout = HeldoutSet.build(held, config.eval.samples, size, adapter.latent_token_shape(size, size), config.eval.seed, config.data.heldout)
     run_folder.start(config)
-    run_folder.record_base_model(adapter, config.model, final="model/lora" if config.model.train_mode == "lora" else "model")
+    if checkpoint is None:
+        run_folder.record_base_model(adapter, config.model, final="model/lora" if config.model.train_mode == "lora" else "model")
     transformer = adapter.transformer
     if config.model.train_mode == "lora":
         from peft import LoraConfig
@@ -92,9 +100,27 @@ def run_sft(config: SFTConfig) -> dict:
         transformer.requires_grad_(False)
         lora = config.model.lora
         transformer.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules or list(adapter.lora_target_modules)))
-    trainable = [p for p in transformer.parameters() if p.requires_grad]
+    named = {name: p for name, p in transformer.named_parameters() if p.requires_grad}
+    trainable = list(named.values())
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     ema = [p.detach().clone() for p in trainable] if config.ema_decay > 0 else None
+    step, position, train_seconds = 0, 0, 0.0
+    if checkpoint is not None:
+        checkpoint.restore(optimizer)
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(checkpoint.trained[name])
+            for e, name in zip(ema or [], named):
+                e.copy_(checkpoint.old[name])
+        step, position, train_seconds = checkpoint.step, checkpoint.state["position"], checkpoint.state["train_seconds"]
+        console.print(f"resumed from {checkpoint.folder} at step {step}")
+
+    def save_checkpoint_now() -> None:
+        # The EMA rides in the checkpoint's "old" slot: the weights kept beside the trained ones.
+        trained = {name: p.detach() for name, p in named.items()}
+        averaged = dict(zip(named, ema)) if ema is not None else {}
+        save_checkpoint(run_folder.checkpoints, step, trained, averaged, optimizer,
+                        {"position": position, "train_seconds": train_seconds}, keep=config.logging.keep_checkpoints)
 
     def evaluate_ema() -> float:
         """Evaluate the EMA weights (what gets saved); the last result is kept per sample."""
@@ -107,13 +133,13 @@ def run_sft(config: SFTConfig) -> dict:
             soft_update_(trainable, live, 0.0)
         return result.mean
 
-    position = 0
-    started = time.monotonic()
     with MetricsLogger(run_dir, tensorboard=config.logging.tensorboard) as log, phase_progress(config.logging.progress) as progress:
+        log.truncate_after(step)
+        evaluated = {row["step"] for row in read_metrics(run_dir) if "heldout_reward" in row}
         task = progress.task("sft", config.steps)
-        step = 0
+        task.advance(step)
         while step < config.steps:
-            if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
+            if config.time_budget_s and train_seconds > config.time_budget_s:
                 console.print(f"sft: time budget of {config.time_budget_s:.0f}s reached after {step} steps")
                 break
             tick = time.monotonic()
@@ -134,6 +160,7 @@ def run_sft(config: SFTConfig) -> dict:
                 soft_update_(ema, trainable, min(config.ema_decay, (1 + step) / (10 + step)))
             step += 1
             seconds = time.monotonic() - tick
+            train_seconds += seconds
             log.log(step, {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr, "seconds": seconds})
             task.advance()
             if not progress.live and (step == 1 or step % PLAIN_LINE_EVERY == 0 or step == config.steps):
@@ -141,12 +168,16 @@ def run_sft(config: SFTConfig) -> dict:
             if heldout is not None and config.eval.every > 0 and step % config.eval.every == 0 and step < config.steps:
                 reward = evaluate_ema()
                 log.log(step, {"heldout_reward": reward})
+                evaluated.add(step)
                 console.print(f"sft step {step}: held-out reward {reward:.4f}")
+            if step % config.logging.checkpoint_every == 0:
+                save_checkpoint_now()
         task.done()
-        if heldout is not None:
+        if heldout is not None and step not in evaluated:
             reward = evaluate_ema()
             log.log(step, {"heldout_reward": reward})
             console.print(f"sft step {step} (final): held-out reward {reward:.4f}")
+    save_checkpoint_now()
     if ema is not None:
         soft_update_(trainable, ema, 0.0)
     save_model(adapter, run_dir / "model", config)
