@@ -185,7 +185,8 @@ class SFTConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(train_mode="full"))
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: Steps are short: a checkpoint (weights, EMA, optimizer) every 250 of them, not every 10.
+    logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(checkpoint_every=250))
 
 
 @dataclass

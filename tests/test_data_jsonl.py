@@ -190,4 +190,4 @@ def test_write_jsonl_new_file_gets_the_usual_mode(tmp_path):
     from editr1.fileio import default_file_mode
 
     write_jsonl(tmp_path / "new.jsonl", [{"a": 1}])
-    assert (tmp_path / "new.jsonl").stat().st_mode & 0o777 == default_file_mode() != 0o600
+    assert (tmp_path / "new.jsonl").stat().st_mode & 0o777 == default_file_mode()

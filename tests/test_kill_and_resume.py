@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import tiny_nft_overrides
 from safetensors.torch import load_file
@@ -91,19 +92,21 @@ def test_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tm
 
 
 SFT_KILLS = [
-    ("sft", "flow_matching_batch", 2),  # before the first checkpoint
-    ("sft", "flow_matching_batch", 3),  # mid-run, after the checkpoint of step 3 (and its evaluation at 4 later)
-    ("checkpoint", "save_safetensors", 2),  # while writing a checkpoint
+    ("sft", "flow_matching_batch", 2),  # before the first checkpoint (step 3)
+    ("sft", "flow_matching_batch", 5),  # mid-run, after the checkpoint of step 3 and the evaluation at 4
+    ("checkpoint", "save_safetensors", 2),  # while writing the checkpoint of step 6: resumes from step 3 again
     ("sft", "save_model", 1),  # during the final save
 ]
 
 
-def test_sft_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tmp_path):
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_sft_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tmp_path, mode):
     def overrides(out):
         return [f"data.train={shapes_data / 'train.jsonl'}", f"data.heldout={shapes_data / 'test.jsonl'}",
                 f"output_dir={out}", "steps=7", "batch_size=4", "warmup_steps=1", "eval.every=4", "eval.samples=4",
                 "eval.steps=2", "eval.reward.name=shapes_verifier", "logging.checkpoint_every=3",
-                "logging.progress=false", "logging.tensorboard=false", "ema_decay=0.9", "save_dtype=float32"]
+                "logging.progress=false", "logging.tensorboard=false", "ema_decay=0.9", "save_dtype=float32",
+                f"model.train_mode={mode}", "model.lora.rank=4", "model.lora.alpha=8"]
 
     straight = tmp_path / "straight"
     run_sft(load_config(SFTConfig, None, overrides(straight)))
@@ -114,6 +117,9 @@ def test_sft_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data
     result = _train(overrides(killed), command="sft")
     assert result.returncode == 0, result.stderr[-3000:]
 
+    for name in ("trained.safetensors", "old.safetensors", "optimizer.safetensors"):
+        a, b = load_file(straight / "checkpoints/step_000007" / name), load_file(killed / "checkpoints/step_000007" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name} differs"
     weights = sorted((straight / "model").rglob("*.safetensors"))
     assert weights
     for path in weights:

@@ -268,5 +268,5 @@ def test_exported_file_gets_the_usual_mode(tmp_path):
     # diffusers' save_lora_weights goes through safetensors, which creates files 0600.
     state = {"blocks.0.to_q.lora_A.weight": torch.randn(RANK, 8), "blocks.0.to_q.lora_B.weight": torch.randn(8, RANK)}
     file = save_lora(QwenImageEditPipeline, state, tmp_path / "lora", LoraSpec(RANK, ALPHA, ("to_q",)))
-    assert stat.S_IMODE(file.stat().st_mode) == default_file_mode() != 0o600  # 0644 under the usual umask 022
+    assert stat.S_IMODE(file.stat().st_mode) == default_file_mode()  # 0644 under the usual umask 022, not safetensors' 0600
     assert read_lora(file).state_dict.keys() == state.keys()

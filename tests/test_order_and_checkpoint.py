@@ -53,7 +53,7 @@ def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path):
         for key, value in saved["state"][index].items():
             assert torch.equal(loaded["state"][index][key], value)
     assert json.loads((folder / "optimizer.json").read_text())["param_groups"][0]["lr"] == 1e-2
-    assert (folder / "trained.safetensors").stat().st_mode & 0o777 == default_file_mode() != 0o600
+    assert (folder / "trained.safetensors").stat().st_mode & 0o777 == default_file_mode()
 
 
 def _save(root, step, value=1.0):

@@ -90,7 +90,7 @@ def test_resume_refuses_folders_it_cannot_continue(shapes_data, tmp_path):
     foreign = tmp_path / "foreign"
     (foreign / "eval").mkdir(parents=True)
     (foreign / "eval" / "mine.txt").write_text("a user's file")
-    with pytest.raises(EditR1Error, match="no config.yaml, so it is no editr1 run folder"):
+    with pytest.raises(EditR1Error, match="holds files but no config.yaml of this command that loads .*config file not found"):
         NFTTrainer(_config(shapes_data, foreign), resume=True)
     assert (foreign / "eval" / "mine.txt").exists()
 
@@ -100,6 +100,23 @@ def test_resume_refuses_folders_it_cannot_continue(shapes_data, tmp_path):
     with pytest.raises(EditR1Error, match="the run finished .* but it has no checkpoint left"):
         NFTTrainer(_config(shapes_data, finished, "eval.every=0", "data.heldout=null", iterations=2), resume=True)
     assert (finished / "final").is_dir()
+
+    sft_overrides = [f"data.train={shapes_data / 'train.jsonl'}", "data.heldout=null", "steps=2", "batch_size=2",
+                     "logging.progress=false", "logging.tensorboard=false"]
+    sft_finished = tmp_path / "sft_finished"
+    run_sft(load_config(SFTConfig, None, [*sft_overrides, f"output_dir={sft_finished}"]))
+    shutil.rmtree(sft_finished / "checkpoints")
+    with pytest.raises(EditR1Error, match=r"the run finished \(model, heldout_curve.png exist\)"):
+        run_sft(load_config(SFTConfig, None, [*sft_overrides, f"output_dir={sft_finished}"]), resume=True)
+    assert (sft_finished / "model").is_dir()
+
+    nft_started = tmp_path / "nft_started"
+    nft_started.mkdir()
+    (nft_started / "config.yaml").write_text(yaml.safe_dump({"rollout": {"group_size": 4}}))
+    (nft_started / "metrics.jsonl").write_text("")
+    with pytest.raises(EditR1Error, match="no config.yaml of this command that loads"):
+        run_sft(load_config(SFTConfig, None, [*sft_overrides, f"output_dir={nft_started}"]), resume=True)
+    assert (nft_started / "metrics.jsonl").exists()
 
     without_eval = tmp_path / "without_eval"
     run_nft(_config(shapes_data, without_eval, "eval.every=0", iterations=2))
@@ -231,3 +248,24 @@ def test_a_judge_that_does_not_come_up_stops_the_run_at_start_up(shapes_data, tm
         NFTTrainer(_config(shapes_data, tmp_path / "run", "reward.name=mllm_remote", remote))
     assert f"waiting up to 0.5s (reward.options.wait_ready_s) for the judge server at http://127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_secrets_are_not_printed_or_recorded_when_they_change():
+    from editr1.trainer.run_folder import _recorded, _shown
+
+    assert _shown("reward.options.api_key", "sk-123") == "(hidden)" and _recorded("eval.reward.options.api_key", "x") == "(hidden)"
+    assert _shown("reward.options.url", "http://a/v1") == "'http://a/v1'"
+
+
+def test_metrics_keep_the_usual_mode_after_a_resume_truncates_them(tmp_path):
+    import stat
+
+    from editr1.fileio import default_file_mode
+    from editr1.trainer.metrics_log import MetricsLogger
+
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        log.log(1, {"a": 1.0})
+        log.log(2, {"a": 2.0})
+        log.truncate_after(1)
+    assert stat.S_IMODE((tmp_path / "metrics.jsonl").stat().st_mode) == default_file_mode()
+    assert [row["step"] for row in read_metrics(tmp_path)] == [1]

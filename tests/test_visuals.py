@@ -184,6 +184,6 @@ def test_report_and_eval_files_get_the_usual_mode(tmp_path):
     report = write_report(tmp_path, {"a": 1}, [])
     save_eval(EvalResult(torch.zeros(3), torch.ones(3, dtype=torch.bool), torch.zeros(3, 3, 4, 4)),
               tmp_path / "eval" / "after.safetensors")
-    assert stat.S_IMODE(report.stat().st_mode) == default_file_mode() != 0o600  # 0644 under the usual umask 022
+    assert stat.S_IMODE(report.stat().st_mode) == default_file_mode()  # 0644 under the usual umask 022, not safetensors' 0600
     assert stat.S_IMODE((tmp_path / "eval" / "after.safetensors").stat().st_mode) == default_file_mode()
     assert load_eval(tmp_path / "eval" / "after.safetensors").scores.tolist() == [0.0, 0.0, 0.0]

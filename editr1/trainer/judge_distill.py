@@ -180,7 +180,7 @@ class JudgeDistiller:
     def __init__(self, config: JudgeDistillConfig):
         self.config = config
         self.run_dir = Path(config.output_dir)
-        run_folder = RunFolder(self.run_dir, OUTPUTS, locked=(), resumable=False)
+        run_folder = RunFolder(self.run_dir, OUTPUTS, finished=("judge", "summary.json"), locked=(), resumable=False)
         run_folder.prepare(config, resume=False)
         # Every input is read and checked before anything is written.
         self.train = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)

@@ -38,7 +38,7 @@ from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
 from editr1.models.lora_io import LoraSpec
 from editr1.rewards.base import RewardBatch
-from editr1.rewards.registry import build_reward, resume_safe_options
+from editr1.rewards.registry import build_reward
 from editr1.rl.advantages import group_advantages, optimality_probability
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
 from editr1.rl.nft_loss import nft_loss
@@ -50,7 +50,7 @@ from editr1.trainer.metrics_log import MetricsLogger, read_metrics
 from editr1.trainer.model_loading import build_model
 from editr1.trainer.policies import PolicySet
 from editr1.trainer.progress import console, phase_progress
-from editr1.trainer.run_folder import RunFolder
+from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
 from editr1.trainer.seeding import generator_for
 
 GRID_SAMPLES = 8
@@ -76,6 +76,8 @@ class Rollout:
 #: What the NFT trainer writes in its run folder (discarded when a run starts again from the beginning).
 OUTPUTS = ("metrics.jsonl", "tensorboard", "grids", EVAL_FOLDER, "checkpoints", "final", "summary.json", "report.md",
            "reward_curve.png", "before_after.png")
+#: What only a finished run has.
+FINISHED = ("final", "summary.json")
 #: Settings a resumed run may not change: they change what is learned, or what the held-out gain is
 #: measured against (the step-0 evaluation). Iterations, time budget, eval cadence and logging may.
 LOCKED = ("seed", "model", "data", "rollout", "rl", "optim", "reward", "eval.samples", "eval.steps",
@@ -86,12 +88,8 @@ RESUME_SAFE = ("optim.micro_batch", "rollout.batch_size", "model.gradient_checkp
 
 
 def resume_safe_fields(config: NFTConfig) -> tuple[str, ...]:
-    """RESUME_SAFE and the options each reward declares safe (a judge's URL, timeouts, batch size)."""
-    fields = list(RESUME_SAFE)
-    for section, reward in (("reward", config.reward), ("eval.reward", config.eval.reward)):
-        if reward is not None:
-            fields += [f"{section}.options.{option}" for option in sorted(resume_safe_options(reward.name))]
-    return tuple(fields)
+    return (*RESUME_SAFE, *resume_safe_reward_fields("reward", config.reward),
+            *resume_safe_reward_fields("eval.reward", config.eval.reward))
 
 
 class NFTTrainer:
@@ -104,7 +102,7 @@ class NFTTrainer:
         self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-        self.run_folder = RunFolder(self.run_dir, OUTPUTS, LOCKED, announce=self.is_main,
+        self.run_folder = RunFolder(self.run_dir, OUTPUTS, FINISHED, LOCKED, announce=self.is_main,
                                     unlocked=resume_safe_fields(config))
         checkpoint = self.run_folder.prepare(config, resume)
         # Every rank has read the folder before the main process changes it.
@@ -179,7 +177,7 @@ class NFTTrainer:
                 log.truncate_after(self.step)
                 # A resumed run may have evaluated its checkpoint's step after saving it (the final evaluation).
                 self.evaluated_steps = {row["step"] for row in read_metrics(self.run_dir) if "heldout_reward" in row}
-            if self.heldout is not None and self.step == 0:
+            if self.heldout is not None and 0 not in self.evaluated_steps:
                 self._evaluate(0, log)
             task = progress.task("nft iterations", config.iterations)
             task.advance(self.step)

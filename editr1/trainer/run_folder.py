@@ -19,7 +19,9 @@ from typing import Any
 from editr1.config import ConfigError, config_to_dict, load_config, save_config
 from editr1.errors import EditR1Error
 from editr1.fileio import fix_modes, write_text_atomic
+from editr1.rewards.registry import resume_safe_options
 from editr1.trainer.checkpoint import (
+    LATEST,
     Checkpoint,
     checkpoint_folders,
     newest_intact_checkpoint,
@@ -33,17 +35,37 @@ CONFIG_FILE = "config.yaml"
 MODEL_RECORD, BASE_MODEL_FOLDER = "model.json", "base_model"
 CHANGES_FILE = "config_changes.jsonl"
 CHECKPOINTS = "checkpoints"
-#: What only a finished run has: never discarded by a start-over.
-FINISHED = ("final", "summary.json")
+#: Values of these options are not printed or recorded when they change.
+SECRET_OPTIONS = ("api_key", "token", "password")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
+    if isinstance(value, dict):  # an empty mapping has no fields: adding one is that field's change
         out: dict[str, Any] = {}
         for key, item in value.items():
             out.update(_flatten(item, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: value}
+
+
+def _secret(field: str, value: Any) -> bool:
+    return value is not None and field.rsplit(".", 1)[-1] in SECRET_OPTIONS
+
+
+def _recorded(field: str, value: Any) -> Any:
+    return "(hidden)" if _secret(field, value) else value
+
+
+def _shown(field: str, value: Any) -> str:
+    return "(hidden)" if _secret(field, value) else repr(value)
+
+
+def resume_safe_reward_fields(section: str, reward: Any) -> tuple[str, ...]:
+    """The options of the reward at `section` (e.g. "reward") that its registration declares safe to change
+    on resume: an endpoint, retries, a batch size."""
+    if reward is None:
+        return ()
+    return tuple(f"{section}.options.{option}" for option in sorted(resume_safe_options(reward.name)))
 
 
 def _under(field: str, names: tuple[str, ...]) -> bool:
@@ -59,12 +81,13 @@ def config_changes(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
 
 class RunFolder:
     """`outputs`: the names a trainer writes in the folder (discarded when a run starts over);
-    `locked`: dotted config fields (and sections) that a resumed run may not change, except those
-    under `unlocked`."""
+    `finished`: those only a finished run has (a start-over never discards them); `locked`: dotted
+    config fields (and sections) that a resumed run may not change, except those under `unlocked`."""
 
-    def __init__(self, path: str | Path, outputs: tuple[str, ...], locked: tuple[str, ...], announce: bool = True,
-                 resumable: bool = True, unlocked: tuple[str, ...] = ()):
+    def __init__(self, path: str | Path, outputs: tuple[str, ...], finished: tuple[str, ...], locked: tuple[str, ...],
+                 announce: bool = True, resumable: bool = True, unlocked: tuple[str, ...] = ()):
         self.path = Path(path)
+        self.finished = finished
         self.announce, self.resumable = announce, resumable
         self.outputs = (*outputs, CHANGES_FILE, MODEL_RECORD, BASE_MODEL_FOLDER)
         self.locked, self.unlocked = locked, unlocked
@@ -94,9 +117,12 @@ class RunFolder:
         if not self.holds_run():
             self._say(f"--resume: {self.path} holds no run yet; starting one")
             return None
-        if not (self.path / CONFIG_FILE).is_file():  # every run writes it before anything else
-            raise EditR1Error(f"{self.path}: holds files but no {CONFIG_FILE}, so it is no editr1 run folder; "
-                              "choose another output_dir")
+        saved = self.path / CONFIG_FILE  # every run writes it before anything else
+        try:
+            load_config(type(config), saved)
+        except ConfigError as error:
+            raise EditR1Error(f"{self.path}: holds files but no {CONFIG_FILE} of this command that loads ({error}), "
+                              "so it is no run folder of it; choose another output_dir") from error
         checkpoint, skipped = newest_intact_checkpoint(self.checkpoints)
         if checkpoint is None and checkpoint_folders(self.checkpoints):
             raise EditR1Error(
@@ -104,7 +130,7 @@ class RunFolder:
                 "start the run again from the beginning"
             )
         for reason in skipped:
-            self._say(f"--resume: passing over {reason}")
+            self._say(f"--resume: passing over {reason}; it will be deleted, as this run writes that step again")
         if checkpoint is None and self.finished_outputs():
             raise EditR1Error(f"{self.path}: the run finished ({', '.join(self.finished_outputs())} exist) but it has no "
                               "checkpoint left to resume from; start a new run in another output_dir")
@@ -117,7 +143,7 @@ class RunFolder:
         return checkpoint
 
     def finished_outputs(self) -> list[str]:
-        return [name for name in FINISHED if (self.path / name).exists()]
+        return [name for name in self.finished if (self.path / name).exists()]
 
     def _check_config(self, config: Any) -> dict[str, tuple[Any, Any]]:
         saved = self.path / CONFIG_FILE
@@ -131,7 +157,8 @@ class RunFolder:
         locked = {key: change for key, change in changes.items()
                   if _under(key, self.locked) and not _under(key, self.unlocked)}
         if locked:
-            lines = "; ".join(f"{key}: {old_value!r} -> {new_value!r}" for key, (old_value, new_value) in locked.items())
+            lines = "; ".join(f"{key}: {_shown(key, old_value)} -> {_shown(key, new_value)}"
+                              for key, (old_value, new_value) in locked.items())
             raise EditR1Error(
                 f"--resume: these fields change what is learned and must stay as the run started ({saved}): {lines}. "
                 "Change them back, or start a new run in another output_dir"
@@ -146,7 +173,12 @@ class RunFolder:
             # Newer folders were passed over as unreadable: the resumed run writes those steps again.
             for step, folder in checkpoint_folders(self.checkpoints):
                 if step > self._resumed_from.step:
-                    shutil.rmtree(folder)
+                    try:
+                        shutil.rmtree(folder)
+                    except OSError as error:
+                        raise EditR1Error(f"{folder}: cannot delete this unreadable checkpoint ({error}); move it "
+                                          "away and resume again") from error
+            write_text_atomic(self.checkpoints / LATEST, self._resumed_from.folder.name)
         if self._resumed_from is None:
             for name in self.outputs:
                 target = self.path / name
@@ -156,10 +188,12 @@ class RunFolder:
                     target.unlink()
         elif self._changes:
             record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_at_step": self._resumed_from.step,
-                      "changes": {key: {"old": old, "new": new} for key, (old, new) in self._changes.items()}}
+                      "changes": {key: {"old": _recorded(key, old), "new": _recorded(key, new)}
+                                  for key, (old, new) in self._changes.items()}}
             with open(self.path / CHANGES_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            self._say("--resume: changed " + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in self._changes.items())
+            self._say("--resume: changed " + ", ".join(f"{key} {_shown(key, old)} -> {_shown(key, new)}"
+                                                       for key, (old, new) in self._changes.items())
                           + f" (recorded in {CHANGES_FILE})")
         save_config(config, self.path / CONFIG_FILE)
 

@@ -29,7 +29,7 @@ from editr1.trainer.checkpoint import save_checkpoint
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
 from editr1.trainer.model_loading import build_model
 from editr1.trainer.progress import console, phase_progress
-from editr1.trainer.run_folder import RunFolder
+from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
 from editr1.trainer.seeding import generator_for
 
 #: Without a terminal, a plain progress line every this many steps (steps take well under a second).
@@ -66,11 +66,14 @@ LOCKED = ("seed", "model", "data", "steps", "batch_size", "lr", "lr_schedule", "
           "grad_clip", "ema_decay", "eval.samples", "eval.steps", "eval.sampler", "eval.cfg_scale", "eval.guidance",
           "eval.seed", "eval.reward")
 RESUME_SAFE = ("model.gradient_checkpointing",)
+#: What only a finished run has.
+FINISHED = ("model", "heldout_curve.png")
 
 
 def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     run_dir = Path(config.output_dir)
-    run_folder = RunFolder(run_dir, OUTPUTS, LOCKED, unlocked=RESUME_SAFE)
+    run_folder = RunFolder(run_dir, OUTPUTS, FINISHED, LOCKED,
+                           unlocked=(*RESUME_SAFE, *resume_safe_reward_fields("eval.reward", config.eval.reward)))
     checkpoint = run_folder.prepare(config, resume)
     # Every input is read and checked before anything is written.
     size = config.model.resolution
