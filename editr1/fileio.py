@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,26 +54,26 @@ def fix_modes(folder: Path, pattern: str = "*.safetensors") -> None:
         os.chmod(path, mode)
 
 
-def _temporary_beside(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a synced temporary file and a rename."""
+def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """`write(temporary path)` beside `path`, fsync it, give it the usual mode, rename it over `path`
+    and fsync the folder: `path` is the old file or the whole new one, never a part."""
     path = Path(path)
-    fd, tmp = _temporary_beside(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(tmp)
+        fsync_path(Path(tmp))
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
         fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    _write_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -83,15 +84,5 @@ def save_safetensors(tensors: dict[str, "torch.Tensor"], path: Path, metadata: d
     """`safetensors.torch.save_file`, atomic and synced, with the usual file mode."""
     from safetensors.torch import save_file  # here: configs import this module before torch is needed
 
-    path = Path(path)
-    fd, tmp = _temporary_beside(path)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        fsync_path(Path(tmp))
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomically(path, lambda tmp: save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp,
+                                                  metadata=metadata))
