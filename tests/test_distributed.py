@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import tiny_nft_overrides
+from tiny_runs import tiny_nft_overrides
 
 from editr1.config import NFTConfig, load_config
 from editr1.trainer.metrics_log import read_metrics

@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_nft_overrides
 from diffusers import FluxKontextPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_runs import tiny_nft_overrides
 from torch import nn
 
 from editr1.config import NFTConfig, load_config

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_nft_overrides
 from safetensors.torch import load_file
+from tiny_runs import tiny_nft_overrides
 
 from editr1.config import NFTConfig, SFTConfig, load_config
 from editr1.trainer.metrics_log import read_metrics

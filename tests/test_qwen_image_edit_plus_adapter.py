@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import tiny_nft_overrides
 from diffusers import QwenImageEditPlusPipeline
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_runs import tiny_nft_overrides
 from torch.nn.parallel import DistributedDataParallel
 
 from editr1.config import NFTConfig, load_config

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_nft_overrides
+from tiny_runs import tiny_nft_overrides
 
 from editr1.config import ConfigError, NFTConfig, SFTConfig, load_config, package_path
 from editr1.errors import DataError, EditR1Error

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import threading
 
-from conftest import tiny_nft_overrides
 from reward_serving import ServerProcess, save_test_judge
+from tiny_runs import tiny_nft_overrides
 
 from editr1.config import NFTConfig, load_config
 from editr1.trainer.metrics_log import read_metrics

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_nft_overrides
+from tiny_runs import tiny_nft_overrides
 
 from editr1.config import NFTConfig, load_config
 from editr1.errors import EditR1Error

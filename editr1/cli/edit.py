@@ -10,9 +10,9 @@ comes from `model_index.json`. The edit runs through the family's adapter and
 `editr1.sampling.generate`, the code that training and evaluation use, so an exported LoRA edits
 here exactly as it did in the run's evaluations.
 
-Defaults per family are the usual inference settings: 28 Euler steps; Qwen-Image-Edit(-2509): true
-CFG 4.0 with a " " negative prompt (the transformer has no guidance input); FLUX.1 Kontext: distilled
-guidance 3.5 and no CFG. The output size defaults to the first image's, scaled down to at most
+Defaults are the family's usual inference settings, which its adapter holds (`inference`): e.g. 28
+Euler steps, and true CFG 4.0 for Qwen-Image-Edit or distilled guidance 3.5 for FLUX.1 Kontext. The
+output size defaults to the first image's, scaled down to at most
 1024 x 1024 pixels of area (aspect kept) and rounded to the model's size multiple; references are
 encoded at the output size unless `--pipeline-sizing` sizes them as the diffusers pipeline does.
 
@@ -36,7 +36,6 @@ from pathlib import Path
 
 from editr1.errors import EditR1Error
 
-DEFAULT_STEPS = 28
 #: Largest default output area (pixels); the output size otherwise follows the first image.
 DEFAULT_MAX_AREA = 1024 * 1024
 #: Without a terminal, a progress line at the first step and then at most this often.
@@ -44,22 +43,6 @@ PLAIN_PROGRESS_EVERY_S = 30.0
 #: What a run folder's `model.json` holds.
 RUN_RECORD = "model.json"
 RUN_FIELDS = ("base", "family", "dtype", "condition_area", "train_mode", "final")
-
-
-@dataclass(frozen=True)
-class FamilyDefaults:
-    cfg_scale: float
-    guidance: float | None
-    max_references: int
-    #: `generate`'s norm-preserving CFG: QwenImageEdit(Plus)Pipeline rescales, FluxKontextPipeline does not.
-    cfg_renorm: bool
-
-
-FAMILY_DEFAULTS = {
-    "qwen-image-edit": FamilyDefaults(cfg_scale=4.0, guidance=None, max_references=1, cfg_renorm=True),
-    "qwen-image-edit-plus": FamilyDefaults(cfg_scale=4.0, guidance=None, max_references=3, cfg_renorm=True),
-    "flux-kontext": FamilyDefaults(cfg_scale=1.0, guidance=3.5, max_references=1, cfg_renorm=False),
-}
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,13 +55,13 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="source image; repeat for reference images (Qwen-Image-Edit-2509: up to 3)")
     parser.add_argument("--prompt", required=True, help="the edit instruction")
     parser.add_argument("--out", required=True, type=Path, help="output PNG path")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default: {DEFAULT_STEPS})")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the family's, 28)")
     parser.add_argument("--sampler", choices=("euler", "dpmpp_2m"), default="euler", help="ODE sampler (default: euler)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="distilled guidance of guidance-embedded models (FLUX.1 Kontext default: 3.5)")
     parser.add_argument("--cfg-scale", type=float, default=None,
                         help="true classifier-free guidance scale (Qwen default: 4.0; FLUX default: 1.0, off)")
-    parser.add_argument("--negative-prompt", default=" ", help="negative prompt for true CFG (default: ' ')")
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt for true CFG (default: the family's, ' ')")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0); the same seed gives the same PNG")
     parser.add_argument("--size", help="output size WxH, e.g. 1024x768 (default: the first image's, at most 1024^2 area)")
     parser.add_argument("--height", type=int, default=None, help="output height (width follows the aspect ratio if not given)")
@@ -214,7 +197,7 @@ def edit_image(
     prompt: str,
     height: int,
     width: int,
-    steps: int = DEFAULT_STEPS,
+    steps: int = 28,
     sampler: str = "euler",
     cfg_scale: float = 1.0,
     negative_prompt: str = " ",
@@ -238,17 +221,6 @@ def edit_image(
     latents = generate(adapter, conditions, noise.to(adapter.device), sigmas, sampler, cfg_scale, negative,
                        cfg_renorm=cfg_renorm, guidance=guidance, on_step=on_step)
     return tensor_to_image(adapter.decode_latents(latents, height, width)[0])
-
-
-def _use_pipeline_sizing(adapter, family: str) -> None:
-    if family == "qwen-image-edit-plus":
-        adapter.use_pipeline_sizing()
-    elif family == "qwen-image-edit":
-        adapter.condition_area = 1024 * 1024  # QwenImageEditPipeline's condition area
-    else:
-        from editr1.models.flux_kontext import PREFERRED_AREA
-
-        adapter.condition_area = PREFERRED_AREA
 
 
 def _duration(seconds: float) -> str:
@@ -287,7 +259,7 @@ def run_edit(args: argparse.Namespace) -> dict:
     from editr1.trainer.progress import phase_progress
 
     height, width = parse_size(args.size, args.height, args.width)
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise EditR1Error(f"--steps {args.steps}: must be at least 1")
     if args.cfg_scale is not None and args.cfg_scale < 1.0:
         raise EditR1Error(f"--cfg-scale {args.cfg_scale}: must be at least 1 (1 turns true CFG off)")
@@ -305,9 +277,9 @@ def run_edit(args: argparse.Namespace) -> dict:
         folder, lora = resolve_model_path(args.model), args.lora
         family = detect_family(folder)
         what = args.model
-    defaults = FAMILY_DEFAULTS.get(family)
-    if defaults is None:
-        raise EditR1Error(f"{folder}: `editr1 edit` has no defaults for model family {family!r}")
+    defaults = ADAPTERS[family].inference
+    steps = args.steps if args.steps is not None else defaults.steps
+    negative_prompt = args.negative_prompt if args.negative_prompt is not None else defaults.negative_prompt
     if len(args.images) > defaults.max_references:
         raise EditR1Error(
             f"--image given {len(args.images)} times: {family} takes "
@@ -324,7 +296,7 @@ def run_edit(args: argparse.Namespace) -> dict:
     # The exact size needs the model's size multiple; until it is loaded, the size before rounding.
     about_height, about_width = output_size(images[0].size, height, width, 1)
     print(f"editr1 edit: {what} ({family})" + (f" + LoRA {lora}" if lora is not None else "")
-          + f", ~{about_width}x{about_height}, {args.steps} {args.sampler} steps"
+          + f", ~{about_width}x{about_height}, {steps} {args.sampler} steps"
           + (f", true CFG {cfg_scale} (2 model passes a step)" if cfg_scale != 1.0 else "")
           + f", on {device} ({dtype_name})", flush=True)
     adapter = ADAPTERS[family].from_pretrained(folder, torch_dtype=DTYPES[dtype_name])
@@ -339,7 +311,7 @@ def run_edit(args: argparse.Namespace) -> dict:
     if run is not None:
         adapter.condition_area = run.condition_area
     if args.pipeline_sizing:
-        _use_pipeline_sizing(adapter, family)
+        adapter.use_pipeline_sizing()
     adapter.to(device)
     multiple = adapter.codec.scale_factor * 2
     height, width = output_size(images[0].size, height, width, multiple)
@@ -348,13 +320,13 @@ def run_edit(args: argparse.Namespace) -> dict:
     prompt = fit_prompt(args.prompt, "--prompt", adapter, remedy=f"the {family} limit")
     with phase_progress() as phase:
         description = f"sampling {width}x{height}"
-        on_step = _step_reporter(phase.task(description, args.steps), description, phase.live)
-        image = edit_image(adapter, images, prompt, height, width, args.steps, args.sampler, cfg_scale,
-                           args.negative_prompt, guidance if guided else None, args.seed, defaults.cfg_renorm, on_step)
+        on_step = _step_reporter(phase.task(description, steps), description, phase.live)
+        image = edit_image(adapter, images, prompt, height, width, steps, args.sampler, cfg_scale,
+                           negative_prompt, guidance if guided else None, args.seed, defaults.cfg_renorm, on_step)
     try:
         image.save(out, format="PNG")
     except OSError as error:
         raise EditR1Error(f"--out {out}: could not write the image ({error})") from error
-    return {"out": str(out), "family": family, "width": width, "height": height, "steps": args.steps,
+    return {"out": str(out), "family": family, "width": width, "height": height, "steps": steps,
             "sampler": args.sampler, "cfg_scale": cfg_scale, "guidance": guidance if guided else None,
             "seed": args.seed, "lora": None if lora is None else str(lora)}

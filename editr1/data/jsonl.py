@@ -10,6 +10,10 @@ Edit-R1 layout::
 folder unless absolute. ``id`` (string or int) defaults to the 1-based line
 number. Unknown fields are kept verbatim in ``EditSample.extra``. Every problem
 is reported as ``"{file}:{line}: field '{name}': {what}"``.
+
+The line-level helpers (``read_numbered_lines``, ``parse_json_object``,
+``LineError`` and the field validators) are public for other JSONL readers
+that report problems the same way (see ``editr1.data.preference_pairs``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from editr1.data.images import MAX_IMAGE_PIXELS, file_problem, load_image
 from editr1.errors import DataError
@@ -43,8 +47,12 @@ class EditSample:
     extra: dict = field(default_factory=dict)
 
 
-class _LineError(Exception):
-    """A problem on one line; the reader adds the file and line number."""
+class LineError(Exception):
+    """A problem on one line of a JSONL file; the reader adds the file and line number.
+
+    ``what`` says what is wrong; ``field_name`` names the field at fault, or is
+    None when the problem concerns the whole line (e.g. invalid JSON).
+    """
 
     def __init__(self, what: str, field_name: str | None = None):
         super().__init__(what)
@@ -66,19 +74,18 @@ def read_edit_jsonl(
     ``max_pixels_field`` is the setting an "image too large" error names.
     """
     path = Path(path)
-    raw = _read_bytes(path)
     samples: list[EditSample] = []
     first_line_of_id: dict[str, int] = {}
-    for lineno, text in _numbered_lines(path, raw):
+    for lineno, text in read_numbered_lines(path):
         try:
             sample = _parse_row(text, lineno, path.parent, require_target)
             if sample.id in first_line_of_id:
-                raise _LineError(
+                raise LineError(
                     f"duplicate id {sample.id!r} (first used on line {first_line_of_id[sample.id]})", "id"
                 )
             if check_images:
                 _check_sample_images(sample, max_pixels, max_pixels_field)
-        except _LineError as e:
+        except LineError as e:
             where = f"{path}:{lineno}: "
             if e.field_name is not None:
                 where += f"field '{e.field_name}': "
@@ -90,23 +97,21 @@ def read_edit_jsonl(
     return samples
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Read the whole file, mapping OS errors to DataError."""
+def read_numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Read ``path`` and yield (1-based line number, text) for its non-blank lines.
+
+    Raises DataError if the file is missing or unreadable, or a line is not
+    UTF-8. A leading UTF-8 byte-order mark is ignored. Splits on b"\\n" only:
+    str.splitlines would also split on U+2028 etc., which JSON allows
+    unescaped inside strings.
+    """
     problem = file_problem(path)
     if problem is not None:
         raise DataError(f"{path}: {problem}")
     try:
-        return path.read_bytes()
+        raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: unreadable ({e.strerror or e})") from e
-
-
-def _numbered_lines(path: Path, raw: bytes) -> Iterable[tuple[int, str]]:
-    """Yield (1-based line number, text) for non-blank lines.
-
-    Splits on b"\\n" only: str.splitlines would also split on U+2028 etc.,
-    which JSON allows unescaped inside strings.
-    """
     if raw.startswith(b"\xef\xbb\xbf"):  # tolerate a UTF-8 byte-order mark
         raw = raw[3:]
     for lineno, chunk in enumerate(raw.split(b"\n"), start=1):
@@ -120,24 +125,19 @@ def _numbered_lines(path: Path, raw: bytes) -> Iterable[tuple[int, str]]:
 
 def _parse_row(text: str, lineno: int, base: Path, require_target: bool) -> EditSample:
     """Decode one line and validate its fields (no file access)."""
-    try:
-        row = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as e:
-        raise _LineError(f"invalid JSON: {e.msg} (column {e.colno})") from None
-    if not isinstance(row, dict):
-        raise _LineError(f"expected a JSON object, got {_json_type(row)}")
+    row = parse_json_object(text)
     if "image" not in row:
-        raise _LineError("missing (required)" + _misspelt(row, "image"), "image")
+        raise LineError("missing (required)" + _misspelt(row, "image"), "image")
     if "prompt" not in row:
-        raise _LineError("missing (required)" + _misspelt(row, "prompt"), "prompt")
+        raise LineError("missing (required)" + _misspelt(row, "prompt"), "prompt")
     target = _optional_path(row, "target", base)
     if require_target and target is None:
-        raise _LineError("missing (required for this dataset)" + _misspelt(row, "target"), "target")
+        raise LineError("missing (required for this dataset)" + _misspelt(row, "target"), "target")
     return EditSample(
-        id=_parse_id(row.get("id"), lineno),
+        id=parse_id(row.get("id"), lineno),
         images=_parse_images(row["image"], base),
-        prompt=_non_empty_string(row["prompt"], "prompt"),
-        requirement=_optional_string(row, "requirement"),
+        prompt=non_empty_string(row["prompt"], "prompt"),
+        requirement=optional_string(row, "requirement"),
         target=target,
         line=lineno,
         extra={k: v for k, v in row.items() if k not in _KNOWN_FIELDS},
@@ -151,17 +151,28 @@ def _misspelt(row: dict, name: str) -> str:
     return f"; found unknown field {close[0]!r} — did you mean {name!r}?" if close else ""
 
 
+def parse_json_object(text: str) -> dict:
+    """Decode one line that must hold a JSON object without repeated keys; LineError if not."""
+    try:
+        row = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise LineError(f"invalid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise LineError(f"expected a JSON object, got {json_type_name(row)}")
+    return row
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     """json object hook: a repeated key would silently drop data, so refuse it."""
     out: dict = {}
     for key, value in pairs:
         if key in out:
-            raise _LineError("appears more than once in the object", key)
+            raise LineError("appears more than once in the object", key)
         out[key] = value
     return out
 
 
-def _json_type(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     """Name a decoded JSON value's type the way JSON does."""
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     if type(value) in names:
@@ -169,8 +180,8 @@ def _json_type(value: Any) -> str:
     return "number"
 
 
-def _parse_id(value: Any, lineno: int) -> str:
-    """Accept a non-empty string or an integer id; default to the line number."""
+def parse_id(value: Any, lineno: int) -> str:
+    """Validate an ``id`` field: a non-empty string or an integer; None gives the line number."""
     if value is None:
         return str(lineno)
     # bool is an int subclass in Python, but true/false are not ids.
@@ -178,55 +189,55 @@ def _parse_id(value: Any, lineno: int) -> str:
         return str(value)
     if isinstance(value, str):
         if not value.strip():
-            raise _LineError("must not be empty", "id")
+            raise LineError("must not be empty", "id")
         return value
-    raise _LineError(f"expected a string or an integer, got {_json_type(value)}", "id")
+    raise LineError(f"expected a string or an integer, got {json_type_name(value)}", "id")
 
 
 def _parse_images(value: Any, base: Path) -> tuple[Path, ...]:
     """Accept one path string or a non-empty list of path strings."""
     if isinstance(value, str):
-        return (_resolve(value, base, "image"),)
+        return (resolve_path(value, base, "image"),)
     if isinstance(value, list):
         if not value:
-            raise _LineError("the list of images is empty", "image")
-        return tuple(_resolve(v, base, f"image[{i}]") for i, v in enumerate(value))
-    raise _LineError(f"expected a path string or a list of them, got {_json_type(value)}", "image")
+            raise LineError("the list of images is empty", "image")
+        return tuple(resolve_path(v, base, f"image[{i}]") for i, v in enumerate(value))
+    raise LineError(f"expected a path string or a list of them, got {json_type_name(value)}", "image")
 
 
-def _resolve(value: Any, base: Path, name: str) -> Path:
-    """Validate a path string and resolve it relative to the JSONL folder."""
+def resolve_path(value: Any, base: Path, name: str) -> Path:
+    """Validate the path string in field ``name``; resolve it against ``base`` unless absolute."""
     if not isinstance(value, str):
-        raise _LineError(f"expected a path string, got {_json_type(value)}", name)
+        raise LineError(f"expected a path string, got {json_type_name(value)}", name)
     if not value.strip():
-        raise _LineError("path must not be empty", name)
+        raise LineError("path must not be empty", name)
     p = Path(value)
     return p if p.is_absolute() else base / p
 
 
-def _non_empty_string(value: Any, name: str) -> str:
-    """Return ``value`` if it is a string with some non-space content."""
+def non_empty_string(value: Any, name: str) -> str:
+    """Return ``value`` of field ``name`` if it is a string with some non-space content."""
     if not isinstance(value, str):
-        raise _LineError(f"expected a string, got {_json_type(value)}", name)
+        raise LineError(f"expected a string, got {json_type_name(value)}", name)
     if not value.strip():
-        raise _LineError("must not be empty", name)
+        raise LineError("must not be empty", name)
     return value
 
 
-def _optional_string(row: dict, name: str) -> str | None:
-    """A string field that may be absent or null."""
+def optional_string(row: dict, name: str) -> str | None:
+    """Return the string field ``name`` of ``row``, or None if it is absent or null."""
     value = row.get(name)
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _LineError(f"expected a string, got {_json_type(value)}", name)
+        raise LineError(f"expected a string, got {json_type_name(value)}", name)
     return value
 
 
 def _optional_path(row: dict, name: str, base: Path) -> Path | None:
     """A path field that may be absent or null."""
     value = row.get(name)
-    return None if value is None else _resolve(value, base, name)
+    return None if value is None else resolve_path(value, base, name)
 
 
 def _check_sample_images(sample: EditSample, max_pixels: int, max_pixels_field: str) -> None:
@@ -238,7 +249,7 @@ def _check_sample_images(sample: EditSample, max_pixels: int, max_pixels_field: 
         try:
             load_image(p, max_pixels=max_pixels, limit_name=max_pixels_field)
         except DataError as e:
-            raise _LineError(str(e), name) from None
+            raise LineError(str(e), name) from None
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

@@ -14,21 +14,19 @@ Problems are reported as `file:line: field 'name': what`, like the edit datasets
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from editr1.data.images import MAX_IMAGE_PIXELS, load_image
 from editr1.data.jsonl import (
-    _json_type,
-    _LineError,
-    _no_duplicate_keys,
-    _non_empty_string,
-    _numbered_lines,
-    _optional_string,
-    _parse_id,
-    _read_bytes,
-    _resolve,
+    LineError,
+    json_type_name,
+    non_empty_string,
+    optional_string,
+    parse_id,
+    parse_json_object,
+    read_numbered_lines,
+    resolve_path,
 )
 from editr1.errors import DataError
 
@@ -50,32 +48,27 @@ class PreferencePair:
 def _parse_sources(value, base: Path) -> tuple[Path, ...]:
     if isinstance(value, list):
         if not value:
-            raise _LineError("the list of source images is empty", "source")
-        return tuple(_resolve(v, base, f"source[{i}]") for i, v in enumerate(value))
+            raise LineError("the list of source images is empty", "source")
+        return tuple(resolve_path(v, base, f"source[{i}]") for i, v in enumerate(value))
     if not isinstance(value, str):
-        raise _LineError(f"expected a path string or a list of them, got {_json_type(value)}", "source")
-    return (_resolve(value, base, "source"),)
+        raise LineError(f"expected a path string or a list of them, got {json_type_name(value)}", "source")
+    return (resolve_path(value, base, "source"),)
 
 
 def _parse_pair(text: str, lineno: int, base: Path) -> PreferencePair:
-    try:
-        row = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as error:
-        raise _LineError(f"invalid JSON: {error.msg} (column {error.colno})") from None
-    if not isinstance(row, dict):
-        raise _LineError(f"expected a JSON object, got {_json_type(row)}")
+    row = parse_json_object(text)
     for name in ("source", "prompt", "image_a", "image_b", "preferred"):
         if name not in row:
-            raise _LineError("missing (required)", name)
+            raise LineError("missing (required)", name)
     if row["preferred"] not in PREFERENCES:
-        raise _LineError(f"expected one of {list(PREFERENCES)}, got {row['preferred']!r}", "preferred")
+        raise LineError(f"expected one of {list(PREFERENCES)}, got {row['preferred']!r}", "preferred")
     return PreferencePair(
-        id=_parse_id(row.get("id"), lineno),
+        id=parse_id(row.get("id"), lineno),
         sources=_parse_sources(row["source"], base),
-        prompt=_non_empty_string(row["prompt"], "prompt"),
-        requirement=_optional_string(row, "requirement"),
-        image_a=_resolve(row["image_a"], base, "image_a"),
-        image_b=_resolve(row["image_b"], base, "image_b"),
+        prompt=non_empty_string(row["prompt"], "prompt"),
+        requirement=optional_string(row, "requirement"),
+        image_a=resolve_path(row["image_a"], base, "image_a"),
+        image_b=resolve_path(row["image_b"], base, "image_b"),
         preferred=row["preferred"],
         line=lineno,
     )
@@ -85,7 +78,7 @@ def read_preference_jsonl(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> lis
     """Parse and validate a pairs file, decoding every image once; DataError on the first problem."""
     path = Path(path)
     pairs = []
-    for lineno, text in _numbered_lines(path, _read_bytes(path)):
+    for lineno, text in read_numbered_lines(path):
         try:
             pair = _parse_pair(text, lineno, path.parent)
             sources = [("source" if len(pair.sources) == 1 else f"source[{i}]", p) for i, p in enumerate(pair.sources)]
@@ -93,8 +86,8 @@ def read_preference_jsonl(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> lis
                 try:
                     load_image(image, max_pixels=max_pixels)
                 except DataError as error:
-                    raise _LineError(str(error), name) from None
-        except _LineError as error:
+                    raise LineError(str(error), name) from None
+        except LineError as error:
             field = f"field '{error.field_name}': " if error.field_name else ""
             raise DataError(f"{path}:{lineno}: {field}{error.what}") from None
         pairs.append(pair)

@@ -82,7 +82,7 @@ def evaluate(
             negative = adapter.encode_conditions([source_images(s, size) for s in chunk], [" "] * len(chunk), size, size)
         latents = generate_in_batches(
             adapter, heldout.conditions(adapter, start, end), heldout.noise[start:end].to(adapter.device), sigmas,
-            batch_size, sampler, cfg_scale, negative, guidance, transformer,
+            batch_size, sampler, cfg_scale, negative, guidance, transformer, cfg_renorm=adapter.inference.cfg_renorm,
         )
         pixels = adapter.decode_latents(latents, size, size).float().cpu()
         result = reward.score(

@@ -3,7 +3,7 @@
 An adapter wraps one family's diffusers components (transformer, VAE, text encoder, scheduler) and
 exposes only what the Edit-R1 loop needs. Tensors on the trainer side are *packed tokens*
 `(B, S, C)`; pixels are `(B, 3, H, W)` floats in [0, 1]. Adding a model family is one file that
-subclasses `EditModelAdapter` and registers itself in `editr1.models.registry`.
+subclasses `EditModelAdapter`, plus its entry in `editr1.models.registry`.
 """
 
 from __future__ import annotations
@@ -42,10 +42,28 @@ class Conditions:
         )
 
 
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """A family's stock-pipeline inference settings: what `editr1 edit` uses unless told otherwise,
+    and how true CFG combines the two branches wherever it runs (rollouts and evaluation too)."""
+
+    steps: int = 28
+    #: True CFG scale (1: off); the negative prompt of its unconditional branch.
+    cfg_scale: float = 1.0
+    negative_prompt: str = " "
+    #: Norm-preserving CFG (the Qwen-Image pipelines rescale the guided velocity; FLUX's does not).
+    cfg_renorm: bool = True
+    #: Distilled guidance of guidance-embedded transformers; None for those without a guidance input.
+    guidance: float | None = None
+    #: Source images a sample may have (1: the source only).
+    max_references: int = 1
+
+
 class EditModelAdapter(ABC):
     """One base-model family behind a small, uniform interface."""
 
     family: str
+    inference: InferenceDefaults
     transformer: nn.Module
     #: The flow-match scheduler whose config gives the sigma schedule (`sigmas`).
     scheduler: object
@@ -55,6 +73,11 @@ class EditModelAdapter(ABC):
     lora_target_modules: tuple[str, ...]
     #: Pixel area the source image is resized to for conditioning; None: the target size.
     condition_area: int | None = None
+
+    @abstractmethod
+    def use_pipeline_sizing(self) -> "EditModelAdapter":
+        """Size the source images for conditioning as the family's diffusers pipeline does (instead of at
+        the output size); returns the adapter."""
 
     @classmethod
     @abstractmethod

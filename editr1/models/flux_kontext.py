@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
-from editr1.models.base import Conditions, EditModelAdapter
+from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults
 from editr1.models.codecs import PixelUnshuffleCodec, ScaledVaeCodec, load_codec
 
 PIPELINE_CLASS = "FluxKontextPipeline"
@@ -52,6 +52,10 @@ class FluxKontextAdapter(EditModelAdapter):
     #: (and `encode_conditions`) cuts T5 there and refuses `max_sequence_length` > 512; CLIP's 77 are
     #: cut too, by design: its pooled embedding reads only the start of a long instruction.
     max_prompt_tokens = max_sequence_length - 1
+    #: `FluxKontextPipeline`'s usual inference: distilled guidance 3.5, no true CFG (and, when asked
+    #: for, a true CFG that does not rescale the guided velocity).
+    inference = InferenceDefaults(steps=28, cfg_scale=1.0, negative_prompt=" ", cfg_renorm=False, guidance=3.5,
+                                  max_references=1)
 
     def __init__(
         self,
@@ -74,6 +78,10 @@ class FluxKontextAdapter(EditModelAdapter):
         #: Pixel area the reference image is resized to. None: the target size. 1024 * 1024: the
         #: pipeline's auto-resize (the preferred Kontext resolution nearest in aspect ratio).
         self.condition_area: int | None = None
+
+    def use_pipeline_sizing(self) -> "FluxKontextAdapter":
+        self.condition_area = PREFERRED_AREA
+        return self
 
     # ---- loading and saving -------------------------------------------------------------------
     @classmethod
@@ -220,4 +228,4 @@ class FluxKontextAdapter(EditModelAdapter):
             img_ids=torch.cat([target_ids, reference_ids], dim=0),
             return_dict=False,
         )[0]
-        return out[:, : tokens.shape[1]].to(torch.float32)
+        return out[:, : tokens.shape[1]].to(tokens.dtype)  # as every adapter: the dtype of the latents given

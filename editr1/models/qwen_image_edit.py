@@ -34,7 +34,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
-from editr1.models.base import Conditions, EditModelAdapter
+from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec, load_codec
 from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
 
@@ -64,6 +64,11 @@ class QwenImageEditAdapter(EditModelAdapter):
     #: after its system prompt). The edit pipelines cut nothing (their text also holds the image
     #: tokens), so the limit applies to the instruction; the template and image tokens are overhead.
     max_prompt_tokens = 1024
+    #: `QwenImageEditPipeline`'s usual settings: the transformer has no guidance input, so true CFG
+    #: (4.0, norm-preserving, " " negative prompt) guides it.
+    inference = InferenceDefaults(steps=28, cfg_scale=4.0, negative_prompt=" ", cfg_renorm=True, max_references=1)
+    #: The pixel area the pipeline resizes the source to for conditioning.
+    PIPELINE_CONDITION_AREA = 1024 * 1024
 
     def __init__(
         self,
@@ -86,6 +91,10 @@ class QwenImageEditAdapter(EditModelAdapter):
         # count it with this tokenizer so that tiny vocabularies drop exactly the same text.
         prefix = PROMPT_TEMPLATE.split("<|vision_start|>")[0]
         self.prompt_drop_index = len(processor.tokenizer(prefix)["input_ids"])
+
+    def use_pipeline_sizing(self) -> "QwenImageEditAdapter":
+        self.condition_area = self.PIPELINE_CONDITION_AREA
+        return self
 
     # ---- loading and saving -------------------------------------------------------------------
     @classmethod

@@ -39,7 +39,7 @@ from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from editr1.errors import EditR1Error
-from editr1.models.base import Conditions
+from editr1.models.base import Conditions, InferenceDefaults
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec
 from editr1.models.qwen_image_edit import QwenImageEditAdapter
 from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
@@ -68,6 +68,8 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
     family = "qwen-image-edit-plus"
     pipeline_class = PIPELINE_CLASS
     lora_pipeline = QwenImageEditPlusPipeline
+    #: As Qwen-Image-Edit's, with up to 3 reference images ("Picture 1".."Picture 3").
+    inference = InferenceDefaults(steps=28, cfg_scale=4.0, negative_prompt=" ", cfg_renorm=True, max_references=3)
 
     def __init__(
         self,

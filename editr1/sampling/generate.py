@@ -74,6 +74,7 @@ def generate_in_batches(
     guidance: float | None = None,
     transformer: torch.nn.Module | None = None,
     on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    cfg_renorm: bool = True,
 ) -> torch.Tensor:
     """`generate` over rows of `noise` in chunks of `batch_size`; conditions are sliced with `.select(rows)`.
 
@@ -85,7 +86,7 @@ def generate_in_batches(
         negative = None if negative_conditions is None else negative_conditions.select(rows)
         chunks.append(
             generate(model, conditions.select(rows), noise[rows], sigmas, sampler, cfg_scale, negative,
-                     guidance=guidance, transformer=transformer)
+                     cfg_renorm=cfg_renorm, guidance=guidance, transformer=transformer)
         )
         if on_batch is not None:
             on_batch(rows, chunks[-1])

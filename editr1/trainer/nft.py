@@ -304,7 +304,7 @@ class NFTTrainer:
             latents = generate_in_batches(
                 self.adapter, repeated, noise.to(self.adapter.device), self.sigmas, rollout_config.batch_size,
                 rollout_config.sampler, rollout_config.cfg_scale, negative, rollout_config.guidance, old,
-                on_batch=score_batch,
+                on_batch=score_batch, cfg_renorm=self.adapter.inference.cfg_renorm,
             )
         scored, compute_seconds = self.scorer.collect()
         return Rollout(indices, conditions, sources, latents, torch.cat(images), scored, compute_seconds)
