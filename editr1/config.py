@@ -45,8 +45,11 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    #: A diffusers-format folder, a hub id, or `tiny:qwen-image-edit` to build the tiny preset.
+    #: A diffusers-format folder, a hub id, or `tiny:<family>` (e.g. `tiny:qwen-image-edit`) to build that
+    #: family's tiny preset.
     path: str = field(default="tiny:qwen-image-edit", metadata={"path": "if_exists"})
+    #: A family name of `editr1.models.registry.FAMILIES` or an adapter's dotted path `package.module:Class`
+    #: (docs/extending.md); null: the family of the pipeline class in the model's `model_index.json`.
     family: str | None = None
     resolution: int = 32
     #: Source-image pixel area for conditioning; null: the training resolution. Qwen-Image-Edit's
@@ -73,6 +76,7 @@ class DataConfig:
 
 @dataclass
 class RewardConfig:
+    #: A reward name of `editr1.rewards.registry.REWARDS` or a reward's dotted path `package.module:Name`.
     name: str = "shapes_verifier"
     #: Keyword arguments of the reward; a string naming a file or folder beside the config is a path.
     options: dict[str, Any] = field(default_factory=dict, metadata={"path": "options"})

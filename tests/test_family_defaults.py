@@ -8,7 +8,7 @@ import editr1.sampling.generate as generate_module
 from editr1.data.jsonl import read_edit_jsonl
 from editr1.eval.heldout import HeldoutSet, evaluate
 from editr1.models.base import InferenceDefaults
-from editr1.models.registry import ADAPTERS, build_tiny
+from editr1.models.registry import FAMILIES, adapter_class, build_tiny
 from editr1.rewards.base import Reward, RewardBatch
 
 
@@ -20,12 +20,14 @@ class Brightness(Reward):
 
 
 def test_every_family_states_its_inference_defaults():
-    for family, adapter in ADAPTERS.items():
-        assert isinstance(adapter.inference, InferenceDefaults), family
-        assert adapter.inference.max_references >= 1 and adapter.inference.steps >= 1
-    assert ADAPTERS["flux-kontext"].inference.guidance == 3.5 and not ADAPTERS["flux-kontext"].inference.cfg_renorm
-    assert ADAPTERS["qwen-image-edit"].inference.cfg_scale == 4.0 and ADAPTERS["qwen-image-edit"].inference.cfg_renorm
-    assert ADAPTERS["qwen-image-edit-plus"].inference.max_references == 3
+    for family in FAMILIES:
+        defaults = adapter_class(family).inference
+        assert isinstance(defaults, InferenceDefaults), family
+        assert defaults.max_references >= 1 and defaults.steps >= 1
+    flux, qwen = adapter_class("flux-kontext").inference, adapter_class("qwen-image-edit").inference
+    assert flux.guidance == 3.5 and not flux.cfg_renorm
+    assert qwen.cfg_scale == 4.0 and qwen.cfg_renorm
+    assert adapter_class("qwen-image-edit-plus").inference.max_references == 3
 
 
 @pytest.mark.parametrize("preset", ["tiny:flux-kontext", "tiny:qwen-image-edit"])

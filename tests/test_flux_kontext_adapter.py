@@ -19,7 +19,6 @@ from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import load_adapter
 from editr1.models.tiny_flux_kontext import build_tiny_flux_kontext
 from editr1.rewards.base import Reward, RewardBatch
-from editr1.rewards.registry import register_reward
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import run_nft
 
@@ -120,7 +119,6 @@ def test_lora_targets_exist_and_load_into_the_pipeline(tmp_path):
     assert torch.allclose(_velocity(loaded), tuned, atol=1e-5)
 
 
-@register_reward("test_flux_brightness")
 class Brightness(Reward):
     """Mean brightness: random tiny models score 0 on the shapes verifier; this varies, so the
     advantages, and the gradient through the FLUX LoRA, are not zero."""
@@ -135,7 +133,7 @@ def test_one_nft_iteration_on_the_tiny_preset(shapes_data, tmp_path):
     out = tmp_path / "run"
     overrides = tiny_nft_overrides(shapes_data, out, iterations=1) + [
         "model.path=tiny:flux-kontext", "rollout.guidance=2.5", "eval.every=0", "data.heldout=null",
-        "reward.name=test_flux_brightness",
+        "reward.name=test_flux_kontext_adapter:Brightness",
     ]
     summary = run_nft(load_config(NFTConfig, None, overrides))
     assert summary["iterations"] == 1

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from editr1.config import NFTConfig, load_config
 from editr1.models.lora_io import read_lora
 from editr1.rewards.base import Reward, RewardBatch
-from editr1.rewards.registry import build_reward, register_reward
+from editr1.rewards.registry import build_reward
 from editr1.trainer import nft
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import run_nft
@@ -25,7 +25,6 @@ PRESETS = {
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
-@register_reward("test_preset_brightness")
 class Brightness(Reward):
     """Mean brightness of the edit: varies across a tiny random model's edits, so advantages are not zero."""
 
@@ -74,8 +73,8 @@ def test_one_nft_iteration_of_each_preset_on_its_tiny_model(preset, shapes_data,
         f"model.path=tiny:{family}", "model.resolution=32",
         f"data.train={shapes_data / 'train.jsonl'}", f"data.heldout={shapes_data / 'test.jsonl'}", f"output_dir={out}",
         "iterations=1", "rollout.groups_per_iteration=2", "rollout.group_size=3", "rollout.steps=2",
-        "reward.name=test_preset_brightness", "reward.options={}",
-        "eval.reward.name=test_preset_brightness", "eval.reward.options={}", "eval.samples=2", "eval.steps=2",
+        "reward.name=test_presets:Brightness", "reward.options={}",
+        "eval.reward.name=test_presets:Brightness", "eval.reward.options={}", "eval.samples=2", "eval.steps=2",
         "eval.every=1", "logging.progress=false", "logging.tensorboard=false", "logging.grid_every=0",
     ]
     config = load_config(NFTConfig, CONFIGS / preset, overrides)

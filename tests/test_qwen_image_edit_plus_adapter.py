@@ -20,7 +20,6 @@ from editr1.models.qwen_image_edit_plus import QwenImageEditPlusAdapter, chat_te
 from editr1.models.registry import load_adapter
 from editr1.models.tiny_qwen_image_edit_plus import build_tiny_qwen_image_edit_plus
 from editr1.rewards.base import Reward, RewardBatch
-from editr1.rewards.registry import register_reward
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import run_nft
 
@@ -100,7 +99,6 @@ def test_ddp_gradients_over_a_mixed_batch(tmp_path):
         dist.destroy_process_group()
 
 
-@register_reward("test_plus_brightness")
 class Brightness(Reward):
     """Mean brightness: the shapes verifier only reads 32x32 shapes scenes; this varies with any edit."""
 
@@ -133,7 +131,8 @@ def test_one_nft_iteration_with_one_and_two_source_images(tmp_path, monkeypatch)
     out = tmp_path / "run"
     # 2 groups x 4 edits in chunks of 3 rows: rollout and training batches mix the two samples.
     overrides = tiny_nft_overrides(data, out, iterations=1) + [
-        "model.path=tiny:qwen-image-edit-plus", "eval.every=0", "data.heldout=null", "reward.name=test_plus_brightness",
+        "model.path=tiny:qwen-image-edit-plus", "eval.every=0", "data.heldout=null",
+        "reward.name=test_qwen_image_edit_plus_adapter:Brightness",
         "rollout.batch_size=3", "optim.micro_batch=3",
     ]
     summary = run_nft(load_config(NFTConfig, None, overrides))

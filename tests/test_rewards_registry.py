@@ -3,11 +3,11 @@ import torch
 
 from editr1.data.shapes import Edit, Scene, Shape, apply_edit, instruction_text, render
 from editr1.errors import EditR1Error
-from editr1.rewards.registry import available_rewards, build_reward
+from editr1.rewards.registry import REWARDS, build_reward
 
 
 def test_verifier_is_registered_and_scores_through_the_contract():
-    assert "shapes_verifier" in available_rewards()
+    assert "shapes_verifier" in REWARDS
     reward = build_reward("shapes_verifier")
     scene = Scene((Shape("circle", "red", 0), Shape("square", "blue", 4)))
     edit = Edit("remove", "circle", "red")

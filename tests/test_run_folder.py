@@ -14,13 +14,11 @@ from editr1.config import ConfigError, NFTConfig, SFTConfig, load_config, packag
 from editr1.errors import DataError, EditR1Error
 from editr1.eval.heldout import HeldoutSet, evaluate
 from editr1.rewards.base import Reward, RewardBatch
-from editr1.rewards.registry import register_reward
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import NFTTrainer, run_nft
 from editr1.trainer.sft import run_sft
 
 
-@register_reward("test_unscorable_odd")
 class UnscorableOdd(Reward):
     """Scores even samples by brightness and cannot score odd ones, saying why."""
 
@@ -33,7 +31,6 @@ class UnscorableOdd(Reward):
         return RewardBatch(scores, ~odd, failures={int(i): "odd samples are out of scope" for i in torch.nonzero(odd)})
 
 
-@register_reward("test_never_scores")
 class NeverScores(Reward):
     name = "test_never_scores"
 
@@ -51,7 +48,8 @@ def test_a_run_that_stopped_before_its_first_checkpoint_resumes_from_the_beginni
     out = tmp_path / "run"
     # A crash inside the first iteration leaves logs and no checkpoint.
     with pytest.raises(EditR1Error, match="iteration 1: 8 of 8 samples could not be scored"):
-        run_nft(_config(shapes_data, out, "reward.name=test_never_scores", "eval.reward.name=shapes_verifier"))
+        run_nft(_config(shapes_data, out, "reward.name=test_run_folder:NeverScores",
+                        "eval.reward.name=shapes_verifier"))
     assert (out / "metrics.jsonl").exists() and not list(out.glob("checkpoints/step_*"))
     with pytest.raises(EditR1Error, match="already holds a run; pass --resume"):
         run_nft(_config(shapes_data, out))
@@ -164,14 +162,14 @@ def test_sft_needs_a_held_out_reward(shapes_data, tmp_path):
 
 
 def test_held_out_reward_defaults_to_the_training_reward(shapes_data, tmp_path):
-    trainer = NFTTrainer(_config(shapes_data, tmp_path / "run", "reward.name=test_unscorable_odd"))
+    trainer = NFTTrainer(_config(shapes_data, tmp_path / "run", "reward.name=test_run_folder:UnscorableOdd"))
     assert trainer.eval_reward is trainer.reward
 
 
 def test_unscored_samples_are_reported_once_and_an_unscorable_evaluation_is_an_error(shapes_data, tmp_path, capsys):
     out = tmp_path / "run"
-    summary = run_nft(_config(shapes_data, out, "eval.reward.name=test_unscorable_odd", "eval.every=1",
-                              "rl.max_unscored_fraction=0.6", "reward.name=test_unscorable_odd"))
+    summary = run_nft(_config(shapes_data, out, "eval.reward.name=test_run_folder:UnscorableOdd", "eval.every=1",
+                              "rl.max_unscored_fraction=0.6", "reward.name=test_run_folder:UnscorableOdd"))
     printed = capsys.readouterr().out
     assert printed.count("could not score 4 of 8 samples in the held-out evaluation") == 1
     assert printed.count("samples in rollouts") == 1 and "odd samples are out of scope" in printed

@@ -9,12 +9,10 @@ from tiny_runs import tiny_nft_overrides
 from editr1.config import NFTConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.rewards.base import Reward, RewardBatch
-from editr1.rewards.registry import register_reward
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import run_nft
 
 
-@register_reward("test_every_third_unscored")
 class EveryThirdUnscored(Reward):
     """Scores by mean brightness; every third sample of a call is unscored, as a flaky judge's would be."""
 
@@ -58,7 +56,8 @@ def test_overlapped_and_inline_scoring_give_the_same_run(shapes_data, tiny_judge
 def test_unscored_samples_are_masked_and_counted(shapes_data, tmp_path):
     out = tmp_path / "run"
     overrides = tiny_nft_overrides(shapes_data, out, iterations=2) + [
-        "reward.name=test_every_third_unscored", "rl.max_unscored_fraction=0.5", "eval.every=0", "data.heldout=null",
+        "reward.name=test_train_with_judge:EveryThirdUnscored", "rl.max_unscored_fraction=0.5", "eval.every=0",
+        "data.heldout=null",
     ]
     run_nft(load_config(NFTConfig, None, overrides))
     rows = [r for r in read_metrics(out) if "reward_mean" in r]
@@ -68,7 +67,8 @@ def test_unscored_samples_are_masked_and_counted(shapes_data, tmp_path):
 
 def test_too_many_unscored_samples_fail_the_iteration(shapes_data, tmp_path):
     overrides = tiny_nft_overrides(shapes_data, tmp_path / "run", iterations=2) + [
-        "reward.name=test_every_third_unscored", "rl.max_unscored_fraction=0.1", "eval.every=0", "data.heldout=null",
+        "reward.name=test_train_with_judge:EveryThirdUnscored", "rl.max_unscored_fraction=0.1", "eval.every=0",
+        "data.heldout=null",
     ]
     with pytest.raises(EditR1Error, match=r"iteration 1: 2 of 8 samples could not be scored.*judge timed out"):
         run_nft(load_config(NFTConfig, None, overrides))

@@ -200,10 +200,9 @@ def edit_image(
     steps: int = 28,
     sampler: str = "euler",
     cfg_scale: float = 1.0,
-    negative_prompt: str = " ",
+    negative_prompt: str | None = None,
     guidance: float | None = None,
     seed: int = 0,
-    cfg_renorm: bool = True,
     on_step: Callable[[int, int], None] | None = None,
 ):
     """One edit of `images` (the source, then any references) by `prompt`: an RGB PIL image.
@@ -211,16 +210,14 @@ def edit_image(
     import torch
 
     from editr1.data.images import tensor_to_image
-    from editr1.sampling.generate import generate
+    from editr1.sampling.generate import edit_batch
 
-    conditions = adapter.encode_conditions([images], [prompt], height, width)
-    negative = adapter.encode_conditions([images], [negative_prompt], height, width) if cfg_scale != 1.0 else None
     sigmas = adapter.sigmas(steps, height, width)
     # Noise drawn on the CPU: the same seed gives the same edit on any device.
     noise = torch.randn(1, *adapter.latent_token_shape(height, width), generator=torch.Generator().manual_seed(seed))
-    latents = generate(adapter, conditions, noise.to(adapter.device), sigmas, sampler, cfg_scale, negative,
-                       cfg_renorm=cfg_renorm, guidance=guidance, on_step=on_step)
-    return tensor_to_image(adapter.decode_latents(latents, height, width)[0])
+    edited = edit_batch(adapter, [images], [prompt], noise.to(adapter.device), sigmas, height, width, sampler=sampler,
+                        cfg_scale=cfg_scale, negative_prompt=negative_prompt, guidance=guidance, on_step=on_step)
+    return tensor_to_image(edited.pixels[0])
 
 
 def _duration(seconds: float) -> str:
@@ -254,7 +251,7 @@ def run_edit(args: argparse.Namespace) -> dict:
     from editr1.data.prompt_length import fit_prompt
     from editr1.hub import resolve_model_path
     from editr1.models.lora_io import find_lora_file, load_lora
-    from editr1.models.registry import ADAPTERS, detect_family
+    from editr1.models.registry import adapter_class, detect_family
     from editr1.trainer.model_loading import DTYPES
     from editr1.trainer.progress import phase_progress
 
@@ -277,7 +274,8 @@ def run_edit(args: argparse.Namespace) -> dict:
         folder, lora = resolve_model_path(args.model), args.lora
         family = detect_family(folder)
         what = args.model
-    defaults = ADAPTERS[family].inference
+    model_class = adapter_class(family)
+    defaults = model_class.inference
     steps = args.steps if args.steps is not None else defaults.steps
     negative_prompt = args.negative_prompt if args.negative_prompt is not None else defaults.negative_prompt
     if len(args.images) > defaults.max_references:
@@ -299,7 +297,7 @@ def run_edit(args: argparse.Namespace) -> dict:
           + f", ~{about_width}x{about_height}, {steps} {args.sampler} steps"
           + (f", true CFG {cfg_scale} (2 model passes a step)" if cfg_scale != 1.0 else "")
           + f", on {device} ({dtype_name})", flush=True)
-    adapter = ADAPTERS[family].from_pretrained(folder, torch_dtype=DTYPES[dtype_name])
+    adapter = model_class.from_pretrained(folder, torch_dtype=DTYPES[dtype_name])
     guided = bool(adapter.transformer.config.get("guidance_embeds", False))
     guidance = args.guidance if args.guidance is not None else defaults.guidance
     if args.guidance is not None and not guided:
@@ -322,7 +320,7 @@ def run_edit(args: argparse.Namespace) -> dict:
         description = f"sampling {width}x{height}"
         on_step = _step_reporter(phase.task(description, steps), description, phase.live)
         image = edit_image(adapter, images, prompt, height, width, steps, args.sampler, cfg_scale,
-                           negative_prompt, guidance if guided else None, args.seed, defaults.cfg_renorm, on_step)
+                           negative_prompt, guidance if guided else None, args.seed, on_step)
     try:
         image.save(out, format="PNG")
     except OSError as error:

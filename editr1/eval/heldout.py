@@ -15,7 +15,7 @@ from editr1.data.jsonl import EditSample
 from editr1.errors import DataError, EditR1Error
 from editr1.fileio import save_safetensors
 from editr1.rewards.base import Reward
-from editr1.sampling.generate import generate_in_batches
+from editr1.sampling.generate import edit_batch
 
 
 @dataclass
@@ -77,14 +77,11 @@ def evaluate(
     for start in range(0, len(heldout.samples), batch_size):
         end = min(start + batch_size, len(heldout.samples))
         chunk = heldout.samples[start:end]
-        negative = None
-        if cfg_scale != 1.0:
-            negative = adapter.encode_conditions([source_images(s, size) for s in chunk], [" "] * len(chunk), size, size)
-        latents = generate_in_batches(
-            adapter, heldout.conditions(adapter, start, end), heldout.noise[start:end].to(adapter.device), sigmas,
-            batch_size, sampler, cfg_scale, negative, guidance, transformer, cfg_renorm=adapter.inference.cfg_renorm,
-        )
-        pixels = adapter.decode_latents(latents, size, size).float().cpu()
+        pixels = edit_batch(
+            adapter, [source_images(s, size) for s in chunk], [s.prompt for s in chunk],
+            heldout.noise[start:end].to(adapter.device), sigmas, size, size, batch_size=batch_size, sampler=sampler,
+            cfg_scale=cfg_scale, guidance=guidance, transformer=transformer, conditions=heldout.conditions(adapter, start, end),
+        ).pixels
         result = reward.score(
             [source_tensors(s, size) for s in chunk], list(pixels), [s.prompt for s in chunk], [s.requirement for s in chunk]
         )

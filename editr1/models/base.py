@@ -3,7 +3,8 @@
 An adapter wraps one family's diffusers components (transformer, VAE, text encoder, scheduler) and
 exposes only what the Edit-R1 loop needs. Tensors on the trainer side are *packed tokens*
 `(B, S, C)`; pixels are `(B, 3, H, W)` floats in [0, 1]. Adding a model family is one file that
-subclasses `EditModelAdapter`, plus its entry in `editr1.models.registry`.
+subclasses `EditModelAdapter`, used from a config by its dotted path or named in
+`editr1.models.registry.FAMILIES` (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ class InferenceDefaults:
 class EditModelAdapter(ABC):
     """One base-model family behind a small, uniform interface."""
 
+    #: The family's name in messages (and in `editr1.models.registry.FAMILIES` for a built-in one).
     family: str
+    #: The diffusers pipeline class `save_pretrained` names in `model_index.json`; a saved model's family
+    #: is detected by it.
+    pipeline_class: str
     inference: InferenceDefaults
     transformer: nn.Module
     #: The flow-match scheduler whose config gives the sigma schedule (`sigmas`).
@@ -83,6 +88,12 @@ class EditModelAdapter(ABC):
     @abstractmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "EditModelAdapter":
         """Load from a local diffusers-format folder or a hub id."""
+
+    @classmethod
+    def build_tiny(cls, corpus: list[str], seed: int = 0) -> "EditModelAdapter":
+        """A randomly initialised toy-size model of the family (`model.path: tiny:<family>`), its
+        tokenizers' vocabularies learned from `corpus`. Optional: a family without one raises this."""
+        raise NotImplementedError
 
     @abstractmethod
     def save_pretrained(self, path: str | Path) -> None:

@@ -30,13 +30,13 @@ from editr1.hub import resolve_model_path
 from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults
 from editr1.models.codecs import PixelUnshuffleCodec, ScaledVaeCodec, load_codec
 
-PIPELINE_CLASS = "FluxKontextPipeline"
 #: `FluxKontextPipeline`'s preferred resolutions all have this area.
 PREFERRED_AREA = 1024 * 1024
 
 
 class FluxKontextAdapter(EditModelAdapter):
     family = "flux-kontext"
+    pipeline_class = "FluxKontextPipeline"
     lora_pipeline = FluxKontextPipeline
     # Attention projections of the double-stream blocks; `to_q/k/v` also match the single-stream
     # blocks' attention (which has no output projection of its own).
@@ -85,6 +85,12 @@ class FluxKontextAdapter(EditModelAdapter):
 
     # ---- loading and saving -------------------------------------------------------------------
     @classmethod
+    def build_tiny(cls, corpus: list[str], seed: int = 0) -> "FluxKontextAdapter":
+        from editr1.models.tiny_flux_kontext import build_tiny_flux_kontext  # it imports this module
+
+        return build_tiny_flux_kontext(corpus, seed=seed, adapter=cls)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "FluxKontextAdapter":
         folder = resolve_model_path(path)
         for sub in ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"):
@@ -112,7 +118,7 @@ class FluxKontextAdapter(EditModelAdapter):
         self.tokenizer_2.save_pretrained(folder / "tokenizer_2")
         self.scheduler.save_pretrained(folder / "scheduler")
         index = {
-            "_class_name": PIPELINE_CLASS,
+            "_class_name": self.pipeline_class,
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
             "text_encoder": ["transformers", "CLIPTextModel"],
             "text_encoder_2": ["transformers", "T5EncoderModel"],

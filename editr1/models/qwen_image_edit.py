@@ -38,8 +38,6 @@ from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec, load_codec
 from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
 
-PIPELINE_CLASS = "QwenImageEditPipeline"
-
 # The chat template of QwenImageEditPipeline; the adapter must encode exactly as the pipeline does.
 PROMPT_TEMPLATE = (
     "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
@@ -52,8 +50,7 @@ PROMPT_TEMPLATE = (
 
 class QwenImageEditAdapter(EditModelAdapter):
     family = "qwen-image-edit"
-    #: The diffusers pipeline class `save_pretrained` names in `model_index.json`.
-    pipeline_class = PIPELINE_CLASS
+    pipeline_class = "QwenImageEditPipeline"
     lora_pipeline = QwenImageEditPipeline
     lora_target_modules = (
         "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -97,6 +94,12 @@ class QwenImageEditAdapter(EditModelAdapter):
         return self
 
     # ---- loading and saving -------------------------------------------------------------------
+    @classmethod
+    def build_tiny(cls, corpus: list[str], seed: int = 0) -> "QwenImageEditAdapter":
+        from editr1.models.tiny_qwen_image_edit import build_tiny_qwen_image_edit  # it imports this module
+
+        return build_tiny_qwen_image_edit(corpus, seed=seed, adapter=cls)
+
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "QwenImageEditAdapter":
         folder = resolve_model_path(path)

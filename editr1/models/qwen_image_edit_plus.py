@@ -44,8 +44,6 @@ from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec
 from editr1.models.qwen_image_edit import QwenImageEditAdapter
 from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
 
-PIPELINE_CLASS = "QwenImageEditPlusPipeline"
-
 # The chat template of QwenImageEditPlusPipeline: `{}` is the "Picture N" segments, then the instruction.
 PROMPT_TEMPLATE = (
     "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
@@ -66,7 +64,7 @@ def chat_text(prompt: str, num_references: int) -> str:
 
 class QwenImageEditPlusAdapter(QwenImageEditAdapter):
     family = "qwen-image-edit-plus"
-    pipeline_class = PIPELINE_CLASS
+    pipeline_class = "QwenImageEditPlusPipeline"
     lora_pipeline = QwenImageEditPlusPipeline
     #: As Qwen-Image-Edit's, with up to 3 reference images ("Picture 1".."Picture 3").
     inference = InferenceDefaults(steps=28, cfg_scale=4.0, negative_prompt=" ", cfg_renorm=True, max_references=3)
@@ -95,6 +93,12 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
         self.condition_area = pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE
         self.text_condition_area = pipeline_qwenimage_edit_plus.CONDITION_IMAGE_SIZE
         return self
+
+    @classmethod
+    def build_tiny(cls, corpus: list[str], seed: int = 0) -> "QwenImageEditPlusAdapter":
+        from editr1.models.tiny_qwen_image_edit_plus import build_tiny_qwen_image_edit_plus  # it imports this module
+
+        return build_tiny_qwen_image_edit_plus(corpus, seed=seed, adapter=cls)
 
     # ---- conditioning --------------------------------------------------------------------------
     def _reference_size(self, image: Image.Image, area: int | None, default: tuple[int, int]) -> tuple[int, int]:

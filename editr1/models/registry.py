@@ -1,86 +1,75 @@
-"""Model families by name, and detection of a saved model's family from its `model_index.json`."""
+"""Model families by name, imported on first use, and detection of a saved model's family from its
+`model_index.json`. `model.family` (and `model.path: tiny:<family>`) takes a name of `FAMILIES` or the
+dotted path `package.module:Class` of an adapter defined anywhere (see docs/extending.md)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from editr1.dotted import resolve
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
 from editr1.models.base import EditModelAdapter
-from editr1.models.flux_kontext import PIPELINE_CLASS as FLUX_KONTEXT_PIPELINE
-from editr1.models.flux_kontext import FluxKontextAdapter
-from editr1.models.qwen_image_edit import PIPELINE_CLASS as QWEN_IMAGE_EDIT_PIPELINE
-from editr1.models.qwen_image_edit import QwenImageEditAdapter
-from editr1.models.qwen_image_edit_plus import (
-    PIPELINE_CLASS as QWEN_IMAGE_EDIT_PLUS_PIPELINE,
-)
-from editr1.models.qwen_image_edit_plus import QwenImageEditPlusAdapter
-from editr1.models.tiny_flux_kontext import build_tiny_flux_kontext
-from editr1.models.tiny_qwen_image_edit import build_tiny_qwen_image_edit
-from editr1.models.tiny_qwen_image_edit_plus import build_tiny_qwen_image_edit_plus
 
-ADAPTERS: dict[str, type[EditModelAdapter]] = {
-    QwenImageEditAdapter.family: QwenImageEditAdapter,
-    QwenImageEditPlusAdapter.family: QwenImageEditPlusAdapter,
-    FluxKontextAdapter.family: FluxKontextAdapter,
-}
-#: Random tiny models of the real architectures, built offline from configs: `model.path: tiny:<family>`.
-TINY_PRESETS: dict[str, Callable[..., EditModelAdapter]] = {
-    "tiny:qwen-image-edit": build_tiny_qwen_image_edit,
-    "tiny:qwen-image-edit-plus": build_tiny_qwen_image_edit_plus,
-    "tiny:flux-kontext": build_tiny_flux_kontext,
-}
-PIPELINE_TO_FAMILY = {
-    QWEN_IMAGE_EDIT_PIPELINE: QwenImageEditAdapter.family,
-    QWEN_IMAGE_EDIT_PLUS_PIPELINE: QwenImageEditPlusAdapter.family,
-    FLUX_KONTEXT_PIPELINE: FluxKontextAdapter.family,
+FAMILIES: dict[str, str] = {
+    "qwen-image-edit": "editr1.models.qwen_image_edit:QwenImageEditAdapter",
+    "qwen-image-edit-plus": "editr1.models.qwen_image_edit_plus:QwenImageEditPlusAdapter",
+    "flux-kontext": "editr1.models.flux_kontext:FluxKontextAdapter",
 }
 
 
-def check_family(family: str, field: str = "model.family") -> str:
-    """`family` if an adapter is registered under that name; else an error naming `field`."""
-    if family not in ADAPTERS:
-        raise EditR1Error(f"{field}: unknown model family {family!r}; known: {sorted(ADAPTERS)}")
-    return family
+def adapter_class(family: str, field: str = "model.family") -> type[EditModelAdapter]:
+    """The adapter class of `family` (a name of `FAMILIES` or a dotted path); errors name `field`."""
+    cls = resolve(family, FAMILIES, field, "model family")
+    if not (isinstance(cls, type) and issubclass(cls, EditModelAdapter)):
+        raise EditR1Error(f"{field}: {family!r} is not a subclass of editr1.models.base.EditModelAdapter")
+    return cls
+
+
+def family_name(cls: type[EditModelAdapter]) -> str:
+    """What `model.family` takes for `cls` (a run's `model.json` records it): its name in `FAMILIES`,
+    else its dotted path."""
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    return cls.family if FAMILIES.get(cls.family) == path else path
 
 
 def build_tiny(
     preset: str, corpus: list[str], seed: int = 0, family: str | None = None, section: str = "model"
 ) -> EditModelAdapter:
-    """A tiny preset whose tokenizer vocabulary is learned from `corpus` (e.g. the training prompts).
-
-    A given `family` (`<section>.family`) must be the preset's own: a preset builds one family only."""
-    if preset not in TINY_PRESETS:
-        raise EditR1Error(f"{section}.path: unknown tiny preset {preset!r}; known: {sorted(TINY_PRESETS)}")
-    if family is not None and check_family(family, f"{section}.family") != preset.removeprefix("tiny:"):
+    """The tiny preset `tiny:<family>`, its tokenizer vocabulary learned from `corpus` (e.g. the training
+    prompts). A given `family` (`<section>.family`) must be the preset's own: a preset builds one family."""
+    cls = adapter_class(preset.removeprefix("tiny:"), f"{section}.path")
+    if family is not None and adapter_class(family, f"{section}.family") is not cls:
         raise EditR1Error(f"{section}.family: {family!r} contradicts {section}.path {preset} "
                           f"(a {preset.removeprefix('tiny:')} model); drop {section}.family or change {section}.path")
-    return TINY_PRESETS[preset](corpus=corpus, seed=seed)
+    try:
+        return cls.build_tiny(corpus, seed)
+    except NotImplementedError:
+        raise EditR1Error(f"{section}.path: {preset}: the {cls.__qualname__} adapter has no tiny preset") from None
 
 
 def detect_family(folder: Path, family: str | None = None, field: str = "model.family") -> str:
     """A saved model's family, from the pipeline class in its `model_index.json`.
 
-    A given `family` (named `field` in errors) must agree with a known pipeline class; it is only
-    needed, and only decides, when the class is not one of ours (a fork's or a renamed pipeline)."""
+    A given `family` (named `field` in errors) must agree: its adapter's pipeline class is the saved one,
+    or the saved class is no registered family's (a fork's or a renamed pipeline), and then it decides."""
     index = folder / "model_index.json"
     if not index.is_file():
         raise EditR1Error(f"{folder}: no model_index.json; not a diffusers-format model folder")
     pipeline = json.loads(index.read_text()).get("_class_name")
-    detected = PIPELINE_TO_FAMILY.get(pipeline)
+    if family is not None and adapter_class(family, field).pipeline_class == pipeline:
+        return family
+    pipelines = {adapter_class(name).pipeline_class: name for name in FAMILIES}
+    detected = pipelines.get(pipeline)
     if family is not None:
-        check_family(family, field)
-        if detected is not None and detected != family:
+        if detected is not None:
             raise EditR1Error(f"{field}: {family!r} contradicts {index} (a {detected} model)")
         return family
     if detected is None:
-        raise EditR1Error(
-            f"{index}: unknown model family {pipeline!r}; supported: {sorted(PIPELINE_TO_FAMILY)}"
-        )
+        raise EditR1Error(f"{index}: unknown model family {pipeline!r}; supported: {sorted(pipelines)}")
     return detected
 
 
@@ -90,4 +79,4 @@ def load_adapter(
 ) -> EditModelAdapter:
     """Load a model by path or hub id; the family comes from `model_index.json` (see `detect_family`)."""
     folder = resolve_model_path(path_or_id)
-    return ADAPTERS[detect_family(folder, family, field)].from_pretrained(folder, torch_dtype=torch_dtype)
+    return adapter_class(detect_family(folder, family, field), field).from_pretrained(folder, torch_dtype=torch_dtype)

@@ -121,8 +121,10 @@ def build_tiny_flux_kontext(
     num_single_layers: int = 1,
     num_heads: int = 2,
     head_dim: int = 16,
+    adapter: type[FluxKontextAdapter] = FluxKontextAdapter,
 ) -> FluxKontextAdapter:
-    """A randomly initialised tiny FLUX.1 Kontext; `corpus` shapes both tokenizers' vocabularies."""
+    """A randomly initialised tiny FLUX.1 Kontext; `corpus` shapes both tokenizers' vocabularies. `adapter`:
+    the class that wraps the components (a subclass's `build_tiny` passes itself)."""
     torch.manual_seed(seed)
     texts = [*BASE_CORPUS, *corpus]
     tokenizer, tokenizer_2 = build_tiny_clip_tokenizer(texts), build_tiny_t5_tokenizer(texts)
@@ -152,7 +154,7 @@ def build_tiny_flux_kontext(
         axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8),  # sums to head_dim
     ).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
-    return FluxKontextAdapter(
+    return adapter(
         transformer, latent_codec, tiny_clip_text_encoder(tokenizer), tokenizer,
         tiny_t5_encoder(tokenizer_2), tokenizer_2, scheduler,
     )

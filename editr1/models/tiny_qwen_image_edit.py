@@ -79,8 +79,10 @@ def build_tiny_qwen_image_edit(
     num_layers: int = 4,
     num_heads: int = 4,
     head_dim: int = 32,
+    adapter: type[QwenImageEditAdapter] = QwenImageEditAdapter,
 ) -> QwenImageEditAdapter:
-    """A randomly initialised tiny Qwen-Image-Edit; `corpus` shapes the tokenizer's vocabulary."""
+    """A randomly initialised tiny Qwen-Image-Edit; `corpus` shapes the tokenizer's vocabulary. `adapter`:
+    the class that wraps the components (a subclass's `build_tiny` passes itself)."""
     torch.manual_seed(seed)
     tokenizer = build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, *corpus])
     processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer)
@@ -105,4 +107,4 @@ def build_tiny_qwen_image_edit(
         axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8),
     ).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
-    return QwenImageEditAdapter(transformer, latent_codec, tiny_text_encoder(tokenizer), processor, scheduler)
+    return adapter(transformer, latent_codec, tiny_text_encoder(tokenizer), processor, scheduler)

@@ -18,8 +18,10 @@ from editr1.models.tiny_qwen_image_edit import build_tiny_qwen_image_edit
 
 
 def build_tiny_qwen_image_edit_plus(
-    corpus: Iterable[str] = (), codec: str = "pixel", seed: int = 0, **sizes: int
+    corpus: Iterable[str] = (), codec: str = "pixel", seed: int = 0,
+    adapter: type[QwenImageEditPlusAdapter] = QwenImageEditPlusAdapter, **sizes: int,
 ) -> QwenImageEditPlusAdapter:
-    """A randomly initialised tiny Qwen-Image-Edit-2509; `corpus` shapes the tokenizer's vocabulary."""
-    base = build_tiny_qwen_image_edit([chat_text("", MAX_REFERENCES), *corpus], codec=codec, seed=seed, **sizes)
-    return QwenImageEditPlusAdapter(base.transformer, base.codec, base.text_encoder, base.processor, base.scheduler)
+    """A randomly initialised tiny Qwen-Image-Edit-2509; `corpus` shapes the tokenizer's vocabulary. `adapter`:
+    the class that wraps the components (a subclass's `build_tiny` passes itself)."""
+    return build_tiny_qwen_image_edit([chat_text("", MAX_REFERENCES), *corpus], codec=codec, seed=seed,
+                                      adapter=adapter, **sizes)

@@ -22,7 +22,14 @@ class RewardBatch:
 
 
 class Reward(ABC):
+    """A reward: built from its config options (`reward.options`) as keyword arguments, then asked for
+    scores. `reward.name` is a name in `editr1.rewards.registry.REWARDS` or a dotted path
+    `package.module:Name` to a subclass (or to a factory function returning one); docs/extending.md."""
+
     name: str
+    #: Options that change how scores are obtained, never their values (an endpoint, retries, a batch
+    #: size): a resumed training run may change them. A factory function declares them as its attribute.
+    resume_safe_options: tuple[str, ...] = ()
 
     @abstractmethod
     def score(

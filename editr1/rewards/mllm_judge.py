@@ -17,7 +17,6 @@ from editr1.hub import resolve_model_path
 from editr1.processing.qwen2vl_image_only import load_image_only_processor
 from editr1.rewards.base import Reward, RewardBatch, check_batch
 from editr1.rewards.judge_prompt import JudgePrompt
-from editr1.rewards.registry import register_reward
 from editr1.rewards.score_logit import (
     DEFAULT_LEVELS,
     score_from_logits,
@@ -130,10 +129,13 @@ class MLLMScoreReward(Reward):
         return RewardBatch(scores.float(), valid, {"judge_score_mass": mass.float()}, failures)
 
 
-@register_reward("mllm", resume_safe_options=("batch_size",))
 def mllm_reward(model: str, template: str | None = None, levels: int = DEFAULT_LEVELS, batch_size: int = 8,
                 dtype: str = "float32", device: str = "cpu") -> MLLMScoreReward:
     """The judge at `model` (a local folder or hub id); `template`: a prompt template file."""
     prompt = JudgePrompt.from_file(template, levels - 1) if template else JudgePrompt(max_score=levels - 1)
     judge = MLLMJudge.from_pretrained(model, dtype=dtype, device=device, batch_size=batch_size)
     return MLLMScoreReward(judge, prompt, levels)
+
+
+#: Options a resumed training run may change (see `Reward.resume_safe_options`).
+mllm_reward.resume_safe_options = ("batch_size",)

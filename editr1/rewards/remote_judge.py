@@ -29,7 +29,6 @@ from editr1.data.images import tensor_to_image
 from editr1.errors import EditR1Error
 from editr1.rewards.base import Reward, RewardBatch, check_batch
 from editr1.rewards.judge_prompt import JudgePrompt
-from editr1.rewards.registry import register_reward
 from editr1.rewards.score_logit import (
     DEFAULT_LEVELS,
     score_from_top_logprobs,
@@ -124,8 +123,6 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-@register_reward("mllm_remote", resume_safe_options=(
-    "url", "api_key", "api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency", "wait_ready_s"))
 class RemoteJudgeReward(Reward):
     """Expected 0..L score of a judge behind an OpenAI-compatible `url`, normalised to [0, 1].
 
@@ -139,6 +136,9 @@ class RemoteJudgeReward(Reward):
     """
 
     name = "mllm_remote"
+    #: Options a resumed training run may change (see `Reward.resume_safe_options`).
+    resume_safe_options = (
+        "url", "api_key", "api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency", "wait_ready_s")
     _sleep = staticmethod(time.sleep)  # a seam: tests record the waits instead of sleeping
 
     def __init__(self, url: str, model: str, api_key: str | None = None, api_key_env: str | None = None,

@@ -32,7 +32,6 @@ from editr1.data.shapes import (
     shape_mask,
 )
 from editr1.rewards.base import Reward, RewardBatch, check_batch
-from editr1.rewards.registry import register_reward
 
 TOLERANCE = 0.25
 OBJECT_PIXELS = 64  # a square's area: that many stray pixels zero the clean term
@@ -100,7 +99,6 @@ def _to_hwc(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).permute(1, 2, 0).numpy()
 
 
-@register_reward("shapes_verifier")
 class ShapesVerifier(Reward):
     """Batch wrapper around :func:`verify_edit`; the requirement strings are not used."""
 

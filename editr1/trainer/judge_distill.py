@@ -44,7 +44,7 @@ from editr1.rewards.mllm_judge import MLLMScoreReward
 from editr1.rewards.score_logit import expected_score, score_token_ids, two_hot_levels
 from editr1.rewards.shapes_verifier import verify_edit
 from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
-from editr1.sampling.generate import generate_in_batches
+from editr1.sampling.generate import edit_batch
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
 from editr1.trainer.model_loading import build_model
 from editr1.trainer.run_folder import RunFolder
@@ -98,11 +98,10 @@ def policy_rollouts(adapter, samples: list[EditSample], spec: JudgeRolloutConfig
     per_chunk = max(1, ROLLOUT_BATCH // spec.count)
     for start in range(0, len(samples), per_chunk):
         chunk = samples[start : start + per_chunk]
-        conditions = adapter.encode_conditions([source_images(s, size) for s in chunk], [s.prompt for s in chunk], size, size)
-        repeated = conditions.select(torch.arange(len(chunk)).repeat_interleave(spec.count))
         noise = torch.randn(len(chunk) * spec.count, *token_shape, generator=generator).to(adapter.device)
-        latents = generate_in_batches(adapter, repeated, noise, sigmas, ROLLOUT_BATCH, spec.sampler)
-        chunks.append(_to_uint8(adapter.decode_latents(latents, size, size).float().cpu()))
+        edited = edit_batch(adapter, [source_images(s, size) for s in chunk], [s.prompt for s in chunk], noise, sigmas,
+                            size, size, repeats=spec.count, batch_size=ROLLOUT_BATCH, sampler=spec.sampler)
+        chunks.append(_to_uint8(edited.pixels))
         if on_batch is not None:
             on_batch(len(chunk))
     return np.concatenate(chunks)

@@ -43,7 +43,7 @@ from editr1.rl.advantages import group_advantages, optimality_probability
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
 from editr1.rl.nft_loss import nft_loss
 from editr1.rl.old_policy import old_policy_decay
-from editr1.sampling.generate import generate_in_batches
+from editr1.sampling.generate import edit_batch
 from editr1.trainer.async_scoring import RolloutScorer
 from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
@@ -118,7 +118,7 @@ class NFTTrainer:
         self.reward.check_ready()
         self.eval_reward = self.reward
         if evaluating and self.is_main and config.eval.reward is not None:
-            self.eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
+            self.eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
             self.eval_reward.check_ready()
         self.size = config.model.resolution
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
@@ -275,39 +275,28 @@ class NFTTrainer:
     def _rollout(self, step: int, samples: list[EditSample], indices: list[int], rows: slice, total_groups: int) -> Rollout:
         rollout_config = self.config.rollout
         k, size = rollout_config.group_size, self.size
-        conditions = self.adapter.encode_conditions(
-            [source_images(s, size) for s in samples], [s.prompt for s in samples], size, size
-        )
-        repeated = conditions.select(torch.arange(len(samples)).repeat_interleave(k))
-        negative = None
-        if rollout_config.cfg_scale != 1.0:
-            negative = self.adapter.encode_conditions(
-                [source_images(s, size) for s in samples], [" "] * len(samples), size, size
-            ).select(torch.arange(len(samples)).repeat_interleave(k))
         shape = self.adapter.latent_token_shape(size, size)
         # One global noise draw, sliced per rank: the edits do not depend on how many processes run.
         noise = torch.randn(total_groups * k, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))[rows]
         self.phases["rollout"].restart(math.ceil(noise.shape[0] / rollout_config.batch_size))
         sources = [source_tensors(s, size) for s in samples]
-        images = []
 
-        def score_batch(rows: torch.Tensor, latents: torch.Tensor) -> None:
-            # Decoded here, scored in the background while the next batch is sampled.
-            pixels = self.adapter.decode_latents(latents, size, size).float().cpu()
-            images.append(pixels)
+        def score_batch(rows: torch.Tensor, pixels: torch.Tensor) -> None:
+            # Scored in the background while the next batch is sampled.
             groups = (rows // k).tolist()
             self.scorer.submit([sources[g] for g in groups], list(pixels), [samples[g].prompt for g in groups],
                                [samples[g].requirement for g in groups])
             self.phases["rollout"].advance()
 
         with self.policies.use("old") as old:
-            latents = generate_in_batches(
-                self.adapter, repeated, noise.to(self.adapter.device), self.sigmas, rollout_config.batch_size,
-                rollout_config.sampler, rollout_config.cfg_scale, negative, rollout_config.guidance, old,
-                on_batch=score_batch, cfg_renorm=self.adapter.inference.cfg_renorm,
+            edited = edit_batch(
+                self.adapter, [source_images(s, size) for s in samples], [s.prompt for s in samples],
+                noise.to(self.adapter.device), self.sigmas, size, size, repeats=k, batch_size=rollout_config.batch_size,
+                sampler=rollout_config.sampler, cfg_scale=rollout_config.cfg_scale, guidance=rollout_config.guidance,
+                transformer=old, on_batch=score_batch,
             )
         scored, compute_seconds = self.scorer.collect()
-        return Rollout(indices, conditions, sources, latents, torch.cat(images), scored, compute_seconds)
+        return Rollout(indices, edited.conditions, sources, edited.latents, edited.pixels, scored, compute_seconds)
 
     def _train(self, step: int, rollout: Rollout, r: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
         """Accumulate the NFT loss over kept samples x rollout timesteps, then one optimizer step.

@@ -19,6 +19,7 @@ from typing import Any
 from editr1.config import ConfigError, config_to_dict, load_config, save_config
 from editr1.errors import EditR1Error
 from editr1.fileio import fix_modes, write_text_atomic
+from editr1.models.registry import family_name
 from editr1.rewards.registry import resume_safe_options
 from editr1.trainer.checkpoint import (
     LATEST,
@@ -61,11 +62,11 @@ def _shown(field: str, value: Any) -> str:
 
 
 def resume_safe_reward_fields(section: str, reward: Any) -> tuple[str, ...]:
-    """The options of the reward at `section` (e.g. "reward") that its registration declares safe to change
-    on resume: an endpoint, retries, a batch size."""
+    """The options of the reward at `section` (e.g. "reward") that it declares safe to change on resume
+    (its `resume_safe_options`): an endpoint, retries, a batch size."""
     if reward is None:
         return ()
-    return tuple(f"{section}.options.{option}" for option in sorted(resume_safe_options(reward.name)))
+    return tuple(f"{section}.options.{option}" for option in sorted(resume_safe_options(reward.name, section)))
 
 
 def _under(field: str, names: tuple[str, ...]) -> bool:
@@ -212,6 +213,7 @@ class RunFolder:
         elif Path(base).exists():
             base = str(Path(base).resolve())
         self.write_json(MODEL_RECORD, {
-            "base": base, "family": adapter.family, "dtype": model.dtype, "condition_area": model.condition_area,
+            "base": base, "family": family_name(type(adapter)), "dtype": model.dtype,
+            "condition_area": model.condition_area,
             "train_mode": model.train_mode, "final": final,
         })

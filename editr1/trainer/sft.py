@@ -84,7 +84,7 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
             raise ConfigError("eval.reward: sft has no training reward; name the reward of the held-out evaluation "
                               "(e.g. eval.reward.name=shapes_verifier), or set data.heldout: null")
         held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
-        eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options)
+        eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
         eval_reward.check_ready()
     torch.manual_seed(config.seed)
     adapter = build_model(config.model, [s.prompt for s in train], seed=config.seed)

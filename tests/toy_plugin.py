@@ -1,0 +1,30 @@
+"""A plugin outside editr1, written as a user would (docs/extending.md): a model family and a reward that
+configs use by their dotted paths, `toy_plugin:ToyEditAdapter` and `toy_plugin:Brightness`. Importable
+because pytest puts tests/ on sys.path; a user's own package would be installed or on PYTHONPATH."""
+
+import torch
+
+from editr1.models.qwen_image_edit import QwenImageEditAdapter
+from editr1.rewards.base import Reward, RewardBatch, check_batch
+
+
+class ToyEditAdapter(QwenImageEditAdapter):
+    """Qwen-Image-Edit's architecture under a pipeline class of its own, as a fork's would be: it inherits
+    the whole adapter contract, including `build_tiny` (`model.path: tiny:toy_plugin:ToyEditAdapter`)."""
+
+    family = "toy-edit"
+    pipeline_class = "ToyEditPipeline"
+
+
+class Brightness(Reward):
+    """1 for an edit whose mean brightness is `target`, falling linearly to 0 one unit away."""
+
+    name = "toy_brightness"
+
+    def __init__(self, target: float = 0.5):
+        self.target = target
+
+    def score(self, sources, edited, prompts, requirements):
+        check_batch(sources, edited, prompts, requirements)
+        means = torch.stack([image.float().mean() for image in edited])
+        return RewardBatch((1 - (means - self.target).abs()).clamp(0, 1), torch.ones(len(edited), dtype=torch.bool))
