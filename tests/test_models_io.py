@@ -96,11 +96,12 @@ def test_bfloat16_weights_keep_the_callers_dtype():
 
 
 def test_lora_adapters_stay_float32_over_a_bfloat16_base():
+    from editr1.models.lora_io import LoraSpec
     from editr1.trainer.policies import PolicySet
 
     adapter = build_tiny_qwen_image_edit(["Remove the red circle"], codec="pixel")
     adapter.transformer.to(torch.bfloat16)
-    policies = PolicySet(adapter.transformer, "lora", 4, 8, adapter.lora_target_modules, need_reference=True)
+    policies = PolicySet(adapter.transformer, LoraSpec(4, 8, tuple(adapter.lora_target_modules)), need_reference=True)
     assert all(p.dtype == torch.float32 and p.requires_grad for p in policies.trainable_parameters())
     conditions = adapter.encode_conditions([[Image.new("RGB", (32, 32))]], ["Remove the red circle"], 32, 32)
     with policies.use("trained") as trained:

@@ -17,6 +17,11 @@ class NFTLoss:
     pos: Tensor
     neg: Tensor
 
+    def metrics(self) -> dict[str, Tensor]:
+        """The values a trainer logs, under the names it logs them."""
+        return {"loss": self.total, "policy_loss": self.policy, "kl_loss": self.kl, "loss_pos": self.pos,
+                "loss_neg": self.neg}
+
 
 def adaptive_weighted_mse(x0_pred: Tensor, x0: Tensor, min_denom: float = 1e-5) -> Tensor:
     """Per-sample mean((x0_pred - x0)^2) / sg(max(mean|x0_pred - x0|, min_denom)), shape (B,)."""

@@ -8,6 +8,7 @@ import torch
 
 from editr1.config import ModelConfig
 from editr1.models.base import EditModelAdapter
+from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import build_tiny, load_adapter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,3 +27,10 @@ def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0, 
     if config.gradient_checkpointing:
         adapter.transformer.enable_gradient_checkpointing()
     return adapter
+
+
+def lora_spec(config: ModelConfig, adapter: EditModelAdapter) -> LoraSpec:
+    """The LoRA of `model.lora` (targets: the adapter's defaults unless given), as one object from here to
+    the policies and the exported file."""
+    lora = config.lora
+    return LoraSpec(lora.rank, lora.alpha, tuple(lora.target_modules or adapter.lora_target_modules))

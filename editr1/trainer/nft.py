@@ -36,7 +36,6 @@ from editr1.fileio import fix_modes
 from editr1.eval.report import ReportSection, write_report
 from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
-from editr1.models.lora_io import LoraSpec
 from editr1.rewards.base import RewardBatch
 from editr1.rewards.registry import build_reward
 from editr1.rl.advantages import group_advantages, optimality_probability
@@ -47,7 +46,7 @@ from editr1.sampling.generate import edit_batch
 from editr1.trainer.async_scoring import RolloutScorer
 from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
-from editr1.trainer.model_loading import build_model
+from editr1.trainer.model_loading import build_model, lora_spec
 from editr1.trainer.policies import PolicySet
 from editr1.trainer.progress import console, phase_progress
 from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
@@ -141,14 +140,8 @@ class NFTTrainer:
 
         self.adapter.to(self.accelerator.device)
         self.scorer = RolloutScorer(self.reward, config.reward.overlap)
-        self.policies = PolicySet(
-            self.adapter.transformer,
-            config.model.train_mode,
-            config.model.lora.rank,
-            config.model.lora.alpha,
-            config.model.lora.target_modules or self.adapter.lora_target_modules,
-            need_reference=config.rl.kl_coef > 0,
-        )
+        self.lora = lora_spec(config.model, self.adapter) if config.model.train_mode == "lora" else None
+        self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
         # DDP-wrapped when several processes run: gradients of the trained policy are averaged across ranks.
         self.trained_module = self.accelerator.prepare_model(self.adapter.transformer)
         optim = config.optim
@@ -325,7 +318,7 @@ class NFTTrainer:
         ]
         padding = [(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))] * (backward_passes - len(batches))
         group_of_row = torch.arange(len(rollout.dataset_indices)).repeat_interleave(config.rollout.group_size)
-        sums = dict.fromkeys(("loss", "policy_loss", "kl_loss", "loss_pos", "loss_neg", "old_deviation"), 0.0)
+        sums: dict[str, float] = {}
         device, guidance = self.accelerator.device, config.rollout.guidance
         self.phases["train"].restart(backward_passes)
         for index, (rows, timestep_index) in enumerate(batches + padding):
@@ -345,15 +338,16 @@ class NFTTrainer:
             last = index == backward_passes - 1
             with self.policies.use("trained"), (nullcontext() if last else self.accelerator.no_sync(self.trained_module)):
                 v_theta = self.adapter.velocity(x_t, t, conditions, guidance, self.trained_module)
-                loss = nft_loss(v_theta, v_old, x_t, x0, t, r[rows].to(device), rl.beta, rl.adv_clip, None, v_ref, rl.kl_coef)
+                loss = nft_loss(v_theta=v_theta, v_old=v_old, x_t=x_t, x0=x0, t=t, r=r[rows].to(device), beta=rl.beta,
+                                adv_clip=rl.adv_clip, v_ref=v_ref, kl_coef=rl.kl_coef)
                 if not torch.isfinite(loss.total):
                     raise EditR1Error(f"iteration {step + 1}: the NFT loss is {loss.total.item()}; training diverged, lower optim.lr")
                 share = 0.0 if is_padding else rows.numel() / total_pairs
                 # DDP averages gradients over ranks; scaling by the world size makes that a sum.
                 (loss.total * share * self.world).backward()
-            for name, value in (("loss", loss.total), ("policy_loss", loss.policy), ("kl_loss", loss.kl), ("loss_pos", loss.pos), ("loss_neg", loss.neg)):
-                sums[name] += value.item() * share
-            sums["old_deviation"] += float((v_theta.detach() - v_old).pow(2).mean()) * share
+            metrics = {**loss.metrics(), "old_deviation": (v_theta.detach() - v_old).pow(2).mean()}
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * share
             self.phases["train"].advance()
         summed = self.accelerator.reduce(torch.tensor(list(sums.values()), device=device, dtype=torch.float64), "sum")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policies.trainable_parameters(), config.optim.grad_clip)
@@ -439,10 +433,8 @@ class NFTTrainer:
         rows = read_metrics(self.run_dir)
         reward_curve(rows, self.run_dir / "reward_curve.png", title="DiffusionNFT: rollout and held-out reward")
         final_folder = self.run_dir / "final"
-        if self.config.model.train_mode == "lora":
-            lora = self.config.model.lora
-            spec = LoraSpec(lora.rank, lora.alpha, tuple(lora.target_modules or self.adapter.lora_target_modules))
-            self.adapter.save_lora(self.policies.trained_state(), final_folder, spec)
+        if self.lora is not None:
+            self.adapter.save_lora(self.policies.trained_state(), final_folder, self.lora)
         else:
             self.adapter.save_pretrained(final_folder)
             fix_modes(final_folder)

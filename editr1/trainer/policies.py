@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from editr1.models.lora_io import LoraSpec
 from editr1.rl.old_policy import soft_update_
 
 TRAINED, OLD = "default", "old"
@@ -26,19 +26,15 @@ class PolicySet:
     def __init__(
         self,
         transformer: nn.Module,
-        mode: str,
-        lora_rank: int = 32,
-        lora_alpha: float = 64.0,
-        target_modules: tuple[str, ...] | list[str] = (),
+        lora: LoraSpec | None,
         need_reference: bool = False,
     ):
-        if mode not in ("lora", "full"):
-            raise ValueError(f"train_mode must be 'lora' or 'full', got {mode!r}")
+        """`lora`: train that LoRA (the trained and old policies are two adapters); None: full fine-tuning."""
         self.transformer = transformer
-        self.mode = mode
+        self.mode = "full" if lora is None else "lora"
         transformer.requires_grad_(False)
-        if mode == "lora":
-            config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(target_modules), init_lora_weights=True)
+        if lora is not None:
+            config = lora.peft_config()
             transformer.add_adapter(config, adapter_name=TRAINED)
             with warnings.catch_warnings():
                 # peft warns that a second adapter is being added: here that is the point.

@@ -20,14 +20,15 @@ from editr1.data.jsonl import read_edit_jsonl
 from editr1.data.order import take_indices
 from editr1.data.prompt_length import fit_prompt_lengths
 from editr1.errors import EditR1Error
-from editr1.fileio import fix_modes
 from editr1.eval.heldout import HeldoutSet, evaluate, save_eval
 from editr1.eval.visuals import reward_curve
+from editr1.fileio import fix_modes
+from editr1.models.lora_io import LoraSpec
 from editr1.rewards.registry import build_reward
 from editr1.rl.old_policy import soft_update_
 from editr1.trainer.checkpoint import save_checkpoint
 from editr1.trainer.metrics_log import MetricsLogger, read_metrics
-from editr1.trainer.model_loading import build_model
+from editr1.trainer.model_loading import build_model, lora_spec
 from editr1.trainer.progress import console, phase_progress
 from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
 from editr1.trainer.seeding import generator_for
@@ -97,12 +98,10 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     if checkpoint is None:
         run_folder.record_base_model(adapter, config.model, final="model/lora" if config.model.train_mode == "lora" else "model")
     transformer = adapter.transformer
-    if config.model.train_mode == "lora":
-        from peft import LoraConfig
-
+    lora = lora_spec(config.model, adapter) if config.model.train_mode == "lora" else None
+    if lora is not None:
         transformer.requires_grad_(False)
-        lora = config.model.lora
-        transformer.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules or list(adapter.lora_target_modules)))
+        transformer.add_adapter(lora.peft_config())
     named = {name: p for name, p in transformer.named_parameters() if p.requires_grad}
     trainable = list(named.values())
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -183,24 +182,20 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     save_checkpoint_now()
     if ema is not None:
         soft_update_(trainable, ema, 0.0)
-    save_model(adapter, run_dir / "model", config)
+    save_model(adapter, run_dir / "model", config, lora)
     rows = read_metrics(run_dir)
     reward_curve(rows, run_dir / "heldout_curve.png", keys=(), eval_keys=("heldout_reward",), title="SFT held-out reward")
     final = [r["heldout_reward"] for r in rows if r.get("heldout_reward") is not None]
     return {"steps": step, "final_heldout_reward": final[-1] if final else None, "model": str(run_dir / "model")}
 
 
-def save_model(adapter, folder: Path, config: SFTConfig) -> None:
+def save_model(adapter, folder: Path, config: SFTConfig, lora: LoraSpec | None) -> None:
     """Full fine-tuning saves the whole model; LoRA saves diffusers-format LoRA weights only (`lora/`)."""
     transformer = adapter.transformer
-    if config.model.train_mode == "lora":
+    if lora is not None:
         from peft.utils import get_peft_model_state_dict
 
-        from editr1.models.lora_io import LoraSpec
-
-        lora = config.model.lora
-        spec = LoraSpec(lora.rank, lora.alpha, tuple(lora.target_modules or adapter.lora_target_modules))
-        adapter.save_lora(get_peft_model_state_dict(transformer), folder / "lora", spec)
+        adapter.save_lora(get_peft_model_state_dict(transformer), folder / "lora", lora)
         return
     saved = copy.copy(adapter)
     saved.transformer = copy.deepcopy(transformer).to(SAVE_DTYPES[config.save_dtype])
