@@ -347,7 +347,7 @@ class NFTTrainer:
                 (loss.total * share * self.world).backward()
             metrics = {**loss.metrics(), "old_deviation": (v_theta.detach() - v_old).pow(2).mean()}
             for name, value in metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * share
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) * share
             self.phases["train"].advance()
         summed = self.accelerator.reduce(torch.tensor(list(sums.values()), device=device, dtype=torch.float64), "sum")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policies.trainable_parameters(), config.optim.grad_clip)
