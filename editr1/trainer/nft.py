@@ -40,6 +40,7 @@ from editr1.rewards.base import RewardBatch
 from editr1.rewards.registry import build_reward
 from editr1.rl.advantages import group_advantages, optimality_probability
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
+from editr1.rl.group_layout import GroupLayout
 from editr1.rl.nft_loss import nft_loss
 from editr1.rl.old_policy import old_policy_decay
 from editr1.sampling.generate import edit_batch
@@ -59,7 +60,7 @@ EVAL_FOLDER, BASELINE_EVAL = "eval", "step_000000.safetensors"
 
 @dataclass
 class Rollout:
-    """One iteration's groups and their K edits each (edit j of group g is row g*K + j)."""
+    """One rank's groups of an iteration and their K edits each (rows as `GroupLayout` lays them out)."""
 
     dataset_indices: list[int]
     conditions: Conditions
@@ -149,6 +150,7 @@ class NFTTrainer:
             self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
         )
         self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
+        self.layout = GroupLayout(config.rollout.groups_per_iteration, config.rollout.group_size, self.world)
         self.step, self.position, self.banned, self.train_seconds = 0, 0, set(), 0.0
         self.evaluated_steps: set[int] = set()
         self.reported_unscored: set[str] = set()
@@ -202,13 +204,13 @@ class NFTTrainer:
         config, rl = self.config, self.config.rl
         timings = {}
         tick = time.monotonic()
-        groups, k = config.rollout.groups_per_iteration, config.rollout.group_size
+        layout = self.layout
         indices, self.position = take_indices(
-            len(self.train_samples), config.seed, self.position, groups * self.world, self.banned
+            len(self.train_samples), config.seed, self.position, layout.total_groups, self.banned
         )
-        own_groups = indices[self.rank * groups : (self.rank + 1) * groups]
-        own_rows = slice(self.rank * groups * k, (self.rank + 1) * groups * k)
-        rollout = self._rollout(step, [self.train_samples[i] for i in own_groups], own_groups, own_rows, len(indices))
+        own_groups = indices[layout.rank_groups(self.rank)]
+        own_rows = layout.rank_rows(self.rank)
+        rollout = self._rollout(step, [self.train_samples[i] for i in own_groups], own_groups, own_rows)
         # Scoring overlapped the rollout; what is left is the wait for the last batch's scores.
         timings["seconds_rollout_and_reward"] = time.monotonic() - tick
         timings["seconds_reward_compute"] = rollout.reward_compute_seconds
@@ -226,7 +228,7 @@ class NFTTrainer:
             )
         if not valid.all():
             self._report_unscored("rollouts", int((~valid).sum()), valid.numel(), first)
-        group_ids = torch.arange(len(indices)).repeat_interleave(k)
+        group_ids = layout.group_of_row()
         advantages = group_advantages(rewards, group_ids, valid, rl.std_mode)
         r = optimality_probability(advantages, rl.adv_clip)
         keep = low_variance_keep_mask(rewards, group_ids, rl.filter_rule, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
@@ -265,12 +267,12 @@ class NFTTrainer:
         }
 
     @torch.no_grad()
-    def _rollout(self, step: int, samples: list[EditSample], indices: list[int], rows: slice, total_groups: int) -> Rollout:
+    def _rollout(self, step: int, samples: list[EditSample], indices: list[int], rows: slice) -> Rollout:
         rollout_config = self.config.rollout
-        k, size = rollout_config.group_size, self.size
+        k, size = self.layout.group_size, self.size
         shape = self.adapter.latent_token_shape(size, size)
         # One global noise draw, sliced per rank: the edits do not depend on how many processes run.
-        noise = torch.randn(total_groups * k, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))[rows]
+        noise = torch.randn(self.layout.total_rows, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))[rows]
         self.phases["rollout"].restart(math.ceil(noise.shape[0] / rollout_config.batch_size))
         sources = [source_tensors(s, size) for s in samples]
 
@@ -317,7 +319,7 @@ class NFTTrainer:
             for start in range(0, kept.numel(), micro)
         ]
         padding = [(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))] * (backward_passes - len(batches))
-        group_of_row = torch.arange(len(rollout.dataset_indices)).repeat_interleave(config.rollout.group_size)
+        group_of_row = self.layout.group_of_row(len(rollout.dataset_indices))
         sums: dict[str, float] = {}
         device, guidance = self.accelerator.device, config.rollout.guidance
         self.phases["train"].restart(backward_passes)
@@ -400,9 +402,8 @@ class NFTTrainer:
     def _save_grid(self, iteration: int, rollout: Rollout, rewards: torch.Tensor) -> None:
         folder = self.run_dir / "grids"
         folder.mkdir(exist_ok=True)
-        k = self.config.rollout.group_size
         for g in range(min(self.config.logging.grid_groups, len(rollout.dataset_indices))):
-            rows = slice(g * k, (g + 1) * k)
+            rows = self.layout.rows_of_group(g)
             image = group_grid(rollout.sources[g], list(rollout.images[rows]), rewards[rows].tolist(),
                                self.train_samples[rollout.dataset_indices[g]].prompt)
             image.save(folder / f"step_{iteration:06d}_group{g}.png")
