@@ -40,9 +40,6 @@ from editr1.errors import EditR1Error
 DEFAULT_MAX_AREA = 1024 * 1024
 #: Without a terminal, a progress line at the first step and then at most this often.
 PLAIN_PROGRESS_EVERY_S = 30.0
-#: What a run folder's `model.json` holds.
-RUN_RECORD = "model.json"
-RUN_FIELDS = ("base", "family", "dtype", "condition_area", "train_mode", "final")
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,20 +142,21 @@ def read_run(run: Path) -> RunWeights:
     from editr1.hub import resolve_model_path
     from editr1.models.registry import detect_family
     from editr1.trainer.model_loading import DTYPES
+    from editr1.trainer.run_folder import MODEL_RECORD, MODEL_RECORD_FIELDS
 
     run = run.expanduser()
     if not run.is_dir():
         raise EditR1Error(f"--run {run}: " + ("not a folder" if run.exists() else "no such folder"))
-    path = run / RUN_RECORD
+    path = run / MODEL_RECORD
     if not path.is_file():
-        raise EditR1Error(f"--run {run}: not a run folder (written by editr1 train): no {RUN_RECORD}")
+        raise EditR1Error(f"--run {run}: not a run folder (written by editr1 train): no {MODEL_RECORD}")
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise EditR1Error(f"{path}: not valid JSON ({error})") from error
     if not isinstance(record, dict):
         raise EditR1Error(f"{path}: expected a JSON object")
-    missing = [name for name in RUN_FIELDS if name not in record]
+    missing = [name for name in MODEL_RECORD_FIELDS if name not in record]
     if missing:
         raise EditR1Error(f"{path}: missing field(s) {', '.join(missing)}")
     for name in ("base", "final"):

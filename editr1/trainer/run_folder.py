@@ -34,6 +34,7 @@ CONFIG_FILE = "config.yaml"
 #: `model.json` says how to rebuild the run's base model (`editr1 edit --run`); a tiny preset, built
 #: in memory from the training prompts, is saved in `base_model/`.
 MODEL_RECORD, BASE_MODEL_FOLDER = "model.json", "base_model"
+MODEL_RECORD_FIELDS = ("base", "family", "dtype", "condition_area", "train_mode", "final")
 CHANGES_FILE = "config_changes.jsonl"
 CHECKPOINTS = "checkpoints"
 #: Values of these options are not printed or recorded when they change.
@@ -120,7 +121,7 @@ class RunFolder:
             return None
         saved = self.path / CONFIG_FILE  # every run writes it before anything else
         try:
-            load_config(type(config), saved)
+            saved_config = load_config(type(config), saved)
         except ConfigError as error:
             raise EditR1Error(f"{self.path}: holds files but no {CONFIG_FILE} of this command that loads ({error}), "
                               "so it is no run folder of it; choose another output_dir") from error
@@ -139,21 +140,15 @@ class RunFolder:
             self._say(f"--resume: {self.path} stopped before its first checkpoint; starting it again from the "
                           "beginning (the unfinished attempt's logs are discarded)")
             return None
-        self._changes = self._check_config(config)
+        self._changes = self._check_config(saved_config, config)
         self._resumed_from = checkpoint
         return checkpoint
 
     def finished_outputs(self) -> list[str]:
         return [name for name in self.finished if (self.path / name).exists()]
 
-    def _check_config(self, config: Any) -> dict[str, tuple[Any, Any]]:
+    def _check_config(self, old: Any, config: Any) -> dict[str, tuple[Any, Any]]:
         saved = self.path / CONFIG_FILE
-        if not saved.is_file():
-            raise EditR1Error(f"{saved}: missing; cannot check that the resumed run has the same settings")
-        try:
-            old = load_config(type(config), saved)
-        except ConfigError as error:
-            raise EditR1Error(f"--resume: the run's saved config no longer loads: {error}") from error
         changes = config_changes(old, config)
         locked = {key: change for key, change in changes.items()
                   if _under(key, self.locked) and not _under(key, self.unlocked)}
