@@ -18,9 +18,9 @@ from pathlib import Path
 
 from reward_throughput import start_server
 
-from editr1.cli.demo import DEMO_CONFIG, SHIPPED_BASE, SHIPPED_JUDGE
 from editr1.config import NFTConfig, load_config
-from editr1.data.shapes import write_shapes_dataset
+from editr1.tasks.shapes import DEMO_CONFIG, SHIPPED_BASE, SHIPPED_JUDGE
+from editr1.tasks.shapes.scenes import write_shapes_dataset
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import run_nft
 

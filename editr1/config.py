@@ -29,7 +29,10 @@ class ConfigError(EditR1Error):
 _BOUNDS: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {}
 
 
-def _bounds(cls_name: str, **fields: tuple) -> None:
+def register_bounds(cls_name: str, **fields: tuple) -> None:
+    """Numeric bounds of the fields of config section `cls_name` (a dataclass's name), checked by
+    `load_config`: `field=(minimum, maximum)` or `(minimum, maximum, True)` for an exclusive minimum;
+    None: unbounded. A task's own config sections register theirs the same way."""
     for name, spec in fields.items():
         low, high, *exclusive = spec
         _BOUNDS[(cls_name, name)] = (low, high, bool(exclusive and exclusive[0]))
@@ -97,6 +100,8 @@ class RolloutConfig:
 
 @dataclass
 class RLConfig:
+    #: A loss of `editr1.rl.losses.LOSSES` or the dotted path `package.module:name` of one with its keywords.
+    loss: str = "nft"
     beta: float = 1.0
     kl_coef: float = 1e-4
     adv_clip: float = 5.0
@@ -193,81 +198,19 @@ class SFTConfig:
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(checkpoint_every=250))
 
 
-@dataclass
-class JudgeArchConfig:
-    """Sizes of the tiny Qwen2.5-VL judge (`editr1.rewards.tiny_judge`)."""
-
-    hidden: int = 128
-    layers: int = 4
-    vision_hidden: int = 64
-    vision_depth: int = 2
-
-
-@dataclass
-class JudgeRolloutConfig:
-    """Edits of the policy model to learn on: `count` per training sample with this sampler."""
-
-    sampler: Literal["euler", "dpmpp_2m"] = "dpmpp_2m"
-    steps: int = 6
-    count: int = 4
-
-
-@dataclass
-class JudgeDistillConfig:
-    """`editr1 judge distill`: teach a tiny MLLM judge to answer the shapes verifier's score."""
-
-    seed: int = 0
-    output_dir: str = "runs/judge"
-    #: The editing model whose rollouts the judge learns to score (besides targets and corruptions).
-    policy: ModelConfig = field(default_factory=lambda: ModelConfig(path="editr1/assets/shapes_base"))
-    data: DataConfig = field(default_factory=DataConfig)
-    rollouts: list[JudgeRolloutConfig] = field(
-        default_factory=lambda: [JudgeRolloutConfig("dpmpp_2m", 6, 4), JudgeRolloutConfig("euler", 8, 2)]
-    )
-    corruptions_per_sample: int = 5
-    #: `examples.npz` of an earlier run with the same data and rollout settings: skips building them.
-    reuse_examples: str | None = field(default=None, metadata={"path": "always"})
-    steps: int = 3000
-    time_budget_s: float = 0.0
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_every: int = 250
-    #: Weight of the auxiliary captioning loss (0: scoring only), and captions per step.
-    caption_weight: float = 1.0
-    caption_batch_size: int = 32
-    #: Weight of the pairwise ranking loss between edits of one source (batches hold whole sources).
-    ranking_weight: float = 1.0
-    #: Held-out samples whose two policy rollouts form the agreement pairs.
-    eval_pairs: int = 256
-    #: Verifier scores closer than this make a "tie" pair.
-    tie_margin: float = 0.05
-    arch: JudgeArchConfig = field(default_factory=JudgeArchConfig)
-    save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-
-_bounds("LoraConfig", rank=(1, None), alpha=(0, None, True))
-_bounds("ModelConfig", resolution=(8, None), condition_area=(64, None))
-_bounds("DataConfig", max_pixels=(1, None), max_prompt_tokens=(1, None))
-_bounds("RolloutConfig", groups_per_iteration=(1, None), group_size=(2, None), steps=(1, None), batch_size=(1, None),
+register_bounds("LoraConfig", rank=(1, None), alpha=(0, None, True))
+register_bounds("ModelConfig", resolution=(8, None), condition_area=(64, None))
+register_bounds("DataConfig", max_pixels=(1, None), max_prompt_tokens=(1, None))
+register_bounds("RolloutConfig", groups_per_iteration=(1, None), group_size=(2, None), steps=(1, None), batch_size=(1, None),
         cfg_scale=(1.0, None))
-_bounds("RLConfig", beta=(0, None, True), kl_coef=(0, None), adv_clip=(0, None, True), timestep_fraction=(0, 1, True),
+register_bounds("RLConfig", beta=(0, None, True), kl_coef=(0, None), adv_clip=(0, None, True), timestep_fraction=(0, 1, True),
         filter_mean_threshold=(0, 1), filter_std_threshold=(0, None), max_unscored_fraction=(0, 0.99))
-_bounds("OptimConfig", lr=(0, None, True), weight_decay=(0, None), grad_clip=(0, None, True), micro_batch=(1, None))
-_bounds("EvalConfig", every=(0, None), samples=(2, None), steps=(1, None), cfg_scale=(1.0, None))
-_bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint_every=(1, None), keep_checkpoints=(0, None))
-_bounds("NFTConfig", iterations=(0, None), time_budget_s=(0, None))
-_bounds("SFTConfig", steps=(1, None), time_budget_s=(0, None), batch_size=(1, None), lr=(0, None, True),
+register_bounds("OptimConfig", lr=(0, None, True), weight_decay=(0, None), grad_clip=(0, None, True), micro_batch=(1, None))
+register_bounds("EvalConfig", every=(0, None), samples=(2, None), steps=(1, None), cfg_scale=(1.0, None))
+register_bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint_every=(1, None), keep_checkpoints=(0, None))
+register_bounds("NFTConfig", iterations=(0, None), time_budget_s=(0, None))
+register_bounds("SFTConfig", steps=(1, None), time_budget_s=(0, None), batch_size=(1, None), lr=(0, None, True),
         warmup_steps=(0, None), weight_decay=(0, None), grad_clip=(0, None, True), ema_decay=(0, 0.99999))
-_bounds("JudgeArchConfig", hidden=(16, None), layers=(1, None), vision_hidden=(16, None), vision_depth=(1, None))
-_bounds("JudgeRolloutConfig", steps=(1, None), count=(0, None))
-_bounds("JudgeDistillConfig", corruptions_per_sample=(1, None), steps=(1, None), time_budget_s=(0, None),
-        batch_size=(1, None), lr=(0, None, True), warmup_steps=(0, None), weight_decay=(0, None),
-        grad_clip=(0, None, True), eval_every=(0, None), eval_pairs=(0, None), tie_margin=(0, 1), caption_weight=(0, None), ranking_weight=(0, None),
-        caption_batch_size=(1, None))
 
 
 # ---- validation -------------------------------------------------------------------------------
@@ -392,7 +335,7 @@ PACKAGE_PREFIX = "editr1:"
 
 
 def package_path(relative: str) -> Path:
-    """A file shipped inside the installed package: `editr1:assets/shapes_base`."""
+    """A file shipped inside the installed package: `editr1:tasks/shapes/assets/shapes_base`."""
     return Path(__file__).resolve().parent / relative
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from editr1.data.shapes import write_shapes_dataset
+from editr1.tasks.shapes.scenes import write_shapes_dataset
 
 
 @pytest.fixture(scope="session")

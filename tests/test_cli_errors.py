@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from editr1.cli.main import main, silence_known_warnings
-from editr1.config import JudgeDistillConfig, ModelConfig, NFTConfig, RewardConfig, SFTConfig, load_config
+from editr1.config import ModelConfig, NFTConfig, RewardConfig, SFTConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.serve.config import ServeConfig
+from editr1.tasks.shapes import SHIPPED_BASE
+from editr1.tasks.shapes.config import JudgeDistillConfig
 from editr1.trainer.model_loading import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +146,7 @@ def test_help_examples_are_fields_of_the_commands_config(command, capsys, tmp_pa
         ("tiny:qwen-image-edit", "nope", ["model.family: unknown model family 'nope'; known: ['flux-kontext', "]),
         ("tiny:qwen-image-edit", "flux-kontext",
          ["model.family: 'flux-kontext' contradicts model.path tiny:qwen-image-edit (a qwen-image-edit model)"]),
-        (str(REPO / "editr1/assets/shapes_base"), "flux-kontext",
+        (str(SHIPPED_BASE), "flux-kontext",
          ["model.family: 'flux-kontext' contradicts ", "model_index.json (a qwen-image-edit model)"]),
     ],
 )
@@ -157,7 +159,7 @@ def test_a_wrong_model_family_is_an_error(path, family, expected):
 def test_model_family_names_a_folder_whose_pipeline_class_is_unknown(tmp_path):
     # A folder saved under another pipeline class name (a fork, `DiffusionPipeline`): the family says how to load it.
     folder = tmp_path / "base"
-    shutil.copytree(REPO / "editr1" / "assets" / "shapes_base", folder)
+    shutil.copytree(SHIPPED_BASE, folder)
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "MyEditPipeline"}))
     with pytest.raises(EditR1Error, match="unknown model family 'MyEditPipeline'"):

@@ -2,8 +2,9 @@
 
 import json
 
-from editr1.cli.demo import SHIPPED_BASE, run_demo
+from editr1.cli.demo import run_demo
 from editr1.models.registry import load_adapter
+from editr1.tasks.shapes import SHIPPED_BASE
 
 
 def test_shipped_base_loads():

@@ -1,10 +1,11 @@
 import json
 
-from editr1.cli.demo import SHIPPED_BASE
-from editr1.config import JudgeDistillConfig, load_config
+from editr1.config import load_config
 from editr1.data.preference_pairs import read_preference_jsonl
 from editr1.rewards.registry import build_reward
-from editr1.trainer.judge_distill import run_judge_distill
+from editr1.tasks.shapes import SHIPPED_BASE
+from editr1.tasks.shapes.config import JudgeDistillConfig
+from editr1.tasks.shapes.judge_distill import run_judge_distill
 from editr1.trainer.metrics_log import read_metrics
 
 

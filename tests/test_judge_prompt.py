@@ -4,7 +4,7 @@ from editr1.errors import EditR1Error
 from editr1.rewards.judge_prompt import JudgePrompt
 
 # Today's default prompt for one reference image, copied literally: the shipped judge
-# (editr1/assets/shapes_judge) was distilled on exactly this text and layout.
+# (editr1/tasks/shapes/assets/shapes_judge) was distilled on exactly this text and layout.
 ONE_REFERENCE_TEXT = (
     "The first image is the source image and the second image is the edited result. "
     "The editing instruction was: remove the red circle\n"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from editr1.data.shapes import Edit, Scene, Shape, apply_edit, instruction_text, render
+from editr1.tasks.shapes.scenes import Edit, Scene, Shape, apply_edit, instruction_text, render
 from editr1.errors import EditR1Error
 from editr1.rewards.registry import REWARDS, build_reward
 

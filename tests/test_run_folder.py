@@ -143,13 +143,13 @@ def test_rejected_input_writes_nothing(shapes_data, tmp_path):
     with pytest.raises(DataError):
         NFTTrainer(_config(shapes_data, tmp_path / "nft", f"data.train={bad}"))
     assert not (tmp_path / "nft").exists()
-    from editr1.config import JudgeDistillConfig
-    from editr1.trainer.judge_distill import run_judge_distill
+    from editr1.tasks.shapes.config import JudgeDistillConfig
+    from editr1.tasks.shapes.judge_distill import run_judge_distill
 
     with pytest.raises(EditR1Error, match="reuse_examples: .*missing.npz not found"):
         run_judge_distill(load_config(JudgeDistillConfig, None, [
             f"data.train={shapes_data / 'train.jsonl'}", "data.heldout=null", f"output_dir={tmp_path / 'judge'}",
-            f"reuse_examples={tmp_path / 'missing.npz'}", f"policy.path={package_path('assets/shapes_base')}"]))
+            f"reuse_examples={tmp_path / 'missing.npz'}", f"policy.path={package_path('tasks/shapes/assets/shapes_base')}"]))
     assert not (tmp_path / "judge").exists()
     assert (out / "config.yaml").read_text() == "an earlier run's config\n"
 
@@ -209,14 +209,14 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     (folder / "judge").mkdir()
     (folder / "run.yaml").write_text(
         "data: {train: ../data/train.jsonl, heldout: null}\n"
-        "model: {path: editr1:assets/shapes_base}\n"
+        "model: {path: editr1:tasks/shapes/assets/shapes_base}\n"
         "reward: {name: mllm, options: {model: judge, dtype: float32}}\n"
     )
     monkeypatch.chdir(tmp_path)
     config = load_config(NFTConfig, "project/configs/run.yaml", ["data.heldout=held.jsonl"])
     assert config.data.train == str(folder / "../data/train.jsonl")
     assert config.data.heldout == str(tmp_path / "held.jsonl")  # a --set path: relative to the working directory
-    assert Path(config.model.path) == package_path("assets/shapes_base") and Path(config.model.path).is_dir()
+    assert Path(config.model.path) == package_path("tasks/shapes/assets/shapes_base") and Path(config.model.path).is_dir()
     assert config.reward.options == {"model": str(folder / "judge"), "dtype": "float32"}
     assert load_config(NFTConfig, None, ["model.path=Qwen/Qwen-Image-Edit"]).model.path == "Qwen/Qwen-Image-Edit"
 

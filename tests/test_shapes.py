@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from editr1.data.jsonl import read_edit_jsonl
-from editr1.data.shapes import (
+from editr1.tasks.shapes.scenes import (
     ALL_PAIRS,
     CELL_NAMES,
     COLORS,
@@ -27,7 +27,7 @@ from editr1.data.shapes import (
     render,
     write_shapes_dataset,
 )
-from editr1.rewards.shapes_verifier import ShapesVerifier, verify_edit
+from editr1.tasks.shapes.verifier import ShapesVerifier, verify_edit
 
 SCENE = Scene((Shape("circle", "red", 0), Shape("square", "green", 4), Shape("triangle", "red", 8)))
 

@@ -2,9 +2,9 @@ import random
 
 import numpy as np
 
-from editr1.data.shapes import instruction_text, make_sample, render
-from editr1.data.shapes_corruptions import corrupted_edits
-from editr1.rewards.shapes_verifier import verify_edit
+from editr1.tasks.shapes.scenes import instruction_text, make_sample, render
+from editr1.tasks.shapes.corruptions import corrupted_edits
+from editr1.tasks.shapes.verifier import verify_edit
 
 
 def test_corruptions_are_wrong_edits_and_deterministic():

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from editr1.config import JudgeDistillConfig, RewardConfig, SFTConfig, load_config
+from editr1.config import RewardConfig, SFTConfig, load_config
 from editr1.serve.config import ServeConfig
+from editr1.tasks.shapes.config import JudgeDistillConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from editr1.cli.demo import SHIPPED_BASE
+from editr1.tasks.shapes import SHIPPED_BASE
 
 
 def tiny_nft_overrides(data, out, iterations=3):

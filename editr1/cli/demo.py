@@ -17,21 +17,15 @@ import time
 from pathlib import Path
 
 from editr1.config import NFTConfig, SFTConfig, load_config
-from editr1.data.shapes import write_shapes_dataset
 from editr1.errors import EditR1Error
 from editr1.eval.heldout import load_eval, paired_stderr
 from editr1.eval.report import ReportSection, write_report
+from editr1.tasks.shapes import CONTROL_CONFIG, DATA_SEED, DEMO_CONFIG, N_TEST, N_TRAIN, SHIPPED_BASE, SHIPPED_JUDGE
+from editr1.tasks.shapes.scenes import write_shapes_dataset
 from editr1.trainer.nft import run_nft
 from editr1.trainer.sft import run_sft
 
-PACKAGE = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = PACKAGE / "configs" / "shapes_nft_demo.yaml"
-CONTROL_CONFIG = PACKAGE / "configs" / "shapes_sft_control.yaml"
-SHIPPED_BASE = PACKAGE / "assets" / "shapes_base"
-SHIPPED_JUDGE = PACKAGE / "assets" / "shapes_judge"
 REWARDS = ("verifier", "mllm")
-# The shipped base was trained on this dataset (configs/shapes_sft.yaml); the demo regenerates it.
-DATA_SEED, N_TRAIN, N_TEST = 0, 2000, 256
 JUDGE_PAIRS = 256
 
 
@@ -98,12 +92,12 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
 
 def _judge_agreement(config: NFTConfig, folder: Path) -> dict:
     """The shipped judge's pairwise agreement with the verifier on rollout pairs of held-out samples."""
-    from editr1.config import JudgeDistillConfig
     from editr1.data.jsonl import read_edit_jsonl
     from editr1.data.preference_pairs import read_preference_jsonl
     from editr1.eval.reward_alignment import evaluate_alignment
     from editr1.rewards.registry import build_reward
-    from editr1.trainer.judge_distill import write_heldout_pairs
+    from editr1.tasks.shapes.config import JudgeDistillConfig
+    from editr1.tasks.shapes.judge_distill import write_heldout_pairs
     from editr1.trainer.model_loading import build_model
 
     pairs_config = JudgeDistillConfig(seed=config.seed, policy=config.model, eval_pairs=JUDGE_PAIRS)

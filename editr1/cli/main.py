@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     # Configs are loaded before the trainers are imported: a config error then comes alone, fast.
     if args.command == "data":
-        from editr1.data.shapes import write_shapes_dataset
+        from editr1.tasks.shapes.scenes import write_shapes_dataset
 
         counts = write_shapes_dataset(args.out, args.n, args.n_test, args.seed)
         print(f"wrote {counts['train']} training and {counts['test']} held-out samples to {args.out}")
@@ -119,10 +119,11 @@ def run(args: argparse.Namespace) -> None:
 
         print(json.dumps(run_nft(config, resume=args.resume), indent=2))
     elif args.command == "judge":
-        from editr1.config import JudgeDistillConfig, load_config
+        from editr1.config import load_config
+        from editr1.tasks.shapes.config import JudgeDistillConfig
 
         config = load_config(JudgeDistillConfig, args.config, args.overrides)
-        from editr1.trainer.judge_distill import run_judge_distill
+        from editr1.tasks.shapes.judge_distill import run_judge_distill
 
         print(json.dumps(run_judge_distill(config), indent=2))
     elif args.command == "eval":

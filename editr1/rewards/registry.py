@@ -11,7 +11,7 @@ from editr1.errors import EditR1Error
 from editr1.rewards.base import Reward
 
 REWARDS: dict[str, str] = {
-    "shapes_verifier": "editr1.rewards.shapes_verifier:ShapesVerifier",
+    "shapes_verifier": "editr1.tasks.shapes.verifier:ShapesVerifier",
     "mllm": "editr1.rewards.mllm_judge:mllm_reward",
     "mllm_remote": "editr1.rewards.remote_judge:RemoteJudgeReward",
 }

@@ -1,8 +1,9 @@
-"""A tiny Qwen2.5-VL judge for the CPU demo, built offline from configs.
+"""A tiny Qwen2.5-VL judge, built offline from configs.
 
 The real judge architecture (`Qwen2_5_VLForConditionalGeneration`, Qwen2-VL image processor, Qwen
 chat layout) at toy scale: 4x4-pixel patches merged 2x2, so a 32x32 image is 16 tokens. Random until
-`editr1 judge distill` trains it; the trained one ships as `editr1/assets/shapes_judge`.
+trained; the one `editr1 judge distill` trained on the shapes task ships as
+`editr1/tasks/shapes/assets/shapes_judge`.
 """
 
 from __future__ import annotations

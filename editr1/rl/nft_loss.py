@@ -18,9 +18,9 @@ class NFTLoss:
     neg: Tensor
 
     def metrics(self) -> dict[str, Tensor]:
-        """The values a trainer logs, under the names it logs them."""
-        return {"loss": self.total, "policy_loss": self.policy, "kl_loss": self.kl, "loss_pos": self.pos,
-                "loss_neg": self.neg}
+        """The values a trainer logs (detached), under the names it logs them."""
+        return {"loss": self.total.detach(), "policy_loss": self.policy.detach(), "kl_loss": self.kl.detach(),
+                "loss_pos": self.pos, "loss_neg": self.neg}
 
 
 def adaptive_weighted_mse(x0_pred: Tensor, x0: Tensor, min_denom: float = 1e-5) -> Tensor:

@@ -23,6 +23,7 @@ from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.order import take_indices
 from editr1.data.prompt_length import fit_prompt_lengths
+from editr1.dotted import resolve
 from editr1.errors import EditR1Error
 from editr1.eval.heldout import (
     EvalResult,
@@ -41,16 +42,17 @@ from editr1.rewards.registry import build_reward
 from editr1.rl.advantages import group_advantages, optimality_probability
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
 from editr1.rl.group_layout import GroupLayout
-from editr1.rl.nft_loss import nft_loss
+from editr1.rl.losses import LOSSES
 from editr1.rl.old_policy import old_policy_decay
 from editr1.sampling.generate import edit_batch
 from editr1.trainer.async_scoring import RolloutScorer
 from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
-from editr1.trainer.metrics_log import MetricsLogger, read_metrics
+from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model, lora_spec
 from editr1.trainer.policies import PolicySet
-from editr1.trainer.progress import console, phase_progress
+from editr1.trainer.progress import console
 from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
+from editr1.trainer.run_loop import StepResult, TrainingLoop
 from editr1.trainer.seeding import generator_for
 
 GRID_SAMPLES = 8
@@ -141,6 +143,7 @@ class NFTTrainer:
 
         self.adapter.to(self.accelerator.device)
         self.scorer = RolloutScorer(self.reward, config.reward.overlap)
+        self.loss_fn = resolve(config.rl.loss, LOSSES, "rl.loss", "loss")
         self.lora = lora_spec(config.model, self.adapter) if config.model.train_mode == "lora" else None
         self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
         # DDP-wrapped when several processes run: gradients of the trained policy are averaged across ranks.
@@ -151,8 +154,11 @@ class NFTTrainer:
         )
         self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
         self.layout = GroupLayout(config.rollout.groups_per_iteration, config.rollout.group_size, self.world)
-        self.step, self.position, self.banned, self.train_seconds = 0, 0, set(), 0.0
-        self.evaluated_steps: set[int] = set()
+        self.position, self.banned = 0, set()
+        self.loop = TrainingLoop(self.run_dir, "nft", "iterations", config.iterations,
+                                 time_budget_s=config.time_budget_s, eval_every=config.eval.every,
+                                 checkpoint_every=config.logging.checkpoint_every, progress=config.logging.progress,
+                                 tensorboard=config.logging.tensorboard, is_main=self.is_main)
         self.reported_unscored: set[str] = set()
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -165,43 +171,22 @@ class NFTTrainer:
             self.scorer.close()
 
     def _run(self) -> dict:
-        config = self.config
-        logger = MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard) if self.is_main else nullcontext()
-        with logger as log, phase_progress(config.logging.progress and self.is_main) as progress:
-            if log is not None:
-                log.truncate_after(self.step)
-                # A resumed run may have evaluated its checkpoint's step after saving it (the final evaluation).
-                self.evaluated_steps = {row["step"] for row in read_metrics(self.run_dir) if "heldout_reward" in row}
-            if self.heldout is not None and 0 not in self.evaluated_steps:
-                self._evaluate(0, log)
-            task = progress.task("nft iterations", config.iterations)
-            task.advance(self.step)
-            self.phases = {name: progress.task(f"  {name}", 1, quiet=True) for name in ("rollout", "train")}
-            while self.step < config.iterations:
-                if config.time_budget_s and self.train_seconds >= config.time_budget_s:
-                    console.print(f"nft: time budget of {config.time_budget_s:.0f}s reached after {self.step} iterations")
-                    break
-                metrics = self._iteration(self.step)
-                self.step += 1
-                if log is not None:
-                    log.log(self.step, metrics)
-                    if not progress.live:
-                        console.print(iteration_line(self.step, config.iterations, metrics), soft_wrap=True)
-                task.advance()
-                if self.heldout is not None and self.step % config.eval.every == 0:
-                    self._evaluate(self.step, log)
-                if self.step % config.logging.checkpoint_every == 0:
-                    self._save_checkpoint()
-            task.done()
-            if self.heldout is not None and self.step not in self.evaluated_steps:
-                self._evaluate(self.step, log)
-        self._save_checkpoint()
+        self.phases = None
+        self.loop.run(
+            self._iteration,
+            evaluate=self._evaluate if self.heldout is not None else None,
+            evaluate_at_start=True,
+            save_checkpoint=self._save_checkpoint,
+            line=iteration_line,
+        )
         summary = self._finish() if self.is_main else {}
         self.accelerator.wait_for_everyone()
         return summary
 
-    def _iteration(self, step: int) -> dict[str, float]:
+    def _iteration(self, step: int) -> StepResult:
         config, rl = self.config, self.config.rl
+        if self.phases is None:
+            self.phases = {name: self.loop.progress.task(f"  {name}", 1, quiet=True) for name in ("rollout", "train")}
         timings = {}
         tick = time.monotonic()
         layout = self.layout
@@ -244,14 +229,14 @@ class NFTTrainer:
         # Every rank must take the same decisions (time budget): use the slowest rank's clock.
         wall = sum(v for k, v in timings.items() if k != "seconds_reward_compute")
         elapsed = torch.tensor([wall], device=self.accelerator.device)
-        self.train_seconds += float(self.accelerator.gather(elapsed).max())
+        slowest = float(self.accelerator.gather(elapsed).max())
 
         if self.is_main and config.logging.grid_every and step % config.logging.grid_every == 0:
             self._save_grid(step + 1, rollout, rewards[own_rows])
         good = rewards[valid]
         groups_total = len(indices)
         kept_groups = len(torch.unique(group_ids[keep]))
-        return {
+        return StepResult({
             "reward_mean": float(good.mean()),
             "reward_std": float(good.std(unbiased=False)),
             "reward_min": float(good.min()),
@@ -264,7 +249,7 @@ class NFTTrainer:
             **losses,
             **timings,
             "seconds_total": wall,
-        }
+        }, slowest)
 
     @torch.no_grad()
     def _rollout(self, step: int, samples: list[EditSample], indices: list[int], rows: slice) -> Rollout:
@@ -340,16 +325,17 @@ class NFTTrainer:
             last = index == backward_passes - 1
             with self.policies.use("trained"), (nullcontext() if last else self.accelerator.no_sync(self.trained_module)):
                 v_theta = self.adapter.velocity(x_t, t, conditions, guidance, self.trained_module)
-                loss = nft_loss(v_theta=v_theta, v_old=v_old, x_t=x_t, x0=x0, t=t, r=r[rows].to(device), beta=rl.beta,
-                                adv_clip=rl.adv_clip, v_ref=v_ref, kl_coef=rl.kl_coef)
-                if not torch.isfinite(loss.total):
-                    raise EditR1Error(f"iteration {step + 1}: the NFT loss is {loss.total.item()}; training diverged, lower optim.lr")
+                loss, loss_metrics = self.loss_fn(v_theta=v_theta, v_old=v_old, v_ref=v_ref, x_t=x_t, x0=x0, t=t,
+                                                  r=r[rows].to(device), beta=rl.beta, adv_clip=rl.adv_clip,
+                                                  kl_coef=rl.kl_coef)
+                if not torch.isfinite(loss):
+                    raise EditR1Error(f"iteration {step + 1}: the NFT loss is {loss.item()}; training diverged, lower optim.lr")
                 share = 0.0 if is_padding else rows.numel() / total_pairs
                 # DDP averages gradients over ranks; scaling by the world size makes that a sum.
-                (loss.total * share * self.world).backward()
-            metrics = {**loss.metrics(), "old_deviation": (v_theta.detach() - v_old).pow(2).mean()}
+                (loss * share * self.world).backward()
+            metrics = {**loss_metrics, "old_deviation": (v_theta.detach() - v_old).pow(2).mean()}
             for name, value in metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) * share
+                sums[name] = sums.get(name, 0.0) + float(value) * share
             self.phases["train"].advance()
         summed = self.accelerator.reduce(torch.tensor(list(sums.values()), device=device, dtype=torch.float64), "sum")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policies.trainable_parameters(), config.optim.grad_clip)
@@ -357,7 +343,7 @@ class NFTTrainer:
         return {**dict(zip(sums, summed.tolist())), "grad_norm": float(grad_norm)}
 
     # ---- evaluation, grids, checkpoints --------------------------------------------------------
-    def _evaluate(self, step: int, log: MetricsLogger) -> EvalResult:
+    def _evaluate(self, step: int) -> dict[str, float]:
         ev = self.config.eval
         tick = time.monotonic()
         with torch.no_grad(), self.policies.use("trained") as trained:
@@ -376,7 +362,6 @@ class NFTTrainer:
                 metrics["heldout_training_reward"] = float(tracked.scores[tracked.valid].mean())
         folder = self.run_dir / EVAL_FOLDER
         save_eval(result, folder / f"step_{step:06d}.safetensors", GRID_SAMPLES)
-        self.evaluated_steps.add(step)
         metrics.update(heldout_reward=result.mean, seconds_eval=time.monotonic() - tick)
         if step > 0:
             base = load_eval(folder / BASELINE_EVAL)
@@ -384,12 +369,11 @@ class NFTTrainer:
             metrics["heldout_gain"] = gain
             if stderr is not None:
                 metrics["heldout_gain_stderr"] = stderr
-        log.log(step, metrics)
         line = f"step {step}: held-out reward {result.mean:.4f}"
         if step:
             line += f" (gain {gain:+.4f}" + (f" ± {stderr:.4f})" if stderr is not None else ")")
         console.print(line)
-        return result
+        return metrics
 
     def _report_unscored(self, where: str, count: int, total: int, reason: str) -> None:
         """Once per kind of failure and run: the reason is the same every time."""
@@ -415,9 +399,9 @@ class NFTTrainer:
         state = {
             "position": self.position,
             "banned": sorted(self.train_samples[i].id for i in self.banned),
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.loop.seconds,
         }
-        save_checkpoint(self.run_folder.checkpoints, self.step, self.policies.trained_state(), self.policies.old_state(),
+        save_checkpoint(self.run_folder.checkpoints, self.loop.step, self.policies.trained_state(), self.policies.old_state(),
                         self.optimizer, state, keep=self.config.logging.keep_checkpoints)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
@@ -425,10 +409,11 @@ class NFTTrainer:
         self.policies.load_states(checkpoint.trained, checkpoint.old)
         state = checkpoint.state
         ids = {s.id: i for i, s in enumerate(self.train_samples)}
-        self.step, self.position, self.train_seconds = state["step"], state["position"], state["train_seconds"]
+        self.loop.resume_at(state["step"], state["train_seconds"])
+        self.position = state["position"]
         self.banned = {ids[sample_id] for sample_id in state["banned"] if sample_id in ids}
         if self.is_main:
-            console.print(f"resumed from {checkpoint.folder} at iteration {self.step}")
+            console.print(f"resumed from {checkpoint.folder} at iteration {checkpoint.step}")
 
     def _finish(self) -> dict:
         rows = read_metrics(self.run_dir)
@@ -439,11 +424,12 @@ class NFTTrainer:
         else:
             self.adapter.save_pretrained(final_folder)
             fix_modes(final_folder)
-        summary = {"iterations": self.step, "train_seconds": round(self.train_seconds, 1)}
+        step = self.loop.step
+        summary = {"iterations": step, "train_seconds": round(self.loop.seconds, 1)}
         if self.heldout is not None:
             eval_dir = self.run_dir / EVAL_FOLDER
             base = load_eval(eval_dir / BASELINE_EVAL)
-            final = load_eval(eval_dir / f"step_{self.step:06d}.safetensors")
+            final = load_eval(eval_dir / f"step_{step:06d}.safetensors")
             gain, stderr, both = paired_gain(final.scores, final.valid, base.scores, base.valid)
             summary.update(
                 base_heldout_reward=float(base.scores[both].mean()),

@@ -12,25 +12,27 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from editr1.config import ConfigError, SFTConfig
 from editr1.data.batching import source_images, target_tensor
 from editr1.data.jsonl import read_edit_jsonl
 from editr1.data.order import take_indices
 from editr1.data.prompt_length import fit_prompt_lengths
+from editr1.dotted import resolve
 from editr1.errors import EditR1Error
 from editr1.eval.heldout import HeldoutSet, evaluate, save_eval
 from editr1.eval.visuals import reward_curve
 from editr1.fileio import fix_modes
 from editr1.models.lora_io import LoraSpec
 from editr1.rewards.registry import build_reward
+from editr1.rl.losses import LOSSES
 from editr1.rl.old_policy import soft_update_
 from editr1.trainer.checkpoint import save_checkpoint
-from editr1.trainer.metrics_log import MetricsLogger, read_metrics
+from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model, lora_spec
-from editr1.trainer.progress import console, phase_progress
+from editr1.trainer.progress import console
 from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
+from editr1.trainer.run_loop import StepResult, TrainingLoop
 from editr1.trainer.seeding import generator_for
 
 #: Without a terminal, a plain progress line every this many steps (steps take well under a second).
@@ -83,7 +85,7 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     if config.data.heldout:
         if config.eval.reward is None:
             raise ConfigError("eval.reward: sft has no training reward; name the reward of the held-out evaluation "
-                              "(e.g. eval.reward.name=shapes_verifier), or set data.heldout: null")
+                              "(eval.reward.name and eval.reward.options), or set data.heldout: null")
         held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
         eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
         eval_reward.check_ready()
@@ -106,7 +108,11 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     trainable = list(named.values())
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     ema = [p.detach().clone() for p in trainable] if config.ema_decay > 0 else None
-    step, position, train_seconds = 0, 0, 0.0
+    loss_fn = resolve("flow_matching", LOSSES, "loss", "loss")
+    loop = TrainingLoop(run_dir, "sft", "steps", config.steps, time_budget_s=config.time_budget_s,
+                        eval_every=config.eval.every, checkpoint_every=config.logging.checkpoint_every,
+                        progress=config.logging.progress, tensorboard=config.logging.tensorboard)
+    position = 0
     if checkpoint is not None:
         checkpoint.restore(optimizer)
         with torch.no_grad():
@@ -114,17 +120,18 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
                 p.copy_(checkpoint.trained[name])
             for e, name in zip(ema or [], named):
                 e.copy_(checkpoint.old[name])
-        step, position, train_seconds = checkpoint.step, checkpoint.state["position"], checkpoint.state["train_seconds"]
-        console.print(f"resumed from {checkpoint.folder} at step {step}")
+        loop.resume_at(checkpoint.step, checkpoint.state["train_seconds"])
+        position = checkpoint.state["position"]
+        console.print(f"resumed from {checkpoint.folder} at step {checkpoint.step}")
 
     def save_checkpoint_now() -> None:
         # The EMA rides in the checkpoint's "old" slot: the weights kept beside the trained ones.
         trained = {name: p.detach() for name, p in named.items()}
         averaged = dict(zip(named, ema)) if ema is not None else {}
-        save_checkpoint(run_folder.checkpoints, step, trained, averaged, optimizer,
-                        {"position": position, "train_seconds": train_seconds}, keep=config.logging.keep_checkpoints)
+        save_checkpoint(run_folder.checkpoints, loop.step, trained, averaged, optimizer,
+                        {"position": position, "train_seconds": loop.seconds}, keep=config.logging.keep_checkpoints)
 
-    def evaluate_ema() -> float:
+    def evaluate_ema(step: int) -> dict[str, float]:
         """Evaluate the EMA weights (what gets saved); the last result is kept per sample."""
         live = [p.detach().clone() for p in trainable]
         if ema is not None:
@@ -133,53 +140,33 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
         save_eval(result, run_dir / "eval" / "final.safetensors")
         if ema is not None:
             soft_update_(trainable, live, 0.0)
-        return result.mean
+        console.print(f"sft step {step}: held-out reward {result.mean:.4f}")
+        return {"heldout_reward": result.mean}
 
-    with MetricsLogger(run_dir, tensorboard=config.logging.tensorboard) as log, phase_progress(config.logging.progress) as progress:
-        log.truncate_after(step)
-        evaluated = {row["step"] for row in read_metrics(run_dir) if "heldout_reward" in row}
-        task = progress.task("sft", config.steps)
-        task.advance(step)
-        while step < config.steps:
-            if config.time_budget_s and train_seconds > config.time_budget_s:
-                console.print(f"sft: time budget of {config.time_budget_s:.0f}s reached after {step} steps")
-                break
-            tick = time.monotonic()
-            indices, position = take_indices(len(train), config.seed, position, config.batch_size)
-            batch = [train[i] for i in indices]
-            lr = config.lr * learning_rate_factor(step, config.steps, config.warmup_steps, config.lr_schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            conditions, x_t, sigma, target = flow_matching_batch(adapter, batch, size, generator_for(config.seed, step, "sft-noise"))
-            loss = F.mse_loss(adapter.velocity(x_t, sigma, conditions).float(), target.float())
-            if not torch.isfinite(loss):
-                raise EditR1Error(f"sft step {step + 1}: the loss is {loss.item()}; training diverged, lower lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                soft_update_(ema, trainable, min(config.ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            seconds = time.monotonic() - tick
-            train_seconds += seconds
-            log.log(step, {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr, "seconds": seconds})
-            task.advance()
-            if not progress.live and (step == 1 or step % PLAIN_LINE_EVERY == 0 or step == config.steps):
-                console.print(f"sft step {step}/{config.steps}: loss {loss.item():.4g}, lr {lr:.3g}, {seconds:.2f}s")
-            if heldout is not None and config.eval.every > 0 and step % config.eval.every == 0 and step < config.steps:
-                reward = evaluate_ema()
-                log.log(step, {"heldout_reward": reward})
-                evaluated.add(step)
-                console.print(f"sft step {step}: held-out reward {reward:.4f}")
-            if step % config.logging.checkpoint_every == 0:
-                save_checkpoint_now()
-        task.done()
-        if heldout is not None and step not in evaluated:
-            reward = evaluate_ema()
-            log.log(step, {"heldout_reward": reward})
-            console.print(f"sft step {step} (final): held-out reward {reward:.4f}")
-    save_checkpoint_now()
+    def take_step(step: int) -> StepResult:
+        nonlocal position
+        tick = time.monotonic()
+        indices, position = take_indices(len(train), config.seed, position, config.batch_size)
+        batch = [train[i] for i in indices]
+        lr = config.lr * learning_rate_factor(step, config.steps, config.warmup_steps, config.lr_schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        conditions, x_t, sigma, target = flow_matching_batch(adapter, batch, size, generator_for(config.seed, step, "sft-noise"))
+        loss, metrics = loss_fn(v_pred=adapter.velocity(x_t, sigma, conditions), target=target)
+        if not torch.isfinite(loss):
+            raise EditR1Error(f"sft step {step + 1}: the loss is {loss.item()}; training diverged, lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            soft_update_(ema, trainable, min(config.ema_decay, (1 + step) / (10 + step)))
+        seconds = time.monotonic() - tick
+        return StepResult({**{k: float(v) for k, v in metrics.items()}, "grad_norm": float(grad_norm), "lr": lr,
+                           "seconds": seconds}, seconds)
+
+    step = loop.run(take_step, evaluate=evaluate_ema if heldout is not None else None,
+                    save_checkpoint=save_checkpoint_now, line=step_line, plain_every=PLAIN_LINE_EVERY)
     if ema is not None:
         soft_update_(trainable, ema, 0.0)
     save_model(adapter, run_dir / "model", config, lora)
@@ -187,6 +174,10 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     reward_curve(rows, run_dir / "heldout_curve.png", keys=(), eval_keys=("heldout_reward",), title="SFT held-out reward")
     final = [r["heldout_reward"] for r in rows if r.get("heldout_reward") is not None]
     return {"steps": step, "final_heldout_reward": final[-1] if final else None, "model": str(run_dir / "model")}
+
+
+def step_line(step: int, total: int, metrics: dict[str, float]) -> str:
+    return f"sft step {step}/{total}: loss {metrics['loss']:.4g}, lr {metrics['lr']:.3g}, {metrics['seconds']:.2f}s"
 
 
 def save_model(adapter, folder: Path, config: SFTConfig, lora: LoraSpec | None) -> None:

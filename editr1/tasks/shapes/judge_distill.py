@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,31 +22,32 @@ import numpy as np
 import torch
 from PIL import Image
 
-from editr1.config import JudgeDistillConfig, JudgeRolloutConfig
 from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample, read_edit_jsonl, write_jsonl
 from editr1.data.preference_pairs import read_preference_jsonl
 from editr1.data.prompt_length import fit_prompt_lengths
-from editr1.data.shapes import (
-    apply_edit,
-    describe_scene,
-    parse_instruction,
-    parse_scene,
-    render,
-)
-from editr1.data.shapes_corruptions import corrupted_edits
 from editr1.errors import EditR1Error
 from editr1.eval.reward_alignment import evaluate_alignment
 from editr1.eval.visuals import reward_curve
 from editr1.rewards.judge_prompt import JudgePrompt
 from editr1.rewards.mllm_judge import MLLMScoreReward
 from editr1.rewards.score_logit import expected_score, score_token_ids, two_hot_levels
-from editr1.rewards.shapes_verifier import verify_edit
 from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
 from editr1.sampling.generate import edit_batch
-from editr1.trainer.metrics_log import MetricsLogger, read_metrics
+from editr1.tasks.shapes.config import JudgeDistillConfig, JudgeRolloutConfig
+from editr1.tasks.shapes.corruptions import corrupted_edits
+from editr1.tasks.shapes.scenes import (
+    apply_edit,
+    describe_scene,
+    parse_instruction,
+    parse_scene,
+    render,
+)
+from editr1.tasks.shapes.verifier import verify_edit
+from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model
 from editr1.trainer.run_folder import RunFolder
+from editr1.trainer.run_loop import TrainingLoop, timed
 from editr1.trainer.progress import console, phase_progress
 from editr1.trainer.seeding import generator_for
 from editr1.trainer.sft import SAVE_DTYPES, learning_rate_factor
@@ -210,9 +210,9 @@ class JudgeDistiller:
             if self.heldout and config.eval_pairs:
                 pairs_path = write_heldout_pairs(policy, self.heldout[: config.eval_pairs], config, self.run_dir / "heldout_pairs")
             del policy
-            console.print(f"judge: {len(examples.scores)} training edits, mean verifier score {examples.scores.mean():.3f}")
-            pairs = read_preference_jsonl(pairs_path) if pairs_path else []
-            step = self._train(examples, pairs, progress)
+        console.print(f"judge: {len(examples.scores)} training edits, mean verifier score {examples.scores.mean():.3f}")
+        pairs = read_preference_jsonl(pairs_path) if pairs_path else []
+        step = self._train(examples, pairs)
         save_judge(self.judge, self.run_dir / "judge", SAVE_DTYPES[config.save_dtype])
         rows = read_metrics(self.run_dir)
         reward_curve(rows, self.run_dir / "agreement_curve.png", keys=("loss",), eval_keys=("heldout_agreement",),
@@ -241,54 +241,53 @@ class JudgeDistiller:
         self.judge.model.eval()
         return evaluate_alignment(MLLMScoreReward(self.judge, self.prompt), pairs)
 
-    def _train(self, examples: JudgeExamples, pairs, progress) -> int:
+    def _train(self, examples: JudgeExamples, pairs) -> int:
         config, model = self.config, self.judge.model
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        started, step, order = time.monotonic(), 0, torch.empty(0, dtype=torch.long)
+        order = torch.empty(0, dtype=torch.long)
         # Batches are whole sources (all their edits), so that the ranking loss compares edits of one source.
         by_source = [torch.from_numpy(np.flatnonzero(examples.source_of == s)) for s in range(len(examples.sources))]
         sources_per_batch = max(1, config.batch_size // max(len(group) for group in by_source))
         caption_images, captions = caption_examples(examples) if config.caption_weight > 0 else ([], [])
-        with MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard) as log:
-            task = progress.task("judge distill", config.steps)
-            while step < config.steps:
-                if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
-                    console.print(f"judge: time budget of {config.time_budget_s:.0f}s reached at step {step}")
-                    break
-                if order.numel() < sources_per_batch:
-                    order = torch.cat([order, torch.randperm(len(by_source), generator=generator_for(config.seed, step, "judge-order"))])
-                batch = torch.cat([by_source[s] for s in order[:sources_per_batch].tolist()])
-                order = order[sources_per_batch:]
-                lr = config.lr * learning_rate_factor(step, config.steps, config.warmup_steps, "cosine")
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                score_loss, expected = self._loss(examples, batch)
-                ranking_loss = pairwise_ranking_loss(expected, torch.from_numpy(examples.scores[batch.numpy()]),
-                                                     torch.from_numpy(examples.source_of[batch.numpy()]), config.tie_margin)
-                loss, caption_loss = score_loss + config.ranking_weight * ranking_loss, torch.zeros(())
-                if captions:
-                    picks = torch.randint(len(captions), (config.caption_batch_size,),
-                                          generator=generator_for(config.seed, step, "judge-captions")).tolist()
-                    caption_loss = self._caption_loss([caption_images[i] for i in picks], [captions[i] for i in picks])
-                    loss = loss + config.caption_weight * caption_loss
-                if not torch.isfinite(loss):
-                    raise EditR1Error(f"judge step {step + 1}: the loss is {loss.item()}; lower lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                step += 1
-                log.log(step, {"loss": loss.item(), "score_loss": score_loss.item(), "caption_loss": caption_loss.item(),
-                               "ranking_loss": ranking_loss.item(),
-                               "grad_norm": float(grad_norm), "lr": lr})
-                task.advance()
-                if pairs and config.eval_every and step % config.eval_every == 0:
-                    result = self._agreement(pairs)
-                    model.train()
-                    log.log(step, {"heldout_agreement": result.accuracy})
-                    console.print(f"judge step {step}: held-out pairwise agreement with the verifier {result.accuracy:.4f}")
-            task.done()
+
+        def take_step(step: int) -> dict[str, float]:
+            nonlocal order
+            if order.numel() < sources_per_batch:
+                order = torch.cat([order, torch.randperm(len(by_source), generator=generator_for(config.seed, step, "judge-order"))])
+            batch = torch.cat([by_source[s] for s in order[:sources_per_batch].tolist()])
+            order = order[sources_per_batch:]
+            lr = config.lr * learning_rate_factor(step, config.steps, config.warmup_steps, "cosine")
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            score_loss, expected = self._loss(examples, batch)
+            ranking_loss = pairwise_ranking_loss(expected, torch.from_numpy(examples.scores[batch.numpy()]),
+                                                 torch.from_numpy(examples.source_of[batch.numpy()]), config.tie_margin)
+            loss, caption_loss = score_loss + config.ranking_weight * ranking_loss, torch.zeros(())
+            if captions:
+                picks = torch.randint(len(captions), (config.caption_batch_size,),
+                                      generator=generator_for(config.seed, step, "judge-captions")).tolist()
+                caption_loss = self._caption_loss([caption_images[i] for i in picks], [captions[i] for i in picks])
+                loss = loss + config.caption_weight * caption_loss
+            if not torch.isfinite(loss):
+                raise EditR1Error(f"judge step {step + 1}: the loss is {loss.item()}; lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            return {"loss": loss.item(), "score_loss": score_loss.item(), "caption_loss": caption_loss.item(),
+                    "ranking_loss": ranking_loss.item(), "grad_norm": float(grad_norm), "lr": lr}
+
+        def agreement(step: int) -> dict[str, float]:
+            result = self._agreement(pairs)
+            model.train()
+            console.print(f"judge step {step}: held-out pairwise agreement with the verifier {result.accuracy:.4f}")
+            return {"heldout_agreement": result.accuracy}
+
+        loop = TrainingLoop(self.run_dir, "judge", "steps", config.steps, time_budget_s=config.time_budget_s,
+                            eval_every=config.eval_every, checkpoint_every=0, progress=config.logging.progress,
+                            tensorboard=config.logging.tensorboard, evaluated_key="heldout_agreement")
+        step = loop.run(timed(take_step), evaluate=agreement if pairs else None, evaluate_at_end=False)
         model.eval()
         return step
 

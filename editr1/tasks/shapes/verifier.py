@@ -1,6 +1,6 @@
 """Programmatic ground-truth reward for the synthetic shapes editing task.
 
-The source image and the instruction determine the exact target (see :mod:`editr1.data.shapes`).
+The source image and the instruction determine the exact target (see :mod:`editr1.tasks.shapes.scenes`).
 A pixel is *right* when every channel is within ``TOLERANCE`` of the target's colour, so smeared or
 washed-out colours count as wrong. With M the pixels the edit must change (the edited object
 before and after), the score is the product of three fractions:
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from editr1.data.shapes import (
+from editr1.tasks.shapes.scenes import (
     Edit,
     Scene,
     Shape,

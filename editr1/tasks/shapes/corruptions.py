@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 
-from editr1.data.shapes import (
+from editr1.tasks.shapes.scenes import (
     COLOR_NAMES,
     KINDS,
     Edit,
