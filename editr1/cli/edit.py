@@ -186,6 +186,66 @@ def read_run(run: Path) -> RunWeights:
     return RunWeights(model, lora, family, record["dtype"], area)
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """The weights a command was pointed at (`--run`, or `--model` with an optional `--lora`), checked."""
+
+    folder: Path
+    lora: Path | None
+    family: str
+    #: The run's dtype and condition area (None without `--run`).
+    run: RunWeights | None
+    #: What to print and record: the run folder or the model as given.
+    description: str
+
+    def identity(self) -> dict:
+        """What makes edits comparable: recorded with every evaluation."""
+        return {"model": str(self.folder), "lora": None if self.lora is None else str(self.lora), "family": self.family,
+                "run": self.description if self.run is not None else None}
+
+
+def choose_model(run: Path | None, model: str | None, lora: str | None) -> ModelChoice:
+    """Check `--run` / `--model` / `--lora` before anything is loaded; every problem is an `EditR1Error`."""
+    from editr1.hub import resolve_model_path
+    from editr1.models.lora_io import find_lora_file
+    from editr1.models.registry import detect_family
+
+    if run is not None:
+        if lora is not None:
+            raise EditR1Error("--lora: --run brings its own weights (the run's final/); use --model with --lora instead")
+        weights = read_run(run)
+        choice = ModelChoice(weights.model, weights.lora, weights.family, weights, f"run {run}: {weights.model}")
+    else:
+        if str(model).startswith("tiny:"):
+            raise EditR1Error(f"--model {model}: tiny presets are built in memory; edit a run trained on one "
+                              "with --run RUN_DIR, or save one with `build_tiny(...).save_pretrained(folder)`")
+        folder = resolve_model_path(model)
+        choice = ModelChoice(folder, None if lora is None else Path(lora), detect_family(folder), None, str(model))
+    if choice.lora is not None:
+        find_lora_file(choice.lora)  # fails early on a missing or unreadable-looking LoRA
+    return choice
+
+
+def load_model(choice: ModelChoice, device, dtype_name: str, pipeline_sizing: bool = False):
+    """The adapter of `choice` on `device`, its LoRA loaded, conditioned as the run was."""
+    from editr1.models.lora_io import load_lora
+    from editr1.models.registry import adapter_class
+    from editr1.trainer.model_loading import DTYPES
+
+    adapter = adapter_class(choice.family).from_pretrained(choice.folder, torch_dtype=DTYPES[dtype_name])
+    if choice.lora is not None:
+        load_lora(adapter, choice.lora)
+    if choice.run is not None:
+        adapter.condition_area = choice.run.condition_area
+    if pipeline_sizing:
+        adapter.use_pipeline_sizing()
+    return adapter.to(device)
+
+
+def default_dtype(choice: ModelChoice, device, asked: str | None) -> str:
+    return asked or (choice.run.dtype if choice.run is not None else "bfloat16" if device.type == "cuda" else "float32")
+
+
 # ---- the edit -----------------------------------------------------------------------------------
 
 
@@ -247,10 +307,7 @@ def run_edit(args: argparse.Namespace) -> dict:
 
     from editr1.data.images import load_image
     from editr1.data.prompt_length import fit_prompt
-    from editr1.hub import resolve_model_path
-    from editr1.models.lora_io import find_lora_file, load_lora
-    from editr1.models.registry import adapter_class, detect_family
-    from editr1.trainer.model_loading import DTYPES
+    from editr1.models.registry import adapter_class
     from editr1.trainer.progress import phase_progress
 
     height, width = parse_size(args.size, args.height, args.width)
@@ -258,20 +315,8 @@ def run_edit(args: argparse.Namespace) -> dict:
         raise EditR1Error(f"--steps {args.steps}: must be at least 1")
     if args.cfg_scale is not None and args.cfg_scale < 1.0:
         raise EditR1Error(f"--cfg-scale {args.cfg_scale}: must be at least 1 (1 turns true CFG off)")
-    run = None
-    if args.run is not None:
-        if args.lora is not None:
-            raise EditR1Error("--lora: --run brings its own weights (the run's final/); use --model with --lora instead")
-        run = read_run(args.run)
-        folder, lora, family = run.model, run.lora, run.family
-        what = f"run {args.run}: {folder}"
-    else:
-        if str(args.model).startswith("tiny:"):
-            raise EditR1Error(f"--model {args.model}: tiny presets are built in memory; edit a run trained on one "
-                              "with --run RUN_DIR, or save one with `build_tiny(...).save_pretrained(folder)`")
-        folder, lora = resolve_model_path(args.model), args.lora
-        family = detect_family(folder)
-        what = args.model
+    choice = choose_model(args.run, args.model, args.lora)
+    lora, family = choice.lora, choice.family
     model_class = adapter_class(family)
     defaults = model_class.inference
     steps = args.steps if args.steps is not None else defaults.steps
@@ -283,32 +328,23 @@ def run_edit(args: argparse.Namespace) -> dict:
         )
     images = [load_image(Path(path)) for path in args.images]
     out = check_output_path(args.out)
-    if lora is not None:
-        find_lora_file(lora)  # fails early on a missing or unreadable-looking LoRA
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype_name = args.dtype or (run.dtype if run is not None else "bfloat16" if device.type == "cuda" else "float32")
+    dtype_name = default_dtype(choice, device, args.dtype)
     cfg_scale = args.cfg_scale if args.cfg_scale is not None else defaults.cfg_scale
     # The exact size needs the model's size multiple; until it is loaded, the size before rounding.
     about_height, about_width = output_size(images[0].size, height, width, 1)
-    print(f"editr1 edit: {what} ({family})" + (f" + LoRA {lora}" if lora is not None else "")
+    print(f"editr1 edit: {choice.description} ({family})" + (f" + LoRA {lora}" if lora is not None else "")
           + f", ~{about_width}x{about_height}, {steps} {args.sampler} steps"
           + (f", true CFG {cfg_scale} (2 model passes a step)" if cfg_scale != 1.0 else "")
           + f", on {device} ({dtype_name})", flush=True)
-    adapter = model_class.from_pretrained(folder, torch_dtype=DTYPES[dtype_name])
+    adapter = load_model(choice, device, dtype_name, args.pipeline_sizing)
     guided = bool(adapter.transformer.config.get("guidance_embeds", False))
     guidance = args.guidance if args.guidance is not None else defaults.guidance
     if args.guidance is not None and not guided:
         raise EditR1Error(f"--guidance: this {family} transformer has no guidance input; use --cfg-scale for true CFG")
     if guided and guidance is None:
         raise EditR1Error(f"this {family} transformer is guidance-distilled: set --guidance")
-    if lora is not None:
-        load_lora(adapter, lora)
-    if run is not None:
-        adapter.condition_area = run.condition_area
-    if args.pipeline_sizing:
-        adapter.use_pipeline_sizing()
-    adapter.to(device)
     multiple = adapter.codec.scale_factor * 2
     height, width = output_size(images[0].size, height, width, multiple)
     if height % multiple or width % multiple:

@@ -8,7 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
+from editr1.cli.benchmark import add_benchmark_arguments, add_compare_arguments
 from editr1.cli.edit import add_edit_arguments
+from editr1.cli.heldout import add_heldout_arguments
 from editr1.errors import EditR1Error
 
 
@@ -79,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     alignment.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                            help="override a field of the reward config, e.g. --set options.batch_size=16")
     alignment.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE before scoring")
+    add_benchmark_arguments(evaluations.add_parser("imgedit", help="ImgEdit-Bench: generate, judge per type, aggregate"), "imgedit")
+    add_benchmark_arguments(evaluations.add_parser("gedit", help="GEdit-Bench: generate, judge SC and PQ, aggregate"), "gedit")
+    add_heldout_arguments(evaluations.add_parser("heldout", help="held-out reward of a model on a JSONL, against a "
+                                                              "second model: paired gain ± standard error"))
+    add_compare_arguments(evaluations.add_parser("compare", help="two benchmark evaluations: per-type differences with "
+                                                              "paired bootstrap intervals"))
 
     demo = commands.add_parser("demo", help="the CPU demo: shapes data, shipped base, NFT, held-out report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -126,6 +134,18 @@ def run(args: argparse.Namespace) -> None:
         from editr1.tasks.shapes.judge_distill import run_judge_distill
 
         print(json.dumps(run_judge_distill(config), indent=2))
+    elif args.command == "eval" and args.evaluation in ("imgedit", "gedit"):
+        from editr1.cli.benchmark import run_benchmark
+
+        print(json.dumps(run_benchmark(args, args.evaluation), indent=2))
+    elif args.command == "eval" and args.evaluation == "heldout":
+        from editr1.cli.heldout import run_heldout
+
+        print(json.dumps(run_heldout(args), indent=2))
+    elif args.command == "eval" and args.evaluation == "compare":
+        from editr1.cli.benchmark import run_compare
+
+        print(json.dumps(run_compare(args), indent=2))
     elif args.command == "eval":
         from editr1.config import RewardConfig, load_config
 

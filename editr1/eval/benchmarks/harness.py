@@ -1,0 +1,448 @@
+"""One benchmark evaluation: generate every edit (cached as PNGs), judge each per protocol (replies
+cached), aggregate as the benchmark does, and write the results folder.
+
+The folder (`out`) holds `generation.json` (what made the edits: a folder never mixes two models or
+settings), `edits/<key>.png`, `judgments.jsonl` (the reply cache), and, rewritten at the end of each
+run from those, `results.json`, `samples.jsonl`, `samples.csv`, `types.png` and `gallery/`. A second
+run generates nothing and asks the judge nothing; a killed run resumes at the first missing edit or
+reply. Generation is model-agnostic: the caller passes an `Editor` (built lazily, only if an edit is
+missing).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from editr1.errors import EditR1Error
+from editr1.eval.benchmarks import gedit, imgedit
+from editr1.eval.benchmarks.common import BenchSample, JudgeReply, JudgeRequest, ReplyParseError
+from editr1.eval.benchmarks.figures import gallery, type_bar_chart
+from editr1.eval.benchmarks.judges import TextJudge
+from editr1.eval.benchmarks.reply_cache import ReplyCache, canonical_json
+from editr1.eval.benchmarks.stats import judge_spread
+from editr1.fileio import write_text_atomic
+
+GENERATION_FILE, CACHE_FILE, RESULTS_FILE, SAMPLES_FILE = "generation.json", "judgments.jsonl", "results.json", "samples.jsonl"
+EDITS = "edits"
+#: Samples judged per call to the judge: bounds the images held in memory.
+JUDGE_CHUNK = 64
+NOT_COMPARABLE = ("NOT comparable with published numbers: judged with editr1's own prompts; pass --official-prompts "
+                  "with your copy of the benchmark's prompt files to judge as the benchmark does")
+OTHER_JUDGE = ("published numbers were judged by GPT-4.1: scores from another judge compare only with scores from the "
+               "same judge, prompts and temperature")
+
+
+class Editor(ABC):
+    """Makes the edits: `edit(samples, sources)` returns one RGB image per sample, each from the fixed
+    seed, so that batching never changes an edit."""
+
+    @abstractmethod
+    def edit(self, samples: Sequence[BenchSample], sources: Sequence[Image.Image]) -> list[Image.Image]: ...
+
+
+@dataclass
+class Prompts:
+    texts: Any
+    record: dict[str, Any]
+
+
+class Protocol(ABC):
+    """A benchmark's facts: its samples, prompts, judge requests, reply parsing and aggregation."""
+
+    name: str
+    #: The per-sample metrics, the headline one first.
+    metrics: tuple[str, ...]
+    types: tuple[str, ...]
+
+    @abstractmethod
+    def load(self, data: Path, images: Path | None) -> list[BenchSample]: ...
+
+    @abstractmethod
+    def source(self, sample: BenchSample) -> Image.Image: ...
+
+    @abstractmethod
+    def prompts(self, official: Path | None) -> Prompts: ...
+
+    @abstractmethod
+    def requests(self, sample: BenchSample, prompts: Prompts, source: Image.Image, edit: Image.Image) -> list[JudgeRequest]: ...
+
+    @abstractmethod
+    def score(self, replies: dict[str, str]) -> tuple[dict[str, float], dict[str, Any]]:
+        """Metrics from one sample's reply texts by request kind, and what was parsed; ReplyParseError."""
+
+    @abstractmethod
+    def aggregate(self, rows: list[dict]) -> dict: ...
+
+    @abstractmethod
+    def export(self, folder: Path, model_name: str, sample: BenchSample, source: Image.Image, edit: Path) -> None: ...
+
+
+def _prompts_record(source: str, path: Path | None, texts: Any) -> dict[str, Any]:
+    digest = hashlib.sha256(canonical_json(texts).encode()).hexdigest()
+    return {"source": source, "path": None if path is None else str(Path(path).resolve()), "sha256": digest}
+
+
+class ImgEditProtocol(Protocol):
+    name, metrics, types = "imgedit", ("score",), imgedit.IMGEDIT_TYPES
+
+    def load(self, data: Path, images: Path | None) -> list[BenchSample]:
+        data = Path(data).expanduser()
+        json_path = data if data.is_file() else data / "Basic" / "basic_edit.json"
+        root = images if images is not None else (json_path.parent.parent / "singleturn")
+        return imgedit.read_imgedit(json_path, root)
+
+    def source(self, sample: BenchSample) -> Image.Image:
+        with Image.open(sample.source_path) as image:
+            return image.convert("RGB")
+
+    def prompts(self, official: Path | None) -> Prompts:
+        if official is None:
+            return Prompts(imgedit.EDITR1_IMGEDIT_PROMPTS, _prompts_record("editr1", None, imgedit.EDITR1_IMGEDIT_PROMPTS))
+        texts = imgedit.load_official_imgedit_prompts(official)
+        return Prompts(texts, _prompts_record("official", official, texts))
+
+    def requests(self, sample, prompts, source, edit):
+        return [imgedit.imgedit_request(sample, prompts.texts[sample.task_type], source, edit)]
+
+    def score(self, replies):
+        scores, names = imgedit.parse_imgedit_reply(replies["imgedit"])
+        return {"score": sum(scores) / len(scores)}, {"scores": scores, "criteria": names}
+
+    def aggregate(self, rows):
+        return imgedit.aggregate_imgedit(
+            {"task_type": r["task_type"], "scores": (r["parsed"] or {}).get("scores")} for r in rows)
+
+    def export(self, folder, model_name, sample, source, edit):
+        target = imgedit.imgedit_official_path(folder, sample)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(edit.read_bytes())
+
+
+class GEditProtocol(Protocol):
+    name, metrics, types = "gedit", ("O", "SC", "PQ"), gedit.GEDIT_TYPES
+
+    def __init__(self, languages: Sequence[str] = gedit.GEDIT_LANGUAGES):
+        self.languages, self.dataset = tuple(languages), None
+
+    def load(self, data, images):
+        samples, self.dataset = gedit.read_gedit(data, self.languages)
+        return samples
+
+    def source(self, sample):
+        return gedit.gedit_source_image(self.dataset, sample)
+
+    def prompts(self, official):
+        if official is None:
+            texts = gedit.EDITR1_GEDIT_PROMPTS
+            return Prompts(texts, _prompts_record("editr1", None, [texts.sc, texts.pq]))
+        texts = gedit.load_official_gedit_prompts(official)
+        return Prompts(texts, _prompts_record("official", official, [texts.sc, texts.pq]))
+
+    def requests(self, sample, prompts, source, edit):
+        return [gedit.gedit_sc_request(sample, prompts.texts.sc, source, edit),
+                gedit.gedit_pq_request(sample, prompts.texts.pq, edit, source)]
+
+    def score(self, replies):
+        sc, pq = gedit.parse_viescore_reply(replies["gedit_sc"]), gedit.parse_viescore_reply(replies["gedit_pq"])
+        semantic, quality = min(sc), min(pq)
+        return {"O": (semantic * quality) ** 0.5, "SC": semantic, "PQ": quality}, {"sc": sc, "pq": pq}
+
+    def aggregate(self, rows):
+        return gedit.aggregate_gedit(
+            {"task_type": r["task_type"], "language": r["language"], "intersection": r["intersection"],
+             "sc": (r["parsed"] or {}).get("sc"), "pq": (r["parsed"] or {}).get("pq")} for r in rows)
+
+    def export(self, folder, model_name, sample, source, edit):
+        edit_path, source_path = gedit.gedit_official_paths(folder, model_name, sample)
+        edit_path.parent.mkdir(parents=True, exist_ok=True)
+        edit_path.write_bytes(edit.read_bytes())
+        source.save(source_path, format="PNG")
+
+
+PROTOCOLS: dict[str, Callable[[], Protocol]] = {"imgedit": ImgEditProtocol, "gedit": GEditProtocol}
+
+
+@dataclass
+class BenchmarkRun:
+    protocol: Protocol
+    data: Path
+    out: Path
+    judge: TextJudge
+    #: What made (or will make) the edits: model identity and generation settings.
+    generation: dict[str, Any]
+    make_editor: Callable[[], Editor]
+    images: Path | None = None
+    official_prompts: Path | None = None
+    limit: int | None = None
+    types: Sequence[str] | None = None
+    judge_repeats: int = 1
+    batch_size: int = 4
+    export_official: Path | None = None
+    model_name: str = "editr1"
+    #: Called with (phase, done, total) as edits are made and replies arrive.
+    progress: Callable[[str, int, int], None] | None = None
+    #: Counters of this run's work, for the summary (and the tests).
+    counts: dict[str, int] = field(default_factory=lambda: {"generated": 0, "judge_requests": 0})
+
+
+def select_samples(samples: list[BenchSample], types: Sequence[str] | None, limit: int | None, known: Sequence[str]
+                   ) -> list[BenchSample]:
+    if types:
+        unknown = sorted(set(types) - set(known))
+        if unknown:
+            raise EditR1Error(f"--types: unknown type(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        samples = [s for s in samples if s.task_type in set(types)]
+    if limit is not None:
+        if limit < 1:
+            raise EditR1Error(f"--limit {limit}: must be at least 1")
+        samples = samples[:limit]
+    if not samples:
+        raise EditR1Error("no benchmark sample left to evaluate (check --types and --limit)")
+    return samples
+
+
+def edit_path(out: Path, sample: BenchSample) -> Path:
+    return out / EDITS / f"{sample.key}.png"
+
+
+def _check_generation(out: Path, generation: dict[str, Any]) -> None:
+    """A folder holds the edits of one model and one set of settings (read-only check)."""
+    path = out / GENERATION_FILE
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise EditR1Error(f"{path}: not valid JSON ({error}); move the folder away or choose another --out") from error
+        if canonical_json(recorded) != canonical_json(generation):
+            changed = sorted(k for k in recorded.keys() | generation.keys() if recorded.get(k) != generation.get(k))
+            raise EditR1Error(f"{out}: holds edits made with other settings ({', '.join(changed)} differ: "
+                              f"{[recorded.get(k) for k in changed]} there, {[generation.get(k) for k in changed]} now); "
+                              "choose another --out")
+    elif (out / EDITS).exists():
+        raise EditR1Error(f"{out}: has an {EDITS}/ folder but no {GENERATION_FILE}; choose another --out")
+
+
+def _record_generation(out: Path, generation: dict[str, Any]) -> None:
+    if not (out / GENERATION_FILE).is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / GENERATION_FILE, json.dumps(generation, indent=2))
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".partial")
+    staging.write_bytes(buffer.getvalue())
+    staging.replace(path)  # a kill leaves either no edit or a whole one
+
+
+def generate_missing(run: BenchmarkRun, samples: list[BenchSample]) -> None:
+    """Edit the samples in batches of `batch_size`, aligned to the sample list: a batch with a missing
+    edit is sampled again whole, so that every edit comes from the batch a straight run gives it (a
+    batched matmul may round differently with other batch-mates), and only its missing edits are
+    written. Existing edits are never rewritten."""
+    editor = None
+    for start in range(0, len(samples), run.batch_size):
+        chunk = samples[start : start + run.batch_size]
+        missing = [not edit_path(run.out, s).is_file() for s in chunk]
+        if not any(missing):
+            continue
+        editor = editor or run.make_editor()
+        edits = editor.edit(chunk, [run.protocol.source(s) for s in chunk])
+        for sample, image, write in zip(chunk, edits, missing):
+            if write:
+                _save_png(image, edit_path(run.out, sample))
+        run.counts["generated"] += sum(missing)
+        if run.progress is not None:
+            run.progress("generate", start + len(chunk), len(samples))
+
+
+def _load_edit(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def judge_all(run: BenchmarkRun, samples: list[BenchSample], prompts: Prompts, cache: ReplyCache
+              ) -> dict[tuple[str, int], dict[str, JudgeReply]]:
+    """Every sample's replies by (key, repeat) and request kind: cached ones, then the missing ones asked."""
+    identity = run.judge.identity()
+    replies: dict[tuple[str, int], dict[str, JudgeReply]] = {}
+    done = 0
+    for start in range(0, len(samples), JUDGE_CHUNK):
+        chunk = samples[start : start + JUDGE_CHUNK]
+        asked: list[tuple[JudgeRequest, int]] = []
+        owners: list[tuple[str, str]] = []
+        for sample in chunk:
+            source = run.protocol.source(sample)
+            edit = _load_edit(edit_path(run.out, sample))
+            for repeat in range(run.judge_repeats):
+                for request in run.protocol.requests(sample, prompts, source, edit):
+                    key = cache.key(identity, request, repeat)
+                    cached = cache.get(key)
+                    if cached is not None:
+                        replies.setdefault((sample.key, repeat), {})[request.kind] = cached
+                    else:
+                        asked.append((request, repeat))
+                        owners.append((sample.key, key))
+
+        def keep(index: int, reply: JudgeReply) -> None:
+            sample_key, key = owners[index]
+            request, repeat = asked[index]
+            cache.put(key, reply, {"sample": sample_key})
+            replies.setdefault((sample_key, repeat), {})[request.kind] = reply
+
+        if asked:
+            run.counts["judge_requests"] += len(asked)
+            run.judge.ask_many(asked, keep)
+        done += len(chunk)
+        if run.progress is not None:
+            run.progress("judge", done, len(samples))
+    return replies
+
+
+def sample_row(protocol: Protocol, sample: BenchSample, out: Path, replies: dict[str, JudgeReply]) -> dict[str, Any]:
+    """One sample's line of `samples.jsonl`: metrics (null when unscored), status, raw replies."""
+    row: dict[str, Any] = {
+        "key": sample.key, "task_type": sample.task_type, "language": sample.language,
+        "intersection": sample.intersection, "instruction": sample.instruction,
+        "source": str(sample.source_path) if sample.source_path is not None else f"sources/{sample.key}.png",
+        "edit": str(edit_path(out, sample).relative_to(out)),
+        "metrics": {name: None for name in protocol.metrics}, "parsed": None, "status": "scored",
+        "replies": {kind: reply.text for kind, reply in replies.items()},
+        "problems": {kind: reply.error for kind, reply in replies.items() if reply.error},
+    }
+    if row["problems"]:
+        row["status"] = "judge_error"
+        return row
+    try:
+        row["metrics"], row["parsed"] = protocol.score({kind: reply.text for kind, reply in replies.items()})
+    except ReplyParseError as error:
+        row["status"], row["problems"] = "unparsable", {"parse": str(error)}
+    return row
+
+
+def _repeat_metrics(protocol: Protocol, replies: dict[str, JudgeReply]) -> dict[str, float | None]:
+    if any(reply.error for reply in replies.values()):
+        return {name: None for name in protocol.metrics}
+    try:
+        return protocol.score({kind: reply.text for kind, reply in replies.items()})[0]
+    except ReplyParseError:
+        return {name: None for name in protocol.metrics}
+
+
+def _spread(protocol: Protocol, rows: list[dict]) -> dict | None:
+    if not rows or not rows[0]["repeats"]:
+        return None
+    headline = protocol.metrics[0]
+    values = [[row["metrics"][headline], *(r[headline] for r in row["repeats"])] for row in rows]
+    by_repeat = [[v if v is not None else float("nan") for v in column] for column in zip(*values)]
+    return judge_spread(by_repeat, types=[row["task_type"] for row in rows])
+
+
+def evaluate_benchmark(run: BenchmarkRun) -> dict:
+    """Generate, judge, aggregate and write the results folder; returns `results.json`'s content."""
+    protocol = run.protocol
+    samples = select_samples(protocol.load(run.data, run.images), run.types, run.limit, protocol.types)
+    prompts = protocol.prompts(run.official_prompts)
+    _check_generation(run.out, run.generation)
+    run.judge.check_ready()
+    _record_generation(run.out, run.generation)
+    generate_missing(run, samples)
+    if protocol.name == "gedit":  # the source as judged, for galleries and comparisons
+        for sample in samples:
+            target = run.out / f"sources/{sample.key}.png"
+            if not target.is_file():
+                _save_png(protocol.source(sample), target)
+    with ReplyCache(run.out / CACHE_FILE) as cache:
+        replies = judge_all(run, samples, prompts, cache)
+    rows = []
+    for sample in samples:
+        row = sample_row(protocol, sample, run.out, replies[(sample.key, 0)])
+        row["repeats"] = [_repeat_metrics(protocol, replies[(sample.key, r)]) for r in range(1, run.judge_repeats)]
+        rows.append(row)
+    comparable = prompts.record["source"] == "official"
+    judge_identity = run.judge.identity()
+    notes = [] if comparable else [NOT_COMPARABLE]
+    if "gpt-4.1" not in str(judge_identity.get("model", "")).lower():
+        notes.append(OTHER_JUDGE)
+    results = {
+        "benchmark": protocol.name, "metrics": list(protocol.metrics), "model": run.generation, "judge": judge_identity,
+        "prompts": prompts.record, "comparable": comparable, "note": "; ".join(notes),
+        "settings": {"limit": run.limit, "types": list(run.types) if run.types else None,
+                     "judge_repeats": run.judge_repeats, "data": str(Path(run.data).resolve())},
+        "counts": {"samples": len(rows), **{status: sum(r["status"] == status for r in rows)
+                                             for status in ("scored", "unparsable", "judge_error")}},
+        "unscored_by_type": _unscored_by_type(rows),
+        "aggregate": protocol.aggregate(rows),
+        "judge_spread": _spread(protocol, rows),
+    }
+    write_results(run.out, results, rows)
+    if run.export_official is not None:
+        for sample in samples:
+            protocol.export(run.export_official, run.model_name, sample, protocol.source(sample), edit_path(run.out, sample))
+    return results
+
+
+def _unscored_by_type(rows: list[dict]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row["status"] != "scored":
+            entry = counts.setdefault(row["task_type"], {"unparsable": 0, "judge_error": 0})
+            entry[row["status"]] += 1
+    return counts
+
+
+def write_results(out: Path, results: dict, rows: list[dict]) -> None:
+    write_text_atomic(out / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False))
+    write_text_atomic(out / SAMPLES_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    text = io.StringIO()
+    metrics = results["metrics"]
+    writer = csv.writer(text)
+    writer.writerow(["key", "task_type", "language", "intersection", "status", *metrics, "problem", "instruction", "edit"])
+    for row in rows:
+        problem = "; ".join(f"{k}: {v}" for k, v in row["problems"].items())
+        writer.writerow([row["key"], row["task_type"], row["language"], row["intersection"], row["status"],
+                         *(row["metrics"][m] for m in metrics), problem, row["instruction"], row["edit"]])
+    # Every file says whether its numbers compare with published ones.
+    write_text_atomic(out / "samples.csv", (f"# {results['note']}\n" if results["note"] else "") + text.getvalue())
+    type_bar_chart(results, out / "types.png")
+    gallery(rows, out, out / "gallery")
+
+
+def format_results(results: dict) -> str:
+    """The printed table: per-type means, unscored counts and the overall, with the results' note."""
+    aggregate, lines = results["aggregate"], []
+    if results["benchmark"] == "imgedit":
+        lines.append(f"{'type':<12} {'n':>5} {'unscored':>9} {'score':>7}")
+        for name, entry in aggregate["types"].items():
+            mean = "-" if entry["mean"] is None else f"{entry['mean']:.3f}"
+            lines.append(f"{entry['display_name']:<12} {entry['n']:>5} {entry['n_unscored']:>9} {mean:>7}")
+        overall = aggregate["overall"]
+        lines.append(f"{'Overall':<12} {aggregate['n']:>5} {aggregate['n_unscored']:>9} "
+                     f"{'-' if overall is None else format(overall, '.3f'):>7}")
+        if aggregate.get("types_missing"):
+            lines.append(f"(no overall: no score for {', '.join(aggregate['types_missing'])})")
+    else:
+        for language, subsets in aggregate.items():
+            for subset, entry in subsets.items():
+                lines.append(f"[{language} / {subset}]")
+                lines.append(f"{'type':<18} {'n':>5} {'unscored':>9} {'SC':>6} {'PQ':>6} {'O':>6}")
+                for name, t in entry["types"].items():
+                    cells = ["-" if t[m] is None else f"{t[m]:.3f}" for m in ("SC", "PQ", "O")]
+                    lines.append(f"{name:<18} {t['n']:>5} {t['n_unscored']:>9} " + " ".join(f"{c:>6}" for c in cells))
+                cells = ["-" if entry[m] is None else f"{entry[m]:.3f}" for m in ("SC", "PQ", "O")]
+                lines.append(f"{'Overall':<18} {entry['n']:>5} {entry['n_unscored']:>9} " + " ".join(f"{c:>6}" for c in cells))
+    if results["note"]:
+        lines.append(f"note: {results['note']}")
+    return "\n".join(lines)

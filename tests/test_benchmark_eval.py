@@ -1,0 +1,246 @@
+"""`editr1 eval imgedit` / `editr1 eval gedit` end to end on the fixtures, with each tiny family: a
+scripted OpenAI-compatible judge (unparsable replies, timeouts, 5xx), the in-process tiny judge, the
+caches (a second run generates and asks nothing), a run interrupted mid-way, the official-layout
+export and `editr1 eval compare`."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from benchmark_fixtures import write_gedit_fixture, write_imgedit_fixture
+from scripted_judge_server import ScriptedJudgeServer, Status, Delay, imgedit_reply, viescore_reply
+from editr1.cli.main import main
+from editr1.eval.benchmarks import harness
+from editr1.eval.benchmarks.harness import NOT_COMPARABLE
+from editr1.models.registry import build_tiny
+from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
+
+FAMILIES = ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"]
+#: Instructions of the fixtures that the scripted judge treats specially.
+UNPARSABLE, FLAKY, SLOW, BROKEN = "turtle", "balloon", "bicycle", "lamp post"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-models")
+    saved = {}
+    for preset in FAMILIES:
+        folder = root / preset.split(":")[1]
+        build_tiny(preset, ["add remove change make replace the a"], seed=0).save_pretrained(folder)
+        saved[preset] = folder
+    return saved
+
+
+@pytest.fixture(scope="module")
+def benchmarks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-data")
+    return {"imgedit": write_imgedit_fixture(root), "gedit": write_gedit_fixture(root), "root": root}
+
+
+class Script:
+    """Official-format replies, except: UNPARSABLE gets prose, FLAKY a 500 once, SLOW a timeout once,
+    BROKEN a 503 every time (a judge error after the retries)."""
+
+    def __init__(self, reply):
+        self.reply, self.seen = reply, {}
+
+    def __call__(self, request, call_number):
+        text = request["messages"][0]["content"][0]["text"]
+        self.seen[text] = self.seen.get(text, 0) + 1
+        if BROKEN in text.lower():
+            return Status(503, "scripted outage")
+        if FLAKY in text and self.seen[text] == 1:
+            return Status(500, "scripted flaky failure")
+        if SLOW in text and self.seen[text] == 1:
+            return Delay(2.0, self.reply(text))
+        if UNPARSABLE in text:
+            return "The edit looks fine to me, nice work overall."
+        return self.reply(text)
+
+
+def _judge_yaml(tmp_path, base_url):
+    path = tmp_path / "judge.yaml"
+    path.write_text(yaml.safe_dump({"kind": "openai", "base_url": base_url, "model": "scripted-judge",
+                                    "timeout_s": 1.0, "retries": 2, "backoff_s": 0.01, "concurrency": 4}))
+    return path
+
+
+def _eval(benchmark, model, data, judge, out, *extra):
+    return main(["eval", benchmark, "--model", str(model), "--data", str(data), "--judge", str(judge), "--out", str(out),
+                 "--steps", "2", "--no-pipeline-sizing", "--batch-size", "3", *extra])
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_imgedit_end_to_end_counts_failures_and_a_second_run_does_no_work(models, benchmarks, tmp_path, family, capsys):
+    with ScriptedJudgeServer(Script(imgedit_reply)) as server:
+        judge = _judge_yaml(tmp_path, server.base_url)
+        out = tmp_path / "eval"
+        assert _eval("imgedit", models[family], benchmarks["imgedit"], judge, out) == 0
+        first_calls = server.calls
+        printed = capsys.readouterr().out
+        results = json.loads((out / "results.json").read_text())
+        rows = {row["instruction"]: row for row in _rows(out)}
+        assert len(rows) == 12 and len(list((out / "edits").glob("*.png"))) == 12
+        status = {text.split()[-1].strip("."): row["status"] for text, row in rows.items()}
+        turtle = next(row for text, row in rows.items() if UNPARSABLE in text)
+        broken = next(row for text, row in rows.items() if BROKEN in text)
+        assert turtle["status"] == "unparsable" and turtle["metrics"]["score"] is None
+        assert broken["status"] == "judge_error" and "503" in broken["problems"]["imgedit"]
+        for text, row in rows.items():
+            if UNPARSABLE not in text and BROKEN not in text:
+                assert row["status"] == "scored", (text, row)  # flaky and slow ones recovered by the retries
+        assert results["counts"] == {"samples": 12, "scored": 10, "unparsable": 1, "judge_error": 1}
+        assert results["unscored_by_type"] == {"adjust": {"unparsable": 1, "judge_error": 0},
+                                               "remove": {"unparsable": 0, "judge_error": 1}}
+        aggregate = results["aggregate"]
+        assert aggregate["types"]["adjust"]["mean"] is None and aggregate["types"]["adjust"]["n_unscored"] == 1
+        assert aggregate["overall"] is None and aggregate["types_missing"] == ["adjust"]
+        remove = [row["metrics"]["score"] for row in rows.values() if row["task_type"] == "remove" and row["metrics"]["score"] is not None]
+        assert aggregate["types"]["remove"]["mean"] == pytest.approx(sum(remove) / len(remove))
+        # Without the official prompts, every output says the numbers are not comparable.
+        assert not results["comparable"] and NOT_COMPARABLE in results["note"]
+        assert NOT_COMPARABLE in (out / "samples.csv").read_text().splitlines()[0] and NOT_COMPARABLE in printed
+        assert (out / "types.png").is_file() and list((out / "gallery").glob("*.png"))
+
+        edits_before = {p: p.read_bytes() for p in (out / "edits").glob("*.png")}
+        assert _eval("imgedit", models[family], benchmarks["imgedit"], judge, out) == 0
+        # Only the failed sample is asked again (errors are not cached); nothing is generated again.
+        assert server.calls - first_calls == 3  # the broken sample, its two retries
+        assert {p: p.read_bytes() for p in (out / "edits").glob("*.png")} == edits_before
+        assert json.loads((out / "results.json").read_text())["aggregate"] == aggregate
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gedit_end_to_end_with_official_prompts_and_export(models, benchmarks, tmp_path, family):
+    official = benchmarks["root"] / "gedit" / "Step1X-Edit"
+    with ScriptedJudgeServer(Script(viescore_reply)) as server:
+        judge = _judge_yaml(tmp_path, server.base_url)
+        out, export = tmp_path / "eval", tmp_path / "official"
+        assert _eval("gedit", models[family], benchmarks["gedit"], judge, out, "--official-prompts", str(official),
+                     "--export-official", str(export), "--model-name", "tiny") == 0
+        calls = server.calls
+        results = json.loads((out / "results.json").read_text())
+        rows = _rows(out)
+        assert len(rows) == 16 and results["comparable"] and NOT_COMPARABLE not in results["note"]
+        broken = [row for row in rows if BROKEN in row["instruction"].lower()]
+        assert broken and all(row["status"] == "judge_error" for row in broken)
+        for row in rows:
+            if row["status"] == "scored":
+                m = row["metrics"]
+                assert m["O"] == pytest.approx((m["SC"] * m["PQ"]) ** 0.5)
+        en = results["aggregate"]["en"]
+        assert set(en) == {"fullset", "intersection"} and "cn" in results["aggregate"]
+        assert en["fullset"]["n"] == 8 and en["intersection"]["n"] == sum(r["intersection"] for r in rows if r["language"] == "en")
+        # The official scorers' layout: edit and source side by side.
+        edited = sorted(export.glob("tiny/fullset/*/*/*.png"))
+        assert len([p for p in edited if not p.name.endswith("_SRCIMG.png")]) == 16
+        assert len([p for p in edited if p.name.endswith("_SRCIMG.png")]) == 16
+
+        assert _eval("gedit", models[family], benchmarks["gedit"], judge, out, "--official-prompts", str(official)) == 0
+        assert server.calls - calls == 3 * len(broken)  # SC of each broken sample (its PQ prompt holds no instruction)
+
+
+def test_an_interrupted_run_resumes_to_the_results_of_a_straight_run(models, benchmarks, tmp_path, monkeypatch):
+    model = models["tiny:qwen-image-edit"]
+    with ScriptedJudgeServer(Script(imgedit_reply)) as server:
+        judge = _judge_yaml(tmp_path, server.base_url)
+        straight = tmp_path / "straight"
+        assert _eval("imgedit", model, benchmarks["imgedit"], judge, straight) == 0
+
+        resumed = tmp_path / "resumed"
+        real_save, real_put = harness._save_png, harness.ReplyCache.put
+        saved = []
+
+        def save_then_die(image, path):
+            real_save(image, path)
+            saved.append(path)
+            if len(saved) == 5:
+                raise KeyboardInterrupt  # mid-generation
+
+        monkeypatch.setattr(harness, "_save_png", save_then_die)
+        assert _eval("imgedit", model, benchmarks["imgedit"], judge, resumed) == 130
+        monkeypatch.setattr(harness, "_save_png", real_save)
+        assert len(list((resumed / "edits").glob("*.png"))) == 5
+
+        put = []
+
+        def put_then_die(self, key, reply, extra=None):
+            stored = real_put(self, key, reply, extra)
+            put.append(key)
+            if len(put) == 4:
+                raise KeyboardInterrupt  # mid-judging
+            return stored
+
+        monkeypatch.setattr(harness.ReplyCache, "put", put_then_die)
+        assert _eval("imgedit", model, benchmarks["imgedit"], judge, resumed) == 130
+        monkeypatch.setattr(harness.ReplyCache, "put", real_put)
+        assert _eval("imgedit", model, benchmarks["imgedit"], judge, resumed) == 0
+
+    def comparable(out):
+        results = json.loads((out / "results.json").read_text())
+        return results["aggregate"], results["counts"], [
+            {k: v for k, v in row.items() if k != "edit"} for row in _rows(out)]
+
+    assert comparable(resumed) == comparable(straight)
+    for path in (straight / "edits").glob("*.png"):
+        assert (resumed / "edits" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_garbage_from_the_in_process_tiny_judge_is_counted_unparsable(models, benchmarks, tmp_path):
+    judge_folder = tmp_path / "tiny-judge"
+    save_judge(build_tiny_judge(["score edit image add remove"], image_size=32), judge_folder, torch.float32)
+    judge = tmp_path / "judge.yaml"
+    judge.write_text(yaml.safe_dump({"kind": "transformers", "path": "tiny-judge", "max_new_tokens": 8}))
+    out = tmp_path / "eval"
+    assert _eval("imgedit", models["tiny:qwen-image-edit"], benchmarks["imgedit"], judge, out, "--limit", "4") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["counts"] == {"samples": 4, "scored": 0, "unparsable": 4, "judge_error": 0}
+    assert results["judge"]["kind"] == "transformers"
+    assert all(row["metrics"]["score"] is None and row["replies"]["imgedit"] is not None for row in _rows(out))
+
+
+def test_compare_two_evaluations_and_refuse_another_judge(models, benchmarks, tmp_path, capsys):
+    data = benchmarks["imgedit"]
+    with ScriptedJudgeServer(Script(imgedit_reply)) as server:
+        judge = _judge_yaml(tmp_path, server.base_url)
+        a, b = tmp_path / "a", tmp_path / "b"
+        assert _eval("imgedit", models["tiny:qwen-image-edit"], data, judge, a) == 0
+        assert _eval("imgedit", models["tiny:flux-kontext"], data, judge, b) == 0
+        assert main(["eval", "compare", str(a), str(b), "--out", str(tmp_path / "cmp"), "--resamples", "200"]) == 0
+        assert (tmp_path / "cmp" / "comparison.json").is_file() and (tmp_path / "cmp" / "changed_most.png").is_file()
+        other = tmp_path / "other-judge.yaml"
+        other.write_text(yaml.safe_dump({"kind": "openai", "base_url": server.base_url, "model": "scripted-judge",
+                                         "temperature": 0.2, "timeout_s": 1.0, "retries": 2, "backoff_s": 0.01}))
+        c = tmp_path / "c"
+        shutil.copytree(b / "edits", c / "edits")
+        shutil.copy(b / "generation.json", c / "generation.json")
+        assert _eval("imgedit", models["tiny:flux-kontext"], data, other, c) == 0
+    capsys.readouterr()
+    assert main(["eval", "compare", str(a), str(c), "--out", str(tmp_path / "cmp2")]) == 2
+    assert "judge" in capsys.readouterr().err
+
+
+def test_bad_input_is_a_one_line_error(models, benchmarks, tmp_path, capsys):
+    judge = tmp_path / "judge.yaml"
+    judge.write_text(yaml.safe_dump({"kind": "opnai", "base_url": "http://127.0.0.1:9/v1", "model": "x"}))
+    model, data = models["tiny:qwen-image-edit"], benchmarks["imgedit"]
+    assert _eval("imgedit", model, data, judge, tmp_path / "o") == 2
+    assert "did you mean 'openai'" in capsys.readouterr().err
+    judge.write_text(yaml.safe_dump({"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "x"}))
+    assert _eval("imgedit", model, data, judge, tmp_path / "o", "--types", "add,colour") == 2
+    assert "colour" in capsys.readouterr().err
+    assert _eval("imgedit", model, tmp_path / "missing", judge, tmp_path / "o") == 2
+    assert "missing" in capsys.readouterr().err
+    # Edits of another model are never mixed into a folder.
+    out = tmp_path / "mixed"
+    out.mkdir()
+    (out / "generation.json").write_text(json.dumps({"model": "another"}))
+    assert _eval("imgedit", model, data, judge, out) == 2
+    assert "other settings" in capsys.readouterr().err
