@@ -88,7 +88,6 @@ def test_imgedit_end_to_end_counts_failures_and_a_second_run_does_no_work(models
         results = json.loads((out / "results.json").read_text())
         rows = {row["instruction"]: row for row in _rows(out)}
         assert len(rows) == 12 and len(list((out / "edits").glob("*.png"))) == 12
-        status = {text.split()[-1].strip("."): row["status"] for text, row in rows.items()}
         turtle = next(row for text, row in rows.items() if UNPARSABLE in text)
         broken = next(row for text, row in rows.items() if BROKEN in text)
         assert turtle["status"] == "unparsable" and turtle["metrics"]["score"] is None

@@ -18,7 +18,8 @@ from reward_serving import INSTRUCTIONS, ServerProcess, random_images, save_test
 
 from editr1.errors import EditR1Error
 from editr1.rewards.registry import build_reward
-from editr1.rewards.remote_judge import MAX_BACKOFF_S, RemoteError, retry_after_s
+from editr1.openai_http import MAX_BACKOFF_S, retry_after_s
+from editr1.rewards.remote_judge import RemoteError
 
 KEY = "remote-secret"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from editr1.cli.edit import add_model_arguments
 from editr1.errors import EditR1Error
 
 #: The seed of every sample's noise (the published Qwen-Image-Edit numbers used 42).
@@ -24,10 +25,7 @@ DEFAULT_SEED = 42
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
-    weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--run", type=Path, metavar="RUN_DIR", help="a finished `editr1 train` run")
-    weights.add_argument("--model", help="diffusers-format model folder or hub id")
-    parser.add_argument("--lora", help="with --model: LoRA file or folder")
+    add_model_arguments(parser)
     if benchmark == "imgedit":
         parser.add_argument("--data", required=True, type=Path,
                             help="the benchmark folder (holding Basic/basic_edit.json and singleturn/), or basic_edit.json")

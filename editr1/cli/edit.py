@@ -42,12 +42,21 @@ DEFAULT_MAX_AREA = 1024 * 1024
 PLAIN_PROGRESS_EVERY_S = 30.0
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, prefix: str = "", required: bool = True,
+                        what: str = "") -> None:
+    """`--run` | `--model` (+ `--lora`), read by `choose_model`; `prefix` names a second model
+    (`--against-run`, ...), `what` starts its help texts."""
+    weights = parser.add_mutually_exclusive_group(required=required)
+    weights.add_argument(f"--{prefix}run", type=Path, metavar="RUN_DIR",
+                         help=f"{what}a finished `editr1 train` or `editr1 sft` run: its own base model, final weights, "
+                              "dtype and condition area")
+    weights.add_argument(f"--{prefix}model", metavar="MODEL", help=f"{what}diffusers-format model folder or hub id")
+    parser.add_argument(f"--{prefix}lora", metavar="LORA",
+                        help=f"{what}with --{prefix}model: LoRA file or folder (diffusers or peft layout), e.g. a run's final/")
+
+
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
-    weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--run", type=Path, metavar="RUN_DIR",
-                         help="a finished `editr1 train` run: its own base model, final weights, dtype and condition area")
-    weights.add_argument("--model", help="diffusers-format model folder or hub id")
-    parser.add_argument("--lora", help="with --model: LoRA file or folder (diffusers or peft layout), e.g. a run's final/")
+    add_model_arguments(parser)
     parser.add_argument("--image", dest="images", action="append", required=True, metavar="PATH",
                         help="source image; repeat for reference images (Qwen-Image-Edit-2509: up to 3)")
     parser.add_argument("--prompt", required=True, help="the edit instruction")

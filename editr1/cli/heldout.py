@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from editr1.cli.edit import add_model_arguments
 from editr1.errors import EditR1Error
 
 #: What `--out` holds when done; its presence means the folder already holds an evaluation.
@@ -43,16 +44,9 @@ DEFAULT_STEPS, DEFAULT_SAMPLER, DEFAULT_CFG, DEFAULT_SEED = 8, "euler", 1.0, 123
 
 
 def add_heldout_arguments(parser: argparse.ArgumentParser) -> None:
-    weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--run", type=Path, metavar="RUN_DIR",
-                         help="a finished `editr1 train`/`editr1 sft` run: its base model and final weights")
-    weights.add_argument("--model", help="diffusers-format model folder or hub id")
-    parser.add_argument("--lora", help="with --model: LoRA file or folder (diffusers or peft layout)")
-    baseline = parser.add_mutually_exclusive_group()
-    baseline.add_argument("--against-run", type=Path, metavar="RUN_DIR",
-                          help="baseline: a finished run; the gain (model - baseline) is paired, same samples and noise")
-    baseline.add_argument("--against-model", metavar="PATH", help="baseline: a model folder or hub id")
-    parser.add_argument("--against-lora", metavar="PATH", help="with --against-model: the baseline's LoRA")
+    add_model_arguments(parser)
+    add_model_arguments(parser, prefix="against-", required=False,
+                        what="baseline (the gain, model - baseline, is paired: same samples and noise): ")
     parser.add_argument("--data", required=True, type=Path, metavar="JSONL", help="edit JSONL (see docs/data.md)")
     parser.add_argument("--reward", required=True, type=Path, metavar="YAML",
                         help="YAML with the reward's name and options (as a config's `reward:` section)")

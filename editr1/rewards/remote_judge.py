@@ -10,7 +10,6 @@ server cannot score is unscored, with the reason.
 from __future__ import annotations
 
 import base64
-import email.utils
 import http.client
 import io
 import json
@@ -21,12 +20,12 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 
 import torch
 
 from editr1.data.images import tensor_to_image
 from editr1.errors import EditR1Error
+from editr1.openai_http import PostFailed, http_error_detail, post_json
 from editr1.rewards.base import Reward, RewardBatch, check_batch
 from editr1.rewards.judge_prompt import JudgePrompt
 from editr1.rewards.score_logit import (
@@ -35,22 +34,9 @@ from editr1.rewards.score_logit import (
     score_tokens,
 )
 
-#: Statuses worth another try besides 5xx: a timeout and rate limiting; other 4xx will not change.
-RETRY_STATUSES = frozenset({408, 429})
-#: Statuses whose Retry-After header is honoured (instead of the exponential backoff).
-RETRY_AFTER_STATUSES = frozenset({429, 503})
-MAX_BACKOFF_S = 30.0
 HEALTH_POLL_S = 0.25
 HEALTH_PROBE_TIMEOUT_S = 5.0
 MAX_TOP_LOGPROBS = 20
-MAX_ERROR_BODY_BYTES = 65536
-MAX_ERROR_TEXT = 300
-#: Phrases of servers (vLLM's, in its versions) refusing a request for carrying too many images.
-TOO_MANY_IMAGES = ("limit-mm-per-prompt", "limit_mm_per_prompt", "may be provided in one prompt",
-                   "items in the same prompt", "too many images")
-LIMIT_MM_HINT = ("; the judge server accepts fewer images per prompt than this request carries (the reference "
-                 "images and the edit): start vLLM with --limit-mm-per-prompt '{\"image\": 4}' "
-                 "(vLLM 0.8 and older: --limit-mm-per-prompt image=4)")
 
 
 class RemoteError(Exception):
@@ -67,69 +53,13 @@ def _image_part(image: torch.Tensor) -> dict:
     return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}
 
 
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + f"... ({len(text)} characters)"
-
-
-def error_body_message(body: bytes) -> str | None:
-    """The reason in an error response body: OpenAI's `{"error": {"message"}}`, the flat
-    `{"object": "error", "message"}` / `{"message"}` of SGLang and older vLLM, `{"error": "..."}`,
-    FastAPI's `{"detail": "..."}`, else the body as text (shortened); None for an empty body."""
-    text = body.decode("utf-8", errors="replace").strip()
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return _shorten(text)
-    if isinstance(data, dict):
-        error = data.get("error")
-        candidates = (error.get("message") if isinstance(error, dict) else error, data.get("message"), data.get("detail"))
-        for candidate in candidates:
-            if isinstance(candidate, str) and candidate.strip():
-                return _shorten(candidate)
-    return _shorten(text)
-
-
-def _http_error_detail(error: urllib.error.HTTPError) -> str:
-    """The server's stated reason for an error status (else the reason phrase), with a hint when it
-    refused a request for carrying too many images."""
-    try:
-        body = error.read(MAX_ERROR_BODY_BYTES)
-    except (OSError, http.client.HTTPException):
-        body = b""
-    detail = error_body_message(body) or str(error.reason)
-    if any(phrase in detail.lower() for phrase in TOO_MANY_IMAGES):
-        detail += LIMIT_MM_HINT
-    return detail
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delay seconds or an HTTP date); None if absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # "-0000": UTC by RFC 5322
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
 class RemoteJudgeReward(Reward):
     """Expected 0..L score of a judge behind an OpenAI-compatible `url`, normalised to [0, 1].
 
     `url` is the API base (`http://host:8000/v1`), `model` the name the server knows the judge by.
     One request per sample (its reference images, the edit, the text), `concurrency` at a time; each
     is tried `max_retries` more times after a connection error, timeout, 5xx, 408 or 429, waiting
-    `backoff_s` doubled per try, or what a 429/503's Retry-After header asks for (both capped at
+    `backoff_s` doubled per try, or what a Retry-After header asks for (both capped at
     MAX_BACKOFF_S). At start-up (`check_ready`) and before each `score` call, `GET <root>/health` is
     polled for up to `wait_ready_s` seconds (0: no check, for servers without /health); a server not
     ready by then fails start-up, and later leaves the whole call unscored.
@@ -218,30 +148,11 @@ class RemoteJudgeReward(Reward):
 
     def post(self, body: bytes) -> dict:
         """POST a chat completion, retrying what may pass on another try; raises RemoteError."""
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            request = urllib.request.Request(self.completions_url, data=body, headers=self.headers, method="POST")
-            wait = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as error:
-                problem = f"HTTP {error.code}: {_http_error_detail(error)}"
-                if error.code < 500 and error.code not in RETRY_STATUSES:
-                    raise RemoteError(f"POST {self.completions_url}: {problem}") from None
-                asked = retry_after_s(error.headers.get("Retry-After")) if error.code in RETRY_AFTER_STATUSES else None
-                if asked is not None:
-                    wait = min(asked, MAX_BACKOFF_S)
-            except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, cut short
-                problem = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
-            else:
-                try:
-                    return json.loads(raw)
-                except ValueError as error:
-                    raise RemoteError(f"POST {self.completions_url}: the response is not JSON ({error})") from None
-            if attempt + 1 < attempts:
-                self._sleep(wait)
-        raise RemoteError(f"POST {self.completions_url} failed after {attempts} attempt(s): {problem}")
+        try:
+            return post_json(self.completions_url, body, self.headers, timeout_s=self.timeout_s,
+                             retries=self.max_retries, backoff_s=self.backoff_s, wait=self._sleep)[0]
+        except PostFailed as error:
+            raise RemoteError(str(error)) from None
 
     def read_score(self, response: dict) -> tuple[float, float]:
         try:
@@ -267,7 +178,7 @@ class RemoteJudgeReward(Reward):
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return None if response.status == 200 else f"HTTP {response.status}"
         except urllib.error.HTTPError as error:
-            return f"HTTP {error.code}: {_http_error_detail(error)}"
+            return f"HTTP {error.code}: {http_error_detail(error)}"
         except (OSError, http.client.HTTPException) as error:
             return f"{type(error).__name__}: {getattr(error, 'reason', error)}"
 

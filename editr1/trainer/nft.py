@@ -26,7 +26,6 @@ from editr1.data.prompt_length import fit_prompt_lengths
 from editr1.dotted import resolve
 from editr1.errors import EditR1Error
 from editr1.eval.heldout import (
-    EvalResult,
     HeldoutSet,
     evaluate,
     load_eval,

@@ -9,7 +9,6 @@ drawn as a grey cell captioned "missing", so a figure never hides which file was
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 import textwrap
@@ -21,7 +20,7 @@ from PIL import Image
 
 from editr1.data.images import load_image
 from editr1.errors import DataError
-from editr1.eval.benchmarks.gedit import GEDIT_LANGUAGES, GEDIT_TYPES
+from editr1.eval.benchmarks.gedit import GEDIT_LANGUAGES, GEDIT_TYPES, json_objects
 from editr1.eval.benchmarks.imgedit import IMGEDIT_TYPES, display_name
 from editr1.eval.visuals import image_grid
 from editr1.fileio import write_bytes_atomic
@@ -374,17 +373,9 @@ def viescore_reasoning(reply: Any) -> str:
     """The ``reasoning`` field of the first JSON object in a VIEScore reply that has one; else the reply."""
     if not isinstance(reply, str) or not reply.strip():
         return ""
-    decoder = json.JSONDecoder()
-    i = reply.find("{")
-    while i != -1:
-        try:
-            obj, end = decoder.raw_decode(reply, i)
-        except json.JSONDecodeError:
-            i = reply.find("{", i + 1)
-            continue
+    for obj in json_objects(reply):
         if isinstance(obj, dict) and isinstance(obj.get("reasoning"), str) and obj["reasoning"].strip():
             return obj["reasoning"].strip()
-        i = reply.find("{", end)
     return " ".join(reply.split())
 
 

@@ -313,7 +313,7 @@ EDITR1_GEDIT_PROMPTS = GEditPrompts(sc=_EDITR1_SC, pq=_EDITR1_PQ)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
 
-def _json_objects(text: str) -> list[Any]:
+def json_objects(text: str) -> list[Any]:
     """Every JSON object that can be decoded starting at a '{' in `text` (fenced blocks first)."""
     decoder = json.JSONDecoder()
     out: list[Any] = []
@@ -338,7 +338,7 @@ def parse_viescore_reply(text: str | None) -> list[float]:
     Raises ReplyParseError otherwise; never returns a default or random score."""
     if text is None or not str(text).strip():
         raise ReplyParseError("empty reply")
-    objects = [o for o in _json_objects(str(text)) if isinstance(o, dict)]
+    objects = [o for o in json_objects(str(text)) if isinstance(o, dict)]
     if not objects:
         raise ReplyParseError("no JSON object in the reply")
     with_score = [o for o in objects if "score" in o]

@@ -30,7 +30,7 @@ from editr1.eval.benchmarks.figures import gallery, type_bar_chart
 from editr1.eval.benchmarks.judges import TextJudge
 from editr1.eval.benchmarks.reply_cache import ReplyCache, canonical_json
 from editr1.eval.benchmarks.stats import judge_spread
-from editr1.fileio import write_text_atomic
+from editr1.fileio import write_bytes_atomic, write_text_atomic
 
 GENERATION_FILE, CACHE_FILE, RESULTS_FILE, SAMPLES_FILE = "generation.json", "judgments.jsonl", "results.json", "samples.jsonl"
 EDITS = "edits"
@@ -241,10 +241,7 @@ def _record_generation(out: Path, generation: dict[str, Any]) -> None:
 def _save_png(image: Image.Image, path: Path) -> None:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".partial")
-    staging.write_bytes(buffer.getvalue())
-    staging.replace(path)  # a kill leaves either no edit or a whole one
+    write_bytes_atomic(path, buffer.getvalue())  # a kill leaves either no edit or a whole one
 
 
 def generate_missing(run: BenchmarkRun, samples: list[BenchSample]) -> None:

@@ -32,13 +32,7 @@ from PIL import Image
 
 from editr1.errors import EditR1Error
 from editr1.eval.benchmarks.common import JudgeReply, JudgeRequest
-from editr1.rewards.remote_judge import (
-    MAX_BACKOFF_S,
-    RETRY_STATUSES,
-    _http_error_detail,
-    error_body_message,
-    retry_after_s,
-)
+from editr1.openai_http import PostFailed, error_body_message, http_error_detail, post_json
 
 #: Called as each reply arrives, with the request's position in the list given to `ask_many`.
 OnReply = Callable[[int, JudgeReply], None]
@@ -201,7 +195,7 @@ class OpenAIJudge(TextJudge):
                 return
             hint = "; check the API key (api_key / api_key_env)" if error.code in (401, 403) else ""
             raise EditR1Error(f"the judge endpoint {self.base_url} refused GET /models: HTTP {error.code}: "
-                              f"{_http_error_detail(error)}{hint}") from None
+                              f"{http_error_detail(error)}{hint}") from None
         except (OSError, http.client.HTTPException) as error:
             raise EditR1Error(f"the judge endpoint {self.base_url} is unreachable (GET {self.models_url}: "
                               f"{type(error).__name__}: {getattr(error, 'reason', error)}); is the server running "
@@ -275,32 +269,17 @@ class OpenAIJudge(TextJudge):
 
     def _post(self, body: bytes, stop: threading.Event) -> tuple[dict | str, int]:
         """(the response JSON, attempts), or (why there is none, attempts) after the retries."""
-        attempts = self.retries + 1
-        for attempt in range(attempts):
+
+        def check_stop() -> None:
             if stop.is_set():
                 raise _Stopped("not asked: the evaluation was stopped")
-            request = urllib.request.Request(self.completions_url, data=body, headers=self.headers, method="POST")
-            wait_s = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as error:
-                problem = f"HTTP {error.code}: {_http_error_detail(error)}"
-                if error.code < 500 and error.code not in RETRY_STATUSES:
-                    return f"POST {self.completions_url}: {problem} (not retried)", attempt + 1
-                asked = retry_after_s(error.headers.get("Retry-After"))
-                if asked is not None:
-                    wait_s = min(asked, MAX_BACKOFF_S)
-            except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, cut short
-                problem = f"{type(error).__name__}: {getattr(error, 'reason', error) or 'no details'}"
-            else:
-                try:
-                    return json.loads(raw), attempt + 1
-                except ValueError as error:
-                    return f"POST {self.completions_url}: the response is not JSON ({error})", attempt + 1
-            if attempt + 1 < attempts:
-                self._wait(wait_s, stop)
-        return f"POST {self.completions_url} failed after {attempts} attempt(s): {problem}", attempts
+
+        try:
+            return post_json(self.completions_url, body, self.headers, timeout_s=self.timeout_s, retries=self.retries,
+                             backoff_s=self.backoff_s, wait=lambda seconds: self._wait(seconds, stop),
+                             before_attempt=check_stop)
+        except PostFailed as error:
+            return str(error), error.attempts
 
 
 def read_reply(response: Any) -> tuple[str | None, str | None, dict[str, Any]]:
