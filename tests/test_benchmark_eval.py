@@ -243,3 +243,52 @@ def test_bad_input_is_a_one_line_error(models, benchmarks, tmp_path, capsys):
     (out / "generation.json").write_text(json.dumps({"model": "another"}))
     assert _eval("imgedit", model, data, judge, out) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_a_training_run_judges_a_benchmark_subset_with_the_viescore_reward(benchmarks, shapes_data, tmp_path):
+    from editr1.config import NFTConfig, load_config
+    from editr1.trainer.metrics_log import read_metrics
+    from editr1.trainer.nft import run_nft
+    from tiny_runs import tiny_nft_overrides
+
+    subset = tmp_path / "subset"
+    assert main(["data", "benchmark", "gedit", "--data", str(benchmarks["gedit"]), "--out", str(subset), "--limit", "8"]) == 0
+    with ScriptedJudgeServer(Script(viescore_reply)) as server:
+        judge = {"kind": "openai", "base_url": server.base_url, "model": "scripted-judge", "timeout_s": 1.0,
+                 "retries": 1, "backoff_s": 0.01}
+        config = load_config(NFTConfig, overrides=[
+            *tiny_nft_overrides(shapes_data, tmp_path / "run", iterations=2), f"data.heldout={subset / 'samples.jsonl'}",
+            "eval.every=1", "eval.reward.name=viescore", f"eval.reward.options={json.dumps({'judge': judge})}",
+        ])
+        run_nft(config)
+    evaluated = {row["step"]: row for row in read_metrics(tmp_path / "run") if "heldout_reward" in row}
+    assert sorted(evaluated) == [0, 1, 2]
+    for row in evaluated.values():
+        assert 0 <= row["heldout_reward"] <= 1
+    # The broken sample (a 503 every time) is left out, never scored.
+    assert any(BROKEN in json.loads(line)["prompt"].lower() for line in (subset / "samples.jsonl").read_text().splitlines())
+    # The reward is GEdit's O / 10 of the scripted judge's scores, over the scored samples.
+    from editr1.eval.benchmarks.gedit import EDITR1_GEDIT_PROMPTS, render_sc
+    from scripted_judge_server import viescore_scores
+
+    prompts = [json.loads(line)["prompt"] for line in (subset / "samples.jsonl").read_text().splitlines()]
+    pq = min(viescore_scores(EDITR1_GEDIT_PROMPTS.pq))
+    expected = [(min(viescore_scores(render_sc(EDITR1_GEDIT_PROMPTS.sc, p))) * pq) ** 0.5 / 10
+                for p in prompts if BROKEN not in p.lower()]
+    assert evaluated[0]["heldout_reward"] == pytest.approx(sum(expected) / len(expected))
+    assert (tmp_path / "run" / "reward_curve.png").is_file()
+
+
+def test_judge_repeats_ask_each_sample_again_and_report_the_spread(models, benchmarks, tmp_path):
+    with ScriptedJudgeServer(Script(imgedit_reply)) as server:
+        judge = _judge_yaml(tmp_path, server.base_url)
+        out = tmp_path / "eval"
+        assert _eval("imgedit", models["tiny:qwen-image-edit"], benchmarks["imgedit"], judge, out, "--limit", "3",
+                     "--judge-repeats", "3", "--types", "extract,style") == 0
+        sent = sorted((r["temperature"], r["seed"]) for r in server.requests)
+    assert sent == [(0.0, 0)] * 3 + [(0.7, 1)] * 3 + [(0.7, 2)] * 3
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge_spread"]["repeats"] == 3
+    # The scripted judge answers a text the same way at any temperature: no spread.
+    assert results["judge_spread"]["per_sample_std"] == 0.0
+    assert all(len(row["repeats"]) == 2 for row in _rows(out))

@@ -37,6 +37,23 @@ def test_an_out_of_tree_family_and_reward_train_and_edit(shapes_data, tmp_path):
     assert code == 0 and edited.is_file()
 
 
+def test_an_out_of_tree_loss_is_used_by_its_dotted_path(shapes_data, tmp_path):
+    from editr1.trainer.metrics_log import read_metrics
+
+    out = tmp_path / "run"
+    overrides = tiny_nft_overrides(shapes_data, out, iterations=1) + ["rl.loss=toy_plugin:nft_with_velocity_penalty"]
+    run_nft(load_config(NFTConfig, None, overrides))
+    row = next(row for row in read_metrics(out) if "loss" in row)
+    assert row["velocity_magnitude"] > 0 and "policy_loss" in row
+
+
+def test_an_unknown_loss_is_a_one_line_error(shapes_data, tmp_path):
+    overrides = tiny_nft_overrides(shapes_data, tmp_path / "run", iterations=1) + ["rl.loss=nfd"]
+    with pytest.raises(EditR1Error, match=r"rl.loss: unknown loss 'nfd'; known: \['flow_matching', 'nft'\]"):
+        run_nft(load_config(NFTConfig, None, overrides))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_plugin_reward_takes_its_options():
     reward = build_reward(REWARD, {"target": 0.25})
     assert isinstance(reward, Brightness) and reward.target == 0.25

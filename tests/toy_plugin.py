@@ -1,11 +1,13 @@
-"""A plugin outside editr1, written as a user would (docs/extending.md): a model family and a reward that
-configs use by their dotted paths, `toy_plugin:ToyEditAdapter` and `toy_plugin:Brightness`. Importable
+"""A plugin outside editr1, written as a user would (docs/extending.md): a model family, a reward and a loss
+that configs use by their dotted paths, `toy_plugin:ToyEditAdapter`, `toy_plugin:Brightness` and
+`toy_plugin:nft_with_velocity_penalty`. Importable
 because pytest puts tests/ on sys.path; a user's own package would be installed or on PYTHONPATH."""
 
 import torch
 
 from editr1.models.qwen_image_edit import QwenImageEditAdapter
 from editr1.rewards.base import Reward, RewardBatch, check_batch
+from editr1.rl.losses import nft
 
 
 class ToyEditAdapter(QwenImageEditAdapter):
@@ -28,3 +30,10 @@ class Brightness(Reward):
         check_batch(sources, edited, prompts, requirements)
         means = torch.stack([image.float().mean() for image in edited])
         return RewardBatch((1 - (means - self.target).abs()).clamp(0, 1), torch.ones(len(edited), dtype=torch.bool))
+
+
+def nft_with_velocity_penalty(*, v_theta, penalty=1e-3, **nft_inputs):
+    """The NFT loss plus a small penalty on the trained velocity's magnitude, logged as its own metric."""
+    loss, metrics = nft(v_theta=v_theta, **nft_inputs)
+    magnitude = v_theta.float().pow(2).mean()
+    return loss + penalty * magnitude, {**metrics, "velocity_magnitude": magnitude.detach()}

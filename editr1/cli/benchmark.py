@@ -164,6 +164,15 @@ class _progress:
         return self._context.__exit__(*exc_info)
 
 
+def run_benchmark_export(args: argparse.Namespace) -> dict:
+    from editr1.eval.benchmarks.harness import PROTOCOLS, export_jsonl, select_samples
+
+    protocol = PROTOCOLS[args.benchmark]() if args.benchmark == "imgedit" else PROTOCOLS[args.benchmark](_comma_list(args.languages))
+    samples = select_samples(protocol.load(args.data, None), _comma_list(args.types), args.limit, protocol.types)
+    path = export_jsonl(protocol, samples, args.out)
+    return {"samples": len(samples), "jsonl": str(path)}
+
+
 def run_compare(args: argparse.Namespace) -> dict:
     from editr1.eval.benchmarks.compare import compare_results, format_comparison_table, write_comparison
 

@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--n", type=int, default=2000, help="training samples")
     shapes.add_argument("--n-test", type=int, default=256, help="held-out samples")
     shapes.add_argument("--seed", type=int, default=0)
+    subset = data_kinds.add_parser("benchmark", help="a benchmark's samples as an edit JSONL (e.g. for data.heldout, "
+                                                     "judged with the viescore reward during training)")
+    subset.add_argument("benchmark", choices=("imgedit", "gedit"))
+    subset.add_argument("--data", required=True, type=Path, help="the benchmark's local copy, as for `editr1 eval`")
+    subset.add_argument("--out", required=True, type=Path)
+    subset.add_argument("--limit", type=int, default=None, help="only the first N samples (after --types)")
+    subset.add_argument("--types", default=None, help="comma-separated task types")
+    subset.add_argument("--languages", default="en", help="GEdit: comma-separated languages (default: en)")
 
     sft = commands.add_parser("sft", help="supervised flow-matching fine-tuning")
     _add_config_args(sft, "steps=200")
@@ -107,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     # Configs are loaded before the trainers are imported: a config error then comes alone, fast.
-    if args.command == "data":
+    if args.command == "data" and args.dataset == "benchmark":
+        from editr1.cli.benchmark import run_benchmark_export
+
+        print(json.dumps(run_benchmark_export(args), indent=2))
+    elif args.command == "data":
         from editr1.tasks.shapes.scenes import write_shapes_dataset
 
         counts = write_shapes_dataset(args.out, args.n, args.n_test, args.seed)

@@ -14,6 +14,7 @@ REWARDS: dict[str, str] = {
     "shapes_verifier": "editr1.tasks.shapes.verifier:ShapesVerifier",
     "mllm": "editr1.rewards.mllm_judge:mllm_reward",
     "mllm_remote": "editr1.rewards.remote_judge:RemoteJudgeReward",
+    "viescore": "editr1.eval.benchmarks.reward:VIEScoreReward",
 }
 
 

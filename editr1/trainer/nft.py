@@ -115,6 +115,7 @@ class NFTTrainer:
 
         # Every input is read and checked before anything is written; the judge first, as it may be a
         # server that is still starting.
+        self.loss_fn = resolve(config.rl.loss, LOSSES, "rl.loss", "loss")
         self.reward = build_reward(config.reward.name, config.reward.options)
         self.reward.check_ready()
         self.eval_reward = self.reward
@@ -142,7 +143,6 @@ class NFTTrainer:
 
         self.adapter.to(self.accelerator.device)
         self.scorer = RolloutScorer(self.reward, config.reward.overlap)
-        self.loss_fn = resolve(config.rl.loss, LOSSES, "rl.loss", "loss")
         self.lora = lora_spec(config.model, self.adapter) if config.model.train_mode == "lora" else None
         self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
         # DDP-wrapped when several processes run: gradients of the trained policy are averaged across ranks.
@@ -416,7 +416,8 @@ class NFTTrainer:
 
     def _finish(self) -> dict:
         rows = read_metrics(self.run_dir)
-        reward_curve(rows, self.run_dir / "reward_curve.png", title="DiffusionNFT: rollout and held-out reward")
+        reward_curve(rows, self.run_dir / "reward_curve.png", eval_keys=("heldout_reward", "heldout_training_reward"),
+                     title="DiffusionNFT: rollout and held-out reward")
         final_folder = self.run_dir / "final"
         if self.lora is not None:
             self.adapter.save_lora(self.policies.trained_state(), final_folder, self.lora)

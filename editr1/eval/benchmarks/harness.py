@@ -417,6 +417,24 @@ def write_results(out: Path, results: dict, rows: list[dict]) -> None:
     gallery(rows, out, out / "gallery")
 
 
+def export_jsonl(protocol: Protocol, samples: list[BenchSample], out: Path) -> Path:
+    """The samples as an edit JSONL (`out/samples.jsonl`, sources in `out/images/`), for a training run's
+    held-out evaluation (`data.heldout`) judged with the `viescore` reward while it trains."""
+    from editr1.data.jsonl import write_jsonl
+
+    path = out / "samples.jsonl"
+    if path.exists():
+        raise EditR1Error(f"{path}: exists; choose another --out")
+    rows = []
+    for sample in samples:
+        image = out / "images" / f"{sample.key}.png"
+        _save_png(protocol.source(sample), image)
+        rows.append({"id": sample.key, "image": str(image.relative_to(out)), "prompt": sample.instruction,
+                     "task_type": sample.task_type, "language": sample.language})
+    write_jsonl(path, rows)
+    return path
+
+
 def format_results(results: dict) -> str:
     """The printed table: per-type means, unscored counts and the overall, with the results' note."""
     aggregate, lines = results["aggregate"], []
