@@ -292,3 +292,16 @@ def test_judge_repeats_ask_each_sample_again_and_report_the_spread(models, bench
     # The scripted judge answers a text the same way at any temperature: no spread.
     assert results["judge_spread"]["per_sample_std"] == 0.0
     assert all(len(row["repeats"]) == 2 for row in _rows(out))
+
+
+def test_a_finished_evaluation_is_aggregated_again_with_the_judge_down(models, benchmarks, tmp_path, capsys):
+    with ScriptedJudgeServer(Script(imgedit_reply)) as server:
+        judge = _judge_yaml(tmp_path, server.base_url)
+        out = tmp_path / "eval"
+        assert _eval("imgedit", models["tiny:qwen-image-edit"], benchmarks["imgedit"], judge, out,
+                     "--types", "extract,style") == 0
+    first = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    assert _eval("imgedit", models["tiny:qwen-image-edit"], benchmarks["imgedit"], judge, out, "--types", "extract,style") == 0
+    assert '"generated": 0' in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["aggregate"] == first["aggregate"]

@@ -193,6 +193,7 @@ class BenchmarkRun:
     progress: Callable[[str, int, int], None] | None = None
     #: Counters of this run's work, for the summary (and the tests).
     counts: dict[str, int] = field(default_factory=lambda: {"generated": 0, "judge_requests": 0})
+    judge_checked: bool = False
 
 
 def select_samples(samples: list[BenchSample], types: Sequence[str] | None, limit: int | None, known: Sequence[str]
@@ -300,6 +301,9 @@ def judge_all(run: BenchmarkRun, samples: list[BenchSample], prompts: Prompts, c
             replies.setdefault((sample_key, repeat), {})[request.kind] = reply
 
         if asked:
+            if not run.judge_checked:
+                run.judge.check_ready()
+                run.judge_checked = True
             run.counts["judge_requests"] += len(asked)
             run.judge.ask_many(asked, keep)
         done += len(chunk)
@@ -353,7 +357,10 @@ def evaluate_benchmark(run: BenchmarkRun) -> dict:
     samples = select_samples(protocol.load(run.data, run.images), run.types, run.limit, protocol.types)
     prompts = protocol.prompts(run.official_prompts)
     _check_generation(run.out, run.generation)
-    run.judge.check_ready()
+    if any(not edit_path(run.out, s).is_file() for s in samples):
+        # Before hours of generation, not after; a run with every edit made asks only if a reply is missing.
+        run.judge.check_ready()
+        run.judge_checked = True
     _record_generation(run.out, run.generation)
     generate_missing(run, samples)
     if protocol.name == "gedit":  # the source as judged, for galleries and comparisons
