@@ -14,7 +14,7 @@ from benchmark_fixtures import write_gedit_fixture, write_imgedit_fixture
 from scripted_judge_server import ScriptedJudgeServer, Status, Delay, imgedit_reply, viescore_reply
 from editr1.cli.main import main
 from editr1.eval.benchmarks import harness
-from editr1.eval.benchmarks.harness import NOT_COMPARABLE
+from editr1.eval.benchmarks.harness import NOT_COMPARABLE, OTHER_JUDGE
 from editr1.models.registry import build_tiny
 from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
 
@@ -127,7 +127,9 @@ def test_gedit_end_to_end_with_official_prompts_and_export(models, benchmarks, t
         calls = server.calls
         results = json.loads((out / "results.json").read_text())
         rows = _rows(out)
-        assert len(rows) == 16 and results["comparable"] and NOT_COMPARABLE not in results["note"]
+        assert len(rows) == 16 and results["prompts"]["source"] == "official" and NOT_COMPARABLE not in results["note"]
+        # Official prompts, but not the published judge: still not comparable with published numbers.
+        assert not results["comparable"] and OTHER_JUDGE in results["note"]
         broken = [row for row in rows if BROKEN in row["instruction"].lower()]
         assert broken and all(row["status"] == "judge_error" for row in broken)
         for row in rows:
@@ -239,10 +241,27 @@ def test_bad_input_is_a_one_line_error(models, benchmarks, tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     # Edits of another model are never mixed into a folder.
     out = tmp_path / "mixed"
-    out.mkdir()
+    (out / "edits").mkdir(parents=True)
     (out / "generation.json").write_text(json.dumps({"model": "another"}))
+    (out / "edits" / "5.png").write_bytes(b"another model's edit")
     assert _eval("imgedit", model, data, judge, out) == 2
     assert "other settings" in capsys.readouterr().err
+    # A folder whose run stopped before its first edit binds nothing: its settings are replaced.
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "generation.json").write_text(json.dumps({"model": "another", "steps": 1}))
+    with ScriptedJudgeServer(Script(imgedit_reply)) as server:
+        assert _eval("imgedit", model, data, _judge_yaml(tmp_path, server.base_url), stopped, "--types", "style") == 0
+    assert json.loads((stopped / "generation.json").read_text())["steps"] == 2
+    # An --out that is a file, an unreadable source, one sampler step: one line each, nothing generated.
+    (tmp_path / "file").write_text("x")
+    assert _eval("imgedit", model, data, judge, tmp_path / "file") == 2
+    assert "is a file" in capsys.readouterr().err
+    broken = tmp_path / "broken-data"
+    shutil.copytree(data, broken)
+    (broken / "singleturn" / "style" / "000000107.jpg").write_text("not an image")
+    assert _eval("imgedit", model, broken, judge, tmp_path / "o2") == 2
+    assert "000000107.jpg" in capsys.readouterr().err and not (tmp_path / "o2" / "edits").exists()
 
 
 def test_a_training_run_judges_a_benchmark_subset_with_the_viescore_reward(benchmarks, shapes_data, tmp_path):
@@ -305,3 +324,20 @@ def test_a_finished_evaluation_is_aggregated_again_with_the_judge_down(models, b
     assert _eval("imgedit", models["tiny:qwen-image-edit"], benchmarks["imgedit"], judge, out, "--types", "extract,style") == 0
     assert '"generated": 0' in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["aggregate"] == first["aggregate"]
+
+
+def test_a_folder_and_an_export_never_mix_two_models(models, benchmarks, tmp_path, monkeypatch, capsys):
+    data = benchmarks["imgedit"]
+    with ScriptedJudgeServer(Script(imgedit_reply)) as server:
+        judge = _judge_yaml(tmp_path, server.base_url)
+        out, export = tmp_path / "eval", tmp_path / "export"
+        # The model is recorded by its absolute folder, however it was named.
+        monkeypatch.chdir(models["tiny:qwen-image-edit"].parent)
+        assert _eval("imgedit", "qwen-image-edit", data, judge, out, "--types", "style", "--export-official", str(export)) == 0
+        assert json.loads((out / "generation.json").read_text())["model"] == str(models["tiny:qwen-image-edit"])
+        assert _eval("imgedit", models["tiny:qwen-image-edit"], data, judge, out, "--types", "style",
+                     "--export-official", str(export)) == 0  # the same export again: nothing to refuse
+        capsys.readouterr()
+        assert _eval("imgedit", models["tiny:flux-kontext"], data, judge, tmp_path / "other", "--types", "style",
+                     "--export-official", str(export)) == 2
+    assert "exists with other content" in capsys.readouterr().err

@@ -219,7 +219,7 @@ def url_of_closed_port() -> str:
 
 def test_identity_and_build_errors(monkeypatch):
     judge = build_text_judge({"kind": "openai", "base_url": "http://h:8000/v1/", "model": "m", "max_tokens": 100}, "eval.judge")
-    assert judge.identity() == {"kind": "openai", "model": "m", "endpoint": "http://h:8000/v1", "temperature": 0.0,
+    assert judge.identity() == {"kind": "openai", "model": "m", "temperature": 0.0,
                                 "repeat_temperature": 0.7, "max_tokens": 100, "extra_body": {}}
     cases = [
         ({"kind": "opnai"}, r"eval\.judge\.kind: unknown judge kind 'opnai' \(did you mean 'openai'\?\)"),

@@ -13,3 +13,12 @@ def test_rows_groups_and_ranks_agree():
         own = rows[layout.rank_rows(rank)]
         assert (layout.group_of_row()[own] == torch.arange(4)[layout.rank_groups(rank)].repeat_interleave(3)).all()
     assert rows[layout.rows_of_group(1)].tolist() == [3, 4, 5]
+
+
+def test_the_global_group_count_is_split_over_ranks_or_refused():
+    assert GroupLayout.split(24, 12, 4) == GroupLayout(groups_per_rank=6, group_size=12, world=4)
+    assert GroupLayout.split(24, 12, 1).total_groups == 24
+    import pytest
+
+    with pytest.raises(ValueError, match="24 groups do not divide over 5 processes"):
+        GroupLayout.split(24, 12, 5)

@@ -38,6 +38,8 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, benchmark: str) -> 
         parser.add_argument("--languages", default="en,cn", help="comma-separated: en, cn (default: both)")
         parser.add_argument("--official-prompts", type=Path, default=None,
                             help="the Step1X-Edit repository (or its GEdit-Bench/viescore/vie_prompts.py); read, never run")
+        parser.add_argument("--model-name", default=None,
+                            help="the model's folder name in the --export-official layout (default: the model folder's name)")
     parser.add_argument("--judge", required=True, type=Path, help="judge YAML: kind openai (base_url, model, ...) or transformers (path)")
     parser.add_argument("--out", required=True, type=Path, help="results folder (edits and judge replies are cached there)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N samples (after --types)")
@@ -46,7 +48,6 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, benchmark: str) -> 
                         help="judge every sample N times (repeats past the first sample at the judge's repeat temperature) "
                              "and report the judge's own spread")
     parser.add_argument("--export-official", type=Path, default=None, help="also write the edits in the official scorer's layout")
-    parser.add_argument("--model-name", default=None, help="the model's folder name in the GEdit export (default: the model folder's name)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the family's, 28)")
     parser.add_argument("--sampler", choices=("euler", "dpmpp_2m"), default="euler")
     parser.add_argument("--cfg-scale", type=float, default=None, help="true CFG scale (default: the family's)")
@@ -122,6 +123,10 @@ def run_benchmark(args: argparse.Namespace, benchmark: str) -> dict:
 
     def make_editor():
         print(f"loading {choice.description} ({choice.family}) on {device}", flush=True)
+        if device.type == "cpu" and args.pipeline_sizing:
+            print("note: the source conditions the model at the pipeline's ~1024^2 pixels, which is slow on a CPU "
+                  "(minutes per edit even for a tiny model); --no-pipeline-sizing conditions at the output size",
+                  flush=True)
         return adapter_editor(choice, device, settings)
 
     with _progress() as report:
@@ -129,7 +134,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str) -> dict:
             protocol, args.data, args.out, judge, {**choice.identity(), **settings}, make_editor,
             images=getattr(args, "images", None), official_prompts=args.official_prompts, limit=args.limit,
             types=_comma_list(args.types), judge_repeats=args.judge_repeats, batch_size=args.batch_size,
-            export_official=args.export_official, model_name=args.model_name or Path(str(choice.folder)).name,
+            export_official=args.export_official,
+            model_name=getattr(args, "model_name", None) or Path(str(choice.folder)).name,
             progress=report,
         )
         results = evaluate_benchmark(run)
@@ -168,7 +174,8 @@ def run_benchmark_export(args: argparse.Namespace) -> dict:
     from editr1.eval.benchmarks.harness import PROTOCOLS, export_jsonl, select_samples
 
     protocol = PROTOCOLS[args.benchmark]() if args.benchmark == "imgedit" else PROTOCOLS[args.benchmark](_comma_list(args.languages))
-    samples = select_samples(protocol.load(args.data, None), _comma_list(args.types), args.limit, protocol.types)
+    samples = select_samples(protocol.load(args.data, None), _comma_list(args.types), args.limit, protocol.types,
+                             protocol.aliases)
     path = export_jsonl(protocol, samples, args.out)
     return {"samples": len(samples), "jsonl": str(path)}
 
@@ -176,6 +183,8 @@ def run_benchmark_export(args: argparse.Namespace) -> dict:
 def run_compare(args: argparse.Namespace) -> dict:
     from editr1.eval.benchmarks.compare import compare_results, format_comparison_table, write_comparison
 
+    if args.a.resolve() == args.b.resolve():
+        raise EditR1Error(f"{args.a}: comparing an evaluation with itself; give two results folders")
     comparison = compare_results(args.a, args.b, n_resamples=args.resamples, seed=args.seed)
     out = args.out or (args.b / f"compare_{args.a.resolve().name}")
     write_comparison(comparison, out)

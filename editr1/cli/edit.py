@@ -228,8 +228,11 @@ def choose_model(run: Path | None, model: str | None, lora: str | None) -> Model
         if str(model).startswith("tiny:"):
             raise EditR1Error(f"--model {model}: tiny presets are built in memory; edit a run trained on one "
                               "with --run RUN_DIR, or save one with `build_tiny(...).save_pretrained(folder)`")
-        folder = resolve_model_path(model)
-        choice = ModelChoice(folder, None if lora is None else Path(lora), detect_family(folder), None, str(model))
+        # A local folder is recorded absolute: the same model named from another folder is the same model.
+        folder = resolve_model_path(model).resolve()
+        lora_path = None if lora is None else Path(lora).expanduser()
+        lora_path = lora_path.resolve() if lora_path is not None and lora_path.exists() else lora_path
+        choice = ModelChoice(folder, lora_path, detect_family(folder), None, str(model))
     if choice.lora is not None:
         find_lora_file(choice.lora)  # fails early on a missing or unreadable-looking LoRA
     return choice

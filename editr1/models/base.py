@@ -215,8 +215,14 @@ class EditModelAdapter(ABC):
             config.get("base_shift", 0.5),
             config.get("max_shift", 1.15),
         )
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-        return scheduler.sigmas.to(torch.float32).cpu()
+        with np.errstate(invalid="ignore", divide="ignore"):  # a schedule stretched to a terminal sigma: see below
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+        sigmas = scheduler.sigmas.to(torch.float32).cpu()
+        if not torch.isfinite(sigmas).all():
+            # A scheduler with `shift_terminal` (Qwen-Image) stretches the schedule between its first and last
+            # sigma, which coincide for a single step.
+            raise EditR1Error(f"{num_steps} sampler step(s): this model's schedule needs at least 2 steps")
+        return sigmas
 
     @property
     def device(self) -> torch.device:

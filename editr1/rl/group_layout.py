@@ -14,6 +14,14 @@ class GroupLayout:
     group_size: int
     world: int = 1
 
+    @classmethod
+    def split(cls, total_groups: int, group_size: int, world: int) -> "GroupLayout":
+        """The layout of `total_groups` groups per iteration shared by `world` ranks; ValueError unless
+        they divide evenly (the global batch must not depend on the number of processes)."""
+        if total_groups % world:
+            raise ValueError(f"{total_groups} groups do not divide over {world} processes")
+        return cls(total_groups // world, group_size, world)
+
     @property
     def total_groups(self) -> int:
         return self.groups_per_rank * self.world

@@ -103,6 +103,13 @@ class NFTTrainer:
         self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        # The config's batch is global: the same config trains the same way on 1 or N processes.
+        try:
+            self.layout = GroupLayout.split(config.rollout.groups_per_iteration, config.rollout.group_size, self.world)
+        except ValueError:
+            raise EditR1Error(f"rollout.groups_per_iteration: {config.rollout.groups_per_iteration} groups (the global "
+                              f"count per optimizer step) do not divide over {self.world} processes; use a multiple "
+                              f"of {self.world}") from None
         self.run_folder = RunFolder(self.run_dir, OUTPUTS, FINISHED, LOCKED, announce=self.is_main,
                                     unlocked=resume_safe_fields(config))
         checkpoint = self.run_folder.prepare(config, resume)
@@ -126,6 +133,10 @@ class NFTTrainer:
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         torch.manual_seed(config.seed)
         self.adapter = build_model(config.model, [s.prompt for s in self.train_samples], seed=config.seed)
+        # Sampler schedules are checked before anything is written (a step count a schedule cannot take).
+        self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
+        if evaluating:
+            self.adapter.sigmas(config.eval.steps, self.size, self.size)
         self.train_samples = fit_prompt_lengths(self.train_samples, config.data.train, self.adapter,
                                                 config.data.max_prompt_tokens, config.data.prompt_overflow)
         self.heldout = None
@@ -151,8 +162,6 @@ class NFTTrainer:
         self.optimizer = torch.optim.AdamW(
             self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
         )
-        self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
-        self.layout = GroupLayout(config.rollout.groups_per_iteration, config.rollout.group_size, self.world)
         self.position, self.banned = 0, set()
         self.loop = TrainingLoop(self.run_dir, "nft", "iterations", config.iterations,
                                  time_budget_s=config.time_budget_s, eval_every=config.eval.every,
@@ -294,9 +303,12 @@ class NFTTrainer:
         total_pairs, backward_passes = int(counts[:, 0].sum()), int(counts[:, 1].max())
         if total_pairs == 0:
             return {"skipped_update": 1.0}  # every group filtered: no loss to report, none invented
-        generator = generator_for(config.seed, step, "train" if self.rank == 0 else f"train-rank{self.rank}")
-        # Each sample trains on its own shuffled subset of the rollout's timesteps.
-        order = [torch.randperm(num_steps, generator=generator)[:per_sample] for _ in range(kept.numel())]
+        # Every row draws from its own stream, named by its global row: its timesteps (a shuffled subset of
+        # the rollout's) and then, one per timestep in order, its noise. So the update does not depend on
+        # how rows are split over processes or micro-batches.
+        first_row = self.layout.rank_rows(self.rank).start
+        streams = {int(row): generator_for(config.seed, step, f"train-row{first_row + int(row)}") for row in kept}
+        order = [torch.randperm(num_steps, generator=streams[int(row)])[:per_sample] for row in kept]
         batches = [
             (kept[start : start + micro], torch.stack([o[column] for o in order[start : start + micro]]))
             for column in range(per_sample)
@@ -311,7 +323,8 @@ class NFTTrainer:
             is_padding = index >= len(batches)
             x0 = rollout.latents[rows].to(device)
             t = self.sigmas[timestep_index].to(device, x0.dtype)
-            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=streams[int(row)]) for row in rows]).to(x0) \
+                if not is_padding else torch.zeros_like(x0)
             x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
             conditions = rollout.conditions.select(group_of_row[rows])
             with torch.no_grad():

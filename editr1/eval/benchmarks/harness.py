@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image
 
+from editr1.data.images import load_image
 from editr1.errors import EditR1Error
 from editr1.eval.benchmarks import gedit, imgedit
 from editr1.eval.benchmarks.common import BenchSample, JudgeReply, JudgeRequest, ReplyParseError
@@ -63,6 +64,8 @@ class Protocol(ABC):
     #: The per-sample metrics, the headline one first.
     metrics: tuple[str, ...]
     types: tuple[str, ...]
+    #: Other spellings of types accepted by `--types`.
+    aliases: dict[str, str] = {}
 
     @abstractmethod
     def load(self, data: Path, images: Path | None) -> list[BenchSample]: ...
@@ -93,7 +96,7 @@ def _prompts_record(source: str, path: Path | None, texts: Any) -> dict[str, Any
 
 
 class ImgEditProtocol(Protocol):
-    name, metrics, types = "imgedit", ("score",), imgedit.IMGEDIT_TYPES
+    name, metrics, types, aliases = "imgedit", ("score",), imgedit.IMGEDIT_TYPES, imgedit.IMGEDIT_ALIASES
 
     def load(self, data: Path, images: Path | None) -> list[BenchSample]:
         data = Path(data).expanduser()
@@ -102,8 +105,8 @@ class ImgEditProtocol(Protocol):
         return imgedit.read_imgedit(json_path, root)
 
     def source(self, sample: BenchSample) -> Image.Image:
-        with Image.open(sample.source_path) as image:
-            return image.convert("RGB")
+        # Upright by its EXIF orientation, RGB, and a one-line error for an unreadable file.
+        return load_image(sample.source_path)
 
     def prompts(self, official: Path | None) -> Prompts:
         if official is None:
@@ -123,9 +126,7 @@ class ImgEditProtocol(Protocol):
             {"task_type": r["task_type"], "scores": (r["parsed"] or {}).get("scores")} for r in rows)
 
     def export(self, folder, model_name, sample, source, edit):
-        target = imgedit.imgedit_official_path(folder, sample)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(edit.read_bytes())
+        _export_file(imgedit.imgedit_official_path(folder, sample), edit.read_bytes())
 
 
 class GEditProtocol(Protocol):
@@ -164,9 +165,8 @@ class GEditProtocol(Protocol):
 
     def export(self, folder, model_name, sample, source, edit):
         edit_path, source_path = gedit.gedit_official_paths(folder, model_name, sample)
-        edit_path.parent.mkdir(parents=True, exist_ok=True)
-        edit_path.write_bytes(edit.read_bytes())
-        source.save(source_path, format="PNG")
+        _export_file(edit_path, edit.read_bytes())
+        _export_file(source_path, _png_bytes(source))
 
 
 PROTOCOLS: dict[str, Callable[[], Protocol]] = {"imgedit": ImgEditProtocol, "gedit": GEditProtocol}
@@ -196,13 +196,14 @@ class BenchmarkRun:
     judge_checked: bool = False
 
 
-def select_samples(samples: list[BenchSample], types: Sequence[str] | None, limit: int | None, known: Sequence[str]
-                   ) -> list[BenchSample]:
+def select_samples(samples: list[BenchSample], types: Sequence[str] | None, limit: int | None, known: Sequence[str],
+                   aliases: dict[str, str] | None = None) -> list[BenchSample]:
     if types:
-        unknown = sorted(set(types) - set(known))
+        types = {(aliases or {}).get(t, t) for t in types}
+        unknown = sorted(types - set(known))
         if unknown:
             raise EditR1Error(f"--types: unknown type(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        samples = [s for s in samples if s.task_type in set(types)]
+        samples = [s for s in samples if s.task_type in types]
     if limit is not None:
         if limit < 1:
             raise EditR1Error(f"--limit {limit}: must be at least 1")
@@ -216,9 +217,17 @@ def edit_path(out: Path, sample: BenchSample) -> Path:
     return out / EDITS / f"{sample.key}.png"
 
 
+def _has_edits(out: Path) -> bool:
+    return any((out / EDITS).rglob("*.png")) if (out / EDITS).is_dir() else False
+
+
 def _check_generation(out: Path, generation: dict[str, Any]) -> None:
     """A folder holds the edits of one model and one set of settings (read-only check)."""
+    if out.exists() and not out.is_dir():
+        raise EditR1Error(f"--out {out}: is a file; give a folder")
     path = out / GENERATION_FILE
+    if path.is_file() and not _has_edits(out):
+        return  # a run that stopped before its first edit: its settings bind nothing yet
     if path.is_file():
         try:
             recorded = json.loads(path.read_text())
@@ -234,15 +243,32 @@ def _check_generation(out: Path, generation: dict[str, Any]) -> None:
 
 
 def _record_generation(out: Path, generation: dict[str, Any]) -> None:
-    if not (out / GENERATION_FILE).is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / GENERATION_FILE, json.dumps(generation, indent=2))
+    if not (out / GENERATION_FILE).is_file() or not _has_edits(out):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / GENERATION_FILE, json.dumps(generation, indent=2))
+        except OSError as error:
+            raise EditR1Error(f"--out {out}: cannot write there ({error.strerror or error})") from error
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG")
-    write_bytes_atomic(path, buffer.getvalue())  # a kill leaves either no edit or a whole one
+    write_bytes_atomic(path, _png_bytes(image))  # a kill leaves either no edit or a whole one
+
+
+def _export_file(path: Path, data: bytes) -> None:
+    """Write an exported file; one that exists with other content (another model's export) is refused."""
+    if path.exists():
+        if path.read_bytes() == data:
+            return
+        raise EditR1Error(f"--export-official: {path} exists with other content (another model's export?); "
+                          "export each model to its own folder")
+    write_bytes_atomic(path, data)
 
 
 def generate_missing(run: BenchmarkRun, samples: list[BenchSample]) -> None:
@@ -354,9 +380,11 @@ def _spread(protocol: Protocol, rows: list[dict]) -> dict | None:
 def evaluate_benchmark(run: BenchmarkRun) -> dict:
     """Generate, judge, aggregate and write the results folder; returns `results.json`'s content."""
     protocol = run.protocol
-    samples = select_samples(protocol.load(run.data, run.images), run.types, run.limit, protocol.types)
+    samples = select_samples(protocol.load(run.data, run.images), run.types, run.limit, protocol.types, protocol.aliases)
     prompts = protocol.prompts(run.official_prompts)
     _check_generation(run.out, run.generation)
+    for sample in samples:  # every source readable before hours of generation
+        protocol.source(sample)
     if any(not edit_path(run.out, s).is_file() for s in samples):
         # Before hours of generation, not after; a run with every edit made asks only if a reply is missing.
         run.judge.check_ready()
@@ -375,10 +403,12 @@ def evaluate_benchmark(run: BenchmarkRun) -> dict:
         row = sample_row(protocol, sample, run.out, replies[(sample.key, 0)])
         row["repeats"] = [_repeat_metrics(protocol, replies[(sample.key, r)]) for r in range(1, run.judge_repeats)]
         rows.append(row)
-    comparable = prompts.record["source"] == "official"
     judge_identity = run.judge.identity()
-    notes = [] if comparable else [NOT_COMPARABLE]
-    if "gpt-4.1" not in str(judge_identity.get("model", "")).lower():
+    official_judge = "gpt-4.1" in str(judge_identity.get("model", "")).lower()
+    # Comparable with published numbers: the official prompts, judged by the published judge.
+    comparable = prompts.record["source"] == "official" and official_judge
+    notes = [] if prompts.record["source"] == "official" else [NOT_COMPARABLE]
+    if not official_judge:
         notes.append(OTHER_JUDGE)
     results = {
         "benchmark": protocol.name, "metrics": list(protocol.metrics), "model": run.generation, "judge": judge_identity,
@@ -413,10 +443,11 @@ def write_results(out: Path, results: dict, rows: list[dict]) -> None:
     text = io.StringIO()
     metrics = results["metrics"]
     writer = csv.writer(text)
-    writer.writerow(["key", "task_type", "language", "intersection", "status", *metrics, "problem", "instruction", "edit"])
+    subset = ["language", "intersection"] if results["benchmark"] == "gedit" else []
+    writer.writerow(["key", "task_type", *subset, "status", *metrics, "problem", "instruction", "edit"])
     for row in rows:
         problem = "; ".join(f"{k}: {v}" for k, v in row["problems"].items())
-        writer.writerow([row["key"], row["task_type"], row["language"], row["intersection"], row["status"],
+        writer.writerow([row["key"], row["task_type"], *(row[column] for column in subset), row["status"],
                          *(row["metrics"][m] for m in metrics), problem, row["instruction"], row["edit"]])
     # Every file says whether its numbers compare with published ones.
     write_text_atomic(out / "samples.csv", (f"# {results['note']}\n" if results["note"] else "") + text.getvalue())
@@ -442,12 +473,18 @@ def export_jsonl(protocol: Protocol, samples: list[BenchSample], out: Path) -> P
     return path
 
 
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def format_results(results: dict) -> str:
     """The printed table: per-type means, unscored counts and the overall, with the results' note."""
     aggregate, lines = results["aggregate"], []
     if results["benchmark"] == "imgedit":
         lines.append(f"{'type':<12} {'n':>5} {'unscored':>9} {'score':>7}")
         for name, entry in aggregate["types"].items():
+            if not entry["n"]:
+                continue
             mean = "-" if entry["mean"] is None else f"{entry['mean']:.3f}"
             lines.append(f"{entry['display_name']:<12} {entry['n']:>5} {entry['n_unscored']:>9} {mean:>7}")
         overall = aggregate["overall"]
@@ -461,10 +498,16 @@ def format_results(results: dict) -> str:
                 lines.append(f"[{language} / {subset}]")
                 lines.append(f"{'type':<18} {'n':>5} {'unscored':>9} {'SC':>6} {'PQ':>6} {'O':>6}")
                 for name, t in entry["types"].items():
+                    if not t["n"]:
+                        continue
                     cells = ["-" if t[m] is None else f"{t[m]:.3f}" for m in ("SC", "PQ", "O")]
                     lines.append(f"{name:<18} {t['n']:>5} {t['n_unscored']:>9} " + " ".join(f"{c:>6}" for c in cells))
                 cells = ["-" if entry[m] is None else f"{entry[m]:.3f}" for m in ("SC", "PQ", "O")]
                 lines.append(f"{'Overall':<18} {entry['n']:>5} {entry['n_unscored']:>9} " + " ".join(f"{c:>6}" for c in cells))
+    spread = results.get("judge_spread")
+    if spread:
+        lines.append(f"judge spread over {spread['repeats']} repeats: one sample's score moves by "
+                     f"{_number(spread.get('per_sample_std'))} (std), the benchmark score by {_number(spread.get('mean_std'))}")
     if results["note"]:
         lines.append(f"note: {results['note']}")
     return "\n".join(lines)

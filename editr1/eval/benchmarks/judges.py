@@ -179,7 +179,9 @@ class OpenAIJudge(TextJudge):
             self.headers["Authorization"] = f"Bearer {api_key}"
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": self.model, "endpoint": self.base_url, "temperature": self.temperature,
+        # The endpoint is not part of it (each reply records it): a judge restarted on another host or port
+        # is the same judge, and its cached replies still count.
+        return {"kind": self.kind, "model": self.model, "temperature": self.temperature,
                 "repeat_temperature": self.repeat_temperature, "max_tokens": self.max_tokens,
                 "extra_body": self.extra_body}
 

@@ -1,0 +1,1007 @@
+"""One reference NFT iteration, phase by phase: editr1's path against the naive diffusers + peft path.
+
+    # CPU, a few seconds per family (what CI runs): the tiny presets, MFU against a measured CPU matmul peak
+    .venv/bin/python bench/gpu_iteration.py --tiny
+    # GPU, full-size architecture with random bf16 weights (no download)
+    .venv/bin/python bench/gpu_iteration.py --family flux-kontext --json flux.json
+    .venv/bin/python bench/gpu_iteration.py --family qwen-image-edit --depth 4 --size 256   # quick check, small GPU
+
+One iteration here is a scaled-down Edit-R1 iteration with the reference settings: `--groups` groups of
+`--group-size` edits (rows), rolled out with `--steps` sampler steps (`--sampler`, DPM-Solver++ as in
+the presets) in sampler calls of `--batch` rows under the old policy, decoded, then the NFT update over
+floor(0.99 * steps) training timesteps per row in micro-batches of `--micro-batch` rows, then one
+optimizer step. The reward (the judge) is not part of it. Both paths run it in this process, on the
+same base transformer (editr1's first, then its adapters are deleted and the naive path adds its own),
+with the same noise, rows, timesteps and advantages; each path runs one warm-up iteration (in which the
+FLOPs are counted) and `--repeats` timed iterations, whose median is reported.
+
+The editr1 path is what `editr1.trainer.nft.NFTTrainer` calls, through editr1's own functions:
+- LoRA: `PolicySet` (trained and old peft adapters on one transformer, float32 LoRA weights over the
+  bf16 base, reference = adapters disabled).
+- Rollout: `edit_batch(..., transformer=old, conditions=...)` inside `PolicySet.use("old")`, which calls
+  `adapter.velocity` (the Qwen adapters drop the all-ones text mask) and decodes each chunk.
+- Micro-step, in the trainer's order: old-adapter and reference forwards under `no_grad`
+  (`PolicySet.use("old")`, `use("reference")`), then the forward with grad and the backward inside
+  `use("trained")`; the loss is `editr1.rl.losses.nft`.
+- Optimizer: gradient clipping, AdamW over `PolicySet.trainable_parameters()`, `PolicySet.update_old`.
+
+The naive path is plain diffusers + peft, called directly:
+- LoRA: `transformer.add_adapter(LoraConfig(...))` twice ("default", "old"; peft keeps them in the base
+  dtype, bf16 at full size), switched with `set_adapter` / `disable_adapters` / `enable_adapters`.
+- Every velocity is `transformer(hidden_states=..., ...)` with the inputs the stock pipelines build from
+  the adapter's `Conditions` (the same tensors editr1 uses; FLUX's position ids from
+  `FluxKontextPipeline._prepare_latent_image_ids`), and for the Qwen families the all-ones text
+  attention mask the Qwen pipelines pass (GPU-NOTES: +18-39% forward time).
+- Rollout: the same solver (`editr1.sampling.solvers`) around those direct calls, under "old".
+- Micro-step in the plain order the baseline measurements use: forward with grad ("default"), then the
+  old-adapter and adapters-disabled forwards under `no_grad`, then "default" re-selected (needed for
+  correct gradients under checkpointing) and the backward. The loss is the same `nft` function.
+- Optimizer: clipping, AdamW over the parameters peft left trainable, a per-tensor soft update of "old".
+
+Shared by both paths, timed for each: encoding the conditions (`adapter.encode_conditions`, once per
+group) and decoding (`adapter.decode_latents`, per rollout chunk); their rows are there for the
+iteration total, and their ratio shows the run-to-run noise. Gradient checkpointing (on by default, as
+in the presets) applies to both. On CUDA cuDNN attention is disabled for both unless `--cudnn-sdp`
+(GPU-NOTES: it crashed with checkpointing + LoRA).
+
+Full size (`--family ...` without `--tiny`): the diffusers transformer classes with the published
+configs hard-coded below (Qwen-Image 20B: 60 blocks, 24 x 128 heads; FLUX.1 Kontext 12B: 19 double + 38
+single blocks), random weights built directly on the device in `--dtype` (bf16), and the full-size VAE
+(Qwen-Image VAE / FLUX VAE, random weights). The text encoders (Qwen2.5-VL-7B; CLIP-L + T5-XXL) are
+replaced by random prompt embeddings of the right shapes (Qwen: the ~324 image tokens of a 512^2 source
+in the VL chat plus ~17 template and instruction tokens, 3584 wide; FLUX: 512 T5 tokens of 4096 and a
+pooled 768), so the "encode" row then times only the VAE encoding of the sources. `--with-text-encoder`
+builds the full-size encoders with random weights instead (tokenized by editr1's tiny tokenizers, so
+the instruction's token count is approximate; the image tokens and T5's padding are exact) and times
+`adapter.encode_conditions`. `--depth N` cuts the transformer to N blocks (FLUX: N double + 2N single,
+the released 1:2 ratio), and the text encoders to N layers. Before building, the script counts the
+parameters on the meta device and refuses to build what does not fit in the device's free memory.
+
+FLOPs and MFU (as /work/shared/GPU-NOTES.md counts them): forward hooks on every `nn.Linear` that runs
+add 2 * in * out * tokens, times 3 when the call is part of an autograd graph (forward + backward,
+the usual convention: it also counts weight gradients that frozen base weights do not need); every
+`scaled_dot_product_attention` call adds 4 * S_q * S_kv * d per sample (d = heads x head dim), times 3
+likewise. The forward's third goes to the phase that runs the forward, the backward's two thirds to the
+"loss + backward" row. Convolutions (the VAE) add 2 * output elements * (in/groups * kernel). Recomputation during
+the backward (gradient checkpointing) is not counted: MFU counts model FLOPs. MFU = FLOPs / (time x
+peak); the peak is `--peak-tflops` (default 749, the measured H100 bf16 matmul ceiling) on CUDA, and on
+the CPU a quick matmul benchmark in the run's dtype unless given. Peak memory per phase is
+`torch.cuda.max_memory_allocated` during the phase (weights included); on the CPU it is "n/a" (the
+process's peak RSS is printed once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+#: Table rows: key, label. The four indented rows are parts of "NFT micro-steps".
+PHASES: tuple[tuple[str, str], ...] = (
+    ("encode", "encode conditions"),
+    ("rollout", "rollout sampling"),
+    ("decode", "decode"),
+    ("nft", "NFT micro-steps"),
+    ("nft_grad", "  forward with grad"),
+    ("nft_old", "  old-adapter forward"),
+    ("nft_ref", "  reference forward (adapters off)"),
+    ("nft_backward", "  loss + backward"),
+    ("optimizer", "optimizer step"),
+    ("total", "iteration"),
+)
+PATHS = ("editr1", "naive")
+FAMILY_NAMES = ("qwen-image-edit", "qwen-image-edit-plus", "flux-kontext")
+H100_BF16_PEAK_TFLOPS = 749.0
+GIB = 2**30
+
+# ---- published configurations (random weights: nothing is downloaded) ------------------------------
+#: Qwen/Qwen-Image(-Edit, -Edit-2509) transformer/config.json.
+QWEN_IMAGE_TRANSFORMER = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+)
+#: black-forest-labs/FLUX.1-Kontext-dev (= FLUX.1-dev) transformer/config.json.
+FLUX_KONTEXT_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+#: The Qwen-Image VAE: `AutoencoderKLQwenImage`'s defaults are its published config.
+QWEN_IMAGE_VAE: dict = {}
+#: FLUX.1's VAE (vae/config.json).
+FLUX_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=16, norm_num_groups=32,
+    sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+)
+#: Qwen2.5-VL-7B-Instruct (the Qwen-Image text encoder).
+QWEN25_VL_7B_TEXT = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
+    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+)
+QWEN25_VL_7B_VISION = dict(
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
+    spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+    hidden_act="silu",
+)
+#: openai/clip-vit-large-patch14's text model and google/t5-v1_1-xxl's encoder (FLUX's text encoders).
+CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
+              dropout_rate=0.0)
+#: Text-stream tokens past the dropped system prompt besides the source's image tokens: vision start/end,
+#: a ~10-token instruction and the chat's closing tokens (Plus: "Picture 1: " too).
+QWEN_TEXT_OVERHEAD = {"qwen-image-edit": 17, "qwen-image-edit-plus": 21}
+FLUX_T5_TOKENS, FLUX_POOLED = 512, 768
+PROMPT = "Change the color of the red square to blue."
+
+
+class BenchError(Exception):
+    """A request the script refuses (printed as one line, exit status 1)."""
+
+
+# ---- FLOP counting ---------------------------------------------------------------------------------
+def linear_flops(in_features: int, out_features: int, tokens: int, grad: bool = False) -> int:
+    """One `nn.Linear` call on `tokens` rows: 2 * in * out * tokens, x3 with its backward."""
+    return 2 * in_features * out_features * tokens * (3 if grad else 1)
+
+
+def attention_flops(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, grad: bool = False) -> int:
+    """One attention call: QK^T and AV, 2 * S_q * S_kv * head_dim each, per head and sample (4 * S^2 * d
+    for self-attention, d = heads * head_dim), x3 with its backward."""
+    return 4 * batch * heads * q_len * kv_len * head_dim * (3 if grad else 1)
+
+
+def conv_flops(output_elements: int, weight_shape: tuple[int, ...], grad: bool = False) -> int:
+    """One convolution: 2 multiply-adds' FLOPs per output element and input tap (in/groups x kernel)."""
+    return 2 * output_elements * math.prod(weight_shape[1:]) * (3 if grad else 1)
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward (checkpointing recomputes forwards there: not counted)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
+def _in_graph(output: Any) -> bool:
+    return torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad
+
+
+class FlopCounter:
+    """Counts the FLOPs of the `nn.Linear`, convolution and `scaled_dot_product_attention` calls made inside
+    `with FlopCounter() as counter:` (every module, anywhere: a global forward hook).
+
+    `total` has each call's forward FLOPs when it runs; a call that is part of an autograd graph also
+    leaves twice its forward FLOPs `pending` for its backward, which `claim_backward()` (called after a
+    backward) moves into `total`: a phase that times a backward gets the backward's FLOPs."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.pending = 0
+        self._handle = None
+        self._sdpa = None
+
+    def _add(self, forward_flops: int, in_graph: bool) -> None:
+        self.total += forward_flops
+        if in_graph:
+            self.pending += 2 * forward_flops
+
+    def claim_backward(self) -> None:
+        self.total += self.pending
+        self.pending = 0
+
+    def _module_hook(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        if _in_backward() or not inputs or not isinstance(inputs[0], torch.Tensor):
+            return
+        if isinstance(module, nn.Linear):
+            tokens = inputs[0].numel() // module.in_features
+            self._add(linear_flops(module.in_features, module.out_features, tokens), _in_graph(output))
+        elif isinstance(module, nn.modules.conv._ConvNd) and isinstance(output, torch.Tensor):
+            self._add(conv_flops(output.numel(), tuple(module.weight.shape)), _in_graph(output))
+
+    def __enter__(self) -> "FlopCounter":
+        self.total = self.pending = 0
+        self._handle = nn.modules.module.register_module_forward_hook(self._module_hook)
+        original = self._sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def counted(query, key, value, *args, **kwargs):
+            out = original(query, key, value, *args, **kwargs)
+            if not _in_backward():
+                q_len, head_dim, kv_len = query.shape[-2], query.shape[-1], key.shape[-2]
+                self._add(attention_flops(query.numel() // (q_len * head_dim), 1, q_len, kv_len, head_dim), _in_graph(out))
+            return out
+
+        # diffusers' and transformers' SDPA paths look the function up at call time.
+        torch.nn.functional.scaled_dot_product_attention = counted
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+        torch.nn.functional.scaled_dot_product_attention = self._sdpa
+
+
+# ---- per-phase timing, FLOPs and memory ------------------------------------------------------------
+class Recorder:
+    """Seconds, counted FLOPs and peak memory per phase; phases may nest (a nested phase also counts in
+    the phases around it)."""
+
+    def __init__(self, device: torch.device, counter: FlopCounter | None = None):
+        self.cuda = device.type == "cuda"
+        self.counter = counter
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.flops: dict[str, int] = defaultdict(int)
+        self.peak: dict[str, int] = {}
+        self._open: list[str] = []
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def _mark_peak(self) -> None:
+        if not self.cuda:
+            return
+        reached = torch.cuda.max_memory_allocated()
+        for name in self._open:
+            self.peak[name] = max(self.peak.get(name, 0), reached)
+        torch.cuda.reset_peak_memory_stats()
+
+    @contextmanager
+    def phase(self, name: str, backward: bool = False) -> Iterator[None]:
+        """Time `name`; `backward=True`: the phase runs a backward, whose FLOPs it gets."""
+        self._sync()
+        self._mark_peak()
+        flops = self.counter.total if self.counter else 0
+        self._open.append(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] += time.perf_counter() - start
+            self._mark_peak()
+            self._open.pop()
+            if self.counter:
+                if backward:
+                    self.counter.claim_backward()
+                self.flops[name] += self.counter.total - flops
+
+    def exclude(self, inner: str, outer: str) -> None:
+        """Make `outer` exclusive of the nested `inner` (time and FLOPs; its peak stays inclusive)."""
+        self.seconds[outer] -= self.seconds.get(inner, 0.0)
+        self.flops[outer] -= self.flops.get(inner, 0)
+
+
+# ---- the workload ----------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    """What both paths get: the samples, the rollout noise, and the NFT plan (rows, timesteps, noise)."""
+
+    family: str
+    adapter: Any
+    sources: list
+    prompts: list[str]
+    encode: Callable[[], Any]
+    size: int
+    group_size: int
+    batch: int
+    sampler: str
+    guidance: float | None
+    sigmas: torch.Tensor
+    noise: torch.Tensor
+    #: (rows, timestep indices, noise) per micro-step.
+    plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    r: torch.Tensor
+    group_of_row: torch.Tensor
+    micro_batch: int
+    beta: float
+    adv_clip: float
+    kl_coef: float
+    lr: float
+    grad_clip: float
+    decay: float
+
+
+def build_workload(adapter, family: str, encode: Callable[[], Any], sources: list, prompts: list[str], args) -> Workload:
+    device = adapter.device
+    generator = torch.Generator().manual_seed(args.seed)
+    rows = args.groups * args.group_size
+    shape = adapter.latent_token_shape(args.size, args.size)
+    sigmas = adapter.sigmas(args.steps, args.size, args.size)
+    per_sample = max(1, math.floor(args.timestep_fraction * args.steps))
+    noise = torch.randn(rows, *shape, generator=generator).to(device)
+    # As the trainer: each row trains on its own shuffled subset of the rollout's timesteps.
+    order = [torch.randperm(args.steps, generator=generator)[:per_sample] for _ in range(rows)]
+    plan = []
+    for column in range(per_sample):
+        for start in range(0, rows, args.micro_batch):
+            index = torch.arange(start, min(start + args.micro_batch, rows))
+            timesteps = torch.stack([order[i][column] for i in index.tolist()])
+            plan.append((index, timesteps, torch.randn(len(index), *shape, generator=generator)))
+    guidance = (args.guidance if args.guidance is not None else getattr(adapter, "default_guidance", None)) \
+        if adapter.transformer.config.guidance_embeds else None
+    return Workload(
+        family=family, adapter=adapter, sources=sources, prompts=prompts, encode=encode, size=args.size,
+        group_size=args.group_size, batch=args.batch, sampler=args.sampler, guidance=guidance, sigmas=sigmas,
+        noise=noise, plan=plan, r=torch.rand(rows, generator=generator),
+        group_of_row=torch.arange(args.groups).repeat_interleave(args.group_size), micro_batch=args.micro_batch,
+        beta=args.beta, adv_clip=args.adv_clip, kl_coef=args.kl_coef, lr=args.lr, grad_clip=args.grad_clip,
+        decay=0.5,
+    )
+
+
+def _noisy(latents: torch.Tensor, step: tuple, workload: Workload) -> tuple[torch.Tensor, ...]:
+    rows, timesteps, eps = step
+    x0 = latents[rows.to(latents.device)]
+    t = workload.sigmas[timesteps].to(x0.device, x0.dtype)
+    x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps.to(x0)
+    return x0, t, x_t
+
+
+def _share(rows: torch.Tensor, workload: Workload) -> float:
+    return rows.numel() / sum(step[0].numel() for step in workload.plan)
+
+
+class _DecodeTimed:
+    """The adapter, with `decode_latents` timed as the "decode" phase (`edit_batch` decodes each chunk)."""
+
+    def __init__(self, adapter, recorder: Recorder):
+        self._adapter, self._recorder = adapter, recorder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._adapter, name)
+
+    def decode_latents(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        with self._recorder.phase("decode"):
+            return self._adapter.decode_latents(tokens, height, width)
+
+
+def _delete_adapters(transformer: nn.Module) -> None:
+    """Remove both LoRA adapters, so that the next path starts from the bare transformer."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+        transformer.delete_adapters(["default", "old"])
+
+
+class Editr1Path:
+    """The trainer's calls: `PolicySet`, `edit_batch`, `adapter.velocity`, `rl.losses.nft`."""
+
+    name = "editr1"
+
+    def __init__(self, workload: Workload, lora_spec) -> None:
+        from editr1.trainer.policies import PolicySet
+
+        self.w = workload
+        self.adapter = workload.adapter
+        self.policies = PolicySet(self.adapter.transformer, lora_spec, need_reference=workload.kl_coef > 0)
+        self.optimizer = torch.optim.AdamW(self.policies.trainable_parameters(), lr=workload.lr, betas=(0.9, 0.999),
+                                           weight_decay=1e-4)
+
+    def rollout(self, recorder: Recorder, conditions) -> torch.Tensor:
+        from editr1.sampling.generate import edit_batch
+
+        w = self.w
+        with self.policies.use("old") as old:
+            edited = edit_batch(
+                _DecodeTimed(self.adapter, recorder), w.sources, w.prompts, w.noise, w.sigmas, w.size, w.size,
+                repeats=w.group_size, batch_size=w.batch, sampler=w.sampler, cfg_scale=1.0, guidance=w.guidance,
+                transformer=old, conditions=conditions,
+            )
+        return edited.latents
+
+    def nft(self, recorder: Recorder, conditions, latents: torch.Tensor) -> None:
+        from editr1.rl.losses import nft
+
+        w, adapter = self.w, self.adapter
+        for step in w.plan:
+            rows = step[0]
+            x0, t, x_t = _noisy(latents, step, w)
+            selected = conditions.select(w.group_of_row[rows])
+            with recorder.phase("nft_old"), torch.no_grad(), self.policies.use("old") as old:
+                v_old = adapter.velocity(x_t, t, selected, w.guidance, old)
+            v_ref = None
+            if w.kl_coef > 0:
+                with recorder.phase("nft_ref"), torch.no_grad(), self.policies.use("reference") as reference:
+                    v_ref = adapter.velocity(x_t, t, selected, w.guidance, reference)
+            with self.policies.use("trained") as trained:
+                with recorder.phase("nft_grad"):
+                    v_theta = adapter.velocity(x_t, t, selected, w.guidance, trained)
+                with recorder.phase("nft_backward", backward=True):
+                    loss, _ = nft(v_theta=v_theta, v_old=v_old, v_ref=v_ref, x_t=x_t, x0=x0, t=t,
+                                  r=w.r[rows].to(x0.device), beta=w.beta, adv_clip=w.adv_clip, kl_coef=w.kl_coef)
+                    (loss * _share(rows, w)).backward()
+
+    def optimizer_step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.policies.trainable_parameters(), self.w.grad_clip)
+        self.optimizer.step()
+        self.policies.update_old(self.w.decay)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        del self.optimizer
+        _delete_adapters(self.adapter.transformer)
+
+
+def naive_velocity(transformer: nn.Module, family: str, tokens: torch.Tensor, sigma: torch.Tensor, conditions,
+                   guidance: float | None) -> torch.Tensor:
+    """One direct diffusers call with the inputs the stock pipeline builds (Qwen: with its all-ones mask)."""
+    from diffusers import FluxKontextPipeline
+
+    c, dtype, batch = conditions.tensors, transformer.dtype, tokens.shape[0]
+    device = tokens.device
+    hidden = torch.cat([tokens.to(dtype), c["image_tokens"].to(dtype)], dim=1)
+    timestep = sigma.to(dtype).expand(batch)
+    guidance_tensor = None
+    if transformer.config.guidance_embeds:
+        guidance_tensor = torch.full((batch,), float(guidance), device=device, dtype=torch.float32)
+    if family == "flux-kontext":
+        (th, tw), (rh, rw) = conditions.shared["token_grids"]
+        target_ids = FluxKontextPipeline._prepare_latent_image_ids(batch, th, tw, device, dtype)
+        reference_ids = FluxKontextPipeline._prepare_latent_image_ids(batch, rh, rw, device, dtype)
+        reference_ids[..., 0] = 1
+        out = transformer(
+            hidden_states=hidden, timestep=timestep, guidance=guidance_tensor,
+            pooled_projections=c["pooled_prompt_embeds"].to(dtype), encoder_hidden_states=c["prompt_embeds"].to(dtype),
+            txt_ids=torch.zeros(c["prompt_embeds"].shape[1], 3, device=device, dtype=dtype),
+            img_ids=torch.cat([target_ids, reference_ids], dim=0), return_dict=False,
+        )[0]
+    else:
+        if family == "qwen-image-edit":
+            img_shapes = conditions.shared["img_shapes"]
+        else:
+            grids = c["reference_grids"][0].tolist()
+            img_shapes = [(1, *conditions.shared["target_grid"]), *((1, r, g) for r, g in grids if r > 0)]
+        out = transformer(
+            hidden_states=hidden, timestep=timestep, guidance=guidance_tensor, encoder_hidden_states=c["prompt_embeds"],
+            encoder_hidden_states_mask=c["prompt_mask"], img_shapes=[img_shapes] * batch, return_dict=False,
+        )[0]
+    return out[:, : tokens.shape[1]].to(tokens.dtype)
+
+
+class NaivePath:
+    """diffusers + peft called directly (see the module docstring)."""
+
+    name = "naive"
+
+    def __init__(self, workload: Workload, lora_spec) -> None:
+        from peft import LoraConfig
+
+        self.w = workload
+        self.adapter = workload.adapter
+        transformer = self.transformer = workload.adapter.transformer
+        config = LoraConfig(r=lora_spec.rank, lora_alpha=lora_spec.alpha, target_modules=list(lora_spec.target_modules))
+        transformer.add_adapter(config, adapter_name="default")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            transformer.add_adapter(copy.deepcopy(config), adapter_name="old")
+        transformer.set_adapter("default")
+        named = dict(transformer.named_parameters())
+        self.params = [p for p in transformer.parameters() if p.requires_grad]
+        self.pairs = [(named[n.replace(".default.", ".old.")], p) for n, p in named.items() if ".default." in n]
+        with torch.no_grad():
+            for old, new in self.pairs:
+                old.copy_(new)
+        self.optimizer = torch.optim.AdamW(self.params, lr=workload.lr, betas=(0.9, 0.999), weight_decay=1e-4)
+
+    def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, conditions) -> torch.Tensor:
+        return naive_velocity(self.transformer, self.w.family, x, sigma, conditions, self.w.guidance)
+
+    def rollout(self, recorder: Recorder, conditions) -> torch.Tensor:
+        from editr1.sampling.solvers import get_sampler
+
+        w = self.w
+        solver = get_sampler(w.sampler)
+        per_row = conditions.select(torch.arange(len(w.prompts)).repeat_interleave(w.group_size))
+        chunks = []
+        self.transformer.set_adapter("old")
+        for start in range(0, w.noise.shape[0], w.batch):
+            rows = torch.arange(start, min(start + w.batch, w.noise.shape[0]))
+            chunk = per_row.select(rows)
+            with torch.no_grad():
+                latents = solver(lambda x, s: self._velocity(x, s, chunk), w.noise[rows.to(w.noise.device)],
+                                 w.sigmas.to(w.noise.device))
+            with recorder.phase("decode"):
+                pixels = self.adapter.decode_latents(latents, w.size, w.size)
+            pixels.float().cpu()
+            chunks.append(latents)
+        self.transformer.set_adapter("default")
+        return torch.cat(chunks)
+
+    def nft(self, recorder: Recorder, conditions, latents: torch.Tensor) -> None:
+        from editr1.rl.losses import nft
+
+        w, transformer = self.w, self.transformer
+        for step in w.plan:
+            rows = step[0]
+            x0, t, x_t = _noisy(latents, step, w)
+            selected = conditions.select(w.group_of_row[rows])
+            with recorder.phase("nft_grad"):
+                transformer.set_adapter("default")
+                v_theta = self._velocity(x_t, t, selected)
+            with recorder.phase("nft_old"), torch.no_grad():
+                transformer.set_adapter("old")
+                v_old = self._velocity(x_t, t, selected)
+            v_ref = None
+            if w.kl_coef > 0:
+                with recorder.phase("nft_ref"), torch.no_grad():
+                    transformer.disable_adapters()
+                    v_ref = self._velocity(x_t, t, selected)
+                    transformer.enable_adapters()
+            with recorder.phase("nft_backward", backward=True):
+                transformer.set_adapter("default")
+                loss, _ = nft(v_theta=v_theta, v_old=v_old, v_ref=v_ref, x_t=x_t, x0=x0, t=t,
+                              r=w.r[rows].to(x0.device), beta=w.beta, adv_clip=w.adv_clip, kl_coef=w.kl_coef)
+                (loss * _share(rows, w)).backward()
+
+    def optimizer_step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, self.w.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            for old, new in self.pairs:
+                old.mul_(self.w.decay).add_(new, alpha=1 - self.w.decay)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        del self.optimizer
+        _delete_adapters(self.transformer)
+
+
+def run_iteration(path, workload: Workload, recorder: Recorder) -> None:
+    with recorder.phase("total"):
+        with recorder.phase("encode"):
+            conditions = workload.encode()
+        with recorder.phase("rollout"):
+            latents = path.rollout(recorder, conditions)
+        with recorder.phase("nft"):
+            path.nft(recorder, conditions, latents)
+        with recorder.phase("optimizer"):
+            path.optimizer_step()
+    recorder.exclude("decode", "rollout")
+
+
+def measure_path(path_cls, workload: Workload, lora_spec, repeats: int, device: torch.device) -> dict:
+    """Warm-up (FLOPs counted), then `repeats` timed iterations; per phase: median ms, FLOPs, peak bytes."""
+    path = path_cls(workload, lora_spec)
+    try:
+        with FlopCounter() as counter:
+            counted = Recorder(device, counter)
+            run_iteration(path, workload, counted)
+        runs = []
+        for _ in range(repeats):
+            recorder = Recorder(device)
+            run_iteration(path, workload, recorder)
+            runs.append(recorder)
+    finally:
+        path.close()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    result = {}
+    for key, _ in PHASES:
+        if key not in counted.seconds:
+            continue
+        peaks = [r.peak[key] for r in runs if key in r.peak]
+        result[key] = {
+            "ms": 1000 * statistics.median(r.seconds[key] for r in runs),
+            "flops": counted.flops[key],
+            "peak_bytes": max(peaks) if peaks else None,
+        }
+    return result
+
+
+# ---- models ----------------------------------------------------------------------------------------
+@contextmanager
+def constructing(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
+    """Modules built inside get their parameters on `device`, in `dtype` (no float32 copy on the host)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def transformer_config(family: str, depth: int | None) -> tuple[type, dict]:
+    from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel
+
+    if family == "flux-kontext":
+        config = dict(FLUX_KONTEXT_TRANSFORMER)
+        if depth is not None:
+            config.update(num_layers=min(depth, 19), num_single_layers=min(2 * depth, 38))
+        return FluxTransformer2DModel, config
+    config = dict(QWEN_IMAGE_TRANSFORMER)
+    if depth is not None:
+        config.update(num_layers=min(depth, 60))
+    return QwenImageTransformer2DModel, config
+
+
+def text_encoder_builders(family: str, depth: int | None, tokenizers: dict) -> list[Callable[[], nn.Module]]:
+    """Constructors of the family's full-size text encoders (random weights), cut to `depth` layers."""
+    from transformers import CLIPTextConfig, CLIPTextModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+
+    cut = (lambda n: n) if depth is None else (lambda n: min(n, depth))
+    if family == "flux-kontext":
+        clip, t5 = tokenizers["clip"], tokenizers["t5"]
+        clip_config = CLIPTextConfig(**{**CLIP_L_TEXT, "num_hidden_layers": cut(12)}, bos_token_id=clip.bos_token_id,
+                                     eos_token_id=clip.eos_token_id, pad_token_id=clip.pad_token_id)
+        t5_config = T5Config(**{**T5_XXL, "num_layers": cut(24)}, pad_token_id=t5.pad_token_id,
+                             eos_token_id=t5.eos_token_id, decoder_start_token_id=0)
+        return [lambda: CLIPTextModel(clip_config).eval(), lambda: T5EncoderModel(t5_config).eval()]
+    ids = tokenizers["qwen"].convert_tokens_to_ids
+    special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
+    config = Qwen2_5_VLConfig(
+        text_config={**QWEN25_VL_7B_TEXT, "num_hidden_layers": cut(28), **special},
+        vision_config={**QWEN25_VL_7B_VISION, "depth": cut(32)},
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), **special,
+    )
+    return [lambda: Qwen2_5_VLForConditionalGeneration(config).eval()]
+
+
+def _meta_bytes(builders: list[Callable[[], nn.Module]], dtype: torch.dtype) -> int:
+    total = 0
+    for build in builders:
+        with constructing("meta", dtype):
+            module = build()
+        total += sum(p.numel() for p in module.parameters()) * torch.finfo(dtype).bits // 8
+    return total
+
+
+def free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
+    """The full-size adapter (random weights on `device`) and its encode function (see the docstring)."""
+    from diffusers import AutoencoderKL, AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from editr1.models.codecs import ScaledVaeCodec, VaeCodec
+    from editr1.models.registry import adapter_class
+
+    cls, config = transformer_config(family, args.depth)
+    if family == "flux-kontext":
+        from editr1.models.tiny_flux_kontext import BASE_CORPUS, SCHEDULER_CONFIG, build_tiny_clip_tokenizer, build_tiny_t5_tokenizer
+
+        corpus = [*BASE_CORPUS, PROMPT]
+        tokenizers = {"clip": build_tiny_clip_tokenizer(corpus), "t5": build_tiny_t5_tokenizer(corpus)}
+    else:
+        from editr1.models.qwen_image_edit import PROMPT_TEMPLATE
+        from editr1.models.qwen_image_edit_plus import MAX_REFERENCES, chat_text
+        from editr1.models.tiny_qwen_image_edit import SCHEDULER_CONFIG
+        from editr1.processing.tiny_tokenizer import build_tiny_qwen_tokenizer
+
+        tokenizers = {"qwen": build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, chat_text("", MAX_REFERENCES), PROMPT])}
+    encoders = text_encoder_builders(family, args.depth, tokenizers) if args.with_text_encoder else []
+    vae_builder = (lambda: AutoencoderKL(**FLUX_VAE)) if family == "flux-kontext" else (lambda: AutoencoderKLQwenImage(**QWEN_IMAGE_VAE))
+    needed = _meta_bytes([lambda: cls(**config), vae_builder, *encoders], dtype)
+    available = free_memory(device)
+    if needed * 1.15 + 2 * GIB > available:
+        raise BenchError(
+            f"the {family} weights{' (with text encoders)' if encoders else ''} at depth "
+            f"{args.depth or 'full'} need {needed / GIB:.1f} GiB in {dtype}, and {device} has {available / GIB:.1f} GiB "
+            "free: pass --depth N to cut the transformer, or run on a larger device"
+        )
+    with constructing(device, dtype):
+        transformer = cls(**config).eval()
+        vae = vae_builder().eval()
+        built = [build().to(dtype) for build in encoders]
+    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    if family == "flux-kontext":
+        text_encoder, text_encoder_2 = built if built else (None, None)
+        adapter = adapter_class(family)(transformer, ScaledVaeCodec(vae), text_encoder, tokenizers["clip"], text_encoder_2,
+                                        tokenizers["t5"], scheduler)
+    else:
+        from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
+
+        processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizers["qwen"])
+        adapter = adapter_class(family)(transformer, VaeCodec(vae), built[0] if built else None, processor, scheduler)
+    return adapter
+
+
+def synthetic_encode(adapter, family: str, sources: list, size: int, seed: int) -> Callable[[], Any]:
+    """`encode_conditions` without a text encoder: the sources through the VAE (timed), random prompt
+    embeddings of the released encoders' shapes (made here, untimed), in the adapter's `Conditions` layout."""
+    from editr1.models.base import Conditions
+
+    device, dtype = adapter.device, adapter.transformer.dtype
+    groups = len(sources)
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.stack([torch.frombuffer(bytearray(images[0].tobytes()), dtype=torch.uint8)
+                          .view(size, size, 3).permute(2, 0, 1) for images in sources]).float() / 255
+    h, w = adapter._latent_hw(size, size)
+    grid = (h // 2, w // 2)
+    if family == "flux-kontext":
+        tensors = {"prompt_embeds": torch.randn(groups, FLUX_T5_TOKENS, FLUX_KONTEXT_TRANSFORMER["joint_attention_dim"],
+                                                generator=generator),
+                   "pooled_prompt_embeds": torch.randn(groups, FLUX_POOLED, generator=generator)}
+        shared = {"token_grids": (grid, grid)}
+    else:
+        text = round(size / 28) ** 2 + QWEN_TEXT_OVERHEAD[family]  # the VL image tokens of the source, + the chat's
+        tensors = {"prompt_embeds": torch.randn(groups, text, QWEN_IMAGE_TRANSFORMER["joint_attention_dim"], generator=generator),
+                   "prompt_mask": torch.ones(groups, text, dtype=torch.long)}
+        if family == "qwen-image-edit":
+            shared = {"img_shapes": [(1, *grid), (1, *grid)]}
+        else:
+            tensors["reference_grids"] = torch.tensor([[list(grid)]] * groups)
+            shared = {"target_grid": grid}
+    tensors = {k: v.to(device, dtype) if v.is_floating_point() else (v if k == "reference_grids" else v.to(device))
+               for k, v in tensors.items()}
+
+    def encode():
+        return Conditions({**tensors, "image_tokens": adapter.encode_images(pixels.to(device, dtype))}, shared)
+
+    return encode
+
+
+def source_images(groups: int, size: int, seed: int) -> list:
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    return [[Image.fromarray(torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.uint8).numpy())]
+            for _ in range(groups)]
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+def cpu_peak_flops(dtype: torch.dtype, n: int = 1024, repeats: int = 8) -> float:
+    """Best FLOP/s of an n^3 matmul in `dtype` on this CPU (all of torch's threads)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def run_family(family: str, args, device: torch.device, dtype: torch.dtype) -> dict:
+    from editr1.models.lora_io import LoraSpec
+
+    torch.manual_seed(args.seed)
+    sources = source_images(args.groups, args.size, args.seed)
+    prompts = [PROMPT] * args.groups
+    if args.tiny:
+        from editr1.models.registry import build_tiny
+
+        adapter = build_tiny(f"tiny:{family}", prompts, seed=0)
+        if adapter.transformer.dtype != dtype:
+            adapter.transformer.to(dtype)  # as the trainer's `build_model` does for tiny presets
+        adapter.to(device)
+    else:
+        adapter = build_full(family, args, device, dtype)
+    if args.tiny or args.with_text_encoder:
+        encode = lambda: adapter.encode_conditions(sources, prompts, args.size, args.size)  # noqa: E731
+    else:
+        encode = synthetic_encode(adapter, family, sources, args.size, args.seed)
+    if args.gradient_checkpointing:
+        adapter.transformer.enable_gradient_checkpointing()
+    workload = build_workload(adapter, family, encode, sources, prompts, args)
+    rank = args.lora_rank
+    spec = LoraSpec(rank, args.lora_alpha if args.lora_alpha is not None else 2 * rank, tuple(adapter.lora_target_modules))
+    with torch.no_grad():
+        probe = encode()
+    target = adapter.latent_token_shape(args.size, args.size)[0]
+    tokens = {"target": target, "reference": int(probe.tensors["image_tokens"].shape[1]),
+              "text": int(probe.tensors["prompt_embeds"].shape[1])}
+    del probe
+    results = {path.name: measure_path(path, workload, spec, args.repeats, device) for path in (Editr1Path, NaivePath)}
+    blocks = sum(len(getattr(adapter.transformer, name, ())) for name in ("transformer_blocks", "single_transformer_blocks"))
+    return {
+        "tokens": tokens,
+        "transformer_parameters": sum(p.numel() for p in adapter.transformer.parameters()),
+        "transformer_blocks": blocks,
+        "rollout_forwards": args.steps * math.ceil(args.groups * args.group_size / args.batch),
+        "micro_steps": len(workload.plan),
+        "guidance": workload.guidance,
+        "paths": results,
+    }
+
+
+def phase_rows(result: dict, peak_flops: float) -> dict:
+    rows = {}
+    for key, label in PHASES:
+        row = {"label": label.strip()}
+        for path in PATHS:
+            data = result["paths"][path].get(key)
+            if data is None:
+                row[path] = None
+                continue
+            seconds = data["ms"] / 1000
+            mfu = data["flops"] / (seconds * peak_flops) if data["flops"] > 0 and seconds > 0 else None
+            row[path] = {"ms": data["ms"], "mfu": mfu, "flops": data["flops"],
+                         "peak_gib": None if data["peak_bytes"] is None else data["peak_bytes"] / GIB}
+        both = row["editr1"] and row["naive"]
+        row["ratio"] = row["editr1"]["ms"] / row["naive"]["ms"] if both and row["naive"]["ms"] > 0 else None
+        rows[key] = row
+    return rows
+
+
+def _fmt(value: float | None, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value * scale:{spec}}{suffix}"
+
+
+def print_table(family: str, result: dict, rows: dict) -> None:
+    t = result["tokens"]
+    print(f"\n== {family}: {result['transformer_parameters'] / 1e9:.2f} B transformer parameters, "
+          f"{result['transformer_blocks']} blocks; tokens per row: {t['target']} target + {t['reference']} reference "
+          f"+ {t['text']} text; {result['rollout_forwards']} rollout forwards, {result['micro_steps']} micro-steps; "
+          f"guidance {result['guidance']}")
+    header = (f"{'phase':<36}| {'editr1 ms':>10} | {'editr1 MFU':>10} | {'editr1 GiB':>10} | {'naive ms':>10} | "
+              f"{'naive MFU':>10} | {'naive GiB':>10} | {'editr1/naive':>12}")
+    print(header)
+    print("-" * len(header))
+    for key, label in PHASES:
+        row = rows[key]
+        cells = []
+        for path in PATHS:
+            data = row[path] or {}
+            cells += [_fmt(data.get("ms"), "10.1f"), _fmt(data.get("mfu"), "9.1f", 100, "%"),
+                      _fmt(data.get("peak_gib"), "10.2f")]
+        cells.append(_fmt(row["ratio"], "12.3f"))
+        print(f"{label:<36}| " + " | ".join(f"{c:>10}" for c in cells[:-1]) + f" | {cells[-1]:>12}")
+    for path in PATHS:
+        forward = rows["rollout"][path]["ms"] / result["rollout_forwards"]
+        micro = rows["nft"][path]["ms"] / result["micro_steps"]
+        print(f"  {path}: {forward:.1f} ms per rollout forward, {micro:.1f} ms per NFT micro-step")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", action="append", choices=FAMILY_NAMES,
+                        help="model family (repeatable); required at full size; --tiny: every family unless given")
+    parser.add_argument("--tiny", action="store_true", help="the families' tiny presets (CPU, seconds)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                        help="transformer weights (default: bfloat16 at full size, float32 with --tiny)")
+    parser.add_argument("--size", type=int, default=None, help="edit resolution (default 512; --tiny: 32)")
+    parser.add_argument("--groups", type=int, default=1, help="groups (samples) per iteration")
+    parser.add_argument("--group-size", type=int, default=2, help="edits per group (K)")
+    parser.add_argument("--batch", type=int, default=2, help="rows per rollout sampler call")
+    parser.add_argument("--steps", type=int, default=6, help="rollout sampler steps")
+    parser.add_argument("--sampler", choices=("dpmpp_2m", "euler"), default="dpmpp_2m")
+    parser.add_argument("--timestep-fraction", type=float, default=0.99, help="training timesteps per row / steps")
+    parser.add_argument("--micro-batch", type=int, default=2, help="rows per NFT micro-step")
+    parser.add_argument("--lora-rank", type=int, default=32)
+    parser.add_argument("--lora-alpha", type=float, default=None, help="default: 2 x rank (the presets' 64 at 32)")
+    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--kl-coef", type=float, default=1e-4, help="0 drops the reference forward")
+    parser.add_argument("--adv-clip", type=float, default=5.0)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--grad-clip", type=float, default=1.0)
+    parser.add_argument("--guidance", type=float, default=None, help="distilled guidance (FLUX; default 2.5)")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--cudnn-sdp", action="store_true", help="keep cuDNN attention enabled on CUDA")
+    parser.add_argument("--depth", type=int, default=None, help="cut the full-size transformer to N blocks")
+    parser.add_argument("--with-text-encoder", action="store_true",
+                        help="full size: build and time the full-size text encoder(s) (random weights)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed iterations after one warm-up (median)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help=f"peak FLOP/s for MFU (default: {H100_BF16_PEAK_TFLOPS:g} on CUDA, measured on the CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, list[str]]:
+    for name in ("groups", "group_size", "batch", "steps", "micro_batch", "lora_rank", "repeats"):
+        if getattr(args, name) < 1:
+            raise BenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.depth is not None and args.depth < 1:
+        raise BenchError(f"--depth must be at least 1, got {args.depth}")
+    if not 0 < args.timestep_fraction <= 1:
+        raise BenchError(f"--timestep-fraction must be in (0, 1], got {args.timestep_fraction}")
+    if args.tiny and (args.depth is not None or args.with_text_encoder):
+        raise BenchError("--depth and --with-text-encoder apply to the full-size models, not to --tiny")
+    families = list(dict.fromkeys(args.family or (FAMILY_NAMES if args.tiny else ())))
+    if not families:
+        raise BenchError("name a --family (qwen-image-edit, qwen-image-edit-plus or flux-kontext), or pass --tiny")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise BenchError(f"--device {args.device!r}: {error}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchError(f"--device {args.device}: CUDA was requested, but torch {torch.__version__} sees no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BenchError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise BenchError(f"--device {args.device}: only cuda and cpu are supported")
+    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+    if args.size is None:
+        args.size = 32 if args.tiny else 512
+    multiple = 8 if args.tiny else 16
+    if args.size < multiple or args.size % multiple:
+        raise BenchError(f"--size must be a positive multiple of {multiple}, got {args.size}")
+    return device, dtype, families
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        device, dtype, families = check_args(args)
+    except BenchError as error:
+        print(f"gpu_iteration: error: {error}", file=sys.stderr)
+        return 1
+    import diffusers
+    import peft
+
+    if device.type == "cuda":
+        if not args.cudnn_sdp:
+            torch.backends.cuda.enable_cudnn_sdp(False)
+        name = torch.cuda.get_device_name(device)
+        peak = (args.peak_tflops or H100_BF16_PEAK_TFLOPS) * 1e12
+        peak_note = f"{peak / 1e12:g} TFLOP/s ({'given' if args.peak_tflops else 'the measured H100 bf16 matmul ceiling'})"
+    else:
+        name = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        if args.peak_tflops:
+            peak, peak_note = args.peak_tflops * 1e12, f"{args.peak_tflops:g} TFLOP/s (given)"
+        else:
+            peak = cpu_peak_flops(dtype)
+            peak_note = f"{peak / 1e9:.1f} GFLOP/s, measured here (best {str(dtype).removeprefix('torch.')} 1024^3 matmul)"
+    scale = "tiny presets" if args.tiny else ("full size" if args.depth is None else f"full width, cut to --depth {args.depth}")
+    print(f"gpu_iteration: {name}; {str(dtype).removeprefix('torch.')} weights; torch {torch.__version__}, "
+          f"diffusers {diffusers.__version__}, peft {peft.__version__}")
+    print(f"  {scale}; {args.size}x{args.size}; {args.groups} group(s) x {args.group_size} edits; rollout batch "
+          f"{args.batch}, {args.steps} {args.sampler} steps; micro-batch {args.micro_batch}; LoRA rank {args.lora_rank}; "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; median of {args.repeats} after 1 warm-up")
+    print(f"  MFU against {peak_note}; FLOPs counted from the Linear/conv/attention calls that run (x3 with grad)")
+    if not args.tiny:
+        print("  encode: " + ("full-size text encoder(s), random weights, tiny tokenizers" if args.with_text_encoder
+                              else "VAE only (text embeddings random: the text encoders are not built)"))
+    report = {"device": name, "device_type": device.type, "dtype": str(dtype).removeprefix("torch."),
+              "torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__,
+              "peak_flops": peak, "peak_note": peak_note,
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "families": {}}
+    try:
+        for family in families:
+            result = run_family(family, args, device, dtype)
+            rows = phase_rows(result, peak)
+            print_table(family, result, rows)
+            report["families"][family] = {**{k: v for k, v in result.items() if k != "paths"}, "phases": rows}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    except BenchError as error:
+        print(f"gpu_iteration: error: {error}", file=sys.stderr)
+        return 1
+    if device.type == "cpu":
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        report["process_peak_rss_bytes"] = rss
+        print(f"\nmemory: per-phase peaks need CUDA (n/a here); this process's peak RSS was {rss / GIB:.2f} GiB")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
