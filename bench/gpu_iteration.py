@@ -903,6 +903,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed iterations after one warm-up (median)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help=f"peak FLOP/s for MFU (default: {H100_BF16_PEAK_TFLOPS:g} on CUDA, measured on the CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's); 1 keeps timings sane on a busy machine")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
@@ -912,6 +914,10 @@ def check_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, lis
     for name in ("groups", "group_size", "batch", "steps", "micro_batch", "lora_rank", "repeats"):
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BenchError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.depth is not None and args.depth < 1:
         raise BenchError(f"--depth must be at least 1, got {args.depth}")
     if not 0 < args.timestep_fraction <= 1:

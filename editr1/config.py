@@ -62,7 +62,10 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     train_mode: Literal["lora", "full"] = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    #: Recompute activations in the backward pass (memory for time); turns cuDNN attention off (a known crash).
     gradient_checkpointing: bool = False
+    #: `torch.compile` the transformer (GPU: faster steps after a compile of a few minutes).
+    compile: bool = False
 
 
 @dataclass
@@ -135,6 +138,8 @@ class EvalConfig:
     #: Distilled guidance of guidance-embedded models (FLUX.1 Kontext: 3.5 at evaluation); null: `rollout.guidance`.
     guidance: float | None = None
     seed: int = 1234
+    #: Edits sampled at once in an evaluation (lower it if the evaluation runs out of memory).
+    batch_size: int = 64
     #: The held-out reward; null: the training reward (`editr1 sft`, which has none, must set it).
     reward: RewardConfig | None = None
     #: Also score the held-out edits with the training reward (e.g. the judge next to the verifier):
@@ -206,7 +211,8 @@ register_bounds("RolloutConfig", groups_per_iteration=(1, None), group_size=(2, 
 register_bounds("RLConfig", beta=(0, None, True), kl_coef=(0, None), adv_clip=(0, None, True), timestep_fraction=(0, 1, True),
         filter_mean_threshold=(0, 1), filter_std_threshold=(0, None), max_unscored_fraction=(0, 0.99))
 register_bounds("OptimConfig", lr=(0, None, True), weight_decay=(0, None), grad_clip=(0, None, True), micro_batch=(1, None))
-register_bounds("EvalConfig", every=(0, None), samples=(2, None), steps=(1, None), cfg_scale=(1.0, None))
+register_bounds("EvalConfig", every=(0, None), samples=(2, None), steps=(1, None), cfg_scale=(1.0, None),
+                batch_size=(1, None))
 register_bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint_every=(1, None), keep_checkpoints=(0, None))
 register_bounds("NFTConfig", iterations=(0, None), time_budget_s=(0, None))
 register_bounds("SFTConfig", steps=(1, None), time_budget_s=(0, None), batch_size=(1, None), lr=(0, None, True),

@@ -26,6 +26,11 @@ def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0, 
     adapter.condition_area = config.condition_area
     if config.gradient_checkpointing:
         adapter.transformer.enable_gradient_checkpointing()
+        # cuDNN attention crashed intermittently (illegal memory access) in the checkpointed backward with a
+        # LoRA on H100s; flash and memory-efficient attention remain.
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    if config.compile:
+        adapter.transformer.compile()  # in place: peft adapters, checkpointing and saving still see the module
     return adapter
 
 

@@ -85,7 +85,8 @@ LOCKED = ("seed", "model", "data", "rollout", "rl", "optim", "reward", "eval.sam
           "eval.sampler", "eval.cfg_scale", "eval.guidance", "eval.seed", "eval.reward")
 #: ...except these, which change how much is computed at once, never what: a run that ran out of memory
 #: resumes with smaller batches.
-RESUME_SAFE = ("optim.micro_batch", "rollout.batch_size", "model.gradient_checkpointing", "reward.overlap")
+RESUME_SAFE = ("optim.micro_batch", "rollout.batch_size", "eval.batch_size", "model.gradient_checkpointing",
+               "model.compile", "reward.overlap")
 
 
 def resume_safe_fields(config: NFTConfig) -> tuple[str, ...]:
@@ -360,6 +361,7 @@ class NFTTrainer:
         tick = time.monotonic()
         with torch.no_grad(), self.policies.use("trained") as trained:
             result = evaluate(self.adapter, self.heldout, self.eval_reward, ev.steps, ev.sampler, ev.cfg_scale, trained,
+                              batch_size=ev.batch_size,
                               guidance=self.config.rollout.guidance if ev.guidance is None else ev.guidance)
         if result.failures:
             self._report_unscored("the held-out evaluation", len(result.failures), result.scores.numel(),

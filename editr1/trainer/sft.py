@@ -68,7 +68,7 @@ OUTPUTS = ("metrics.jsonl", "tensorboard", "eval", "checkpoints", "model", "held
 LOCKED = ("seed", "model", "data", "steps", "batch_size", "lr", "lr_schedule", "warmup_steps", "weight_decay",
           "grad_clip", "ema_decay", "eval.samples", "eval.steps", "eval.sampler", "eval.cfg_scale", "eval.guidance",
           "eval.seed", "eval.reward")
-RESUME_SAFE = ("model.gradient_checkpointing",)
+RESUME_SAFE = ("model.gradient_checkpointing", "model.compile", "eval.batch_size")
 #: What only a finished run has.
 FINISHED = ("model", "heldout_curve.png")
 
@@ -136,7 +136,8 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
         live = [p.detach().clone() for p in trainable]
         if ema is not None:
             soft_update_(trainable, ema, 0.0)
-        result = evaluate(adapter, heldout, eval_reward, config.eval.steps, config.eval.sampler, config.eval.cfg_scale)
+        result = evaluate(adapter, heldout, eval_reward, config.eval.steps, config.eval.sampler, config.eval.cfg_scale,
+                          batch_size=config.eval.batch_size)
         save_eval(result, run_dir / "eval" / "final.safetensors")
         if ema is not None:
             soft_update_(trainable, live, 0.0)

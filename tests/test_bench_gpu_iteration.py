@@ -1,0 +1,122 @@
+"""bench/gpu_iteration.py: its FLOP counter counts exactly, and its --tiny run prints and writes every phase."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "gpu_iteration.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("gpu_iteration", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+class LinearAttention(nn.Module):
+    """A Linear on (2, 5, 8) -> 16 features, then cross-attention of 4 heads x 4 dims over 7 keys."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 16)
+
+    def forward(self, x, keys):
+        q = self.proj(x).view(2, 5, 4, 4).transpose(1, 2)  # (B, H, S_q, D)
+        return F.scaled_dot_product_attention(q, keys, keys)
+
+
+def test_flop_formulas(bench):
+    assert bench.linear_flops(8, 16, 10) == 2 * 8 * 16 * 10
+    assert bench.linear_flops(8, 16, 10, grad=True) == 3 * 2 * 8 * 16 * 10
+    # Self-attention: 4 S^2 d per sample, d = heads x head_dim.
+    assert bench.attention_flops(1, 24, 100, 100, 128) == 4 * 100**2 * (24 * 128)
+    assert bench.attention_flops(2, 4, 5, 7, 4, grad=True) == 3 * 4 * 2 * 4 * 5 * 7 * 4
+    assert bench.conv_flops(2 * 6 * 9 * 9, (6, 3, 3, 3)) == 2 * (2 * 6 * 9 * 9) * 3 * 3 * 3
+
+
+def test_counter_counts_a_linear_and_an_attention_exactly(bench):
+    torch.manual_seed(0)
+    model, x, keys = LinearAttention(), torch.randn(2, 5, 8), torch.randn(2, 4, 7, 4)
+    forward = bench.linear_flops(8, 16, 2 * 5) + bench.attention_flops(2, 4, 5, 7, 4)
+    assert forward == 2 * 8 * 16 * 10 + 4 * 2 * 4 * 5 * 7 * 4
+    with torch.no_grad(), bench.FlopCounter() as counter:
+        model(x, keys)
+    assert counter.total == forward and counter.pending == 0
+    # With grad: the forward's FLOPs at once, twice as many left for the backward to claim.
+    with bench.FlopCounter() as counter:
+        model(x, keys).sum().backward()
+        assert (counter.total, counter.pending) == (forward, 2 * forward)
+        counter.claim_backward()
+    assert counter.total == 3 * forward
+    # Gradient checkpointing recomputes the forward inside the backward: not counted again.
+    with bench.FlopCounter() as counter:
+        checkpoint(model, x, keys, use_reentrant=False).sum().backward()
+        counter.claim_backward()
+    assert counter.total == 3 * forward
+    # The hooks and the SDPA patch are gone afterwards.
+    assert F.scaled_dot_product_attention is torch.nn.functional.scaled_dot_product_attention
+    with torch.no_grad():
+        model(x, keys)
+    assert counter.total == 3 * forward
+
+
+def test_tiny_run_prints_every_phase_of_both_paths(bench, tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--family", "qwen-image-edit", "--repeats", "1", "--steps", "2",
+         "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("phase"))
+    for column in ("editr1 ms", "editr1 MFU", "naive ms", "naive MFU", "editr1/naive"):
+        assert column in header
+    for _, label in bench.PHASES:
+        assert any(line.startswith(f"{label:<36}|") for line in lines), label
+    assert "qwen-image-edit" in proc.stdout and "torch" in proc.stdout and "CPU" in proc.stdout
+
+    report = json.loads(out.read_text())
+    assert report["device_type"] == "cpu" and report["peak_flops"] > 0
+    phases = report["families"]["qwen-image-edit"]["phases"]
+    assert set(phases) == {key for key, _ in bench.PHASES}
+    for key, row in phases.items():
+        for path in ("editr1", "naive"):
+            data = row[path]
+            assert data["ms"] > 0, (key, path)
+            assert data["mfu"] is None or 0 < data["mfu"] <= 1, (key, path, data["mfu"])
+            assert data["peak_gib"] is None  # CPU: n/a
+        assert row["ratio"] > 0 and math.isclose(row["ratio"], row["editr1"]["ms"] / row["naive"]["ms"])
+    # Both paths do the same work: the same FLOPs, phase by phase; the transformer phases do some.
+    for key in ("rollout", "nft", "nft_grad", "nft_old", "nft_ref", "nft_backward", "total"):
+        assert phases[key]["editr1"]["flops"] == phases[key]["naive"]["flops"] > 0, key
+    assert phases["nft_backward"]["editr1"]["flops"] > phases["nft_grad"]["editr1"]["flops"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--family", "qwen-image-edit", "--device", "cuda"], "CUDA was requested"),
+    (["--tiny", "--family", "no-such-family"], "invalid choice"),
+    ([], "name a --family"),
+    (["--tiny", "--depth", "2"], "not to --tiny"),
+])
+def test_refusals_exit_non_zero_with_a_message(argv, message):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr
