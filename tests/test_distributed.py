@@ -23,8 +23,10 @@ def _overrides(shapes_data, out, groups):
 
 def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tmp_path):
     launcher = Path(sys.executable).parent / "accelerate"
-    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "editr1.cli.main", "train"]
+    # The shipped one-node config, with two processes on the CPU instead of eight GPUs.
+    shipped = Path(__file__).parent.parent / "configs" / "accelerate" / "ddp_1node.yaml"
+    command = [str(launcher), "launch", "--config_file", str(shipped), "--num_processes", "2", "-m", "editr1.cli.main",
+               "train"]
     for override in _overrides(shapes_data, tmp_path / "two", groups=2):
         command += ["--set", override]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

@@ -87,6 +87,32 @@ class PolicySet:
             for p in self._old:
                 p.requires_grad_(False)
 
+    @contextmanager
+    def merged_old(self) -> Iterator[nn.Module]:
+        """The old policy with its LoRA merged into the base weights, for rollouts without the adapter's
+        extra matmuls. The base weights are restored on exit from a copy kept on the CPU, bit for bit:
+        an unmerge (subtracting the LoRA again) drifts in bf16. Full fine-tuning: the old copy itself."""
+        if self.mode == "full":
+            yield self.old_module
+            return
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in self.transformer.modules() if isinstance(m, LoraLayer) and OLD in m.lora_A]
+        saved = [layer.get_base_layer().weight.detach().to("cpu", copy=True) for layer in layers]
+        try:
+            self.transformer.set_adapter(OLD)
+            for layer in layers:
+                layer.merge(adapter_names=[OLD])
+            yield self.transformer
+        finally:
+            with torch.no_grad():
+                for layer, weight in zip(layers, saved):
+                    layer.get_base_layer().weight.copy_(weight)
+                    layer.merged_adapters.clear()
+            self.transformer.set_adapter(TRAINED)
+            for p in self._old:
+                p.requires_grad_(False)
+
     def update_old(self, decay: float) -> None:
         """theta_old <- decay * theta_old + (1 - decay) * theta."""
         soft_update_(self._old, self._trained, decay)

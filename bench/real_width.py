@@ -1,0 +1,776 @@
+"""A real-width check on the CPU: one NFT iteration of every family at its published widths, depth cut.
+
+    .venv/bin/python bench/real_width.py                                   # every family, 1 block, 512^2, bf16
+    .venv/bin/python bench/real_width.py --family qwen-image-edit --blocks 1 2   # per-block memory
+    .venv/bin/python bench/real_width.py --family flux-kontext --size 256 --quick  # CI (tests/test_bench_real_width.py)
+
+What is built. For each family, the full-size configurations below with their depth cut (random weights,
+nothing downloaded), in `--dtype` (bf16):
+- Qwen-Image-Edit(-2509): `QwenImageTransformer2DModel` with `--blocks` of its 60 blocks; Qwen2.5-VL-7B
+  (`Qwen2_5_VLForConditionalGeneration`) with `--blocks` of its 28 decoder layers, the real 152064-token
+  embedding and LM head, and `--blocks` + 1 of its 32 vision blocks (the last one full attention, the
+  others windowed, as in the release: blocks 7, 15, 23, 31 are the full-attention ones); the real
+  `AutoencoderKLQwenImage`.
+- FLUX.1 Kontext: `FluxTransformer2DModel` with `--blocks` of its 19 double-stream and `--blocks` of its 38
+  single-stream blocks; CLIP-L's text model and T5-XXL's encoder with `--blocks` layers each (real widths,
+  heads and vocabularies); FLUX's 16-channel `AutoencoderKL`.
+The tokenizers are editr1's offline tiny ones (`editr1.processing.tiny_tokenizer`,
+`editr1.models.tiny_flux_kontext`): their ids are below the real vocabularies, so every embedding has its
+real size; token counts are exact where they are fixed (Qwen2.5-VL's image tokens, T5's 512 padded
+positions, CLIP's 77) and approximate for the instruction and the chat template (Qwen).
+
+What runs. The components are wrapped in editr1's adapter classes exactly as the tiny presets do it
+(`adapter_class(family)(transformer, codec, ...)`), saved with `adapter.save_pretrained(folder)` (one
+process), then a second process trains: `editr1.trainer.nft.NFTTrainer(config).run()` — what `run_nft`
+and `editr1 train` call — with `model.path` pointing at the folder and `model.dtype: bfloat16`, on 4
+synthetic images written as a JSONL dataset, for ONE iteration: 1 group of 2 edits, 2 DPM-Solver++
+rollout steps, LoRA rank 4 on the adapter's default targets, micro-batch 1, no evaluation, and
+`MeanBrightness` below as the reward (`reward.name: bench.real_width:MeanBrightness`). The group
+filter is off (`rl.filter_rule: none`) so that the update always runs. The trainer is subclassed only to
+read memory around its `_rollout` and `_train` phases.
+
+What it checks: that the run completes, i.e. every shape, module name and LoRA target works at the real
+widths and token counts; the conditioning and latent shapes (asserted below); and that the exported LoRA
+(`final/pytorch_lora_weights.safetensors`) has a `lora_A` and a `lora_B` of the right real-width shapes
+for every module the targets match, and that every target matches at least one module.
+
+What it measures:
+- Parameters per component, exactly: `numel` and `numel * element_size` of the loaded modules. Per block:
+  exact counts of the block modules (the same configurations built on PyTorch's meta device), and the
+  full-depth extrapolation (non-block parameters + N x per block) beside docs/real_scale.md's totals.
+- Memory, as the process's resident set (RSS, Linux): the RSS once the trainer has loaded the model (the
+  loaded-model baseline), and the peak RSS of its rollout and NFT-update phases (the kernel's high-water
+  mark `VmHWM`, reset through `/proc/self/clear_refs` when each phase starts). With `--blocks 1 2` the
+  difference between the two depths gives the weights and the activation peak per added block.
+  `ru_maxrss` (the lifetime peak of each process, loading included) is reported too.
+- Wall time of each process and phase.
+
+Where each hard-coded number comes from is noted beside it. They were checked against the signatures of
+the installed diffusers 0.42.1 (`QwenImageTransformer2DModel.__init__`, `FluxTransformer2DModel.__init__`
+and `AutoencoderKLQwenImage.__init__` default to exactly these values) and transformers 5.x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from editr1.rewards.base import Reward, RewardBatch, check_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus", "flux-kontext")
+GIB, MIB = 2**30, 2**20
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+# ---- published configurations ----------------------------------------------------------------------
+#: Qwen/Qwen-Image (and -Edit, -Edit-2509) transformer/config.json; identical to the defaults of diffusers'
+#: `QwenImageTransformer2DModel.__init__` (diffusers/models/transformers/transformer_qwenimage.py).
+QWEN_IMAGE_TRANSFORMER = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+)
+#: black-forest-labs/FLUX.1-Kontext-dev transformer/config.json (FLUX.1-dev's); `FluxTransformer2DModel`'s
+#: defaults (diffusers/models/transformers/transformer_flux.py) except `guidance_embeds` (False there).
+FLUX_KONTEXT_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+#: Qwen-Image vae/config.json: `AutoencoderKLQwenImage`'s defaults (base_dim 96, z_dim 16, dim_mult
+#: [1, 2, 4, 4], num_res_blocks 2, temperal_downsample [False, True, True], the published latents_mean/std;
+#: diffusers/models/autoencoders/autoencoder_kl_qwenimage.py), written out here.
+QWEN_IMAGE_VAE = dict(
+    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0,
+)
+#: FLUX.1 vae/config.json (FLUX.1-dev and Kontext-dev share it): 4 blocks (scale factor 8), 16 latent
+#: channels, shift 0.1159 / scale 0.3611, no quant convs.
+FLUX_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=16, norm_num_groups=32,
+    sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+)
+#: Qwen/Qwen2.5-VL-7B-Instruct config.json (Qwen-Image's text_encoder/config.json is the same model):
+#: text part. transformers' `Qwen2_5_VLTextConfig` defaults are the 72B's, so every width is given.
+QWEN25_VL_7B_TEXT = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
+    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+)
+#: Its vision_config: 32 blocks of 1280 (transformers' default `hidden_size` is 3584, not the release's),
+#: 16 heads, 14-px patches, 2x2 merge, 112-px windows, full attention in blocks 7, 15, 23, 31.
+QWEN25_VL_7B_VISION = dict(
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, out_hidden_size=3584,
+    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, tokens_per_second=2,
+    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu",
+)
+#: openai/clip-vit-large-patch14's text model (FLUX's text_encoder/config.json).
+CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+#: google/t5-v1_1-xxl's encoder (FLUX's text_encoder_2/config.json).
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
+              dropout_rate=0.0)
+
+#: docs/real_scale.md, "Parameter memory (bf16, 2 bytes per parameter)" and the LoRA paragraph: the page's
+#: numbers, in billions of parameters (LoRA: millions at rank 32 on the eight attention projections).
+PAGE = {
+    "qwen_transformer": 20.43, "qwen25_vl_7b": 8.29, "qwen25_vl_vision": 0.68, "qwen25_vl_lm_head": 0.55,
+    "qwen_vae": 0.13, "flux_transformer": 11.90, "t5_xxl": 4.76, "clip_l": 0.12, "flux_vae": 0.08,
+    "qwen_lora_m": 94.4, "flux_lora_m": 52.3,
+    # Peaks with checkpointing off, beyond the weights, of one NFT micro-step at B = 2 (GiB) and its tokens.
+    "qwen_nft_off_gib": 29.0, "qwen_nft_tokens": 2248, "flux_nft_off_gib": 19.0, "flux_nft_tokens": 2176,
+}
+PROMPTS = ("Make the square blue.", "Remove the circle.", "Turn the background red.", "Add a yellow star.")
+
+
+class BenchError(Exception):
+    """A request the script refuses (printed as one line, exit status 1)."""
+
+
+class MeanBrightness(Reward):
+    """A reward that needs no model: the edit's mean brightness in [0, 1]."""
+
+    name = "mean_brightness"
+
+    def score(self, sources, edited, prompts, requirements):
+        check_batch(sources, edited, prompts, requirements)
+        scores = torch.stack([image.float().mean() for image in edited]).clamp(0, 1)
+        return RewardBatch(scores, torch.ones(len(edited), dtype=torch.bool))
+
+
+# ---- building ----------------------------------------------------------------------------------------
+@contextmanager
+def constructing(device: str, dtype: torch.dtype) -> Iterator[None]:
+    """Modules built inside get their parameters on `device` in `dtype` (no float32 copy first)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def tokenizers_for(family: str) -> dict:
+    """editr1's offline tiny tokenizers, trained on the prompts and templates used here."""
+    if family == "flux-kontext":
+        from editr1.models.tiny_flux_kontext import BASE_CORPUS, build_tiny_clip_tokenizer, build_tiny_t5_tokenizer
+
+        corpus = [*BASE_CORPUS, *PROMPTS]
+        return {"clip": build_tiny_clip_tokenizer(corpus), "t5": build_tiny_t5_tokenizer(corpus)}
+    from editr1.models.qwen_image_edit import PROMPT_TEMPLATE
+    from editr1.models.qwen_image_edit_plus import MAX_REFERENCES, chat_text
+    from editr1.processing.tiny_tokenizer import build_tiny_qwen_tokenizer
+
+    return {"qwen": build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, chat_text("", MAX_REFERENCES), *PROMPTS])}
+
+
+def component_configs(family: str, blocks: int, tokenizers: dict, single_blocks: int | None = None) -> dict:
+    """Constructors of every component at full width, depth cut to `blocks` (see the module docstring)."""
+    from diffusers import AutoencoderKL, AutoencoderKLQwenImage, FluxTransformer2DModel, QwenImageTransformer2DModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    if family == "flux-kontext":
+        clip, t5 = tokenizers["clip"], tokenizers["t5"]
+        singles = blocks if single_blocks is None else single_blocks
+        transformer = {**FLUX_KONTEXT_TRANSFORMER, "num_layers": blocks, "num_single_layers": singles}
+        clip_config = CLIPTextConfig(**{**CLIP_L_TEXT, "num_hidden_layers": blocks}, bos_token_id=clip.bos_token_id,
+                                     eos_token_id=clip.eos_token_id, pad_token_id=clip.pad_token_id)
+        t5_config = T5Config(**{**T5_XXL, "num_layers": blocks}, pad_token_id=t5.pad_token_id,
+                             eos_token_id=t5.eos_token_id, decoder_start_token_id=0)
+        return {
+            "transformer": lambda: FluxTransformer2DModel(**transformer),
+            "text_encoder": lambda: CLIPTextModel(clip_config),
+            "text_encoder_2": lambda: T5EncoderModel(t5_config),
+            "vae": lambda: AutoencoderKL(**FLUX_VAE),
+        }
+    ids = tokenizers["qwen"].convert_tokens_to_ids
+    special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
+    vision_depth = blocks + 1
+    config = Qwen2_5_VLConfig(
+        text_config={**QWEN25_VL_7B_TEXT, "num_hidden_layers": blocks, **special},
+        vision_config={**QWEN25_VL_7B_VISION, "depth": vision_depth, "fullatt_block_indexes": [vision_depth - 1]},
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False, **special,
+    )
+    transformer = {**QWEN_IMAGE_TRANSFORMER, "num_layers": blocks}
+    return {
+        "transformer": lambda: QwenImageTransformer2DModel(**transformer),
+        "text_encoder": lambda: Qwen2_5_VLForConditionalGeneration(config),
+        "vae": lambda: AutoencoderKLQwenImage(**QWEN_IMAGE_VAE),
+    }
+
+
+def build_adapter(family: str, blocks: int, dtype: torch.dtype):
+    """The adapter over full-width components with random weights, assembled as the tiny presets do."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from editr1.models.codecs import ScaledVaeCodec, VaeCodec
+    from editr1.models.registry import adapter_class
+
+    torch.manual_seed(0)
+    tokenizers = tokenizers_for(family)
+    builders = component_configs(family, blocks, tokenizers)
+    with constructing("cpu", dtype):
+        built = {name: build().eval() for name, build in builders.items()}
+    cls = adapter_class(family)
+    if family == "flux-kontext":
+        from editr1.models.tiny_flux_kontext import SCHEDULER_CONFIG
+
+        return cls(built["transformer"], ScaledVaeCodec(built["vae"]), built["text_encoder"], tokenizers["clip"],
+                   built["text_encoder_2"], tokenizers["t5"], FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from editr1.models.tiny_qwen_image_edit import SCHEDULER_CONFIG
+    from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
+
+    processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizers["qwen"])
+    return cls(built["transformer"], VaeCodec(built["vae"]), built["text_encoder"], processor,
+               FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
+
+
+# ---- parameter accounting ----------------------------------------------------------------------------
+#: Per component: (module attribute of the adapter, parameter-name filter); the filters split the text
+#: encoders into their per-layer part and the rest.
+def _parts(family: str) -> dict[str, tuple[str, Any]]:
+    if family == "flux-kontext":
+        return {
+            "transformer": ("transformer", None),
+            "CLIP-L (layers)": ("text_encoder", lambda n: ".encoder.layers." in n),
+            "CLIP-L (embeddings, final norm)": ("text_encoder", lambda n: ".encoder.layers." not in n),
+            "T5-XXL (layers)": ("text_encoder_2", lambda n: n.startswith("encoder.block.")),
+            "T5-XXL (embedding, final norm)": ("text_encoder_2", lambda n: not n.startswith("encoder.block.")),
+            "VAE": ("vae", None),
+        }
+    return {
+        "transformer": ("transformer", None),
+        "Qwen2.5-VL decoder layers": ("text_encoder", lambda n: ".language_model.layers." in n),
+        "Qwen2.5-VL embedding, final norm": ("text_encoder", lambda n: ".language_model." in n and ".layers." not in n),
+        "Qwen2.5-VL LM head": ("text_encoder", lambda n: n.startswith("lm_head")),
+        "Qwen2.5-VL vision tower": ("text_encoder", lambda n: ".visual." in n),
+        "VAE": ("vae", None),
+    }
+
+
+def component_sizes(modules: dict[str, torch.nn.Module], family: str) -> dict[str, dict[str, int]]:
+    """`{part: {"params": numel, "bytes": numel * element_size}}` of the given modules (exact)."""
+    sizes = {}
+    for part, (attribute, keep) in _parts(family).items():
+        params = [p for n, p in modules[attribute].named_parameters() if keep is None or keep(n)]
+        sizes[part] = {"params": sum(p.numel() for p in params), "bytes": sum(p.numel() * p.element_size() for p in params)}
+    return sizes
+
+
+def adapter_modules(adapter) -> dict[str, torch.nn.Module]:
+    modules = {"transformer": adapter.transformer, "text_encoder": adapter.text_encoder, "vae": adapter.codec.vae}
+    if hasattr(adapter, "text_encoder_2"):
+        modules["text_encoder_2"] = adapter.text_encoder_2
+    return modules
+
+
+def meta_counts(family: str, blocks: int, single_blocks: int | None = None) -> dict[str, int]:
+    """Parameter counts per part of the configuration at `blocks` (FLUX: `single_blocks` single-stream
+    ones, default `blocks`), built on the meta device: exact and free."""
+    tokenizers = tokenizers_for(family)
+    with constructing("meta", torch.bfloat16):
+        built = {name: build() for name, build in component_configs(family, blocks, tokenizers, single_blocks).items()}
+    return {part: size["params"] for part, size in component_sizes(built, family).items()}
+
+
+def lora_params_per_module(module: torch.nn.Module, targets: tuple[str, ...], rank: int) -> int:
+    """LoRA parameters at `rank` on every `nn.Linear` of `module` that peft's `target_modules` matching
+    (the name, or a dotted suffix of it) selects."""
+    total = 0
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+            total += rank * (sub.in_features + sub.out_features)
+    return total
+
+
+def per_block(family: str) -> dict[str, dict[str, float]]:
+    """Exact per-block parameter counts and the full-depth extrapolation, from meta-device builds."""
+    from editr1.models.registry import adapter_class
+
+    targets = adapter_class(family).lora_target_modules
+    one = meta_counts(family, 1)
+    two = meta_counts(family, 2)
+    delta = {part: two[part] - one[part] for part in one}
+    rows: dict[str, dict[str, float]] = {}
+    if family == "flux-kontext":
+        singles = meta_counts(family, 1, single_blocks=2)
+        single = singles["transformer"] - one["transformer"]
+        double = delta["transformer"] - single
+        rows["double-stream block"] = {"params": double, "full_count": 19}
+        rows["single-stream block"] = {"params": single, "full_count": 38}
+        rows["T5-XXL layer"] = {"params": delta["T5-XXL (layers)"], "full_count": 24}
+        rows["CLIP-L layer"] = {"params": delta["CLIP-L (layers)"], "full_count": 12}
+        transformer_full = one["transformer"] + 18 * double + 37 * single
+        t5_full = one["T5-XXL (layers)"] + 23 * delta["T5-XXL (layers)"] + one["T5-XXL (embedding, final norm)"]
+        clip_full = one["CLIP-L (layers)"] + 11 * delta["CLIP-L (layers)"] + one["CLIP-L (embeddings, final norm)"]
+        with constructing("meta", torch.bfloat16):
+            from diffusers import FluxTransformer2DModel
+
+            double_block = FluxTransformer2DModel(**{**FLUX_KONTEXT_TRANSFORMER, "num_layers": 1, "num_single_layers": 1})
+        lora_double = lora_params_per_module(double_block.transformer_blocks[0], targets, 32)
+        lora_single = lora_params_per_module(double_block.single_transformer_blocks[0], targets, 32)
+        extrapolated = {
+            "FLUX.1 transformer (19 double + 38 single)": (transformer_full, PAGE["flux_transformer"] * 1e9),
+            "T5-XXL encoder (24 layers)": (t5_full, PAGE["t5_xxl"] * 1e9),
+            "CLIP-L text encoder (12 layers)": (clip_full, PAGE["clip_l"] * 1e9),
+            "FLUX VAE (built at full size)": (one["VAE"], PAGE["flux_vae"] * 1e9),
+            "LoRA rank 32, default targets": (19 * lora_double + 38 * lora_single, PAGE["flux_lora_m"] * 1e6),
+        }
+    else:
+        rows["transformer block"] = {"params": delta["transformer"], "full_count": 60}
+        rows["Qwen2.5-VL decoder layer"] = {"params": delta["Qwen2.5-VL decoder layers"], "full_count": 28}
+        rows["Qwen2.5-VL vision block"] = {"params": delta["Qwen2.5-VL vision tower"], "full_count": 32}
+        transformer_full = one["transformer"] + 59 * delta["transformer"]
+        vision_full = one["Qwen2.5-VL vision tower"] + (32 - 2) * delta["Qwen2.5-VL vision tower"]  # 2 built at blocks 1
+        text_full = (one["Qwen2.5-VL decoder layers"] + 27 * delta["Qwen2.5-VL decoder layers"]
+                     + one["Qwen2.5-VL embedding, final norm"] + one["Qwen2.5-VL LM head"] + vision_full)
+        with constructing("meta", torch.bfloat16):
+            from diffusers import QwenImageTransformer2DModel
+
+            block = QwenImageTransformer2DModel(**{**QWEN_IMAGE_TRANSFORMER, "num_layers": 1}).transformer_blocks[0]
+        extrapolated = {
+            "Qwen-Image transformer (60 blocks)": (transformer_full, PAGE["qwen_transformer"] * 1e9),
+            "Qwen2.5-VL-7B (28 layers, 32 vision blocks, LM head)": (text_full, PAGE["qwen25_vl_7b"] * 1e9),
+            "  of which vision tower": (vision_full, PAGE["qwen25_vl_vision"] * 1e9),
+            "  of which LM head": (one["Qwen2.5-VL LM head"], PAGE["qwen25_vl_lm_head"] * 1e9),
+            "Qwen-Image VAE (built at full size)": (one["VAE"], PAGE["qwen_vae"] * 1e9),
+            "LoRA rank 32, default targets": (60 * lora_params_per_module(block, targets, 32), PAGE["qwen_lora_m"] * 1e6),
+        }
+    return {"blocks": rows, "extrapolated": extrapolated, "one": one, "delta": delta}
+
+
+# ---- memory ------------------------------------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise BenchError(f"/proc/self/status has no {field}: this check needs Linux")
+
+
+def rss() -> int:
+    """The process's resident set now, in bytes."""
+    return _status_kib("VmRSS") * 1024
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (`VmHWM`) to the current RSS; False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    return _status_kib("VmHWM") * 1024
+
+
+def max_rss() -> int:
+    """`ru_maxrss`: the process's lifetime peak RSS (KiB on Linux), in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---- the two worker stages ---------------------------------------------------------------------------
+def stage_build(args) -> dict:
+    start = time.monotonic()
+    adapter = build_adapter(args.family, args.blocks, DTYPES[args.dtype])
+    built = time.monotonic()
+    adapter.save_pretrained(args.model_dir)
+    return {"seconds_build": built - start, "seconds_save": time.monotonic() - built, "max_rss": max_rss(),
+            "sizes": component_sizes(adapter_modules(adapter), args.family)}
+
+
+def write_dataset(folder: Path, size: int) -> Path:
+    """4 synthetic `size`^2 images (a coloured square on a gradient) and their JSONL (docs/data.md)."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, prompt in enumerate(PROMPTS):
+        ramp = torch.linspace(0, 255, size).to(torch.uint8)
+        pixels = torch.stack([ramp.expand(size, size), ramp.expand(size, size).T, torch.full((size, size), 60 * i, dtype=torch.uint8)], -1)
+        image = Image.fromarray(pixels.numpy())
+        ImageDraw.Draw(image).rectangle([size // 4, size // 4, size // 2 + 16 * i, size // 2], fill=(200, 30 * i, 40))
+        image.save(folder / f"{i}.png")
+        lines.append(json.dumps({"id": i, "image": f"{i}.png", "prompt": prompt}))
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "train.jsonl"
+
+
+def nft_config_yaml(args, train: Path, output_dir: Path) -> str:
+    return f"""\
+seed: 0
+output_dir: {output_dir}
+iterations: 1
+model:
+  path: {args.model_dir}
+  resolution: {args.size}
+  dtype: {args.dtype}
+  train_mode: lora
+  lora: {{rank: 4, alpha: 4}}
+  gradient_checkpointing: {str(args.gradient_checkpointing).lower()}
+data:
+  train: {train}
+  heldout: null
+reward:
+  name: bench.real_width:MeanBrightness
+  overlap: true
+rollout:
+  groups_per_iteration: 1
+  group_size: 2
+  steps: 2
+  sampler: dpmpp_2m
+  batch_size: 2
+rl:
+  filter_rule: none
+optim:
+  micro_batch: 1
+eval:
+  every: 0
+logging:
+  grid_every: 1
+  checkpoint_every: 1
+  tensorboard: false
+  progress: false
+"""
+
+
+def expected_shapes(family: str, size: int) -> dict[str, Any]:
+    tokens = (size // 16) ** 2  # 8x VAE downsampling, 2x2 patches
+    if family == "flux-kontext":
+        return {"latents": (2, tokens, 64), "image_tokens": (1, tokens, 64), "prompt_embeds": (1, 512, 4096),
+                "pooled_prompt_embeds": (1, 768)}
+    # Qwen2.5-VL's image tokens: the processor's 28-px grid (smart_resize), merged 2x2.
+    vl_tokens = (round(size / 28)) ** 2
+    return {"latents": (2, tokens, 64), "image_tokens": (1, tokens, 64), "prompt_embeds_width": 3584,
+            "prompt_embeds_min_length": vl_tokens}
+
+
+def check_lora(final: Path, transformer: torch.nn.Module, targets: tuple[str, ...]) -> dict:
+    """Every module the targets match has lora_A / lora_B of real-width shapes in the exported file."""
+    from peft.tuners.lora import LoraLayer
+    from safetensors import safe_open
+
+    path = final / "pytorch_lora_weights.safetensors"
+    with safe_open(str(path), "pt") as handle:
+        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    layers = {name: module for name, module in transformer.named_modules() if isinstance(module, LoraLayer)}
+    per_target = {t: 0 for t in targets}
+    for name, layer in layers.items():
+        matched = [t for t in targets if name == t or name.endswith("." + t)]
+        if not matched:
+            raise AssertionError(f"LoRA layer {name} matches none of the targets {targets}")
+        per_target[matched[0]] += 1
+        base = layer.get_base_layer()
+        a, b = f"transformer.{name}.lora_A.weight", f"transformer.{name}.lora_B.weight"
+        if shapes.get(a) != (layer.r["default"], base.in_features) or shapes.get(b) != (base.out_features, layer.r["default"]):
+            raise AssertionError(f"{path}: {name}: expected {a} {(layer.r['default'], base.in_features)} and "
+                                 f"{b} {(base.out_features, layer.r['default'])}, got {shapes.get(a)}, {shapes.get(b)}")
+    unmatched = [t for t, n in per_target.items() if n == 0]
+    if unmatched:
+        raise AssertionError(f"LoRA targets {unmatched} matched no module of the transformer")
+    if len(shapes) != 2 * len(layers):
+        raise AssertionError(f"{path}: {len(shapes)} keys for {len(layers)} LoRA layers")
+    widths = sorted({(layers[n].get_base_layer().in_features, layers[n].get_base_layer().out_features) for n in layers})
+    return {"modules": len(layers), "keys": len(shapes), "per_target": per_target, "in_out": widths}
+
+
+def stage_train(args) -> dict:
+    sys.path.insert(0, str(ROOT))  # the reward's dotted path `bench.real_width:MeanBrightness`
+    from editr1.config import NFTConfig, load_config
+    from editr1.trainer.nft import NFTTrainer
+
+    work = Path(args.work_dir)
+    train = write_dataset(work / "data", args.size)
+    config_path = work / "nft.yaml"
+    config_path.write_text(nft_config_yaml(args, train, work / "run"))
+    config = load_config(NFTConfig, config_path)
+    phases: dict[str, dict] = {}
+    shapes: dict[str, Any] = {}
+    can_reset = reset_peak()
+
+    class MeasuredNFTTrainer(NFTTrainer):
+        """The trainer, unchanged, with the RSS peak and wall time of its rollout and update phases read."""
+
+        def _measured(self, name, call):
+            reset_peak()
+            tick = time.monotonic()
+            result = call()
+            phases[name] = {"peak_rss": peak_rss() if can_reset else None, "seconds": time.monotonic() - tick}
+            return result
+
+        def _rollout(self, *a, **k):
+            rollout = self._measured("rollout", lambda: super(MeasuredNFTTrainer, self)._rollout(*a, **k))
+            shapes["latents"] = tuple(rollout.latents.shape)
+            shapes.update({name: tuple(t.shape) for name, t in rollout.conditions.tensors.items() if t is not None})
+            return rollout
+
+        def _train(self, *a, **k):
+            return self._measured("train", lambda: super(MeasuredNFTTrainer, self)._train(*a, **k))
+
+    start = time.monotonic()
+    trainer = MeasuredNFTTrainer(config)
+    loaded = time.monotonic()
+    baseline = rss()
+    adapter = trainer.adapter
+    sizes = component_sizes(adapter_modules(adapter), args.family)
+    lora = trainer.policies.trainable_parameters()
+    sizes["LoRA trained + old (float32)"] = {
+        "params": 2 * sum(p.numel() for p in lora), "bytes": 2 * sum(p.numel() * p.element_size() for p in lora)}
+    summary = trainer.run()
+    done = time.monotonic()
+    metrics = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    iteration = next(m for m in metrics if "seconds_total" in m)
+    if iteration.get("skipped_update"):
+        raise AssertionError("the NFT update was skipped (every group filtered)")
+    expected = expected_shapes(args.family, args.size)
+    for key in ("latents", "image_tokens", "prompt_embeds", "pooled_prompt_embeds"):
+        if key in expected and shapes.get(key) != expected[key]:
+            raise AssertionError(f"{key}: expected shape {expected[key]}, got {shapes.get(key)}")
+    if "prompt_embeds_width" in expected:
+        width, length = shapes["prompt_embeds"][-1], shapes["prompt_embeds"][1]
+        if width != expected["prompt_embeds_width"] or length < expected["prompt_embeds_min_length"]:
+            raise AssertionError(f"prompt_embeds {shapes['prompt_embeds']}: expected width 3584 and at least "
+                                 f"{expected['prompt_embeds_min_length']} tokens (the source's image tokens)")
+    lora_check = check_lora(work / "run" / "final", adapter.transformer, adapter.lora_target_modules)
+    dtypes = sorted({str(p.dtype) for m in adapter_modules(adapter).values() for p in m.parameters()})
+    return {
+        "seconds_load": loaded - start, "seconds_run": done - loaded, "baseline_rss": baseline, "max_rss": max_rss(),
+        "phases": phases, "shapes": shapes, "sizes": sizes, "lora": lora_check, "base_dtypes": dtypes,
+        "loss": iteration.get("loss"), "grad_norm": iteration.get("grad_norm"), "reward_mean": iteration.get("reward_mean"),
+        "summary": summary,
+    }
+
+
+# ---- the driver --------------------------------------------------------------------------------------
+def run_worker(stage: str, family: str, blocks: int, args, model_dir: Path, work_dir: Path) -> dict:
+    result = work_dir / f"{stage}.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--family", family, "--blocks", str(blocks),
+               "--size", str(args.size), "--dtype", args.dtype, "--model-dir", str(model_dir), "--work-dir", str(work_dir),
+               "--result", str(result)]
+    if args.gradient_checkpointing:
+        command.append("--gradient-checkpointing")
+    tick = time.monotonic()
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+        raise BenchError(f"{family} --blocks {blocks}: the {stage} stage failed (exit {proc.returncode}):\n{tail}")
+    data = json.loads(result.read_text())
+    data["seconds_process"] = time.monotonic() - tick
+    return data
+
+
+def one_run(family: str, blocks: int, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"real_width_{family}_{blocks}_", dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        model_dir, work_dir = tmp / "model", tmp / "work"
+        work_dir.mkdir()
+        build = run_worker("build", family, blocks, args, model_dir, work_dir)
+        disk = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+        train = run_worker("train", family, blocks, args, model_dir, work_dir)
+    return {"family": family, "blocks": blocks, "size": args.size, "dtype": args.dtype, "build": build,
+            "train": train, "saved_bytes": disk}
+
+
+def gib(n: float | None, sign: bool = False) -> str:
+    return "n/a" if n is None else (f"{n / GIB:+.2f} GiB" if sign else f"{n / GIB:.2f} GiB")
+
+
+def mib(n: float | None, sign: bool = False) -> str:
+    return "n/a" if n is None else (f"{n / MIB:+,.0f} MiB" if sign else f"{n / MIB:,.0f} MiB")
+
+
+def count(n: float) -> str:
+    return f"{n / 1e9:.3f} B" if abs(n) >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def page_block_estimate(family: str, row: str) -> str:
+    """The page's numbers divided down to one block, where it gives enough to do so."""
+    if family == "flux-kontext":
+        return {
+            "double-stream block": "page: 11.90 B in all, no split by block type",
+            "single-stream block": "page: 11.90 B in all, no split by block type",
+            "T5-XXL layer": f"4.76 B / 24 = {count(PAGE['t5_xxl'] * 1e9 / 24)} (incl. embedding)",
+            "CLIP-L layer": f"0.12 B / 12 = {count(PAGE['clip_l'] * 1e9 / 12)} (incl. embeddings)",
+        }[row]
+    layers = (PAGE["qwen25_vl_7b"] - PAGE["qwen25_vl_vision"] - 2 * PAGE["qwen25_vl_lm_head"]) * 1e9 / 28
+    return {
+        "transformer block": f"20.43 B / 60 = {count(PAGE['qwen_transformer'] * 1e9 / 60)} (incl. non-block)",
+        "Qwen2.5-VL decoder layer": f"(8.29 − 0.68 − 2 × 0.55) B / 28 = {count(layers)}",
+        "Qwen2.5-VL vision block": f"0.68 B / 32 = {count(PAGE['qwen25_vl_vision'] * 1e9 / 32)} (incl. patch embed, merger)",
+    }[row]
+
+
+def activation_estimate(family: str, size: int) -> str:
+    """The page's checkpointing-off NFT micro-step (B = 2, beyond the weights) per block and per sample,
+    scaled to this run's token count: an extrapolation from GPU measurements."""
+    tokens = 2 * (size // 16) ** 2
+    if family == "flux-kontext":
+        tokens += 512
+        per = PAGE["flux_nft_off_gib"] / 57 / 2 * tokens / PAGE["flux_nft_tokens"]
+        return f"~{per * 1024:.0f} MiB per block (19 GiB / 57 blocks / B=2, × {tokens}/2176 tokens; GPU)"
+    tokens += round(size / 28) ** 2 + 17
+    per = PAGE["qwen_nft_off_gib"] / 60 / 2 * tokens / PAGE["qwen_nft_tokens"]
+    return f"~{per * 1024:.0f} MiB per block (29 GiB / 60 blocks / B=2, × {tokens}/2248 tokens; GPU)"
+
+
+def report(runs: list[dict], args) -> str:
+    out = []
+    for family in dict.fromkeys(r["family"] for r in runs):
+        mine = sorted((r for r in runs if r["family"] == family), key=lambda r: r["blocks"])
+        out.append(f"\n## {family}: {args.size}x{args.size}, {args.dtype}, gradient checkpointing "
+                   f"{'on' if args.gradient_checkpointing else 'off'}\n")
+        header = ["blocks", *mine[0]["train"]["sizes"].keys()]
+        out.append("Loaded parameters (numel x element_size, exact):\n")
+        out.append(table(header, [[str(r["blocks"]), *(f"{count(v['params'])}, {mib(v['bytes'])}" for v in r["train"]["sizes"].values())]
+                                  for r in mine]))
+        out.append("\nMemory (RSS) and time:\n")
+        rows = []
+        for r in mine:
+            t, phases = r["train"], r["train"]["phases"]
+            rollout, train = phases.get("rollout", {}), phases.get("train", {})
+            rows.append([
+                str(r["blocks"]), gib(sum(v["bytes"] for v in t["sizes"].values())), gib(t["baseline_rss"]),
+                gib(None if rollout.get("peak_rss") is None else rollout["peak_rss"] - t["baseline_rss"], sign=True),
+                gib(None if train.get("peak_rss") is None else train["peak_rss"] - t["baseline_rss"], sign=True),
+                gib(t["max_rss"]), gib(r["build"]["max_rss"]),
+                f"{r['build']['seconds_build']:.0f} + {r['build']['seconds_save']:.0f} s",
+                f"{t['seconds_load']:.0f} s", f"{rollout.get('seconds', float('nan')):.0f} s",
+                f"{train.get('seconds', float('nan')):.0f} s",
+                f"{r['build']['seconds_process'] + t['seconds_process']:.0f} s",
+            ])
+        out.append(table(["blocks", "weights + LoRA", "RSS loaded (baseline)", "rollout peak", "NFT update peak",
+                          "ru_maxrss train", "ru_maxrss build", "build + save", "load", "rollout", "NFT update",
+                          "wall, both processes"], rows))
+        t = mine[-1]["train"]
+        out.append(f"\nChecked (blocks {mine[-1]['blocks']}): shapes {t['shapes']}; base dtypes {t['base_dtypes']}; "
+                   f"loss {t['loss']:.4g}, grad norm {t['grad_norm']:.3g}; LoRA: {t['lora']['modules']} modules, "
+                   f"{t['lora']['keys']} keys, per target {t['lora']['per_target']}, (in, out) {t['lora']['in_out']}")
+
+        exact = per_block(family)
+        out.append("\nPer block:\n")
+        rows = [[family, name, count(v["params"]), mib(v["params"] * 2), "—", page_block_estimate(family, name)]
+                for name, v in exact["blocks"].items()]
+        pairs = [(a, b) for a, b in zip(mine, mine[1:]) if b["blocks"] > a["blocks"]]
+        total_delta = sum(exact["delta"].values())
+        page_weights = ("page: no per-block split" if family == "flux-kontext" else
+                        "≈ " + mib(2e9 * (PAGE["qwen_transformer"] / 60 + PAGE["qwen25_vl_vision"] / 32
+                                          + (PAGE["qwen25_vl_7b"] - PAGE["qwen25_vl_vision"] - 2 * PAGE["qwen25_vl_lm_head"]) / 28)))
+        label = "all weights, one more of each" if family == "flux-kontext" else "all weights, one more of each"
+        if pairs:
+            for a, b in pairs:
+                steps = b["blocks"] - a["blocks"]
+                loaded = (b["train"]["baseline_rss"] - a["train"]["baseline_rss"]) / steps
+                weights = (sum(v["bytes"] for v in b["train"]["sizes"].values())
+                           - sum(v["bytes"] for v in a["train"]["sizes"].values())) / steps
+                rows.append([family, f"{label} ({a['blocks']}→{b['blocks']}: loaded RSS)", count(total_delta), mib(weights),
+                             mib(loaded, sign=True), page_weights])
+                for phase, name in (("rollout", "rollout peak above loaded model (B=2, no grad)"),
+                                    ("train", "NFT update peak above loaded model (micro-batch 1)")):
+                    pa, pb = a["train"]["phases"][phase].get("peak_rss"), b["train"]["phases"][phase].get("peak_rss")
+                    measured = None if pa is None or pb is None else (
+                        (pb - b["train"]["baseline_rss"]) - (pa - a["train"]["baseline_rss"])) / steps
+                    estimate = activation_estimate(family, args.size) if phase == "train" else "—"
+                    rows.append([family, name, "—", "—", mib(measured, sign=True), estimate])
+        else:
+            rows.append([family, label, count(total_delta), mib(total_delta * 2),
+                         "n/a (run --blocks 1 2)", page_weights])
+        out.append(table(["family", "component", "params per block", "bytes per block (bf16)",
+                          "measured RSS delta per block", "docs estimate"], rows))
+        out.append("\nFull depth, extrapolated from the exact per-block counts, against the page:\n")
+        out.append(table(["component", "extrapolated", "page", "ratio"],
+                         [[name, count(mine_), count(page), f"{mine_ / page:.3f}"]
+                          for name, (mine_, page) in exact["extrapolated"].items()]))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=FAMILIES, action="append",
+                        help="a family to run (repeatable); default: all three")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[1],
+                        help="depth(s) to build (default 1); two or more give the per-block memory by difference")
+    parser.add_argument("--size", type=int, default=512, help="edit resolution (default 512; a multiple of 16)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="model.gradient_checkpointing: true (as the presets; default off)")
+    parser.add_argument("--quick", action="store_true", help="skip the per-block tables' meta-device counts (CI)")
+    parser.add_argument("--json", type=Path, help="write every measurement here")
+    parser.add_argument("--tmp", help="where the saved models go (default: the system's temporary folder)")
+    # The worker stages (run by the driver in fresh processes).
+    parser.add_argument("--stage", choices=("build", "train"), help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--work-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.size % 16 or args.size < 64:
+        parser.error("--size must be a multiple of 16, at least 64")
+    if any(b < 1 for b in args.blocks):
+        parser.error("--blocks must be positive")
+    if args.stage:
+        args.family, args.blocks = args.family[0], args.blocks[0]
+        result = stage_build(args) if args.stage == "build" else stage_train(args)
+        Path(args.result).write_text(json.dumps(result, default=str))
+        return
+    families = args.family or list(FAMILIES)
+    runs = []
+    try:
+        for family in families:
+            for blocks in sorted(set(args.blocks)):
+                tick = time.monotonic()
+                print(f"{family} --blocks {blocks} --size {args.size} ...", flush=True)
+                run = one_run(family, blocks, args)
+                t = run["train"]
+                print(f"  done in {time.monotonic() - tick:.0f} s: loaded RSS {gib(t['baseline_rss'])}, update peak "
+                      f"{gib(t['phases']['train'].get('peak_rss'))}, LoRA {t['lora']['modules']} modules", flush=True)
+                runs.append(run)
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2, default=str))
+    if args.quick:
+        for run in runs:
+            t = run["train"]
+            print(f"{run['family']} blocks {run['blocks']}: OK; shapes {t['shapes']}; LoRA {t['lora']['modules']} modules "
+                  f"{t['lora']['per_target']}; loaded RSS {gib(t['baseline_rss'])}; update peak "
+                  f"{gib(t['phases']['train'].get('peak_rss'))}; max RSS {gib(t['max_rss'])}")
+        return
+    print(report(runs, args))
+
+
+if __name__ == "__main__":
+    main()
