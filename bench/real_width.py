@@ -258,8 +258,8 @@ def _parts(family: str) -> dict[str, tuple[str, Any]]:
     if family == "flux-kontext":
         return {
             "transformer": ("transformer", None),
-            "CLIP-L (layers)": ("text_encoder", lambda n: ".encoder.layers." in n),
-            "CLIP-L (embeddings, final norm)": ("text_encoder", lambda n: ".encoder.layers." not in n),
+            "CLIP-L (layers)": ("text_encoder", lambda n: "encoder.layers." in n),
+            "CLIP-L (embeddings, final norm)": ("text_encoder", lambda n: "encoder.layers." not in n),
             "T5-XXL (layers)": ("text_encoder_2", lambda n: n.startswith("encoder.block.")),
             "T5-XXL (embedding, final norm)": ("text_encoder_2", lambda n: not n.startswith("encoder.block.")),
             "VAE": ("vae", None),
@@ -278,9 +278,19 @@ def component_sizes(modules: dict[str, torch.nn.Module], family: str) -> dict[st
     """`{part: {"params": numel, "bytes": numel * element_size}}` of the given modules (exact)."""
     sizes = {}
     for part, (attribute, keep) in _parts(family).items():
-        params = [p for n, p in modules[attribute].named_parameters() if keep is None or keep(n)]
-        sizes[part] = {"params": sum(p.numel() for p in params), "bytes": sum(p.numel() * p.element_size() for p in params)}
+        # Not the LoRA layers peft added to the transformer: they are counted apart.
+        params = [p for n, p in modules[attribute].named_parameters() if "lora_" not in n and (keep is None or keep(n))]
+        sizes[part] = {"params": sum(p.numel() for p in params), "bytes": sum(p.numel() * p.element_size() for p in params),
+                       "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in params})}
     return sizes
+
+
+def page_in(modules: dict[str, torch.nn.Module]) -> None:
+    """Read every parameter and buffer once. The loaders map the saved safetensors files into memory, so a
+    weight enters the resident set only when first read; after this the RSS holds all of them."""
+    for module in modules.values():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.detach().reshape(-1)[:: max(1, 4096 // max(1, tensor.element_size()))].sum()
 
 
 def adapter_modules(adapter) -> dict[str, torch.nn.Module]:
@@ -538,13 +548,15 @@ def stage_train(args) -> dict:
 
     start = time.monotonic()
     trainer = MeasuredNFTTrainer(config)
-    loaded = time.monotonic()
-    baseline = rss()
     adapter = trainer.adapter
+    page_in(adapter_modules(adapter))
+    loaded = time.monotonic()
+    baseline, baseline_file = rss(), _status_kib("RssFile") * 1024
     sizes = component_sizes(adapter_modules(adapter), args.family)
     lora = trainer.policies.trainable_parameters()
     sizes["LoRA trained + old (float32)"] = {
-        "params": 2 * sum(p.numel() for p in lora), "bytes": 2 * sum(p.numel() * p.element_size() for p in lora)}
+        "params": 2 * sum(p.numel() for p in lora), "bytes": 2 * sum(p.numel() * p.element_size() for p in lora),
+        "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in lora})}
     summary = trainer.run()
     done = time.monotonic()
     metrics = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -561,10 +573,10 @@ def stage_train(args) -> dict:
             raise AssertionError(f"prompt_embeds {shapes['prompt_embeds']}: expected width 3584 and at least "
                                  f"{expected['prompt_embeds_min_length']} tokens (the source's image tokens)")
     lora_check = check_lora(work / "run" / "final", adapter.transformer, adapter.lora_target_modules)
-    dtypes = sorted({str(p.dtype) for m in adapter_modules(adapter).values() for p in m.parameters()})
     return {
-        "seconds_load": loaded - start, "seconds_run": done - loaded, "baseline_rss": baseline, "max_rss": max_rss(),
-        "phases": phases, "shapes": shapes, "sizes": sizes, "lora": lora_check, "base_dtypes": dtypes,
+        "seconds_load": loaded - start, "seconds_run": done - loaded, "baseline_rss": baseline,
+        "baseline_rss_file": baseline_file, "max_rss": max_rss(),
+        "phases": phases, "shapes": shapes, "sizes": sizes, "lora": lora_check,
         "loss": iteration.get("loss"), "grad_norm": iteration.get("grad_norm"), "reward_mean": iteration.get("reward_mean"),
         "summary": summary,
     }
@@ -676,7 +688,8 @@ def report(runs: list[dict], args) -> str:
                           "ru_maxrss train", "ru_maxrss build", "build + save", "load", "rollout", "NFT update",
                           "wall, both processes"], rows))
         t = mine[-1]["train"]
-        out.append(f"\nChecked (blocks {mine[-1]['blocks']}): shapes {t['shapes']}; base dtypes {t['base_dtypes']}; "
+        out.append(f"\nChecked (blocks {mine[-1]['blocks']}): shapes {t['shapes']}; dtypes "
+                   f"{ {k: v['dtypes'] for k, v in t['sizes'].items()} }; "
                    f"loss {t['loss']:.4g}, grad norm {t['grad_norm']:.3g}; LoRA: {t['lora']['modules']} modules, "
                    f"{t['lora']['keys']} keys, per target {t['lora']['per_target']}, (in, out) {t['lora']['in_out']}")
 

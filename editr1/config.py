@@ -66,6 +66,10 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     #: `torch.compile` the transformer (GPU: faster steps after a compile of a few minutes).
     compile: bool = False
+    #: Keep the text encoder(s) (Qwen2.5-VL; CLIP and T5) on the CPU, moved to the training device only
+    #: while they encode (`editr1 train`): frees their GPU memory during rollouts and the update. Changes
+    #: no numbers; each encoding pays two host-device copies of the encoder.
+    offload_text_encoder: bool = False
 
 
 @dataclass
@@ -78,6 +82,11 @@ class DataConfig:
     #: What a longer instruction does, decided when the data is loaded: an error naming file and
     #: line, or truncation to `max_prompt_tokens` (reported once, with the count).
     prompt_overflow: Literal["error", "truncate"] = "error"
+    #: A folder of precomputed conditions (`editr1 precompute CONFIG` writes it): `editr1 train` reads each
+    #: sample's encoded instruction and source images from it and never runs the text encoder (kept on
+    #: the CPU). Refused if built for another model, other settings, or other samples. null: encode while
+    #: training.
+    conditions_cache: str | None = field(default=None, metadata={"path": "always"})
 
 
 @dataclass

@@ -106,6 +106,7 @@ def test_imgedit_end_to_end_counts_failures_and_a_second_run_does_no_work(models
         # Without the official prompts, every output says the numbers are not comparable.
         assert not results["comparable"] and NOT_COMPARABLE in results["note"]
         assert NOT_COMPARABLE in (out / "samples.csv").read_text().splitlines()[0] and NOT_COMPARABLE in printed
+        assert all(not row["comparable"] and NOT_COMPARABLE in row["note"] for row in rows.values())
         assert (out / "types.png").is_file() and list((out / "gallery").glob("*.png"))
 
         edits_before = {p: p.read_bytes() for p in (out / "edits").glob("*.png")}
@@ -341,3 +342,51 @@ def test_a_folder_and_an_export_never_mix_two_models(models, benchmarks, tmp_pat
         assert _eval("imgedit", models["tiny:flux-kontext"], data, judge, tmp_path / "other", "--types", "style",
                      "--export-official", str(export)) == 2
     assert "exists with other content" in capsys.readouterr().err
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_results_of_a_straight_run(models, benchmarks, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, data = models["tiny:qwen-image-edit"], benchmarks["imgedit"]
+
+    def slow(reply):
+        return lambda text: Delay(0.2, reply(text))
+
+    def command(judge, out):
+        return [sys.executable, "-m", "editr1.cli.main", "eval", "imgedit", "--model", str(model), "--data", str(data),
+                "--judge", str(judge), "--out", str(out), "--steps", "8", "--no-pipeline-sizing", "--batch-size", "2",
+                "--limit", "6"]
+
+    def kill_when(process, ready, timeout=240):
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with ScriptedJudgeServer(Script(slow(imgedit_reply))) as server:
+        judge = _judge_yaml(tmp_path, server.base_url)
+        straight, killed = tmp_path / "straight", tmp_path / "killed"
+        assert _eval("imgedit", model, data, judge, straight, "--steps", "8", "--batch-size", "2", "--limit", "6") == 0
+        process = subprocess.Popen(command(judge, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kill_when(process, lambda: len(list((killed / "edits").glob("*.png"))) >= 2)  # mid-generation
+        cache = killed / "judgments.jsonl"
+        process = subprocess.Popen(command(judge, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kill_when(process, lambda: cache.is_file() and len(cache.read_text().splitlines()) >= 2)  # mid-judging
+        finished = subprocess.run(command(judge, killed), env=env, capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+
+    def outcome(out):
+        results = json.loads((out / "results.json").read_text())
+        return results["aggregate"], results["counts"], [{k: v for k, v in row.items() if k != "edit"} for row in _rows(out)]
+
+    assert outcome(killed) == outcome(straight)
+    for path in (straight / "edits").glob("*.png"):
+        assert (killed / "edits" / path.name).read_bytes() == path.read_bytes()

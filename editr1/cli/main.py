@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run in output_dir from its newest checkpoint (or from the beginning)")
 
+    precompute = commands.add_parser(
+        "precompute", help="encode every training and held-out sample's conditions once, into data.conditions_cache "
+                           "(which `editr1 train` then reads instead of running the text encoder)")
+    _add_config_args(precompute, "data.conditions_cache=cache/conditions")
+
     judge = commands.add_parser("judge", help="MLLM judges")
     judge_actions = judge.add_subparsers(dest="judge_action", required=True)
     distill = judge_actions.add_parser("distill", help="train the tiny Qwen2.5-VL judge to answer the shapes verifier's score")
@@ -138,6 +143,13 @@ def run(args: argparse.Namespace) -> None:
         from editr1.trainer.nft import run_nft
 
         print(json.dumps(run_nft(config, resume=args.resume), indent=2))
+    elif args.command == "precompute":
+        from editr1.config import NFTConfig, load_config
+
+        config = load_config(NFTConfig, args.config, args.overrides)
+        from editr1.trainer.conditions_cache import precompute_conditions
+
+        print(json.dumps(precompute_conditions(config), indent=2))
     elif args.command == "judge":
         from editr1.config import load_config
         from editr1.tasks.shapes.config import JudgeDistillConfig

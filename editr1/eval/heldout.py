@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ class HeldoutSet:
     samples: list[EditSample]
     resolution: int
     noise: torch.Tensor
-    _conditions: dict[tuple[int, int], Any] = field(default_factory=dict)
+    #: Where conditions come from: `source(samples, negative)` (e.g. a conditions cache); None: encoded
+    #: by the adapter, each sample alone (`encode_each`).
+    source: Callable[[list[EditSample], bool], Any] | None = None
+    _conditions: dict[tuple[int, int, bool], Any] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -34,13 +38,19 @@ class HeldoutSet:
         noise = torch.randn(count, *token_shape, generator=torch.Generator().manual_seed(seed))
         return cls(samples[:count], resolution, noise)
 
-    def conditions(self, adapter: Any, start: int, end: int) -> Any:
-        """Encoded once and cached: the text encoder is frozen."""
-        if (start, end) not in self._conditions:
+    def conditions(self, adapter: Any, start: int, end: int, negative: bool = False) -> Any:
+        """Samples `start:end` encoded once and cached (the text encoder is frozen); `negative`: with the
+        family's negative prompt instead of the instruction (true CFG's unconditional branch)."""
+        key = (start, end, negative)
+        if key not in self._conditions:
             chunk = self.samples[start:end]
-            sources = [source_images(s, self.resolution) for s in chunk]
-            self._conditions[start, end] = adapter.encode_conditions(sources, [s.prompt for s in chunk], self.resolution, self.resolution)
-        return self._conditions[start, end]
+            if self.source is not None:
+                self._conditions[key] = self.source(chunk, negative)
+            else:
+                prompts = [adapter.inference.negative_prompt if negative else s.prompt for s in chunk]
+                sources = [source_images(s, self.resolution) for s in chunk]
+                self._conditions[key] = adapter.encode_each(sources, prompts, self.resolution, self.resolution)
+        return self._conditions[key]
 
 
 @dataclass
@@ -74,13 +84,20 @@ def evaluate(
     size = heldout.resolution
     sigmas = adapter.sigmas(steps, size, size)
     scores, valid, edited, failures = [], [], [], {}
-    for start in range(0, len(heldout.samples), batch_size):
-        end = min(start + batch_size, len(heldout.samples))
+    chunks = [(start, min(start + batch_size, len(heldout.samples))) for start in range(0, len(heldout.samples), batch_size)]
+    # Every chunk's conditions first (cached after the first evaluation): offloaded text encoders move once.
+    with adapter.text_encoders_on_device():
+        for start, end in chunks:
+            heldout.conditions(adapter, start, end)
+            if cfg_scale != 1.0:
+                heldout.conditions(adapter, start, end, negative=True)
+    for start, end in chunks:
         chunk = heldout.samples[start:end]
         pixels = edit_batch(
             adapter, [source_images(s, size) for s in chunk], [s.prompt for s in chunk],
             heldout.noise[start:end].to(adapter.device), sigmas, size, size, batch_size=batch_size, sampler=sampler,
             cfg_scale=cfg_scale, guidance=guidance, transformer=transformer, conditions=heldout.conditions(adapter, start, end),
+            negative_conditions=heldout.conditions(adapter, start, end, negative=True) if cfg_scale != 1.0 else None,
         ).pixels
         result = reward.score(
             [source_tensors(s, size) for s in chunk], list(pixels), [s.prompt for s in chunk], [s.requirement for s in chunk]

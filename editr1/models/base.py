@@ -9,8 +9,11 @@ subclasses `EditModelAdapter`, used from a config by its dotted path or named in
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +27,47 @@ from editr1.errors import EditR1Error
 from editr1.models.lora_io import LoraSpec, save_lora
 
 
-@dataclass
 class Conditions:
     """Everything a velocity call needs besides the noisy latents, batch-first.
 
     `tensors` are sliced per sample; `shared` holds per-batch metadata that is the same for every
     sample (e.g. token-grid shapes at a fixed resolution).
+
+    `select` is lazy: it keeps a reference to the rows it was taken from and the index, and gathers
+    the rows only when `tensors` is first read (then keeps them). A selection of a selection composes
+    the indices, so repeating each group's conditions K times for a rollout and then taking the rows
+    of one sampler chunk or micro-batch gathers only that chunk's rows, never the K-fold batch.
     """
 
-    tensors: dict[str, torch.Tensor | None]
-    shared: dict = field(default_factory=dict)
+    def __init__(self, tensors: dict[str, torch.Tensor | None], shared: dict | None = None):
+        self._tensors: dict[str, torch.Tensor | None] | None = tensors
+        self.shared = {} if shared is None else shared
+        #: A lazy selection: the rows it was taken from, and which (None once gathered or when not one).
+        self._base: dict[str, torch.Tensor | None] | None = None
+        self._index: torch.Tensor | None = None
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor | None]:
+        if self._tensors is None:
+            index = self._index
+            self._tensors = {k: None if t is None else t[index.to(t.device)] for k, t in self._base.items()}
+        return self._tensors
 
     def select(self, index: torch.Tensor | list[int]) -> "Conditions":
-        """The rows `index` (with repeats), e.g. each group's conditions repeated K times."""
+        """The rows `index` (with repeats), e.g. each group's conditions repeated K times; gathered on
+        first use of `tensors`."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return Conditions(
-            {k: None if t is None else t[index.to(t.device)] for k, t in self.tensors.items()}, self.shared
-        )
+        selected = Conditions(None, self.shared)
+        if self._index is not None:
+            selected._base, selected._index = self._base, self._index[index.to(self._index.device)]
+        else:
+            selected._base, selected._index = self._tensors, index
+        return selected
+
+    def __repr__(self) -> str:
+        rows = self._index.numel() if self._index is not None else None
+        names = list((self._base if self._tensors is None else self._tensors).keys())
+        return f"Conditions({names}, shared={self.shared!r}" + (f", {rows} selected rows)" if rows is not None else ")")
 
 
 @dataclass(frozen=True)
@@ -60,8 +87,51 @@ class InferenceDefaults:
     max_references: int = 1
 
 
+def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """One-row tensors `(1, L_i, ...)` right-padded with zeros to the longest `L_i` and stacked into
+    `(B, max L_i, ...)`: how the families pad prompt embeddings, their masks and reference latents."""
+    length = max(row.shape[1] for row in rows)
+    batch = rows[0].new_zeros(len(rows), length, *rows[0].shape[2:])
+    for i, row in enumerate(rows):
+        batch[i, : row.shape[1]] = row[0]
+    return batch
+
+
+def _encoding_on_device(encode):
+    """`encode_conditions` with the text encoders on the adapter's device while it runs (when offloaded)."""
+
+    @functools.wraps(encode)
+    def encode_conditions(self, *args, **kwargs):
+        with self.text_encoders_on_device():
+            self._bring_text_encoders()
+            return encode(self, *args, **kwargs)
+
+    return encode_conditions
+
+
+def _placing_text_encoders(move):
+    """`to` followed by the placement of the text encoders: on the device, or on `offload_device`."""
+
+    @functools.wraps(move)
+    def to(self, device, *args, **kwargs):
+        result = move(self, device, *args, **kwargs)
+        self._place_text_encoders(device)
+        return result
+
+    return to
+
+
 class EditModelAdapter(ABC):
-    """One base-model family behind a small, uniform interface."""
+    """One base-model family behind a small, uniform interface.
+
+    Text-encoder offload (`model.offload_text_encoder`) is the base class's, for every family: a
+    subclass names its text encoders in `text_encoders()`, and the base class wraps the subclass's
+    own `to` and `encode_conditions` (`__init_subclass__`). With `offload_text_encoder` set, `to(device)`
+    leaves the text encoders on `offload_device` (the CPU), and each `encode_conditions` call moves them
+    to the adapter's device while it runs and back when it returns (its outputs stay on the device).
+    Inside `text_encoders_on_device()` they go back only when that context ends: a caller that encodes
+    many batches at once moves them once.
+    """
 
     #: The family's name in messages (and in `editr1.models.registry.FAMILIES` for a built-in one).
     family: str
@@ -78,6 +148,53 @@ class EditModelAdapter(ABC):
     lora_target_modules: tuple[str, ...]
     #: Pixel area the source image is resized to for conditioning; None: the target size.
     condition_area: int | None = None
+    #: Keep the text encoders (`text_encoders()`) on `offload_device` except while `encode_conditions` runs.
+    offload_text_encoder: bool = False
+    #: Where offloaded text encoders wait: the CPU.
+    offload_device: torch.device = torch.device("cpu")
+    _encoding_depth: int = 0
+    _text_encoders_on_device: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "to" in cls.__dict__:
+            cls.to = _placing_text_encoders(cls.__dict__["to"])
+        if "encode_conditions" in cls.__dict__:
+            cls.encode_conditions = _encoding_on_device(cls.__dict__["encode_conditions"])
+
+    def text_encoders(self) -> list[nn.Module]:
+        """The modules that encode instructions and run only inside `encode_conditions` (Qwen2.5-VL; CLIP
+        and T5), which `offload_text_encoder` keeps on the CPU. A family whose `to` does not move them
+        leaves that to the base class, which puts them on the device or the CPU after `to`. Default:
+        none (and then the trainer refuses `model.offload_text_encoder`)."""
+        return []
+
+    def _place_text_encoders(self, device: torch.device | str) -> None:
+        target = self.offload_device if self.offload_text_encoder else torch.device(device)
+        for module in self.text_encoders():
+            module.to(target)
+
+    @contextmanager
+    def text_encoders_on_device(self) -> Iterator[None]:
+        """While it lasts, offloaded text encoders that an `encode_conditions` call inside it brought to the
+        adapter's device (`device`) stay there; they go back to `offload_device` when it ends. So a caller
+        that encodes many batches moves them once, and one that encodes nothing moves nothing. Without
+        offload it does nothing."""
+        self._encoding_depth += 1
+        try:
+            yield
+        finally:
+            self._encoding_depth -= 1
+            if not self._encoding_depth and self._text_encoders_on_device:
+                for module in self.text_encoders():
+                    module.to(self.offload_device)
+                self._text_encoders_on_device = False
+
+    def _bring_text_encoders(self) -> None:
+        if self.offload_text_encoder and not self._text_encoders_on_device:
+            for module in self.text_encoders():
+                module.to(self.device)
+            self._text_encoders_on_device = True
 
     @abstractmethod
     def use_pipeline_sizing(self) -> "EditModelAdapter":
@@ -101,7 +218,8 @@ class EditModelAdapter(ABC):
 
     @abstractmethod
     def to(self, device: torch.device | str) -> "EditModelAdapter":
-        """Move every component to `device`."""
+        """Move every component to `device`; the text encoders (`text_encoders()`) may be left out: the
+        base class places them afterwards (on `device`, or on `offload_device` when offloaded)."""
 
     #: The diffusers pipeline class whose `load_lora_weights` reads this family's exported LoRAs.
     lora_pipeline: type
@@ -163,7 +281,78 @@ class EditModelAdapter(ABC):
 
     @abstractmethod
     def encode_conditions(self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int) -> Conditions:
-        """Encode the instruction and the source image(s) of each sample, once per group."""
+        """Encode the instruction and the source image(s) of each sample, once per group. With
+        `offload_text_encoder`, the base class runs it with the text encoders on the device."""
+
+    def encode_each(self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int) -> Conditions:
+        """`encode_conditions` of each sample alone, joined into one batch by `join_conditions`.
+
+        A sample's conditions then do not depend on the other samples of its batch: VAE convolutions and
+        the text encoders are not bitwise batch-invariant (last bits of a float), so this is what makes
+        a cached encoding (`editr1 precompute`) exactly the one computed during training, and a run
+        independent of how groups fall into batches and processes. The text encoders move once."""
+        with self.text_encoders_on_device():
+            rows = [self.encode_conditions([images], [prompt], height, width) for images, prompt in zip(sources, prompts)]
+        return self.join_conditions(rows)
+
+    def split_conditions(self, conditions: Conditions) -> list[Conditions]:
+        """One `Conditions` per row of a batch from `encode_conditions`, without the batch's padding:
+        the shapes encoding that sample alone gives. `join_conditions` is its inverse. Default: every
+        row as it is (a family that pads a batch overrides this and `join_conditions`)."""
+        tensors = conditions.tensors
+        rows = next((t.shape[0] for t in tensors.values() if t is not None), 0)
+        return [Conditions({k: None if t is None else t[i : i + 1] for k, t in tensors.items()}, conditions.shared)
+                for i in range(rows)]
+
+    def join_conditions(self, rows: list[Conditions], device: torch.device | str | None = None) -> Conditions:
+        """The batch `encode_conditions` returns for these samples, from their one-sample conditions
+        (`split_conditions`, or `encode_conditions` of one sample): padded as it pads, each tensor on
+        `device` (default: the adapter's) unless the family keeps it elsewhere. Default: rows of equal
+        shapes concatenated; per-batch `shared` metadata must be the same for every row."""
+        return Conditions(self._join_tensors(rows, {}, device), self._joined_shared(rows))
+
+    def _join_tensors(self, rows: list[Conditions], padded: dict[str, bool], device: torch.device | str | None,
+                      on_cpu: tuple[str, ...] = ()) -> dict[str, torch.Tensor | None]:
+        """Concatenate each tensor of `rows`; those named in `padded` are right-padded with zeros along
+        dimension 1; those in `on_cpu` stay on the CPU, the others go to `device`."""
+        device = self.device if device is None else torch.device(device)
+        joined = {}
+        for name in rows[0].tensors:
+            parts = [row.tensors[name] for row in rows]
+            if any(part is None for part in parts):
+                if not all(part is None for part in parts):
+                    raise EditR1Error(f"conditions '{name}': present for some samples of a batch and not for others")
+                joined[name] = None
+                continue
+            if name in padded:
+                value = pad_rows(parts)
+            else:
+                if len({part.shape[1:] for part in parts}) > 1:
+                    raise EditR1Error(f"conditions '{name}': samples of one batch have different shapes "
+                                      f"{sorted({tuple(p.shape[1:]) for p in parts})}; batch samples of one size together")
+                value = torch.cat(parts)
+            joined[name] = value if name in on_cpu else value.to(device)
+        return joined
+
+    @staticmethod
+    def _joined_shared(rows: list[Conditions]) -> dict:
+        shared = rows[0].shared
+        for row in rows[1:]:
+            if row.shared != shared:
+                raise EditR1Error(f"conditions of one batch differ in their per-batch settings ({shared} vs {row.shared}); "
+                                  "batch samples of one size together")
+        return shared
+
+    def conditioning_settings(self) -> dict:
+        """Everything besides a sample's images and instruction (and the target size) that
+        `encode_conditions` depends on, as JSON values: a conditions cache (`editr1 precompute`) built
+        under other settings is refused. Families add their prompt templates and text lengths."""
+        return {
+            "adapter": f"{type(self).__module__}:{type(self).__qualname__}",
+            "condition_area": self.condition_area,
+            "dtype": str(self.transformer.dtype),
+            "text_encoder_dtypes": [str(next(m.parameters()).dtype) for m in self.text_encoders()],
+        }
 
     @abstractmethod
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

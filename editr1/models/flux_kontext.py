@@ -134,11 +134,17 @@ class FluxKontextAdapter(EditModelAdapter):
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
     def to(self, device: torch.device | str) -> "FluxKontextAdapter":
-        self.transformer.to(device)
-        self.text_encoder.to(device)
-        self.text_encoder_2.to(device)
+        self.transformer.to(device)  # CLIP and T5: placed by the base class (they may be offloaded)
         self.codec.to(device)
         return self
+
+    def text_encoders(self) -> list[nn.Module]:
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
+
+    def conditioning_settings(self) -> dict:
+        # Every batch pads T5 to `max_sequence_length` and CLIP to its 77: the base class's join fits.
+        return {**super().conditioning_settings(), "max_sequence_length": self.max_sequence_length,
+                "clip_max_length": self.tokenizer.model_max_length}
 
     # ---- geometry ------------------------------------------------------------------------------
     @torch.no_grad()

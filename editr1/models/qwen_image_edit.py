@@ -141,10 +141,12 @@ class QwenImageEditAdapter(EditModelAdapter):
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
     def to(self, device: torch.device | str) -> "QwenImageEditAdapter":
-        self.transformer.to(device)
-        self.text_encoder.to(device)
+        self.transformer.to(device)  # the text encoder: placed by the base class (it may be offloaded)
         self.codec.to(device)
         return self
+
+    def text_encoders(self) -> list[nn.Module]:
+        return [self.text_encoder] if self.text_encoder is not None else []
 
     # ---- geometry ------------------------------------------------------------------------------
     @staticmethod
@@ -207,6 +209,24 @@ class QwenImageEditAdapter(EditModelAdapter):
             {"prompt_embeds": embeds, "prompt_mask": mask, "image_tokens": image_tokens},
             {"img_shapes": [(1, h // 2, w // 2), (1, ch // 2, cw // 2)]},
         )
+
+    def split_conditions(self, conditions: Conditions) -> list[Conditions]:
+        """Each row without the batch's text padding (its own prompt length)."""
+        rows = super().split_conditions(conditions)
+        for row in rows:
+            length = int(row.tensors["prompt_mask"].sum())
+            row.tensors["prompt_embeds"] = row.tensors["prompt_embeds"][:, :length]
+            row.tensors["prompt_mask"] = row.tensors["prompt_mask"][:, :length]
+        return rows
+
+    def join_conditions(self, rows: list[Conditions], device: torch.device | str | None = None) -> Conditions:
+        """Prompt embeddings and masks right-padded with zeros to the longest, as `_encode_prompts` pads."""
+        padded = {"prompt_embeds": True, "prompt_mask": True}
+        return Conditions(self._join_tensors(rows, padded, device), self._joined_shared(rows))
+
+    def conditioning_settings(self) -> dict:
+        return {**super().conditioning_settings(), "prompt_template": PROMPT_TEMPLATE,
+                "prompt_drop_index": self.prompt_drop_index}
 
     def _encode_prompts(self, texts: list[str], images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """The VL encoder's last hidden states of each chat `texts[i]` (its images, in order, are the next

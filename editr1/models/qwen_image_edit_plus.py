@@ -172,6 +172,27 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
             {"target_grid": (h // 2, w // 2)},
         )
 
+    def split_conditions(self, conditions: Conditions) -> list[Conditions]:
+        """Each row without the batch's padding: its own prompt length, references and their latents."""
+        rows = super().split_conditions(conditions)
+        for row in rows:
+            grids = row.tensors["reference_grids"]
+            count = int((grids[0, :, 0] > 0).sum())
+            tokens = int((grids[0, :count, 0] * grids[0, :count, 1]).sum())
+            row.tensors["reference_grids"] = grids[:, :count]
+            row.tensors["image_tokens"] = row.tensors["image_tokens"][:, :tokens]
+        return rows
+
+    def join_conditions(self, rows: list[Conditions], device: torch.device | str | None = None) -> Conditions:
+        """Text, reference latents and grids right-padded with zeros as `encode_conditions` pads them;
+        the grids stay on the CPU."""
+        padded = {"prompt_embeds": True, "prompt_mask": True, "image_tokens": True, "reference_grids": True}
+        return Conditions(self._join_tensors(rows, padded, device, on_cpu=("reference_grids",)), self._joined_shared(rows))
+
+    def conditioning_settings(self) -> dict:
+        return {**super().conditioning_settings(), "prompt_template": PROMPT_TEMPLATE, "picture_template": PICTURE_TEMPLATE,
+                "text_condition_area": self.text_condition_area}
+
     # ---- denoising -----------------------------------------------------------------------------
     def velocity(
         self,

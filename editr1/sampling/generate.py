@@ -124,11 +124,13 @@ def edit_batch(
     guidance: float | None = None,
     transformer: torch.nn.Module | None = None,
     conditions: Any = None,
+    negative_conditions: Any = None,
     on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> EditedBatch:
     """Edit every sample (its source images and instruction) `repeats` times from `noise` (one row per
-    edit): encode the conditions once per sample (or take them cached), sample in chunks of
+    edit): encode the conditions once per sample (or take them cached: `conditions`, and with true CFG
+    `negative_conditions`, one row per sample), sample in chunks of
     `batch_size`, decode each chunk. True CFG combines as the family's pipeline does
     (`model.inference`), with the family's negative prompt unless `negative_prompt` is given. `on_batch(rows, pixels)` sees each decoded chunk, so a caller can score it
     while the next one is sampled; `on_step(step, steps)` follows the sampler."""
@@ -137,8 +139,10 @@ def edit_batch(
     sample_of_row = torch.arange(len(prompts)).repeat_interleave(repeats)
     negative = None
     if cfg_scale != 1.0:
-        negative_prompts = [model.inference.negative_prompt if negative_prompt is None else negative_prompt] * len(prompts)
-        negative = model.encode_conditions(list(sources), negative_prompts, height, width).select(sample_of_row)
+        if negative_conditions is None:
+            negative_prompts = [model.inference.negative_prompt if negative_prompt is None else negative_prompt] * len(prompts)
+            negative_conditions = model.encode_conditions(list(sources), negative_prompts, height, width)
+        negative = negative_conditions.select(sample_of_row)
     decoded = []
 
     def decode(rows: torch.Tensor, latents: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from editr1.config import ModelConfig
+from editr1.errors import EditR1Error
 from editr1.models.base import EditModelAdapter
 from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import build_tiny, load_adapter
@@ -24,6 +25,10 @@ def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0, 
     else:
         adapter = load_adapter(config.path, family=config.family, torch_dtype=dtype, field=f"{section}.family")
     adapter.condition_area = config.condition_area
+    if config.offload_text_encoder and not adapter.text_encoders():
+        raise EditR1Error(f"{section}.offload_text_encoder: the {type(adapter).__qualname__} adapter names no text "
+                          "encoders (its text_encoders() is empty), so there is nothing to offload")
+    adapter.offload_text_encoder = config.offload_text_encoder
     if config.gradient_checkpointing:
         adapter.transformer.enable_gradient_checkpointing()
         # cuDNN attention crashed intermittently (illegal memory access) in the checkpointed backward with a

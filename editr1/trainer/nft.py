@@ -46,6 +46,7 @@ from editr1.rl.old_policy import old_policy_decay
 from editr1.sampling.generate import edit_batch
 from editr1.trainer.async_scoring import RolloutScorer
 from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
+from editr1.trainer.conditions_cache import open_for_run
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model, lora_spec
 from editr1.trainer.policies import PolicySet
@@ -86,7 +87,7 @@ LOCKED = ("seed", "model", "data", "rollout", "rl", "optim", "reward", "eval.sam
 #: ...except these, which change how much is computed at once, never what: a run that ran out of memory
 #: resumes with smaller batches.
 RESUME_SAFE = ("optim.micro_batch", "rollout.batch_size", "eval.batch_size", "model.gradient_checkpointing",
-               "model.compile", "reward.overlap")
+               "model.compile", "reward.overlap", "model.offload_text_encoder", "data.conditions_cache")
 
 
 def resume_safe_fields(config: NFTConfig) -> tuple[str, ...]:
@@ -133,7 +134,8 @@ class NFTTrainer:
         self.size = config.model.resolution
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         torch.manual_seed(config.seed)
-        self.adapter = build_model(config.model, [s.prompt for s in self.train_samples], seed=config.seed)
+        corpus = [s.prompt for s in self.train_samples]
+        self.adapter = build_model(config.model, corpus, seed=config.seed)
         # Sampler schedules are checked before anything is written (a step count a schedule cannot take).
         self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
         if evaluating:
@@ -147,6 +149,14 @@ class NFTTrainer:
                                       config.data.prompt_overflow)
             token_shape = self.adapter.latent_token_shape(self.size, self.size)
             self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)
+        # Conditions: read from the cache (checked to hold every sample, unchanged), or each sample encoded alone.
+        self.cache = None
+        if config.data.conditions_cache:
+            self.cache = open_for_run(config, self.adapter, corpus, self.train_samples,
+                                      self.heldout.samples if self.heldout is not None else None)
+            self.adapter.offload_text_encoder = True  # never run: it stays on the CPU
+            if self.heldout is not None:
+                self.heldout.source = lambda samples, negative: self.cache.conditions(self.adapter, "heldout", samples, negative)
         if self.is_main:
             self.run_folder.start(config)
             if checkpoint is None:
@@ -269,6 +279,9 @@ class NFTTrainer:
         noise = torch.randn(self.layout.total_rows, *shape, generator=generator_for(self.config.seed, step, "rollout-noise"))[rows]
         self.phases["rollout"].restart(math.ceil(noise.shape[0] / rollout_config.batch_size))
         sources = [source_tensors(s, size) for s in samples]
+        with self.adapter.text_encoders_on_device():  # offloaded text encoders move once
+            conditions = self._conditions(samples)
+            negative = self._conditions(samples, negative=True) if rollout_config.cfg_scale != 1.0 else None
 
         def score_batch(rows: torch.Tensor, pixels: torch.Tensor) -> None:
             # Scored in the background while the next batch is sampled.
@@ -282,10 +295,18 @@ class NFTTrainer:
                 self.adapter, [source_images(s, size) for s in samples], [s.prompt for s in samples],
                 noise.to(self.adapter.device), self.sigmas, size, size, repeats=k, batch_size=rollout_config.batch_size,
                 sampler=rollout_config.sampler, cfg_scale=rollout_config.cfg_scale, guidance=rollout_config.guidance,
-                transformer=old, on_batch=score_batch,
+                transformer=old, conditions=conditions, negative_conditions=negative, on_batch=score_batch,
             )
         scored, compute_seconds = self.scorer.collect()
         return Rollout(indices, edited.conditions, sources, edited.latents, edited.pixels, scored, compute_seconds)
+
+    def _conditions(self, samples: list[EditSample], negative: bool = False) -> Conditions:
+        """The training samples' conditions (with the family's negative prompt when `negative`), one row per
+        sample: from the conditions cache, or encoded each alone (what the cache holds, bit for bit)."""
+        if self.cache is not None:
+            return self.cache.conditions(self.adapter, "train", samples, negative)
+        prompts = [self.adapter.inference.negative_prompt if negative else s.prompt for s in samples]
+        return self.adapter.encode_each([source_images(s, self.size) for s in samples], prompts, self.size, self.size)
 
     def _train(self, step: int, rollout: Rollout, r: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
         """Accumulate the NFT loss over kept samples x rollout timesteps, then one optimizer step.

@@ -68,7 +68,7 @@ OUTPUTS = ("metrics.jsonl", "tensorboard", "eval", "checkpoints", "model", "held
 LOCKED = ("seed", "model", "data", "steps", "batch_size", "lr", "lr_schedule", "warmup_steps", "weight_decay",
           "grad_clip", "ema_decay", "eval.samples", "eval.steps", "eval.sampler", "eval.cfg_scale", "eval.guidance",
           "eval.seed", "eval.reward")
-RESUME_SAFE = ("model.gradient_checkpointing", "model.compile", "eval.batch_size")
+RESUME_SAFE = ("model.gradient_checkpointing", "model.compile", "eval.batch_size", "model.offload_text_encoder")
 #: What only a finished run has.
 FINISHED = ("model", "heldout_curve.png")
 
@@ -77,6 +77,9 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     run_dir = Path(config.output_dir)
     run_folder = RunFolder(run_dir, OUTPUTS, FINISHED, LOCKED,
                            unlocked=(*RESUME_SAFE, *resume_safe_reward_fields("eval.reward", config.eval.reward)))
+    if config.data.conditions_cache:
+        raise ConfigError("data.conditions_cache: `editr1 sft` encodes its batches as it trains and reads no "
+                          "conditions cache; set it to null (it is for `editr1 train`)")
     checkpoint = run_folder.prepare(config, resume)
     # Every input is read and checked before anything is written.
     size = config.model.resolution

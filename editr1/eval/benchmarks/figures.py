@@ -407,15 +407,15 @@ def _safe_name(task_type: str) -> str:
 
 
 def gallery(rows: Sequence[Mapping[str, Any]], results_dir: str | Path, out_dir: str | Path,
-            per_type: int = 3) -> list[Path]:
+            per_type: int = 3, note: str = "") -> list[Path]:
     """One PNG per task type with its `per_type` best and `per_type` worst scored samples (headline
     metric: ImgEdit's score, GEdit's O; ties broken by key). Each grid row is source | edit, captioned
     with the scores, titled with the key, instruction and the start of the judge's reasoning.
 
     Files go to ``out_dir/gallery/<type>.png`` (or ``out_dir/<type>.png`` when `out_dir` is itself named
     ``gallery``). Unscored samples are never shown; a type without a scored sample gets no file. Image
-    paths in the rows are relative to `results_dir` (or absolute). Returns the paths written, in the
-    benchmark's type order."""
+    paths in the rows are relative to `results_dir` (or absolute). `note` (e.g. that the scores are not
+    comparable with published ones) heads every grid. Returns the paths written, in the benchmark's type order."""
     if per_type < 1:
         raise ValueError(f"per_type must be at least 1, got {per_type}")
     if not rows:
@@ -439,12 +439,15 @@ def gallery(rows: Sequence[Mapping[str, Any]], results_dir: str | Path, out_dir:
         grid_rows, captions, titles = [], [], []
         for tag, items in (("best", best), ("worst", worst)):
             for value, key, row in items:
+                tag = tag if len(ranked) > per_type else "scored"  # too few to call any of them best or worst
                 source, ok_s = display_image(resolve_path(results_dir, row.get("source")))
                 edit, ok_e = display_image(resolve_path(results_dir, row.get("edit")))
                 grid_rows.append([source, edit])
                 captions.append(["source" if ok_s else "source missing",
                                  format_metrics(row.get("metrics") or {}, names) if ok_e else "edit missing"])
                 title = f"{tag} {key}{language_tag(benchmark, key, row.get('language'))}: {row.get('instruction', '')}"
+                if note and not titles:
+                    title = f"note: {note}\n{title}"
                 reasoning = judge_reasoning(row, benchmark)
                 if reasoning:
                     title += f"\njudge: {reasoning}"

@@ -439,7 +439,9 @@ def _unscored_by_type(rows: list[dict]) -> dict[str, dict[str, int]]:
 
 def write_results(out: Path, results: dict, rows: list[dict]) -> None:
     write_text_atomic(out / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False))
-    write_text_atomic(out / SAMPLES_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    # Every row says whether its scores compare with published ones (and why not).
+    marked = [{**row, "comparable": results["comparable"], "note": results["note"]} for row in rows]
+    write_text_atomic(out / SAMPLES_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in marked))
     text = io.StringIO()
     metrics = results["metrics"]
     writer = csv.writer(text)
@@ -452,7 +454,7 @@ def write_results(out: Path, results: dict, rows: list[dict]) -> None:
     # Every file says whether its numbers compare with published ones.
     write_text_atomic(out / "samples.csv", (f"# {results['note']}\n" if results["note"] else "") + text.getvalue())
     type_bar_chart(results, out / "types.png")
-    gallery(rows, out, out / "gallery")
+    gallery(rows, out, out / "gallery", note=results["note"])
 
 
 def export_jsonl(protocol: Protocol, samples: list[BenchSample], out: Path) -> Path:

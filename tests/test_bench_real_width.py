@@ -1,0 +1,72 @@
+"""bench/real_width.py: the published configurations it hard-codes count what docs/real_scale.md says, and one
+NFT iteration of FLUX.1 Kontext at its real widths (one block of each kind, 256^2, bf16) runs through the
+trainer with every LoRA target matched (about 2 minutes and 3.5 GiB of RSS on a 2-core CPU)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "real_width.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("real_width", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.mark.parametrize("family", ["qwen-image-edit", "flux-kontext"])
+def test_full_depth_counts_match_the_page(bench, family):
+    """Non-block parameters + N x the exact per-block counts (meta device) = the page's totals, to its rounding."""
+    exact = bench.per_block(family)
+    for name, (counted, page) in exact["extrapolated"].items():
+        # The page gives 2 decimals of billions (LoRA: 1 decimal of millions); it shows the LM head's
+        # 0.544997 B as 0.55.
+        tolerance = 0.05e6 if "LoRA" in name else 0.0051e9
+        assert abs(counted - page) <= tolerance, (name, counted, page)
+    blocks = {name: row["params"] for name, row in exact["blocks"].items()}
+    if family == "flux-kontext":
+        assert blocks == {"double-stream block": 339_831_296, "single-stream block": 141_591_808,
+                          "T5-XXL layer": 192_946_176, "CLIP-L layer": 7_087_872}
+    else:
+        # The MMDiT block of both families is the same at 24 x 128 heads: 339.83 M parameters.
+        assert blocks == {"transformer block": 339_831_296, "Qwen2.5-VL decoder layer": 233_057_792,
+                          "Qwen2.5-VL vision block": 19_702_200}
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the resident set from /proc (Linux)")
+def test_one_real_width_flux_iteration(tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--family", "flux-kontext", "--blocks", "1", "--size", "256", "--quick",
+         "--json", str(out), "--tmp", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "flux-kontext blocks 1: OK" in proc.stdout
+    (run,) = json.loads(out.read_text())
+    train = run["train"]
+    # Real widths and token counts: 16 latent channels x 2x2 patches, 256 target tokens at 256^2, T5's 512 x 4096, CLIP's 768.
+    assert train["shapes"] == {"latents": [2, 256, 64], "image_tokens": [1, 256, 64], "prompt_embeds": [1, 512, 4096],
+                               "pooled_prompt_embeds": [1, 768]}
+    lora = train["lora"]
+    assert all(n > 0 for n in lora["per_target"].values()) and len(lora["per_target"]) == 8
+    assert lora["keys"] == 2 * lora["modules"] and lora["in_out"] == [[3072, 3072]]
+    sizes = train["sizes"]
+    assert sizes["transformer"]["dtypes"] == ["bfloat16"] and sizes["LoRA trained + old (float32)"]["dtypes"] == ["float32"]
+    # One double + one single block + the embeddings, exactly, 2 bytes each.
+    assert sizes["transformer"]["params"] == 545_548_096
+    assert sizes["transformer"]["bytes"] == 2 * sizes["transformer"]["params"]
+    assert train["baseline_rss"] >= sum(v["bytes"] for v in sizes.values())  # every weight is resident
+    assert train["phases"]["train"]["seconds"] > 0 and train["loss"] == train["loss"]  # finite, ran
+    assert not any(Path(tmp_path).glob("real_width_*")), "the saved model folder was left behind"
