@@ -636,7 +636,14 @@ def transformer_config(family: str, depth: int | None) -> tuple[type, dict]:
 
 def text_encoder_builders(family: str, depth: int | None, tokenizers: dict) -> list[Callable[[], nn.Module]]:
     """Constructors of the family's full-size text encoders (random weights), cut to `depth` layers."""
-    from transformers import CLIPTextConfig, CLIPTextModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        T5Config,
+        T5EncoderModel,
+    )
 
     cut = (lambda n: n) if depth is None else (lambda n: min(n, depth))
     if family == "flux-kontext":
@@ -686,7 +693,12 @@ def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
 
     cls, config = transformer_config(family, args.depth)
     if family == "flux-kontext":
-        from editr1.models.tiny_flux_kontext import BASE_CORPUS, SCHEDULER_CONFIG, build_tiny_clip_tokenizer, build_tiny_t5_tokenizer
+        from editr1.models.tiny_flux_kontext import (
+            BASE_CORPUS,
+            SCHEDULER_CONFIG,
+            build_tiny_clip_tokenizer,
+            build_tiny_t5_tokenizer,
+        )
 
         corpus = [*BASE_CORPUS, PROMPT]
         tokenizers = {"clip": build_tiny_clip_tokenizer(corpus), "t5": build_tiny_t5_tokenizer(corpus)}
@@ -698,14 +710,18 @@ def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
 
         tokenizers = {"qwen": build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, chat_text("", MAX_REFERENCES), PROMPT])}
     encoders = text_encoder_builders(family, args.depth, tokenizers) if args.with_text_encoder else []
-    vae_builder = (lambda: AutoencoderKL(**FLUX_VAE)) if family == "flux-kontext" else (lambda: AutoencoderKLQwenImage(**QWEN_IMAGE_VAE))
+    if family == "flux-kontext":
+        vae_builder = lambda: AutoencoderKL(**FLUX_VAE)  # noqa: E731
+    else:
+        vae_builder = lambda: AutoencoderKLQwenImage(**QWEN_IMAGE_VAE)  # noqa: E731
     needed = _meta_bytes([lambda: cls(**config), vae_builder, *encoders], dtype)
     available = free_memory(device)
     if needed * 1.15 + 2 * GIB > available:
         raise BenchError(
-            f"the {family} weights{' (with text encoders)' if encoders else ''} at depth "
-            f"{args.depth or 'full'} need {needed / GIB:.1f} GiB in {dtype}, and {device} has {available / GIB:.1f} GiB "
-            "free: pass --depth N to cut the transformer, or run on a larger device"
+            f"the {family} weights{' with text encoders' if encoders else ''} "
+            f"({'full depth' if args.depth is None else f'--depth {args.depth}'}, {str(dtype).removeprefix('torch.')}) "
+            f"need {needed / GIB:.1f} GiB and {device} has {available / GIB:.1f} GiB free: pass --depth N to cut the "
+            "transformer, or run on a larger device"
         )
     with constructing(device, dtype):
         transformer = cls(**config).eval()
@@ -743,7 +759,8 @@ def synthetic_encode(adapter, family: str, sources: list, size: int, seed: int) 
         shared = {"token_grids": (grid, grid)}
     else:
         text = round(size / 28) ** 2 + QWEN_TEXT_OVERHEAD[family]  # the VL image tokens of the source, + the chat's
-        tensors = {"prompt_embeds": torch.randn(groups, text, QWEN_IMAGE_TRANSFORMER["joint_attention_dim"], generator=generator),
+        width = QWEN_IMAGE_TRANSFORMER["joint_attention_dim"]
+        tensors = {"prompt_embeds": torch.randn(groups, text, width, generator=generator),
                    "prompt_mask": torch.ones(groups, text, dtype=torch.long)}
         if family == "qwen-image-edit":
             shared = {"img_shapes": [(1, *grid), (1, *grid)]}
@@ -849,7 +866,9 @@ def _fmt(value: float | None, spec: str, scale: float = 1.0, suffix: str = "") -
 
 def print_table(family: str, result: dict, rows: dict) -> None:
     t = result["tokens"]
-    print(f"\n== {family}: {result['transformer_parameters'] / 1e9:.2f} B transformer parameters, "
+    params = result["transformer_parameters"]
+    params = f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.2f} M"
+    print(f"\n== {family}: {params} transformer parameters, "
           f"{result['transformer_blocks']} blocks; tokens per row: {t['target']} target + {t['reference']} reference "
           f"+ {t['text']} text; {result['rollout_forwards']} rollout forwards, {result['micro_steps']} micro-steps; "
           f"guidance {result['guidance']}")
@@ -961,6 +980,8 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers
     import peft
 
+    from editr1.errors import EditR1Error
+
     dtype_name = str(dtype).removeprefix("torch.")
     measure_peak = device.type == "cpu" and not args.peak_tflops
     if device.type == "cuda":
@@ -1003,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "phases": rows}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    except BenchError as error:
+    except (BenchError, EditR1Error) as error:
         print(f"gpu_iteration: error: {error}", file=sys.stderr)
         return 1
     report["peak_flops"] = peak
