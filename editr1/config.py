@@ -108,6 +108,9 @@ class RolloutConfig:
     cfg_scale: float = 1.0
     guidance: float | None = None
     batch_size: int = 64
+    #: Roll out with the old LoRA merged into the base weights (no adapter matmuls; the base is restored
+    #: from a CPU copy afterwards, bit for bit).
+    merge_old_adapter: bool = False
 
 
 @dataclass

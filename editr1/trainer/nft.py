@@ -290,7 +290,8 @@ class NFTTrainer:
                                [samples[g].requirement for g in groups])
             self.phases["rollout"].advance()
 
-        with self.policies.use("old") as old:
+        old_policy = self.policies.merged_old() if rollout_config.merge_old_adapter else self.policies.use("old")
+        with old_policy as old:
             edited = edit_batch(
                 self.adapter, [source_images(s, size) for s in samples], [s.prompt for s in samples],
                 noise.to(self.adapter.device), self.sigmas, size, size, repeats=k, batch_size=rollout_config.batch_size,
