@@ -3,6 +3,8 @@
     .venv/bin/python bench/real_width.py                                   # every family, 1 block, 512^2, bf16
     .venv/bin/python bench/real_width.py --family qwen-image-edit --blocks 1 2   # per-block memory
     .venv/bin/python bench/real_width.py --family flux-kontext --size 256 --quick  # CI (tests/test_bench_real_width.py)
+    .venv/bin/python bench/real_width.py --from-json runs.json                  # the report of an earlier --json
+    .venv/bin/python bench/real_width.py --lora-dtype                           # activations: bf16 vs float32 LoRA
 
 What is built. For each family, the full-size configurations below with their depth cut (random weights,
 nothing downloaded), in `--dtype` (bf16):
@@ -38,11 +40,18 @@ What it measures:
 - Parameters per component, exactly: `numel` and `numel * element_size` of the loaded modules. Per block:
   exact counts of the block modules (the same configurations built on PyTorch's meta device), and the
   full-depth extrapolation (non-block parameters + N x per block) beside docs/real_scale.md's totals.
-- Memory, as the process's resident set (RSS, Linux): the RSS once the trainer has loaded the model (the
-  loaded-model baseline), and the peak RSS of its rollout and NFT-update phases (the kernel's high-water
-  mark `VmHWM`, reset through `/proc/self/clear_refs` when each phase starts). With `--blocks 1 2` the
-  difference between the two depths gives the weights and the activation peak per added block.
-  `ru_maxrss` (the lifetime peak of each process, loading included) is reported too.
+- Memory, as the process's resident set (RSS, Linux): the RSS once the trainer has loaded the model and
+  every weight has been read once (the loaders map the safetensors files, so an unread weight is not yet
+  resident): the loaded-model baseline; then the peak RSS of the trainer's rollout and NFT-update phases
+  (the kernel's high-water mark `VmHWM`, reset through `/proc/self/clear_refs` when each phase starts),
+  and of one more VAE decode of the rollout's latents alone. `ru_maxrss` (the lifetime peak of each
+  process, loading included) is reported too. RSS counts what the allocator holds, freed or not.
+- The activations of one NFT micro-step exactly: the bytes of the distinct storages autograd saves for the
+  backward of each forward with grad (`torch.autograd.graph.saved_tensors_hooks`, parameters excluded).
+- With `--blocks 1 2`, the difference between the two depths gives each of these per added block.
+- `--lora-dtype` (alone, no iteration): the bytes one transformer block saves for backward with the LoRA in
+  bf16 (diffusers' `add_adapter` on a bf16 model, the page's naive baseline) and in float32 (editr1's
+  `PolicySet`): peft casts each LoRA input to the adapter's dtype, and each projection keeps its copy.
 - Wall time of each process and phase.
 
 Where each hard-coded number comes from is noted beside it. They were checked against the signatures of
@@ -54,10 +63,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,8 +137,10 @@ PAGE = {
     "qwen_transformer": 20.43, "qwen25_vl_7b": 8.29, "qwen25_vl_vision": 0.68, "qwen25_vl_lm_head": 0.55,
     "qwen_vae": 0.13, "flux_transformer": 11.90, "t5_xxl": 4.76, "clip_l": 0.12, "flux_vae": 0.08,
     "qwen_lora_m": 94.4, "flux_lora_m": 52.3,
-    # Peaks with checkpointing off, beyond the weights, of one NFT micro-step at B = 2 (GiB) and its tokens.
-    "qwen_nft_off_gib": 29.0, "qwen_nft_tokens": 2248, "flux_nft_off_gib": 19.0, "flux_nft_tokens": 2176,
+    # Peaks beyond the weights of one NFT micro-step at B = 2 (GiB), checkpointing on / off, and its tokens
+    # ("Activations: from the baseline peaks").
+    "qwen_nft_on_gib": 3.0, "qwen_nft_off_gib": 29.0, "qwen_nft_tokens": 2248,
+    "flux_nft_on_gib": 2.3, "flux_nft_off_gib": 19.0, "flux_nft_tokens": 2176,
 }
 PROMPTS = ("Make the square blue.", "Remove the circle.", "Turn the background red.", "Add a yellow star.")
 
@@ -513,6 +521,94 @@ def check_lora(final: Path, transformer: torch.nn.Module, targets: tuple[str, ..
     return {"modules": len(layers), "keys": len(shapes), "per_target": per_target, "in_out": widths}
 
 
+class SavedForBackward:
+    """`saved_tensors_hooks` that add up, per forward with grad, the bytes of the distinct storages autograd
+    keeps for the backward (parameters excluded): the activation memory of one micro-step, exactly, with
+    no allocator in the way. A forward ends where its backward first unpacks a saved tensor."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter]):
+        self.skip = {p.untyped_storage().data_ptr() for p in parameters}
+        self.current: dict[int, int] = {}
+        self.forwards: list[int] = []
+        self.in_backward = True
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.in_backward:
+            self.current, self.in_backward = {}, False
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self.skip:
+            self.current[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def unpack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.in_backward:
+            self.forwards.append(sum(self.current.values()))
+            self.current, self.in_backward = {}, True
+        return tensor
+
+
+def saved_by_lora_dtype(family: str, size: int) -> dict[str, dict[str, int]]:
+    """Bytes saved for backward per block and sample by one transformer forward with grad, with the LoRA
+    (rank 4, default targets) in bf16, as diffusers' `add_adapter` leaves it on a bf16 model (the page's
+    naive baseline), and in float32, as editr1's `PolicySet` keeps it. The transformer alone, at this run's
+    token counts (Qwen: the 2 x 1024 image tokens at 512^2 and a 336-token text; FLUX: 2 x 1024 + 512 T5)."""
+    from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel
+    from peft import LoraConfig
+
+    from editr1.models.registry import adapter_class
+
+    targets = list(adapter_class(family).lora_target_modules)
+    grid = size // 16
+    generator = torch.Generator().manual_seed(0)
+
+    def measure(model, call) -> dict[str, int]:
+        model.requires_grad_(False)
+        model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets))
+        result = {}
+        for dtype in (torch.bfloat16, torch.float32):
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.data = p.data.to(dtype)
+                    p.requires_grad_(True)
+            saved = SavedForBackward(list(model.parameters()))
+            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                call(model)
+            result[str(dtype).removeprefix("torch.")] = sum(saved.current.values())
+        return result
+
+    bf16 = dict(dtype=torch.bfloat16)
+    if family == "flux-kontext":
+        tokens, text = 2 * grid * grid, 512
+
+        def call(model):
+            model(hidden_states=torch.randn(1, tokens, 64, generator=generator).to(**bf16),
+                  timestep=torch.tensor([0.5], **bf16), guidance=torch.tensor([2.5]),
+                  pooled_projections=torch.randn(1, 768, generator=generator).to(**bf16),
+                  encoder_hidden_states=torch.randn(1, text, 4096, generator=generator).to(**bf16),
+                  txt_ids=torch.zeros(text, 3), img_ids=torch.zeros(tokens, 3), return_dict=False)
+
+        measured = {}
+        for singles in (1, 2):
+            with constructing("cpu", torch.bfloat16):
+                model = FluxTransformer2DModel(**{**FLUX_KONTEXT_TRANSFORMER, "num_layers": 1, "num_single_layers": singles})
+            measured[singles] = measure(model, call)
+            del model
+        single = {k: measured[2][k] - measured[1][k] for k in measured[1]}
+        return {"double-stream block (+ non-block)": {k: measured[1][k] - single[k] for k in single},
+                "single-stream block": single}
+    text = round(size / 28) ** 2 + 12
+
+    def call(model):
+        model(hidden_states=torch.randn(1, 2 * grid * grid, 64, generator=generator).to(**bf16),
+              timestep=torch.tensor([0.5], **bf16),
+              encoder_hidden_states=torch.randn(1, text, 3584, generator=generator).to(**bf16),
+              img_shapes=[[(1, grid, grid), (1, grid, grid)]], return_dict=False)
+
+    with constructing("cpu", torch.bfloat16):
+        model = QwenImageTransformer2DModel(**{**QWEN_IMAGE_TRANSFORMER, "num_layers": 1})
+    return {"transformer block (+ non-block)": measure(model, call)}
+
+
 def stage_train(args) -> dict:
     sys.path.insert(0, str(ROOT))  # the reward's dotted path `bench.real_width:MeanBrightness`
     from editr1.config import NFTConfig, load_config
@@ -525,6 +621,7 @@ def stage_train(args) -> dict:
     config = load_config(NFTConfig, config_path)
     phases: dict[str, dict] = {}
     shapes: dict[str, Any] = {}
+    latents: list[torch.Tensor] = []
     can_reset = reset_peak()
 
     class MeasuredNFTTrainer(NFTTrainer):
@@ -540,11 +637,16 @@ def stage_train(args) -> dict:
         def _rollout(self, *a, **k):
             rollout = self._measured("rollout", lambda: super(MeasuredNFTTrainer, self)._rollout(*a, **k))
             shapes["latents"] = tuple(rollout.latents.shape)
+            latents.append(rollout.latents)
             shapes.update({name: tuple(t.shape) for name, t in rollout.conditions.tensors.items() if t is not None})
             return rollout
 
         def _train(self, *a, **k):
-            return self._measured("train", lambda: super(MeasuredNFTTrainer, self)._train(*a, **k))
+            saved = SavedForBackward(list(self.adapter.transformer.parameters()))
+            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                result = self._measured("train", lambda: super(MeasuredNFTTrainer, self)._train(*a, **k))
+            phases["train"]["saved_for_backward"] = saved.forwards
+            return result
 
     start = time.monotonic()
     trainer = MeasuredNFTTrainer(config)
@@ -557,8 +659,13 @@ def stage_train(args) -> dict:
     sizes["LoRA trained + old (float32)"] = {
         "params": 2 * sum(p.numel() for p in lora), "bytes": 2 * sum(p.numel() * p.element_size() for p in lora),
         "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in lora})}
+    for method in ("_rollout", "_train"):
+        if not callable(getattr(NFTTrainer, method, None)):
+            raise AssertionError(f"NFTTrainer has no {method} any more: update the phase measurements of bench/real_width.py")
     summary = trainer.run()
     done = time.monotonic()
+    if set(phases) != {"rollout", "train"}:
+        raise AssertionError(f"measured phases {sorted(phases)}: the trainer's iteration no longer calls _rollout and _train")
     metrics = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     iteration = next(m for m in metrics if "seconds_total" in m)
     if iteration.get("skipped_update"):
@@ -573,6 +680,13 @@ def stage_train(args) -> dict:
             raise AssertionError(f"prompt_embeds {shapes['prompt_embeds']}: expected width 3584 and at least "
                                  f"{expected['prompt_embeds_min_length']} tokens (the source's image tokens)")
     lora_check = check_lora(work / "run" / "final", adapter.transformer, adapter.lora_target_modules)
+    # The rollout's decode again, alone: how much of the rollout's peak is the VAE's (it does not grow with depth).
+    reset_peak()
+    before, tick = rss(), time.monotonic()
+    with torch.no_grad():
+        adapter.decode_latents(latents[0].to(adapter.device), args.size, args.size)
+    phases["vae_decode"] = {"peak_rss": peak_rss() if can_reset else None, "rss_before": before,
+                            "seconds": time.monotonic() - tick}
     return {
         "seconds_load": loaded - start, "seconds_run": done - loaded, "baseline_rss": baseline,
         "baseline_rss_file": baseline_file, "max_rss": max_rss(),
@@ -601,15 +715,16 @@ def run_worker(stage: str, family: str, blocks: int, args, model_dir: Path, work
 
 
 def one_run(family: str, blocks: int, args) -> dict:
-    with tempfile.TemporaryDirectory(prefix=f"real_width_{family}_{blocks}_", dir=args.tmp) as tmp:
+    where = str(Path(args.tmp).resolve()) if args.tmp else None  # the workers run in the repository root
+    with tempfile.TemporaryDirectory(prefix=f"real_width_{family}_{blocks}_", dir=where) as tmp:
         tmp = Path(tmp)
         model_dir, work_dir = tmp / "model", tmp / "work"
         work_dir.mkdir()
         build = run_worker("build", family, blocks, args, model_dir, work_dir)
         disk = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
         train = run_worker("train", family, blocks, args, model_dir, work_dir)
-    return {"family": family, "blocks": blocks, "size": args.size, "dtype": args.dtype, "build": build,
-            "train": train, "saved_bytes": disk}
+    return {"family": family, "blocks": blocks, "size": args.size, "dtype": args.dtype,
+            "gradient_checkpointing": args.gradient_checkpointing, "build": build, "train": train, "saved_bytes": disk}
 
 
 def gib(n: float | None, sign: bool = False) -> str:
@@ -646,47 +761,67 @@ def page_block_estimate(family: str, row: str) -> str:
     }[row]
 
 
-def activation_estimate(family: str, size: int) -> str:
-    """The page's checkpointing-off NFT micro-step (B = 2, beyond the weights) per block and per sample,
-    scaled to this run's token count: an extrapolation from GPU measurements."""
+def activation_estimate(family: str, size: int, checkpointing: bool) -> str:
+    """The page's NFT micro-step peak beyond the weights (B = 2; checkpointing on or off as in this run),
+    divided by its blocks and samples and scaled to this run's token count: an extrapolation from GPU
+    measurements of the naive path."""
     tokens = 2 * (size // 16) ** 2
+    mode = "on" if checkpointing else "off"
     if family == "flux-kontext":
         tokens += 512
-        per = PAGE["flux_nft_off_gib"] / 57 / 2 * tokens / PAGE["flux_nft_tokens"]
-        return f"~{per * 1024:.0f} MiB per block (19 GiB / 57 blocks / B=2, × {tokens}/2176 tokens; GPU)"
+        total = PAGE[f"flux_nft_{mode}_gib"]
+        per = total / 57 / 2 * tokens / PAGE["flux_nft_tokens"]
+        return (f"~{2 * per * 1024:,.0f} MiB for the two blocks ({total:g} GiB / 57 blocks / B=2, "
+                f"at {tokens} tokens)")
     tokens += round(size / 28) ** 2 + 17
-    per = PAGE["qwen_nft_off_gib"] / 60 / 2 * tokens / PAGE["qwen_nft_tokens"]
-    return f"~{per * 1024:.0f} MiB per block (29 GiB / 60 blocks / B=2, × {tokens}/2248 tokens; GPU)"
+    total = PAGE[f"qwen_nft_{mode}_gib"]
+    per = total / 60 / 2 * tokens / PAGE["qwen_nft_tokens"]
+    return f"~{per * 1024:,.0f} MiB ({total:g} GiB / 60 blocks / B=2, at {tokens} tokens)"
 
 
-def report(runs: list[dict], args) -> str:
+def _phase(run: dict, name: str, key: str = "peak_rss"):
+    return run["train"]["phases"].get(name, {}).get(key)
+
+
+def _above(run: dict, name: str) -> float | None:
+    peak = _phase(run, name)
+    return None if peak is None else peak - run["train"]["baseline_rss"]
+
+
+def _saved(run: dict) -> float | None:
+    saved = _phase(run, "train", "saved_for_backward")
+    return max(saved) if saved else None
+
+
+def report(runs: list[dict]) -> str:
     out = []
     for family in dict.fromkeys(r["family"] for r in runs):
         mine = sorted((r for r in runs if r["family"] == family), key=lambda r: r["blocks"])
-        out.append(f"\n## {family}: {args.size}x{args.size}, {args.dtype}, gradient checkpointing "
-                   f"{'on' if args.gradient_checkpointing else 'off'}\n")
-        header = ["blocks", *mine[0]["train"]["sizes"].keys()]
+        first = mine[0]
+        size = first["size"]
+        out.append(f"\n## {family}: {size}x{size}, {first['dtype']}, gradient checkpointing "
+                   f"{'on' if first.get('gradient_checkpointing') else 'off'}\n")
         out.append("Loaded parameters (numel x element_size, exact):\n")
-        out.append(table(header, [[str(r["blocks"]), *(f"{count(v['params'])}, {mib(v['bytes'])}" for v in r["train"]["sizes"].values())]
-                                  for r in mine]))
-        out.append("\nMemory (RSS) and time:\n")
+        out.append(table(["blocks", *first["train"]["sizes"].keys()],
+                         [[str(r["blocks"]), *(f"{count(v['params'])}, {mib(v['bytes'])}" for v in r["train"]["sizes"].values())]
+                          for r in mine]))
+        out.append("\nMemory (RSS; peaks are above the loaded-model RSS) and time:\n")
         rows = []
         for r in mine:
-            t, phases = r["train"], r["train"]["phases"]
-            rollout, train = phases.get("rollout", {}), phases.get("train", {})
+            t = r["train"]
+            decode = _phase(r, "vae_decode")
             rows.append([
                 str(r["blocks"]), gib(sum(v["bytes"] for v in t["sizes"].values())), gib(t["baseline_rss"]),
-                gib(None if rollout.get("peak_rss") is None else rollout["peak_rss"] - t["baseline_rss"], sign=True),
-                gib(None if train.get("peak_rss") is None else train["peak_rss"] - t["baseline_rss"], sign=True),
+                gib(_above(r, "rollout"), sign=True), gib(_above(r, "train"), sign=True), gib(_saved(r)),
+                gib(None if decode is None else decode - _phase(r, "vae_decode", "rss_before"), sign=True),
                 gib(t["max_rss"]), gib(r["build"]["max_rss"]),
-                f"{r['build']['seconds_build']:.0f} + {r['build']['seconds_save']:.0f} s",
-                f"{t['seconds_load']:.0f} s", f"{rollout.get('seconds', float('nan')):.0f} s",
-                f"{train.get('seconds', float('nan')):.0f} s",
+                f"{r['build']['seconds_build']:.0f} + {r['build']['seconds_save']:.0f} s", f"{t['seconds_load']:.0f} s",
+                f"{_phase(r, 'rollout', 'seconds'):.0f} s", f"{_phase(r, 'train', 'seconds'):.0f} s",
                 f"{r['build']['seconds_process'] + t['seconds_process']:.0f} s",
             ])
-        out.append(table(["blocks", "weights + LoRA", "RSS loaded (baseline)", "rollout peak", "NFT update peak",
-                          "ru_maxrss train", "ru_maxrss build", "build + save", "load", "rollout", "NFT update",
-                          "wall, both processes"], rows))
+        out.append(table(["blocks", "weights + LoRA", "RSS loaded", "rollout peak", "NFT update peak",
+                          "saved for backward (one micro-step)", "VAE decode alone (B=2)", "ru_maxrss train",
+                          "ru_maxrss build", "build + save", "load", "rollout", "NFT update", "wall, both processes"], rows))
         t = mine[-1]["train"]
         out.append(f"\nChecked (blocks {mine[-1]['blocks']}): shapes {t['shapes']}; dtypes "
                    f"{ {k: v['dtypes'] for k, v in t['sizes'].items()} }; "
@@ -697,30 +832,32 @@ def report(runs: list[dict], args) -> str:
         out.append("\nPer block:\n")
         rows = [[family, name, count(v["params"]), mib(v["params"] * 2), "—", page_block_estimate(family, name)]
                 for name, v in exact["blocks"].items()]
-        pairs = [(a, b) for a, b in zip(mine, mine[1:]) if b["blocks"] > a["blocks"]]
         total_delta = sum(exact["delta"].values())
         page_weights = ("page: no per-block split" if family == "flux-kontext" else
                         "≈ " + mib(2e9 * (PAGE["qwen_transformer"] / 60 + PAGE["qwen25_vl_vision"] / 32
                                           + (PAGE["qwen25_vl_7b"] - PAGE["qwen25_vl_vision"] - 2 * PAGE["qwen25_vl_lm_head"]) / 28)))
-        label = "all weights, one more of each" if family == "flux-kontext" else "all weights, one more of each"
-        if pairs:
-            for a, b in pairs:
-                steps = b["blocks"] - a["blocks"]
-                loaded = (b["train"]["baseline_rss"] - a["train"]["baseline_rss"]) / steps
-                weights = (sum(v["bytes"] for v in b["train"]["sizes"].values())
-                           - sum(v["bytes"] for v in a["train"]["sizes"].values())) / steps
-                rows.append([family, f"{label} ({a['blocks']}→{b['blocks']}: loaded RSS)", count(total_delta), mib(weights),
-                             mib(loaded, sign=True), page_weights])
-                for phase, name in (("rollout", "rollout peak above loaded model (B=2, no grad)"),
-                                    ("train", "NFT update peak above loaded model (micro-batch 1)")):
-                    pa, pb = a["train"]["phases"][phase].get("peak_rss"), b["train"]["phases"][phase].get("peak_rss")
-                    measured = None if pa is None or pb is None else (
-                        (pb - b["train"]["baseline_rss"]) - (pa - a["train"]["baseline_rss"])) / steps
-                    estimate = activation_estimate(family, args.size) if phase == "train" else "—"
-                    rows.append([family, name, "—", "—", mib(measured, sign=True), estimate])
-        else:
-            rows.append([family, label, count(total_delta), mib(total_delta * 2),
+        pairs = [(a, b) for a, b in zip(mine, mine[1:]) if b["blocks"] > a["blocks"]]
+        if not pairs:
+            rows.append([family, "all weights, one more of each", count(total_delta), mib(total_delta * 2),
                          "n/a (run --blocks 1 2)", page_weights])
+        for a, b in pairs:
+            steps = b["blocks"] - a["blocks"]
+
+            def per(value) -> float | None:
+                va, vb = value(a), value(b)
+                return None if va is None or vb is None else (vb - va) / steps
+
+            weights = per(lambda r: sum(v["bytes"] for v in r["train"]["sizes"].values()))
+            span = f"{a['blocks']}→{b['blocks']}"
+            rows += [
+                [family, f"all weights, one more of each ({span}): RSS loaded", count(total_delta), mib(weights),
+                 mib(per(lambda r: r["train"]["baseline_rss"]), sign=True), page_weights],
+                [family, f"rollout peak (B=2, no grad), {span}", "—", "—", mib(per(lambda r: _above(r, "rollout")), sign=True), "—"],
+                [family, f"NFT update peak (micro-batch 1), {span}", "—", "—",
+                 mib(per(lambda r: _above(r, "train")), sign=True), activation_estimate(family, size, bool(first.get("gradient_checkpointing")))],
+                [family, f"saved for backward, one micro-step, {span}", "—", "—",
+                 mib(per(_saved), sign=True), activation_estimate(family, size, bool(first.get("gradient_checkpointing")))],
+            ]
         out.append(table(["family", "component", "params per block", "bytes per block (bf16)",
                           "measured RSS delta per block", "docs estimate"], rows))
         out.append("\nFull depth, extrapolated from the exact per-block counts, against the page:\n")
@@ -743,6 +880,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="skip the per-block tables' meta-device counts (CI)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--tmp", help="where the saved models go (default: the system's temporary folder)")
+    parser.add_argument("--from-json", type=Path, help="print the report of an earlier run's --json file, run nothing")
+    parser.add_argument("--lora-dtype", action="store_true",
+                        help="only count the bytes one transformer block saves for backward with a bf16 and a float32 "
+                             "LoRA (the transformer alone, in this process; no iteration)")
     # The worker stages (run by the driver in fresh processes).
     parser.add_argument("--stage", choices=("build", "train"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -758,7 +899,19 @@ def main(argv: list[str] | None = None) -> None:
         result = stage_build(args) if args.stage == "build" else stage_train(args)
         Path(args.result).write_text(json.dumps(result, default=str))
         return
+    if args.from_json:
+        print(report(json.loads(args.from_json.read_text())))
+        return
     families = args.family or list(FAMILIES)
+    if args.lora_dtype:
+        print("Saved for backward, one forward with grad, per block and sample (transformer alone):\n")
+        rows = []
+        for family in families:
+            for block, by in saved_by_lora_dtype(family, args.size).items():
+                rows.append([family, block, mib(by["bfloat16"]), mib(by["float32"]),
+                             f"{mib(by['float32'] - by['bfloat16'], sign=True)} ({by['float32'] / by['bfloat16'] - 1:+.0%})"])
+        print(table(["family", "block", "bf16 LoRA (diffusers add_adapter)", "float32 LoRA (editr1)", "difference"], rows))
+        return
     runs = []
     try:
         for family in families:
@@ -780,9 +933,10 @@ def main(argv: list[str] | None = None) -> None:
             t = run["train"]
             print(f"{run['family']} blocks {run['blocks']}: OK; shapes {t['shapes']}; LoRA {t['lora']['modules']} modules "
                   f"{t['lora']['per_target']}; loaded RSS {gib(t['baseline_rss'])}; update peak "
-                  f"{gib(t['phases']['train'].get('peak_rss'))}; max RSS {gib(t['max_rss'])}")
+                  f"{gib(t['phases']['train'].get('peak_rss'))}; saved for backward {gib(_saved(run))}; "
+                  f"max RSS {gib(t['max_rss'])}")
         return
-    print(report(runs, args))
+    print(report(runs))
 
 
 if __name__ == "__main__":

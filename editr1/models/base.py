@@ -42,7 +42,7 @@ class Conditions:
     def __init__(self, tensors: dict[str, torch.Tensor | None], shared: dict | None = None):
         self._tensors: dict[str, torch.Tensor | None] | None = tensors
         self.shared = {} if shared is None else shared
-        #: A lazy selection: the rows it was taken from, and which (None once gathered or when not one).
+        #: A selection: the tensors it selects from and the rows it takes (None for one that is no selection).
         self._base: dict[str, torch.Tensor | None] | None = None
         self._index: torch.Tensor | None = None
 
@@ -309,9 +309,9 @@ class EditModelAdapter(ABC):
         (`split_conditions`, or `encode_conditions` of one sample): padded as it pads, each tensor on
         `device` (default: the adapter's) unless the family keeps it elsewhere. Default: rows of equal
         shapes concatenated; per-batch `shared` metadata must be the same for every row."""
-        return Conditions(self._join_tensors(rows, {}, device), self._joined_shared(rows))
+        return Conditions(self._join_tensors(rows, device), self._joined_shared(rows))
 
-    def _join_tensors(self, rows: list[Conditions], padded: dict[str, bool], device: torch.device | str | None,
+    def _join_tensors(self, rows: list[Conditions], device: torch.device | str | None, padded: tuple[str, ...] = (),
                       on_cpu: tuple[str, ...] = ()) -> dict[str, torch.Tensor | None]:
         """Concatenate each tensor of `rows`; those named in `padded` are right-padded with zeros along
         dimension 1; those in `on_cpu` stay on the CPU, the others go to `device`."""

@@ -221,8 +221,8 @@ class QwenImageEditAdapter(EditModelAdapter):
 
     def join_conditions(self, rows: list[Conditions], device: torch.device | str | None = None) -> Conditions:
         """Prompt embeddings and masks right-padded with zeros to the longest, as `_encode_prompts` pads."""
-        padded = {"prompt_embeds": True, "prompt_mask": True}
-        return Conditions(self._join_tensors(rows, padded, device), self._joined_shared(rows))
+        padded = ("prompt_embeds", "prompt_mask")
+        return Conditions(self._join_tensors(rows, device, padded), self._joined_shared(rows))
 
     def conditioning_settings(self) -> dict:
         return {**super().conditioning_settings(), "prompt_template": PROMPT_TEMPLATE,

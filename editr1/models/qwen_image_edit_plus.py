@@ -186,8 +186,8 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
     def join_conditions(self, rows: list[Conditions], device: torch.device | str | None = None) -> Conditions:
         """Text, reference latents and grids right-padded with zeros as `encode_conditions` pads them;
         the grids stay on the CPU."""
-        padded = {"prompt_embeds": True, "prompt_mask": True, "image_tokens": True, "reference_grids": True}
-        return Conditions(self._join_tensors(rows, padded, device, on_cpu=("reference_grids",)), self._joined_shared(rows))
+        padded = ("prompt_embeds", "prompt_mask", "image_tokens", "reference_grids")
+        return Conditions(self._join_tensors(rows, device, padded, on_cpu=("reference_grids",)), self._joined_shared(rows))
 
     def conditioning_settings(self) -> dict:
         return {**super().conditioning_settings(), "prompt_template": PROMPT_TEMPLATE, "picture_template": PICTURE_TEMPLATE,

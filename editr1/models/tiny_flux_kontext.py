@@ -3,8 +3,10 @@
 Every component is the class the released model uses (FluxTransformer2DModel with the guidance
 embedding, AutoencoderKL with FLUX's shift/scale, CLIPTextModel + CLIPTokenizer, T5EncoderModel +
 T5TokenizerFast, the flow-match scheduler with FLUX.1's settings); only the sizes shrink. The two
-tokenizers are trained here on a corpus with the `tokenizers` library (byte-level BPE for CLIP,
-Unigram for T5) and wrapped in the transformers classes, so they save and reload like the real ones.
+tokenizers are learned here from a corpus (byte-level BPE merges for CLIP, a Unigram trained with the
+`tokenizers` library for T5), deterministically: a corpus and a seed always give the same model, which
+a conditions cache keyed by them relies on. They are wrapped in the transformers classes, so they save
+and reload like the real ones.
 `codec="pixel"` swaps the VAE for the exact pixel-unshuffle codec of the CPU demo.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections import Counter
 from collections.abc import Iterable
 
 import torch
@@ -49,34 +52,60 @@ SCHEDULER_CONFIG = dict(
 )
 
 
+def _learn_merges(words: Counter, count: int) -> list[tuple[str, str]]:
+    """`count` BPE merges of `words` (symbol tuples -> frequency): each time the most frequent adjacent
+    pair, ties to the smallest pair, so that a corpus always gives the same merges (the `tokenizers`
+    trainer breaks ties in hash-map order)."""
+    merges = []
+    for _ in range(count):
+        pairs = Counter()
+        for word, frequency in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += frequency
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        merged = Counter()
+        for word, frequency in words.items():
+            symbols, i = [], 0
+            while i < len(word):
+                if word[i : i + 2] == best:
+                    symbols.append(best[0] + best[1])
+                    i += 2
+                else:
+                    symbols.append(word[i])
+                    i += 1
+            merged[tuple(symbols)] += frequency
+        words = merged
+    return merges
+
+
 def build_tiny_clip_tokenizer(corpus: Iterable[str], vocab_size: int = 320) -> CLIPTokenizer:
-    """A byte-level BPE with CLIP's `</w>` word ends, trained on `corpus` (deterministic)."""
+    """A byte-level BPE with CLIP's `</w>` word ends, learned from `corpus` (deterministic): its vocabulary
+    is the special tokens, every byte alone and as a word end, and `vocab_size` less the special tokens,
+    the bytes and the word ends seen merges."""
     # CLIPTokenizer installs its own normalizer (lowercase) and pre-tokenizer when built from a
-    # vocabulary; train with exactly those so the learned merges are the ones it will apply.
+    # vocabulary; words split exactly so are what it will merge.
     template = CLIPTokenizer().backend_tokenizer
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.normalizer, bpe.pre_tokenizer = template.normalizer, template.pre_tokenizer
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],  # ids 0, 1: bos, eos (= pad)
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator(list(corpus), trainer)
-    trained = json.loads(bpe.to_str())["model"]
-    vocab = trained["vocab"]
+    words = Counter()
+    for text in corpus:
+        for word, _ in template.pre_tokenizer.pre_tokenize_str(template.normalizer.normalize_str(text)):
+            words[(*word[:-1], word[-1] + "</w>")] += 1
+    specials = ["<|startoftext|>", "<|endoftext|>"]  # ids 0, 1: bos, eos (= pad)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    word_ends = {word[-1] for word in words}
+    merges = _learn_merges(words, max(vocab_size - len(specials) - len(alphabet) - len(word_ends), 0))
     # Every byte alone and as a word end, as in CLIP's vocabulary: unseen text never maps to unk,
     # which is CLIP's eos and would move the pooled position.
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        for token in (char, char + "</w>"):
-            vocab.setdefault(token, len(vocab))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tokens = [*specials, *alphabet, *(char + "</w>" for char in alphabet), *(a + b for a, b in merges)]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 def build_tiny_t5_tokenizer(corpus: Iterable[str], vocab_size: int = 256) -> T5TokenizerFast:
-    """A sentencepiece-style Unigram with T5's special tokens (pad 0, eos 1, unk 2), trained on `corpus`."""
+    """A sentencepiece-style Unigram with T5's special tokens (pad 0, eos 1, unk 2), trained on `corpus`
+    (deterministic)."""
     template = T5TokenizerFast().backend_tokenizer  # T5's whitespace + metaspace pre-tokenizer
     unigram = Tokenizer(models.Unigram())
     unigram.pre_tokenizer = template.pre_tokenizer
@@ -87,8 +116,20 @@ def build_tiny_t5_tokenizer(corpus: Iterable[str], vocab_size: int = 256) -> T5T
         initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation),
         show_progress=False,
     )
-    unigram.train_from_iterator(list(corpus), trainer)
-    vocab = [(piece, score) for piece, score in json.loads(unigram.to_str())["model"]["vocab"]]
+    texts = list(corpus)
+    unigram.train_from_iterator(texts, trainer)
+    vocab = [(piece, round(score, 8)) for piece, score in json.loads(unigram.to_str())["model"]["vocab"]]
+    # The trainer sums scores, and gives the characters it must keep but did not learn their scores,
+    # in hash-map order, which differs from build to build. Scores rounded past the summation order,
+    # the single characters' scores handed out again from the highest to the characters the corpus
+    # uses most (ties in sorted order), the same tokenizer comes from a corpus every time.
+    frequency = Counter("".join(texts).replace(" ", "▁"))
+    singles = [i for i, (piece, _) in enumerate(vocab) if i >= 3 and len(piece) == 1]
+    scores = sorted((vocab[i][1] for i in singles), reverse=True)
+    chars = sorted((vocab[i][0] for i in singles), key=lambda char: (-frequency[char], char))
+    for i, char, score in zip(sorted(singles), chars, scores):
+        vocab[i] = (char, score)
+    vocab = vocab[:3] + sorted(vocab[3:], key=lambda item: (-item[1], item[0]))
     # No sentinel <extra_id_*> tokens: they only matter for T5's span-corruption pre-training.
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
 
