@@ -45,9 +45,10 @@ in the presets) applies to both. On CUDA cuDNN attention is disabled for both un
 (GPU-NOTES: it crashed with checkpointing + LoRA).
 
 Full size (`--family ...` without `--tiny`): the diffusers transformer classes with the published
-configs hard-coded below (Qwen-Image 20B: 60 blocks, 24 x 128 heads; FLUX.1 Kontext 12B: 19 double + 38
-single blocks), random weights built directly on the device in `--dtype` (bf16), and the full-size VAE
-(Qwen-Image VAE / FLUX VAE, random weights). The text encoders (Qwen2.5-VL-7B; CLIP-L + T5-XXL) are
+configs their adapter modules hold (`RELEASED_TRANSFORMER`, `RELEASED_VAE`, `RELEASED_TEXT_ENCODER...` in
+editr1/models/qwen_image_edit.py and flux_kontext.py; Qwen-Image 20B: 60 blocks, 24 x 128 heads; FLUX.1
+Kontext 12B: 19 double + 38 single blocks), random weights built directly on the device in `--dtype`
+(bf16), and the full-size VAE (Qwen-Image VAE / FLUX VAE, random weights). The text encoders (Qwen2.5-VL-7B; CLIP-L + T5-XXL) are
 replaced by random prompt embeddings of the right shapes (Qwen: the ~324 image tokens of a 512^2 source
 in the VL chat plus ~17 template and instruction tokens, 3584 wide; FLUX: 512 T5 tokens of 4096 and a
 pooled 768), so the "encode" row then times only the VAE encoding of the sources. `--with-text-encoder`
@@ -110,48 +111,22 @@ FAMILY_NAMES = ("qwen-image-edit", "qwen-image-edit-plus", "flux-kontext")
 H100_BF16_PEAK_TFLOPS = 749.0
 GIB = 2**30
 
-# ---- published configurations (random weights: nothing is downloaded) ------------------------------
-#: Qwen/Qwen-Image(-Edit, -Edit-2509) transformer/config.json.
-QWEN_IMAGE_TRANSFORMER = dict(
-    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
-    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
-)
-#: black-forest-labs/FLUX.1-Kontext-dev (= FLUX.1-dev) transformer/config.json.
-FLUX_KONTEXT_TRANSFORMER = dict(
-    patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38, attention_head_dim=128,
-    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
-#: The Qwen-Image VAE: `AutoencoderKLQwenImage`'s defaults are its published config.
-QWEN_IMAGE_VAE: dict = {}
-#: FLUX.1's VAE (vae/config.json).
-FLUX_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=16, norm_num_groups=32,
-    sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
-)
-#: Qwen2.5-VL-7B-Instruct (the Qwen-Image text encoder).
-QWEN25_VL_7B_TEXT = dict(
-    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-    num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
-    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
-)
-QWEN25_VL_7B_VISION = dict(
-    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
-    spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
-    hidden_act="silu",
-)
-#: openai/clip-vit-large-patch14's text model and google/t5-v1_1-xxl's encoder (FLUX's text encoders).
-CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                   max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
-              dropout_rate=0.0)
 #: Text-stream tokens past the dropped system prompt besides the source's image tokens: vision start/end,
 #: a ~10-token instruction and the chat's closing tokens (Plus: "Picture 1: " too).
 QWEN_TEXT_OVERHEAD = {"qwen-image-edit": 17, "qwen-image-edit-plus": 21}
 FLUX_T5_TOKENS, FLUX_POOLED = 512, 768
 PROMPT = "Change the color of the red square to blue."
+
+
+# ---- published configurations (random weights: nothing is downloaded) ------------------------------
+def released(family: str):
+    """The module of `family`'s adapter: it holds the family's published configurations (`RELEASED_TRANSFORMER`,
+    `RELEASED_VAE`, `RELEASED_TEXT_ENCODER`, ...), the constructor arguments of the full-size components."""
+    import importlib
+
+    from editr1.models.registry import adapter_class
+
+    return importlib.import_module(adapter_class(family).__module__)
 
 
 class BenchError(Exception):
@@ -623,12 +598,11 @@ def constructing(device: torch.device | str, dtype: torch.dtype) -> Iterator[Non
 def transformer_config(family: str, depth: int | None) -> tuple[type, dict]:
     from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel
 
+    config = dict(released(family).RELEASED_TRANSFORMER)
     if family == "flux-kontext":
-        config = dict(FLUX_KONTEXT_TRANSFORMER)
         if depth is not None:
             config.update(num_layers=min(depth, 19), num_single_layers=min(2 * depth, 38))
         return FluxTransformer2DModel, config
-    config = dict(QWEN_IMAGE_TRANSFORMER)
     if depth is not None:
         config.update(num_layers=min(depth, 60))
     return QwenImageTransformer2DModel, config
@@ -646,18 +620,20 @@ def text_encoder_builders(family: str, depth: int | None, tokenizers: dict) -> l
     )
 
     cut = (lambda n: n) if depth is None else (lambda n: min(n, depth))
+    configs = released(family)
     if family == "flux-kontext":
         clip, t5 = tokenizers["clip"], tokenizers["t5"]
-        clip_config = CLIPTextConfig(**{**CLIP_L_TEXT, "num_hidden_layers": cut(12)}, bos_token_id=clip.bos_token_id,
-                                     eos_token_id=clip.eos_token_id, pad_token_id=clip.pad_token_id)
-        t5_config = T5Config(**{**T5_XXL, "num_layers": cut(24)}, pad_token_id=t5.pad_token_id,
+        clip_config = CLIPTextConfig(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": cut(12)},
+                                     bos_token_id=clip.bos_token_id, eos_token_id=clip.eos_token_id,
+                                     pad_token_id=clip.pad_token_id)
+        t5_config = T5Config(**{**configs.RELEASED_TEXT_ENCODER_2, "num_layers": cut(24)}, pad_token_id=t5.pad_token_id,
                              eos_token_id=t5.eos_token_id, decoder_start_token_id=0)
         return [lambda: CLIPTextModel(clip_config).eval(), lambda: T5EncoderModel(t5_config).eval()]
     ids = tokenizers["qwen"].convert_tokens_to_ids
     special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
     config = Qwen2_5_VLConfig(
-        text_config={**QWEN25_VL_7B_TEXT, "num_hidden_layers": cut(28), **special},
-        vision_config={**QWEN25_VL_7B_VISION, "depth": cut(32)},
+        text_config={**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": cut(28), **special},
+        vision_config={**configs.RELEASED_TEXT_ENCODER_VISION, "depth": cut(32)},
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), **special,
     )
@@ -710,10 +686,11 @@ def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
 
         tokenizers = {"qwen": build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, chat_text("", MAX_REFERENCES), PROMPT])}
     encoders = text_encoder_builders(family, args.depth, tokenizers) if args.with_text_encoder else []
+    vae_config = released(family).RELEASED_VAE
     if family == "flux-kontext":
-        vae_builder = lambda: AutoencoderKL(**FLUX_VAE)  # noqa: E731
+        vae_builder = lambda: AutoencoderKL(**vae_config)  # noqa: E731
     else:
-        vae_builder = lambda: AutoencoderKLQwenImage(**QWEN_IMAGE_VAE)  # noqa: E731
+        vae_builder = lambda: AutoencoderKLQwenImage(**vae_config)  # noqa: E731
     needed = _meta_bytes([lambda: cls(**config), vae_builder, *encoders], dtype)
     available = free_memory(device)
     if needed * 1.15 + 2 * GIB > available:
@@ -752,14 +729,13 @@ def synthetic_encode(adapter, family: str, sources: list, size: int, seed: int) 
                           .view(size, size, 3).permute(2, 0, 1) for images in sources]).float() / 255
     h, w = adapter._latent_hw(size, size)
     grid = (h // 2, w // 2)
+    width = released(family).RELEASED_TRANSFORMER["joint_attention_dim"]  # the text encoder's output width
     if family == "flux-kontext":
-        tensors = {"prompt_embeds": torch.randn(groups, FLUX_T5_TOKENS, FLUX_KONTEXT_TRANSFORMER["joint_attention_dim"],
-                                                generator=generator),
+        tensors = {"prompt_embeds": torch.randn(groups, FLUX_T5_TOKENS, width, generator=generator),
                    "pooled_prompt_embeds": torch.randn(groups, FLUX_POOLED, generator=generator)}
         shared = {"token_grids": (grid, grid)}
     else:
         text = round(size / 28) ** 2 + QWEN_TEXT_OVERHEAD[family]  # the VL image tokens of the source, + the chat's
-        width = QWEN_IMAGE_TRANSFORMER["joint_attention_dim"]
         tensors = {"prompt_embeds": torch.randn(groups, text, width, generator=generator),
                    "prompt_mask": torch.ones(groups, text, dtype=torch.long)}
         if family == "qwen-image-edit":

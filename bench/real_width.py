@@ -6,8 +6,9 @@
     .venv/bin/python bench/real_width.py --from-json runs.json                  # the report of an earlier --json
     .venv/bin/python bench/real_width.py --lora-dtype                           # activations: bf16 vs float32 LoRA
 
-What is built. For each family, the full-size configurations below with their depth cut (random weights,
-nothing downloaded), in `--dtype` (bf16):
+What is built. For each family, the full-size configurations its adapter module holds (`RELEASED_TRANSFORMER`,
+`RELEASED_VAE`, `RELEASED_TEXT_ENCODER...` in editr1/models/qwen_image_edit.py and flux_kontext.py) with their
+depth cut (random weights, nothing downloaded), in `--dtype` (bf16):
 - Qwen-Image-Edit(-2509): `QwenImageTransformer2DModel` with `--blocks` of its 60 blocks; Qwen2.5-VL-7B
   (`Qwen2_5_VLForConditionalGeneration`) with `--blocks` of its 28 decoder layers, the real 152064-token
   embedding and LM head, and `--blocks` + 1 of its 32 vision blocks (the last one full attention, the
@@ -54,9 +55,10 @@ What it measures:
   `PolicySet`): peft casts each LoRA input to the adapter's dtype, and each projection keeps its copy.
 - Wall time of each process and phase.
 
-Where each hard-coded number comes from is noted beside it. They were checked against the signatures of
-the installed diffusers 0.42.1 (`QwenImageTransformer2DModel.__init__`, `FluxTransformer2DModel.__init__`
-and `AutoencoderKLQwenImage.__init__` default to exactly these values) and transformers 5.x.
+Where each published configuration comes from is noted beside it in the adapter module. They were checked
+against the signatures of the installed diffusers 0.42.1 (`QwenImageTransformer2DModel.__init__`,
+`FluxTransformer2DModel.__init__` and `AutoencoderKLQwenImage.__init__` default to exactly these values) and
+transformers 5.x.
 """
 
 from __future__ import annotations
@@ -81,56 +83,6 @@ FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus", "flux-kontext")
 GIB, MIB = 2**30, 2**20
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
-# ---- published configurations ----------------------------------------------------------------------
-#: Qwen/Qwen-Image (and -Edit, -Edit-2509) transformer/config.json; identical to the defaults of diffusers'
-#: `QwenImageTransformer2DModel.__init__` (diffusers/models/transformers/transformer_qwenimage.py).
-QWEN_IMAGE_TRANSFORMER = dict(
-    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
-    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
-)
-#: black-forest-labs/FLUX.1-Kontext-dev transformer/config.json (FLUX.1-dev's); `FluxTransformer2DModel`'s
-#: defaults (diffusers/models/transformers/transformer_flux.py) except `guidance_embeds` (False there).
-FLUX_KONTEXT_TRANSFORMER = dict(
-    patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38, attention_head_dim=128,
-    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
-#: Qwen-Image vae/config.json: `AutoencoderKLQwenImage`'s defaults (base_dim 96, z_dim 16, dim_mult
-#: [1, 2, 4, 4], num_res_blocks 2, temperal_downsample [False, True, True], the published latents_mean/std;
-#: diffusers/models/autoencoders/autoencoder_kl_qwenimage.py), written out here.
-QWEN_IMAGE_VAE = dict(
-    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-    temperal_downsample=[False, True, True], dropout=0.0,
-)
-#: FLUX.1 vae/config.json (FLUX.1-dev and Kontext-dev share it): 4 blocks (scale factor 8), 16 latent
-#: channels, shift 0.1159 / scale 0.3611, no quant convs.
-FLUX_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=16, norm_num_groups=32,
-    sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
-)
-#: Qwen/Qwen2.5-VL-7B-Instruct config.json (Qwen-Image's text_encoder/config.json is the same model):
-#: text part. transformers' `Qwen2_5_VLTextConfig` defaults are the 72B's, so every width is given.
-QWEN25_VL_7B_TEXT = dict(
-    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-    num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
-    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
-)
-#: Its vision_config: 32 blocks of 1280 (transformers' default `hidden_size` is 3584, not the release's),
-#: 16 heads, 14-px patches, 2x2 merge, 112-px windows, full attention in blocks 7, 15, 23, 31.
-QWEN25_VL_7B_VISION = dict(
-    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, out_hidden_size=3584,
-    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, tokens_per_second=2,
-    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu",
-)
-#: openai/clip-vit-large-patch14's text model (FLUX's text_encoder/config.json).
-CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                   max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-#: google/t5-v1_1-xxl's encoder (FLUX's text_encoder_2/config.json).
-T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
-              dropout_rate=0.0)
-
 #: docs/real_scale.md, "Parameter memory (bf16, 2 bytes per parameter)" and the LoRA paragraph: the page's
 #: numbers, in billions of parameters (LoRA: millions at rank 32 on the eight attention projections).
 PAGE = {
@@ -143,6 +95,17 @@ PAGE = {
     "flux_nft_on_gib": 2.3, "flux_nft_off_gib": 19.0, "flux_nft_tokens": 2176,
 }
 PROMPTS = ("Make the square blue.", "Remove the circle.", "Turn the background red.", "Add a yellow star.")
+
+
+# ---- published configurations (in the adapter modules) ---------------------------------------------
+def released(family: str):
+    """The module of `family`'s adapter: it holds the family's published configurations (`RELEASED_TRANSFORMER`,
+    `RELEASED_VAE`, `RELEASED_TEXT_ENCODER`, ...), the constructor arguments of the full-size components."""
+    import importlib
+
+    from editr1.models.registry import adapter_class
+
+    return importlib.import_module(adapter_class(family).__module__)
 
 
 class BenchError(Exception):
@@ -199,35 +162,37 @@ def component_configs(family: str, blocks: int, tokenizers: dict, single_blocks:
         T5EncoderModel,
     )
 
+    configs = released(family)
     if family == "flux-kontext":
         clip, t5 = tokenizers["clip"], tokenizers["t5"]
         singles = blocks if single_blocks is None else single_blocks
-        transformer = {**FLUX_KONTEXT_TRANSFORMER, "num_layers": blocks, "num_single_layers": singles}
-        clip_config = CLIPTextConfig(**{**CLIP_L_TEXT, "num_hidden_layers": blocks}, bos_token_id=clip.bos_token_id,
-                                     eos_token_id=clip.eos_token_id, pad_token_id=clip.pad_token_id)
-        t5_config = T5Config(**{**T5_XXL, "num_layers": blocks}, pad_token_id=t5.pad_token_id,
+        transformer = {**configs.RELEASED_TRANSFORMER, "num_layers": blocks, "num_single_layers": singles}
+        clip_config = CLIPTextConfig(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": blocks},
+                                     bos_token_id=clip.bos_token_id, eos_token_id=clip.eos_token_id,
+                                     pad_token_id=clip.pad_token_id)
+        t5_config = T5Config(**{**configs.RELEASED_TEXT_ENCODER_2, "num_layers": blocks}, pad_token_id=t5.pad_token_id,
                              eos_token_id=t5.eos_token_id, decoder_start_token_id=0)
         return {
             "transformer": lambda: FluxTransformer2DModel(**transformer),
             "text_encoder": lambda: CLIPTextModel(clip_config),
             "text_encoder_2": lambda: T5EncoderModel(t5_config),
-            "vae": lambda: AutoencoderKL(**FLUX_VAE),
+            "vae": lambda: AutoencoderKL(**configs.RELEASED_VAE),
         }
     ids = tokenizers["qwen"].convert_tokens_to_ids
     special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
     vision_depth = blocks + 1
     config = Qwen2_5_VLConfig(
-        text_config={**QWEN25_VL_7B_TEXT, "num_hidden_layers": blocks, **special},
-        vision_config={**QWEN25_VL_7B_VISION, "depth": vision_depth, "fullatt_block_indexes": [vision_depth - 1]},
+        text_config={**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": blocks, **special},
+        vision_config={**configs.RELEASED_TEXT_ENCODER_VISION, "depth": vision_depth,
+                       "fullatt_block_indexes": [vision_depth - 1]},
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=False, **special,
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"), **special,
     )
-    transformer = {**QWEN_IMAGE_TRANSFORMER, "num_layers": blocks}
+    transformer = {**configs.RELEASED_TRANSFORMER, "num_layers": blocks}
     return {
         "transformer": lambda: QwenImageTransformer2DModel(**transformer),
         "text_encoder": lambda: Qwen2_5_VLForConditionalGeneration(config),
-        "vae": lambda: AutoencoderKLQwenImage(**QWEN_IMAGE_VAE),
+        "vae": lambda: AutoencoderKLQwenImage(**configs.RELEASED_VAE),
     }
 
 
@@ -332,6 +297,7 @@ def per_block(family: str) -> dict[str, dict[str, float]]:
     from editr1.models.registry import adapter_class
 
     targets = adapter_class(family).lora_target_modules
+    one_block = {**released(family).RELEASED_TRANSFORMER, "num_layers": 1}
     one = meta_counts(family, 1)
     two = meta_counts(family, 2)
     delta = {part: two[part] - one[part] for part in one}
@@ -350,7 +316,7 @@ def per_block(family: str) -> dict[str, dict[str, float]]:
         with constructing("meta", torch.bfloat16):
             from diffusers import FluxTransformer2DModel
 
-            double_block = FluxTransformer2DModel(**{**FLUX_KONTEXT_TRANSFORMER, "num_layers": 1, "num_single_layers": 1})
+            double_block = FluxTransformer2DModel(**{**one_block, "num_single_layers": 1})
         lora_double = lora_params_per_module(double_block.transformer_blocks[0], targets, 32)
         lora_single = lora_params_per_module(double_block.single_transformer_blocks[0], targets, 32)
         extrapolated = {
@@ -371,7 +337,7 @@ def per_block(family: str) -> dict[str, dict[str, float]]:
         with constructing("meta", torch.bfloat16):
             from diffusers import QwenImageTransformer2DModel
 
-            block = QwenImageTransformer2DModel(**{**QWEN_IMAGE_TRANSFORMER, "num_layers": 1}).transformer_blocks[0]
+            block = QwenImageTransformer2DModel(**one_block).transformer_blocks[0]
         extrapolated = {
             "Qwen-Image transformer (60 blocks)": (transformer_full, PAGE["qwen_transformer"] * 1e9),
             "Qwen2.5-VL-7B (28 layers, 32 vision blocks, LM head)": (text_full, PAGE["qwen25_vl_7b"] * 1e9),
@@ -558,6 +524,7 @@ def saved_by_lora_dtype(family: str, size: int) -> dict[str, dict[str, int]]:
     from editr1.models.registry import adapter_class
 
     targets = list(adapter_class(family).lora_target_modules)
+    one_block = {**released(family).RELEASED_TRANSFORMER, "num_layers": 1}
     grid = size // 16
     generator = torch.Generator().manual_seed(0)
 
@@ -590,7 +557,7 @@ def saved_by_lora_dtype(family: str, size: int) -> dict[str, dict[str, int]]:
         measured = {}
         for singles in (1, 2):
             with constructing("cpu", torch.bfloat16):
-                model = FluxTransformer2DModel(**{**FLUX_KONTEXT_TRANSFORMER, "num_layers": 1, "num_single_layers": singles})
+                model = FluxTransformer2DModel(**{**one_block, "num_single_layers": singles})
             measured[singles] = measure(model, call)
             del model
         single = {k: measured[2][k] - measured[1][k] for k in measured[1]}
@@ -605,7 +572,7 @@ def saved_by_lora_dtype(family: str, size: int) -> dict[str, dict[str, int]]:
               img_shapes=[[(1, grid, grid), (1, grid, grid)]], return_dict=False)
 
     with constructing("cpu", torch.bfloat16):
-        model = QwenImageTransformer2DModel(**{**QWEN_IMAGE_TRANSFORMER, "num_layers": 1})
+        model = QwenImageTransformer2DModel(**one_block)
     return {"transformer block (+ non-block)": measure(model, call)}
 
 

@@ -1,4 +1,4 @@
-"""bench/real_width.py: the published configurations it hard-codes count what docs/real_scale.md says, and one
+"""bench/real_width.py: the published configurations (each adapter module's RELEASED_*) count what docs/real_scale.md says, and one
 NFT iteration of FLUX.1 Kontext at its real widths (one block of each kind, 256^2, bf16) runs through the
 trainer with every LoRA target matched (40 s to 2 minutes and 3.3 GiB of RSS on a 2-core CPU)."""
 

@@ -1,14 +1,12 @@
 """Two processes through accelerate (gloo on the CPU) train like one process: the config's group count is
 the global batch, split over the processes."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import tiny_nft_overrides
+from tiny_runs import run_launch, tiny_nft_overrides
 
 from editr1.config import NFTConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
@@ -29,9 +27,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tm
                "train"]
     for override in _overrides(shapes_data, tmp_path / "two", groups=2):
         command += ["--set", override]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_launch(command)
 
     run_nft(load_config(NFTConfig, None, _overrides(shapes_data, tmp_path / "one", groups=2)))
     two = [r for r in read_metrics(tmp_path / "two") if "reward_mean" in r]

@@ -15,3 +15,23 @@ def tiny_nft_overrides(data, out, iterations=3):
         "model.lora.rank=4", "model.lora.alpha=8", "logging.progress=false", "logging.tensorboard=false",
         "optim.lr=1e-3", "optim.micro_batch=4",
     ]
+
+
+def run_launch(command, timeout=300):
+    """Run an `accelerate launch` command on the CPU (gloo, one thread per process); on a timeout kill
+    its whole process group, so no training process outlives the test."""
+    import os
+    import signal
+    import subprocess
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    assert process.returncode == 0, stderr[-4000:]
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -81,9 +81,38 @@ def evaluate(
     guidance: float | None = None,
 ) -> EvalResult:
     """Edit every held-out sample from its fixed noise and score it."""
+    edited = generate_heldout(adapter, heldout, steps, sampler, cfg_scale, transformer, batch_size, guidance)
+    size = heldout.resolution
+    scores, valid, failures = [], [], {}
+    for start in range(0, len(heldout.samples), batch_size):
+        chunk = heldout.samples[start:start + batch_size]
+        result = reward.score([source_tensors(s, size) for s in chunk], list(edited[start:start + batch_size]),
+                              [s.prompt for s in chunk], [s.requirement for s in chunk])
+        failures.update({start + i: f"sample {chunk[i].id} (line {chunk[i].line}): {reason}" for i, reason in result.failures.items()})
+        scores.append(result.scores)
+        valid.append(result.valid)
+    result = EvalResult(torch.cat(scores), torch.cat(valid), edited, failures=failures)
+    if not result.valid.any():
+        first = next(iter(failures.values()), "no reason given")
+        raise EditR1Error(f"held-out evaluation: the reward could not score any of the {result.valid.numel()} samples; "
+                          f"first reason: {first}")
+    return result
+
+
+def generate_heldout(
+    adapter: Any,
+    heldout: HeldoutSet,
+    steps: int,
+    sampler: str,
+    cfg_scale: float = 1.0,
+    transformer: torch.nn.Module | None = None,
+    batch_size: int = 64,
+    guidance: float | None = None,
+) -> torch.Tensor:
+    """The held-out edits (pixels), each sample from its fixed noise, `batch_size` at a time. A sharded
+    model runs this on every rank, in step, though only one rank scores."""
     size = heldout.resolution
     sigmas = adapter.sigmas(steps, size, size)
-    scores, valid, edited, failures = [], [], [], {}
     chunks = [(start, min(start + batch_size, len(heldout.samples))) for start in range(0, len(heldout.samples), batch_size)]
     # Every chunk's conditions first (cached after the first evaluation): offloaded text encoders move once.
     with adapter.text_encoders_on_device():
@@ -91,27 +120,16 @@ def evaluate(
             heldout.conditions(adapter, start, end)
             if cfg_scale != 1.0:
                 heldout.conditions(adapter, start, end, negative=True)
+    edited = []
     for start, end in chunks:
         chunk = heldout.samples[start:end]
-        pixels = edit_batch(
+        edited.append(edit_batch(
             adapter, [source_images(s, size) for s in chunk], [s.prompt for s in chunk],
             heldout.noise[start:end].to(adapter.device), sigmas, size, size, batch_size=batch_size, sampler=sampler,
             cfg_scale=cfg_scale, guidance=guidance, transformer=transformer, conditions=heldout.conditions(adapter, start, end),
             negative_conditions=heldout.conditions(adapter, start, end, negative=True) if cfg_scale != 1.0 else None,
-        ).pixels
-        result = reward.score(
-            [source_tensors(s, size) for s in chunk], list(pixels), [s.prompt for s in chunk], [s.requirement for s in chunk]
-        )
-        failures.update({start + i: f"sample {chunk[i].id} (line {chunk[i].line}): {reason}" for i, reason in result.failures.items()})
-        scores.append(result.scores)
-        valid.append(result.valid)
-        edited.append(pixels)
-    result = EvalResult(torch.cat(scores), torch.cat(valid), torch.cat(edited), failures=failures)
-    if not result.valid.any():
-        first = next(iter(failures.values()), "no reason given")
-        raise EditR1Error(f"held-out evaluation: the reward could not score any of the {result.valid.numel()} samples; "
-                          f"first reason: {first}")
-    return result
+        ).pixels)
+    return torch.cat(edited)
 
 
 def save_eval(result: EvalResult, path: Path, keep_images: int = 8) -> None:

@@ -33,6 +33,38 @@ from editr1.models.codecs import PixelUnshuffleCodec, ScaledVaeCodec, load_codec
 #: `FluxKontextPipeline`'s preferred resolutions all have this area.
 PREFERRED_AREA = 1024 * 1024
 
+# ---- the released architecture (FLUX.1 Kontext [dev]) -----------------------------------------------
+# Constructor arguments of the full-size components, for building them with random weights (bench/):
+# `FluxTransformer2DModel(**RELEASED_TRANSFORMER)`, `AutoencoderKL(**RELEASED_VAE)`,
+# `CLIPTextModel(CLIPTextConfig(**RELEASED_TEXT_ENCODER))`, `T5EncoderModel(T5Config(**RELEASED_TEXT_ENCODER_2))`.
+#: black-forest-labs/FLUX.1-Kontext-dev transformer/config.json (FLUX.1-dev's); `FluxTransformer2DModel`'s
+#: defaults except `guidance_embeds` (False there).
+RELEASED_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+#: black-forest-labs/FLUX.1-Kontext-dev vae/config.json (FLUX.1-dev's): 4 blocks (scale factor 8), 16 latent
+#: channels, shift 0.1159 / scale 0.3611, no quant convs.
+RELEASED_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=16, norm_num_groups=32,
+    sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, latents_mean=None, latents_std=None,
+    force_upcast=True, use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True,
+)
+#: black-forest-labs/FLUX.1-Kontext-dev text_encoder/config.json: openai/clip-vit-large-patch14's text model.
+#: The token ids (bos/eos/pad) are the tokenizer's, not given here.
+RELEASED_TEXT_ENCODER = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+)
+#: black-forest-labs/FLUX.1-Kontext-dev text_encoder_2/config.json: google/t5-v1_1-xxl's encoder (dropout
+#: acts only in training mode; the encoder is used in eval mode). The token ids are the tokenizer's.
+RELEASED_TEXT_ENCODER_2 = dict(
+    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
+)
+
 
 class FluxKontextAdapter(EditModelAdapter):
     family = "flux-kontext"

@@ -47,6 +47,42 @@ PROMPT_TEMPLATE = (
     "<|im_start|>assistant\n"
 )
 
+# ---- the released architecture (Qwen-Image's; Qwen-Image-Edit and -Edit-2509 share it) ----------------
+# Constructor arguments of the full-size components, for building them with random weights (bench/):
+# `QwenImageTransformer2DModel(**RELEASED_TRANSFORMER)`, `AutoencoderKLQwenImage(**RELEASED_VAE)`,
+# `Qwen2_5_VLConfig(text_config=RELEASED_TEXT_ENCODER, vision_config=RELEASED_TEXT_ENCODER_VISION)`.
+#: Qwen/Qwen-Image-Edit transformer/config.json (Qwen-Image's and -Edit-2509's are the same); also the
+#: defaults of diffusers' `QwenImageTransformer2DModel.__init__`.
+RELEASED_TRANSFORMER = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+)
+#: Qwen/Qwen-Image-Edit vae/config.json (also the defaults of diffusers' `AutoencoderKLQwenImage.__init__`).
+RELEASED_VAE = dict(
+    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0,
+    latents_mean=[-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                  0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
+    latents_std=[2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916],
+)
+#: Qwen/Qwen-Image-Edit text_encoder/config.json (= Qwen/Qwen2.5-VL-7B-Instruct's config.json): the text
+#: part. transformers' `Qwen2_5_VLTextConfig` defaults are the 72B's, so every width is given.
+RELEASED_TEXT_ENCODER = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
+    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+    tie_word_embeddings=False,
+)
+#: The same config.json's `vision_config` (`in_chans` there): 32 blocks of 1280 (transformers' default
+#: `hidden_size` is 3584), 16 heads, 14-px patches, 2x2 merge, 112-px windows, full attention in blocks
+#: 7, 15, 23, 31; `tokens_per_second` (transformers' default 4) only spaces video frames.
+RELEASED_TEXT_ENCODER_VISION = dict(
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, out_hidden_size=3584,
+    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, tokens_per_second=2,
+    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu",
+)
+
 
 class QwenImageEditAdapter(EditModelAdapter):
     family = "qwen-image-edit"

@@ -39,6 +39,7 @@ from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from editr1.errors import EditR1Error
+from editr1.models import qwen_image_edit
 from editr1.models.base import Conditions, InferenceDefaults
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec
 from editr1.models.qwen_image_edit import QwenImageEditAdapter
@@ -54,6 +55,12 @@ PROMPT_TEMPLATE = (
 PICTURE_TEMPLATE = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"
 #: Qwen-Image-Edit-2509 is trained for one to three reference images.
 MAX_REFERENCES = 3
+
+# The released architecture is Qwen-Image-Edit's (the same objects, see editr1.models.qwen_image_edit).
+RELEASED_TRANSFORMER = qwen_image_edit.RELEASED_TRANSFORMER
+RELEASED_VAE = qwen_image_edit.RELEASED_VAE
+RELEASED_TEXT_ENCODER = qwen_image_edit.RELEASED_TEXT_ENCODER
+RELEASED_TEXT_ENCODER_VISION = qwen_image_edit.RELEASED_TEXT_ENCODER_VISION
 
 
 def chat_text(prompt: str, num_references: int) -> str:

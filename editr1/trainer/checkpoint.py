@@ -94,12 +94,13 @@ def save_checkpoint(
     step: int,
     trained: dict[str, torch.Tensor],
     old: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict,
     state: dict[str, Any],
     keep: int = 0,
 ) -> Path:
     """Write `step_N` (unless it exists already), point `latest` at it (for people and tools; resuming
-    scans the folders), then keep it and the `keep - 1` newest older checkpoints (0: all)."""
+    scans the folders), then keep it and the `keep - 1` newest older checkpoints (0: all).
+    `optimizer`: an optimizer, or its state dict already taken (a sharded run gathers one)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     if not _manifest_matches(final):
@@ -111,7 +112,7 @@ def save_checkpoint(
             "old.safetensors": lambda p: save_safetensors(old, p),
             "rng.safetensors": lambda p: save_safetensors({"cpu": torch.get_rng_state()}, p),
         }
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        tensors, meta = _flatten_optimizer(optimizer if isinstance(optimizer, dict) else optimizer.state_dict())
         files["optimizer.safetensors"] = lambda p: save_safetensors(tensors, p)
         files["optimizer.json"] = lambda p: write_text_atomic(p, json.dumps(meta))
         files["state.json"] = lambda p: write_text_atomic(p, json.dumps({"step": step, **state}, indent=2))

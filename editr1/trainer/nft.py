@@ -10,13 +10,17 @@ iteration n is the same run.
 from __future__ import annotations
 
 import math
+import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import DistributedType
+from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
 from editr1.config import NFTConfig
 from editr1.data.batching import source_images, source_tensors
@@ -28,6 +32,7 @@ from editr1.errors import EditR1Error
 from editr1.eval.heldout import (
     HeldoutSet,
     evaluate,
+    generate_heldout,
     load_eval,
     paired_gain,
     save_eval,
@@ -54,6 +59,7 @@ from editr1.trainer.progress import console
 from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
 from editr1.trainer.run_loop import StepResult, TrainingLoop
 from editr1.trainer.seeding import generator_for
+from editr1.trainer.sharding import full_optimizer_state, shard_optimizer_state, unsharded_transformer
 
 GRID_SAMPLES = 8
 #: Held-out evaluations, one file per step; every gain is paired with the step-0 baseline.
@@ -95,6 +101,18 @@ def resume_safe_fields(config: NFTConfig) -> tuple[str, ...]:
             *resume_safe_reward_fields("eval.reward", config.eval.reward))
 
 
+def check_sharding(config: NFTConfig, fsdp_version: int) -> None:
+    """What a sharded (FSDP) run refuses before it writes anything."""
+    if fsdp_version != 2:
+        raise EditR1Error(f"accelerate config: fsdp_version {fsdp_version} is not supported; editr1 shards with FSDP2 "
+                          "(fsdp_version: 2, as in configs/accelerate/fsdp_1node.yaml)")
+    if config.rollout.merge_old_adapter:
+        raise EditR1Error("rollout.merge_old_adapter: not with a sharded model (a LoRA merge needs whole weights); "
+                          "set it to false under FSDP")
+    if config.model.compile:
+        raise EditR1Error("model.compile: not supported with a sharded model yet (untested); set it to false under FSDP")
+
+
 class NFTTrainer:
     def __init__(self, config: NFTConfig, resume: bool = False):
         self.config = config
@@ -105,6 +123,16 @@ class NFTTrainer:
         self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        # An accelerate config with `distributed_type: FSDP` shards the transformer over the processes.
+        self.sharded = self.accelerator.distributed_type == DistributedType.FSDP
+        if self.sharded:
+            check_sharding(config, self.accelerator.state.fsdp_plugin.fsdp_version)
+            # The velocity is sliced out of the transformer's output and never changed in place (what this
+            # warning, raised at every forward, is about).
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        elif os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and self.is_main:
+            console.print("warning: the accelerate config asks for FSDP, but accelerate shards only on GPUs: this run "
+                          "is not sharded (every process holds the whole model, as with DDP)", soft_wrap=True)
         # The config's batch is global: the same config trains the same way on 1 or N processes.
         try:
             self.layout = GroupLayout.split(config.rollout.groups_per_iteration, config.rollout.group_size, self.world)
@@ -143,7 +171,9 @@ class NFTTrainer:
         self.train_samples = fit_prompt_lengths(self.train_samples, config.data.train, self.adapter,
                                                 config.data.max_prompt_tokens, config.data.prompt_overflow)
         self.heldout = None
-        if evaluating and self.is_main:
+        # A sharded model generates on every rank in step (each forward gathers the slices): every rank
+        # takes part in the held-out edits, and the main process scores them.
+        if evaluating and (self.is_main or self.sharded):
             held = fit_prompt_lengths(read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels),
                                       config.data.heldout, self.adapter, config.data.max_prompt_tokens,
                                       config.data.prompt_overflow)
@@ -163,16 +193,30 @@ class NFTTrainer:
                 self.run_folder.record_base_model(self.adapter, config.model, final="final")
         self.accelerator.wait_for_everyone()
 
-        self.adapter.to(self.accelerator.device)
         self.scorer = RolloutScorer(self.reward, config.reward.overlap)
         self.lora = lora_spec(config.model, self.adapter) if config.model.train_mode == "lora" else None
-        self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
-        # DDP-wrapped when several processes run: gradients of the trained policy are averaged across ranks.
-        self.trained_module = self.accelerator.prepare_model(self.adapter.transformer)
         optim = config.optim
-        self.optimizer = torch.optim.AdamW(
-            self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-        )
+        if self.sharded:
+            # Sharded from the CPU copy: no process ever holds the whole transformer on its device. The text
+            # encoders are not sharded: they stay on the CPU between encodes.
+            self.adapter.offload_text_encoder = True
+            self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
+            self.optimizer = torch.optim.AdamW(
+                self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+            )
+            # accelerate shards the transformer in place and points the optimizer at the new parameters.
+            self.trained_module, prepared = self.accelerator.prepare(self.adapter.transformer, self.optimizer)
+            self.optimizer = prepared.optimizer
+            self.policies.shard(lambda module: fsdp2_prepare_model(self.accelerator, module))
+            self.adapter.to(self.accelerator.device)
+        else:
+            self.adapter.to(self.accelerator.device)
+            self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
+            # DDP-wrapped when several processes run: gradients of the trained policy are averaged across ranks.
+            self.trained_module = self.accelerator.prepare_model(self.adapter.transformer)
+            self.optimizer = torch.optim.AdamW(
+                self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+            )
         self.position, self.banned = 0, set()
         self.loop = TrainingLoop(self.run_dir, "nft", "iterations", config.iterations,
                                  time_budget_s=config.time_budget_s, eval_every=config.eval.every,
@@ -198,7 +242,9 @@ class NFTTrainer:
             save_checkpoint=self._save_checkpoint,
             line=iteration_line,
         )
-        summary = self._finish() if self.is_main else {}
+        # The final weights, whole (sharded: every rank takes part in gathering them).
+        final_weights = self.policies.trained_state(self.is_main) if self.is_main or self.sharded else {}
+        summary = self._finish(final_weights) if self.is_main else {}
         self.accelerator.wait_for_everyone()
         return summary
 
@@ -358,7 +404,9 @@ class NFTTrainer:
                     with self.policies.use("reference") as reference:
                         v_ref = self.adapter.velocity(x_t, t, conditions, guidance, reference)
             last = index == backward_passes - 1
-            with self.policies.use("trained"), (nullcontext() if last else self.accelerator.no_sync(self.trained_module)):
+            # Sharded gradients are reduced at every backward: unsynced ones would be whole on every rank.
+            unsynced = not (last or self.sharded)
+            with self.policies.use("trained"), (self.accelerator.no_sync(self.trained_module) if unsynced else nullcontext()):
                 v_theta = self.adapter.velocity(x_t, t, conditions, guidance, self.trained_module)
                 loss, loss_metrics = self.loss_fn(v_theta=v_theta, v_old=v_old, v_ref=v_ref, x_t=x_t, x0=x0, t=t,
                                                   r=r[rows].to(device), beta=rl.beta, adv_clip=rl.adv_clip,
@@ -381,10 +429,14 @@ class NFTTrainer:
     def _evaluate(self, step: int) -> dict[str, float]:
         ev = self.config.eval
         tick = time.monotonic()
+        guidance = self.config.rollout.guidance if ev.guidance is None else ev.guidance
         with torch.no_grad(), self.policies.use("trained") as trained:
+            if not self.is_main:  # sharded: the same edits, in step with the main process, which scores them
+                generate_heldout(self.adapter, self.heldout, ev.steps, ev.sampler, ev.cfg_scale, trained, ev.batch_size,
+                                 guidance)
+                return {}
             result = evaluate(self.adapter, self.heldout, self.eval_reward, ev.steps, ev.sampler, ev.cfg_scale, trained,
-                              batch_size=ev.batch_size,
-                              guidance=self.config.rollout.guidance if ev.guidance is None else ev.guidance)
+                              batch_size=ev.batch_size, guidance=guidance)
         if result.failures:
             self._report_unscored("the held-out evaluation", len(result.failures), result.scores.numel(),
                                   next(iter(result.failures.values())))
@@ -430,17 +482,21 @@ class NFTTrainer:
 
     def _save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
-        if not self.is_main:
-            return
-        state = {
-            "position": self.position,
-            "banned": sorted(self.train_samples[i].id for i in self.banned),
-            "train_seconds": self.loop.seconds,
-        }
-        save_checkpoint(self.run_folder.checkpoints, self.loop.step, self.policies.trained_state(), self.policies.old_state(),
-                        self.optimizer, state, keep=self.config.logging.keep_checkpoints)
+        if self.is_main or self.sharded:  # sharded: every rank takes part in gathering the slices
+            trained, old = self.policies.trained_state(self.is_main), self.policies.old_state(self.is_main)
+            optimizer_state = full_optimizer_state(self.optimizer, self.is_main)
+        if self.is_main:
+            state = {
+                "position": self.position,
+                "banned": sorted(self.train_samples[i].id for i in self.banned),
+                "train_seconds": self.loop.seconds,
+            }
+            save_checkpoint(self.run_folder.checkpoints, self.loop.step, trained, old, optimizer_state, state,
+                            keep=self.config.logging.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
 
     def _restore(self, checkpoint: Checkpoint) -> None:
+        checkpoint.optimizer_state = shard_optimizer_state(checkpoint.optimizer_state, self.optimizer)
         checkpoint.restore(self.optimizer)
         self.policies.load_states(checkpoint.trained, checkpoint.old)
         state = checkpoint.state
@@ -451,15 +507,16 @@ class NFTTrainer:
         if self.is_main:
             console.print(f"resumed from {checkpoint.folder} at iteration {checkpoint.step}")
 
-    def _finish(self) -> dict:
+    def _finish(self, final_weights: dict[str, torch.Tensor]) -> dict:
         rows = read_metrics(self.run_dir)
         reward_curve(rows, self.run_dir / "reward_curve.png", eval_keys=("heldout_reward", "heldout_training_reward"),
                      title="DiffusionNFT: rollout and held-out reward")
         final_folder = self.run_dir / "final"
         if self.lora is not None:
-            self.adapter.save_lora(self.policies.trained_state(), final_folder, self.lora)
+            self.adapter.save_lora(final_weights, final_folder, self.lora)
         else:
-            self.adapter.save_pretrained(final_folder)
+            with unsharded_transformer(self.adapter, final_weights):
+                self.adapter.save_pretrained(final_folder)
             fix_modes(final_folder)
         step = self.loop.step
         summary = {"iterations": step, "train_seconds": round(self.loop.seconds, 1)}

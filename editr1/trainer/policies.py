@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from editr1.models.lora_io import LoraSpec
 from editr1.rl.old_policy import soft_update_
+from editr1.trainer.sharding import drop_gathered, gather_full, shard_like
 
 TRAINED, OLD = "default", "old"
 
@@ -40,10 +41,7 @@ class PolicySet:
                 # peft warns that a second adapter is being added: here that is the point.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 transformer.add_adapter(copy.deepcopy(config), adapter_name=OLD)
-            named = dict(transformer.named_parameters())
-            self._trained = [p for n, p in named.items() if f".{TRAINED}." in n]
-            # Pair old with trained by name, not by order.
-            self._old = [named[n.replace(f".{TRAINED}.", f".{OLD}.")] for n, p in named.items() if f".{TRAINED}." in n]
+            self._collect()
             # Adapters and their optimizer state stay float32 over a bf16/fp16 base (peft casts inputs).
             for p in self._trained + self._old:
                 p.data = p.data.float()
@@ -52,10 +50,28 @@ class PolicySet:
         else:
             self.old_module = copy.deepcopy(transformer)
             self.reference_module = copy.deepcopy(transformer) if need_reference else None
-            self._trained = list(transformer.parameters())
-            self._old = list(self.old_module.parameters())
+            self._collect()
         for p in self._trained:
             p.requires_grad_(True)
+
+    def _collect(self) -> None:
+        if self.mode == "lora":
+            named = dict(self.transformer.named_parameters())
+            self._trained = [p for n, p in named.items() if f".{TRAINED}." in n]
+            # Pair old with trained by name, not by order.
+            self._old = [named[n.replace(f".{TRAINED}.", f".{OLD}.")] for n, p in named.items() if f".{TRAINED}." in n]
+        else:
+            self._trained = list(self.transformer.parameters())
+            self._old = list(self.old_module.parameters())
+
+    def shard(self, shard_frozen: Callable[[nn.Module], nn.Module]) -> None:
+        """After the trained transformer was sharded (which replaces its parameters): shard the frozen
+        copies of full fine-tuning with `shard_frozen` too, and take the new parameters."""
+        if self.mode == "full":
+            self.old_module = shard_frozen(self.old_module)
+            if self.reference_module is not None:
+                self.reference_module = shard_frozen(self.reference_module)
+        self._collect()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self._trained
@@ -116,25 +132,35 @@ class PolicySet:
     def update_old(self, decay: float) -> None:
         """theta_old <- decay * theta_old + (1 - decay) * theta."""
         soft_update_(self._old, self._trained, decay)
+        drop_gathered(self.transformer if self.mode == "lora" else self.old_module)
 
     # ---- state for checkpoints ------------------------------------------------------------------
-    def trained_state(self) -> dict[str, torch.Tensor]:
+    # Whole tensors in and out, sharded or not (see `sharding`): with sharded parameters every rank calls
+    # these, and only the ranks with `keep` get the tensors.
+    def trained_state(self, keep: bool = True) -> dict[str, torch.Tensor]:
         if self.mode == "lora":
-            return get_peft_model_state_dict(self.transformer, adapter_name=TRAINED)
-        return self.transformer.state_dict()
+            return self._adapter_state(TRAINED, keep)
+        return gather_full(self.transformer.state_dict(), keep)
 
-    def old_state(self) -> dict[str, torch.Tensor]:
+    def old_state(self, keep: bool = True) -> dict[str, torch.Tensor]:
         if self.mode == "lora":
-            return get_peft_model_state_dict(self.transformer, adapter_name=OLD)
-        return self.old_module.state_dict()
+            return self._adapter_state(OLD, keep)
+        return gather_full(self.old_module.state_dict(), keep)
+
+    def _adapter_state(self, name: str, keep: bool) -> dict[str, torch.Tensor]:
+        own = {key: value for key, value in self.transformer.state_dict().items() if f".{name}." in key}
+        return get_peft_model_state_dict(self.transformer, state_dict=gather_full(own, keep), adapter_name=name)
 
     def load_states(self, trained: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) -> None:
         if self.mode == "lora":
             for state, name in ((trained, TRAINED), (old, OLD)):
-                result = set_peft_model_state_dict(self.transformer, state, adapter_name=name)
+                # The module's tensors under the names peft saves them by (the adapter's name taken out).
+                like = {key.replace(f".{name}", ""): value for key, value in self.transformer.state_dict().items()
+                        if f".{name}." in key}
+                result = set_peft_model_state_dict(self.transformer, shard_like(state, like), adapter_name=name)
                 if result.unexpected_keys:
                     raise ValueError(f"checkpoint has unexpected LoRA keys: {result.unexpected_keys[:3]}")
             self.transformer.set_adapter(TRAINED)
         else:
-            self.transformer.load_state_dict(trained)
-            self.old_module.load_state_dict(old)
+            self.transformer.load_state_dict(shard_like(trained, self.transformer.state_dict()))
+            self.old_module.load_state_dict(shard_like(old, self.old_module.state_dict()))

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from editr1.trainer.metrics_log import MetricsLogger, read_metrics
+from editr1.trainer.metrics_log import METRICS_FILE, MetricsLogger, read_metrics
 from editr1.trainer.progress import console, phase_progress
 
 #: The metric whose presence marks an evaluated step in `metrics.jsonl`.
@@ -43,10 +43,18 @@ class TrainingLoop:
         self.evaluated_key = evaluated_key
         #: Where the run stands: steps taken and seconds on the time-budget clock (a checkpoint saves both).
         self.step, self.seconds = 0, 0.0
+        #: Steps already evaluated (not evaluated again).
+        self.evaluated: set[int] = set()
         self.progress = None
 
     def resume_at(self, step: int, seconds: float) -> None:
+        """Continue at `step`. Every rank reads the evaluated steps here, before any rank writes the log, and
+        only rows up to `step` count (rows after it are cut and taken again): so every rank takes the same
+        evaluate-or-not decisions, which sharded models need (an evaluation runs on every rank)."""
         self.step, self.seconds = step, seconds
+        log = self.run_dir / METRICS_FILE
+        rows = read_metrics(log) if log.is_file() else []
+        self.evaluated = {row["step"] for row in rows if self.evaluated_key in row and row["step"] <= step}
 
     def run(
         self,
@@ -66,10 +74,9 @@ class TrainingLoop:
         logger = MetricsLogger(self.run_dir, tensorboard=self.tensorboard) if self.is_main else nullcontext()
         with logger as log, phase_progress(self.show_progress and self.is_main) as progress:
             self.progress = progress
-            evaluated: set[int] = set()
+            evaluated = self.evaluated
             if log is not None:
                 log.truncate_after(self.step)
-                evaluated = {row["step"] for row in read_metrics(self.run_dir) if self.evaluated_key in row}
 
             def evaluate_now() -> None:
                 metrics = evaluate(self.step)

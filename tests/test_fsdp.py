@@ -1,0 +1,142 @@
+"""Sharded training: two processes under accelerate's FSDP2 (gloo on the CPU, through `fsdp_on_cpu.py`;
+see there for the one decision it changes) train like one process, evaluate, export, and resume."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_runs import run_launch, tiny_nft_overrides
+
+from editr1.config import NFTConfig, load_config
+from editr1.trainer.metrics_log import read_metrics
+from editr1.trainer.nft import run_nft
+
+ROOT = Path(__file__).parent.parent
+SHIPPED_FSDP = ROOT / "configs" / "accelerate" / "fsdp_1node.yaml"
+
+
+def _overrides(data, out, iterations=2, extra=()):
+    return tiny_nft_overrides(data, out, iterations=iterations) + [
+        "rollout.groups_per_iteration=2", "eval.every=2", "logging.checkpoint_every=1", *extra,
+    ]
+
+
+def _launch_fsdp(overrides, resume=False):
+    """`editr1 train` on 2 CPU processes under the shipped FSDP config (8 GPUs there, 2 processes here)."""
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(SHIPPED_FSDP),
+               "--num_processes", "2", str(Path(__file__).parent / "fsdp_on_cpu.py"), "train"]
+    for override in overrides:
+        command += ["--set", override]
+    if resume:
+        command.append("--resume")
+    return run_launch(command)
+
+
+def _tensors(run, step, name):
+    return load_file(run / "checkpoints" / f"step_{step:06d}" / f"{name}.safetensors")
+
+
+def _assert_close(a, b, atol):
+    assert a.keys() == b.keys()
+    for key, value in b.items():
+        assert torch.allclose(a[key].float(), value.float(), rtol=0, atol=atol), (key, float((a[key] - value).abs().max()))
+
+
+def _assert_equal(a, b):
+    assert a.keys() == b.keys()
+    for key, value in b.items():
+        assert torch.equal(a[key], value), key
+
+
+def _rows(run, key):
+    return [(row["step"], row[key]) for row in read_metrics(run) if key in row]
+
+
+def test_fsdp_lora_trains_like_one_process_evaluates_exports_and_resumes(shapes_data, tmp_path):
+    sharded, single = tmp_path / "fsdp", tmp_path / "one"
+    launched = _launch_fsdp(_overrides(shapes_data, sharded))
+    assert "DistributedDataParallel" not in launched.stderr
+    run_nft(load_config(NFTConfig, None, _overrides(shapes_data, single)))
+
+    # The same rollouts and held-out edits; the weights agree up to the order of float sums (DDP does as
+    # well: see test_distributed.py), and so does the held-out reward.
+    assert _rows(sharded, "reward_mean")[0] == _rows(single, "reward_mean")[0]
+    assert [step for step, _ in _rows(sharded, "heldout_reward")] == [0, 2]
+    assert _rows(sharded, "heldout_reward")[0] == _rows(single, "heldout_reward")[0]
+    for name in ("trained", "old", "optimizer"):
+        _assert_close(_tensors(sharded, 2, name), _tensors(single, 2, name), atol=1e-5)
+    # The checkpoint holds whole tensors, and the exported LoRA is the same file an unsharded run writes.
+    lora = "final/pytorch_lora_weights.safetensors"
+    _assert_close(load_file(sharded / lora), load_file(single / lora), atol=1e-5)
+
+    # Killed after iteration 1 (its checkpoint kept, what came after it lost), resumed on 2 processes:
+    # the same run, bit for bit.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(sharded, resumed, ignore=shutil.ignore_patterns("step_000002", "final", "summary.json"))
+    (resumed / "checkpoints" / "latest").write_text("step_000001")
+    _launch_fsdp(_overrides(shapes_data, resumed), resume=True)
+    for name in ("trained", "old", "optimizer"):
+        _assert_equal(_tensors(resumed, 2, name), _tensors(sharded, 2, name))
+    assert _rows(resumed, "heldout_reward") == _rows(sharded, "heldout_reward")
+
+    # The checkpoint does not depend on the launch: one process resumes it too.
+    alone = tmp_path / "alone"
+    shutil.copytree(resumed, alone, ignore=shutil.ignore_patterns("step_000002", "final", "summary.json"))
+    (alone / "checkpoints" / "latest").write_text("step_000001")
+    run_nft(load_config(NFTConfig, None, _overrides(shapes_data, alone)), resume=True)
+    _assert_close(_tensors(alone, 2, "trained"), _tensors(sharded, 2, "trained"), atol=1e-5)
+
+
+def test_fsdp_full_fine_tuning_with_a_reference_trains_like_one_process(shapes_data, tmp_path):
+    """Full fine-tuning shards the old and reference copies too. The old copy is only ever run forward:
+    after its in-place update the whole parameters FSDP kept from the last forward must be dropped, or
+    the second iteration's rollouts use stale weights (they did, before `drop_gathered`)."""
+    extra = ("model.train_mode=full", "optim.lr=1e-4", "rl.kl_coef=0.1", "data.heldout=null", "eval.every=0",
+             "logging.checkpoint_every=2")
+    sharded, single = tmp_path / "fsdp", tmp_path / "one"
+    _launch_fsdp(_overrides(shapes_data, sharded, extra=extra))
+    run_nft(load_config(NFTConfig, None, _overrides(shapes_data, single, extra=extra)))
+    rewards = [value for _, value in _rows(single, "reward_mean")]
+    assert [value for _, value in _rows(sharded, "reward_mean")] == pytest.approx(rewards, abs=1e-6)
+    for name in ("trained", "old", "optimizer"):
+        _assert_close(_tensors(sharded, 2, name), _tensors(single, 2, name), atol=2e-5)
+    # The final folder is a whole diffusers model.
+    exported = load_file(sharded / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    _assert_equal(exported, _tensors(sharded, 2, "trained"))
+    assert (sharded / "final" / "transformer" / "config.json").read_text() == \
+        (single / "final" / "transformer" / "config.json").read_text()
+
+
+def test_a_sharded_run_refuses_what_it_cannot_do(shapes_data, tmp_path):
+    from editr1.errors import EditR1Error
+    from editr1.trainer.nft import check_sharding
+
+    config = load_config(NFTConfig, None, _overrides(shapes_data, tmp_path / "x"))
+    with pytest.raises(EditR1Error, match="fsdp_version 1"):
+        check_sharding(config, 1)
+    config.rollout.merge_old_adapter = True
+    with pytest.raises(EditR1Error, match="rollout.merge_old_adapter"):
+        check_sharding(config, 2)
+
+
+def test_fsdp_over_a_bf16_base_with_checkpointing_trains_like_ddp(shapes_data, tmp_path):
+    """The real-scale setting: a bf16 base (its all-gathers mix bf16 weights and float32 LoRA) with gradient
+    checkpointing. bf16 results depend on how rows are batched, so the comparison is with DDP on the same
+    2 processes, which batches them the same way."""
+    extra = ("model.dtype=bfloat16", "model.gradient_checkpointing=true", "eval.every=1")
+    sharded, replicated = tmp_path / "fsdp", tmp_path / "ddp"
+    _launch_fsdp(_overrides(shapes_data, sharded, extra=extra))
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+               str(ROOT / "configs" / "accelerate" / "ddp_1node.yaml"), "--num_processes", "2", "-m", "editr1.cli.main",
+               "train"]
+    for override in _overrides(shapes_data, replicated, extra=extra):
+        command += ["--set", override]
+    run_launch(command)
+    sharded_rows, replicated_rows = _rows(sharded, "heldout_reward"), _rows(replicated, "heldout_reward")
+    assert [step for step, _ in sharded_rows] == [step for step, _ in replicated_rows] == [0, 1, 2]
+    assert [value for _, value in sharded_rows] == pytest.approx([value for _, value in replicated_rows], abs=1e-6)
+    for name in ("trained", "old"):
+        _assert_close(_tensors(sharded, 2, name), _tensors(replicated, 2, name), atol=1e-5)
