@@ -140,3 +140,26 @@ def test_fsdp_over_a_bf16_base_with_checkpointing_trains_like_ddp(shapes_data, t
     assert [value for _, value in sharded_rows] == pytest.approx([value for _, value in replicated_rows], abs=1e-6)
     for name in ("trained", "old"):
         _assert_close(_tensors(sharded, 2, name), _tensors(replicated, 2, name), atol=1e-5)
+
+
+def test_sharded_training_refuses_data_that_would_make_uneven_transformer_calls():
+    """Qwen-Image-Edit-2509 runs one transformer call per reference layout in a batch: with mixed reference
+    counts two processes could make different numbers of calls, and a sharded forward would wait forever."""
+    from editr1.data.jsonl import EditSample
+    from editr1.errors import EditR1Error
+    from editr1.models.registry import build_tiny
+    from editr1.trainer.nft import check_sharded_data
+
+    def samples(*counts):
+        return [EditSample(str(i), tuple(Path(f"{i}_{r}.png") for r in range(n)), "edit", None, None, i + 1)
+                for i, n in enumerate(counts)]
+
+    plus = build_tiny("tiny:qwen-image-edit-plus", ["edit"], 0)
+    check_sharded_data(plus, {"data.train": samples(2, 2, 2)})
+    with pytest.raises(EditR1Error, match=r"data.heldout: cannot train sharded .* 1 or 2 reference images"):
+        check_sharded_data(plus, {"data.train": samples(2, 2), "data.heldout": samples(1, 2)})
+    plus.condition_area = 1024 * 1024
+    with pytest.raises(EditR1Error, match="model.condition_area"):
+        check_sharded_data(plus, {"data.train": samples(1, 1)})
+    # One call per batch whatever the data: the other families.
+    check_sharded_data(build_tiny("tiny:flux-kontext", ["edit"], 0), {"data.train": samples(1, 1)})

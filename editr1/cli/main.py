@@ -142,7 +142,9 @@ def run(args: argparse.Namespace) -> None:
         config = load_config(NFTConfig, args.config, args.overrides)
         from editr1.trainer.nft import run_nft
 
-        print(json.dumps(run_nft(config, resume=args.resume), indent=2))
+        summary = run_nft(config, resume=args.resume)
+        if summary:  # only the main process has one
+            print(json.dumps(summary, indent=2))
     elif args.command == "precompute":
         from editr1.config import NFTConfig, load_config
 

@@ -374,6 +374,12 @@ class EditModelAdapter(ABC):
         h, w = self._latent_hw(height, width)
         return (h // 2) * (w // 2), self.codec.latent_channels * 4
 
+    def uneven_transformer_calls(self, reference_counts: list[int]) -> str | None:
+        """Why `velocity` could make more transformer calls for one batch of samples than for another,
+        given each sample's number of reference images; None when it makes one call per batch (this
+        default). A sharded transformer needs the same number of calls on every process."""
+        return None
+
     @abstractmethod
     def velocity(
         self,

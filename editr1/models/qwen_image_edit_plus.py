@@ -101,6 +101,17 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
         self.text_condition_area = pipeline_qwenimage_edit_plus.CONDITION_IMAGE_SIZE
         return self
 
+    def uneven_transformer_calls(self, reference_counts: list[int]) -> str | None:
+        # `velocity` makes one call per reference layout (count and grid of each reference) in a batch.
+        if self.condition_area is not None:
+            return ("model.condition_area is set, so each reference's latent grid follows its image's aspect ratio, "
+                    "and a batch makes one transformer call per reference layout")
+        counts = sorted(set(reference_counts))
+        if len(counts) > 1:
+            return (f"the samples have {' or '.join(map(str, counts))} reference images, and a batch makes one "
+                    "transformer call per reference count")
+        return None
+
     @classmethod
     def build_tiny(cls, corpus: list[str], seed: int = 0) -> "QwenImageEditPlusAdapter":
         from editr1.models.tiny_qwen_image_edit_plus import build_tiny_qwen_image_edit_plus  # it imports this module

@@ -113,6 +113,17 @@ def check_sharding(config: NFTConfig, fsdp_version: int) -> None:
         raise EditR1Error("model.compile: not supported with a sharded model yet (untested); set it to false under FSDP")
 
 
+def check_sharded_data(adapter, datasets: dict[str, list[EditSample]]) -> None:
+    """A sharded transformer's every call gathers its slices from every process, so every process must make
+    the same number of calls: refuse data for which the family's `velocity` could make more on one."""
+    for field_name, samples in datasets.items():
+        problem = adapter.uneven_transformer_calls([len(s.images) for s in samples])
+        if problem:
+            raise EditR1Error(f"{field_name}: cannot train sharded (FSDP) on this data: {problem}, and every process "
+                              "must make the same transformer calls. Give every sample the same number of reference "
+                              "images (and leave model.condition_area unset), or train with DDP")
+
+
 class NFTTrainer:
     def __init__(self, config: NFTConfig, resume: bool = False):
         self.config = config
@@ -179,6 +190,9 @@ class NFTTrainer:
                                       config.data.prompt_overflow)
             token_shape = self.adapter.latent_token_shape(self.size, self.size)
             self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)
+        if self.sharded:
+            check_sharded_data(self.adapter, {"data.train": self.train_samples,
+                                              **({"data.heldout": self.heldout.samples} if self.heldout else {})})
         # Conditions: read from the cache (checked to hold every sample, unchanged), or each sample encoded alone.
         self.cache = None
         if config.data.conditions_cache:

@@ -86,7 +86,7 @@ class TrainingLoop:
 
             if evaluate is not None and evaluate_at_start and 0 not in evaluated:
                 evaluate_now()
-            task = progress.task(f"{self.name} {self.unit}", self.total)
+            task = progress.task(f"{self.name} {self.unit}", self.total, quiet=not self.is_main)
             task.advance(self.step)
             while self.step < self.total:
                 if self.time_budget_s and self.seconds >= self.time_budget_s:
