@@ -91,11 +91,11 @@ def test_fsdp_lora_trains_like_one_process_evaluates_exports_and_resumes(shapes_
 
 
 def test_fsdp_full_fine_tuning_with_a_reference_trains_like_one_process(shapes_data, tmp_path):
-    """Full fine-tuning shards the old and reference copies too. The old copy is only ever run forward:
+    """Full fine-tuning shards the old and reference copies too, and resumes. The old copy is only ever run forward:
     after its in-place update the whole parameters FSDP kept from the last forward must be dropped, or
     the second iteration's rollouts use stale weights (they did, before `drop_gathered`)."""
     extra = ("model.train_mode=full", "optim.lr=1e-4", "rl.kl_coef=0.1", "data.heldout=null", "eval.every=0",
-             "logging.checkpoint_every=2")
+             "logging.checkpoint_every=1")
     sharded, single = tmp_path / "fsdp", tmp_path / "one"
     _launch_fsdp(_overrides(shapes_data, sharded, extra=extra))
     run_nft(load_config(NFTConfig, None, _overrides(shapes_data, single, extra=extra)))
@@ -108,25 +108,45 @@ def test_fsdp_full_fine_tuning_with_a_reference_trains_like_one_process(shapes_d
     _assert_equal(exported, _tensors(sharded, 2, "trained"))
     assert (sharded / "final" / "transformer" / "config.json").read_text() == \
         (single / "final" / "transformer" / "config.json").read_text()
+    # Resumed from iteration 1 on 2 processes: the whole weights, old copy and moments sliced again, bit for bit.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(sharded, resumed, ignore=shutil.ignore_patterns("step_000002", "final", "summary.json"))
+    (resumed / "checkpoints" / "latest").write_text("step_000001")
+    _launch_fsdp(_overrides(shapes_data, resumed, extra=extra), resume=True)
+    for name in ("trained", "old", "optimizer"):
+        _assert_equal(_tensors(resumed, 2, name), _tensors(sharded, 2, name))
 
 
 def test_a_sharded_run_refuses_what_it_cannot_do(shapes_data, tmp_path):
+    from types import SimpleNamespace
+
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+
     from editr1.errors import EditR1Error
     from editr1.trainer.nft import check_sharding
 
     config = load_config(NFTConfig, None, _overrides(shapes_data, tmp_path / "x"))
+    shipped = dict(fsdp_version=2, activation_checkpointing=False, cpu_offload=OffloadPolicy(),
+                   cpu_ram_efficient_loading=False, reshard_after_forward=True)
+    check_sharding(config, SimpleNamespace(**shipped), "no", "NO")
     with pytest.raises(EditR1Error, match="fsdp_version 1"):
-        check_sharding(config, 1)
+        check_sharding(config, SimpleNamespace(**{**shipped, "fsdp_version": 1}), "no", "NO")
+    with pytest.raises(EditR1Error, match="mixed_precision, dynamo_backend, fsdp_activation_checkpointing, "
+                                          "fsdp_offload_params, fsdp_cpu_ram_efficient_loading, fsdp_reshard_after_forward"):
+        check_sharding(config, SimpleNamespace(fsdp_version=2, activation_checkpointing=True, cpu_offload=CPUOffloadPolicy(),
+                                               cpu_ram_efficient_loading=True, reshard_after_forward=False),
+                       "bf16", "INDUCTOR")
     config.rollout.merge_old_adapter = True
     with pytest.raises(EditR1Error, match="rollout.merge_old_adapter"):
-        check_sharding(config, 2)
+        check_sharding(config, SimpleNamespace(**shipped), "no", "NO")
 
 
 def test_fsdp_over_a_bf16_base_with_checkpointing_trains_like_ddp(shapes_data, tmp_path):
     """The real-scale setting: a bf16 base (its all-gathers mix bf16 weights and float32 LoRA) with gradient
-    checkpointing. bf16 results depend on how rows are batched, so the comparison is with DDP on the same
-    2 processes, which batches them the same way."""
-    extra = ("model.dtype=bfloat16", "model.gradient_checkpointing=true", "eval.every=1")
+    checkpointing, true CFG, and held-out edits in several chunks. bf16 results depend on how rows are
+    batched, so the comparison is with DDP on the same 2 processes, which batches them the same way."""
+    extra = ("model.dtype=bfloat16", "model.gradient_checkpointing=true", "eval.every=1", "eval.batch_size=3",
+             "rollout.cfg_scale=2.0", "eval.cfg_scale=2.0")
     sharded, replicated = tmp_path / "fsdp", tmp_path / "ddp"
     _launch_fsdp(_overrides(shapes_data, sharded, extra=extra))
     command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
@@ -156,8 +176,8 @@ def test_sharded_training_refuses_data_that_would_make_uneven_transformer_calls(
 
     plus = build_tiny("tiny:qwen-image-edit-plus", ["edit"], 0)
     check_sharded_data(plus, {"data.train": samples(2, 2, 2)})
-    with pytest.raises(EditR1Error, match=r"data.heldout: cannot train sharded .* 1 or 2 reference images"):
-        check_sharded_data(plus, {"data.train": samples(2, 2), "data.heldout": samples(1, 2)})
+    with pytest.raises(EditR1Error, match=r"data.train: cannot train sharded .* 1 or 2 reference images"):
+        check_sharded_data(plus, {"data.train": samples(2, 1, 2)})
     plus.condition_area = 1024 * 1024
     with pytest.raises(EditR1Error, match="model.condition_area"):
         check_sharded_data(plus, {"data.train": samples(1, 1)})

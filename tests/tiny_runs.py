@@ -18,12 +18,17 @@ def tiny_nft_overrides(data, out, iterations=3):
 
 
 def run_launch(command, timeout=300):
-    """Run an `accelerate launch` command on the CPU (gloo, one thread per process); on a timeout kill
-    its whole process group, so no training process outlives the test."""
+    """Run an `accelerate launch` command on the CPU (gloo, one thread per process) on a port of its own;
+    on a timeout kill its whole process group, so no training process outlives the test."""
     import os
     import signal
+    import socket
     import subprocess
 
+    with socket.socket() as probe:  # a free port: a launch that just ended may still hold accelerate's default
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [command[0], command[1], "--main_process_port", str(port), *command[2:]]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as process:
@@ -33,5 +38,5 @@ def run_launch(command, timeout=300):
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
             raise
-    assert process.returncode == 0, stderr[-4000:]
+    assert process.returncode == 0, f"exit status {process.returncode}\n{stdout[-3000:]}\n{stderr[-4000:]}"
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

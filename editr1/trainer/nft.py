@@ -15,10 +15,11 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.utils import DistributedType
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
@@ -62,6 +63,7 @@ from editr1.trainer.seeding import generator_for
 from editr1.trainer.sharding import full_optimizer_state, shard_optimizer_state, unsharded_transformer
 
 GRID_SAMPLES = 8
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 #: Held-out evaluations, one file per step; every gain is paired with the step-0 baseline.
 EVAL_FOLDER, BASELINE_EVAL = "eval", "step_000000.safetensors"
 
@@ -101,11 +103,29 @@ def resume_safe_fields(config: NFTConfig) -> tuple[str, ...]:
             *resume_safe_reward_fields("eval.reward", config.eval.reward))
 
 
-def check_sharding(config: NFTConfig, fsdp_version: int) -> None:
-    """What a sharded (FSDP) run refuses before it writes anything."""
-    if fsdp_version != 2:
-        raise EditR1Error(f"accelerate config: fsdp_version {fsdp_version} is not supported; editr1 shards with FSDP2 "
-                          "(fsdp_version: 2, as in configs/accelerate/fsdp_1node.yaml)")
+def check_sharding(config: NFTConfig, plugin, mixed_precision: str, dynamo_backend: str) -> None:
+    """What a sharded (FSDP) run refuses before it writes anything: settings of the accelerate config
+    (`plugin`: its FSDP plugin) and of editr1's config that the sharded path does not handle."""
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    if plugin.fsdp_version != 2:
+        raise EditR1Error(f"accelerate config: fsdp_version {plugin.fsdp_version} is not supported; editr1 shards with "
+                          "FSDP2 (fsdp_version: 2, as in configs/accelerate/fsdp_1node.yaml)")
+    unsupported = {
+        # The weights' dtype is model.dtype; accelerate's autocast would also upcast the LoRA's optimizer state.
+        "mixed_precision": mixed_precision != "no",
+        "dynamo_backend": dynamo_backend.upper() != "NO",
+        "fsdp_activation_checkpointing": plugin.activation_checkpointing,
+        "fsdp_offload_params": isinstance(plugin.cpu_offload, CPUOffloadPolicy),
+        "fsdp_cpu_ram_efficient_loading": plugin.cpu_ram_efficient_loading,
+        # The frozen copies never run a backward: without resharding they would stay whole on every GPU.
+        "fsdp_reshard_after_forward": plugin.reshard_after_forward is not True,
+    }
+    refused = [name for name, bad in unsupported.items() if bad]
+    if refused:
+        raise EditR1Error(f"accelerate config: {', '.join(refused)}: not supported with editr1's FSDP path; use the "
+                          "values of configs/accelerate/fsdp_1node.yaml (model.gradient_checkpointing for activation "
+                          "checkpointing, model.compile is not supported under FSDP yet)")
     if config.rollout.merge_old_adapter:
         raise EditR1Error("rollout.merge_old_adapter: not with a sharded model (a LoRA merge needs whole weights); "
                           "set it to false under FSDP")
@@ -131,13 +151,17 @@ class NFTTrainer:
         # Scale-out is accelerate's: `accelerate launch -m editr1.cli.main train ...` runs one process per
         # device; each rolls out its share of one global draw of groups, statistics are gathered.
         # The last block's text-stream output is discarded, so its LoRA gets no gradient: DDP must allow it.
-        self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        # The main process alone scores held-out edits and writes checkpoints while the others wait in a
+        # collective: a slow judge can take longer than torch's default 10-minute collective timeout.
+        self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),
+                                                        InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         # An accelerate config with `distributed_type: FSDP` shards the transformer over the processes.
         self.sharded = self.accelerator.distributed_type == DistributedType.FSDP
         if self.sharded:
-            check_sharding(config, self.accelerator.state.fsdp_plugin.fsdp_version)
+            state = self.accelerator.state
+            check_sharding(config, state.fsdp_plugin, str(state.mixed_precision), str(state.dynamo_plugin.backend.value))
             # The velocity is sliced out of the transformer's output and never changed in place (what this
             # warning, raised at every forward, is about).
             warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -190,9 +214,8 @@ class NFTTrainer:
                                       config.data.prompt_overflow)
             token_shape = self.adapter.latent_token_shape(self.size, self.size)
             self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)
-        if self.sharded:
-            check_sharded_data(self.adapter, {"data.train": self.train_samples,
-                                              **({"data.heldout": self.heldout.samples} if self.heldout else {})})
+        if self.sharded:  # every rank generates the same held-out chunks: only the training data can differ
+            check_sharded_data(self.adapter, {"data.train": self.train_samples})
         # Conditions: read from the cache (checked to hold every sample, unchanged), or each sample encoded alone.
         self.cache = None
         if config.data.conditions_cache:
@@ -232,6 +255,7 @@ class NFTTrainer:
                 self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
             )
         self.position, self.banned = 0, set()
+        self.saved_step = None
         self.loop = TrainingLoop(self.run_dir, "nft", "iterations", config.iterations,
                                  time_budget_s=config.time_budget_s, eval_every=config.eval.every,
                                  checkpoint_every=config.logging.checkpoint_every, progress=config.logging.progress,
@@ -243,9 +267,12 @@ class NFTTrainer:
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
         try:
-            return self._run()
+            summary = self._run()
         finally:
             self.scorer.close()
+        # Tear the process group down before the interpreter does (gloo's threads may not outlive it cleanly).
+        self.accelerator.end_training()
+        return summary
 
     def _run(self) -> dict:
         self.phases = None
@@ -257,7 +284,9 @@ class NFTTrainer:
             line=iteration_line,
         )
         # The final weights, whole (sharded: every rank takes part in gathering them).
-        final_weights = self.policies.trained_state(self.is_main) if self.is_main or self.sharded else {}
+        final_weights = {}
+        if self.sharded or (self.is_main and self.lora is not None):  # unsharded full weights save themselves
+            final_weights = self.policies.trained_state(self.is_main)
         summary = self._finish(final_weights) if self.is_main else {}
         self.accelerator.wait_for_everyone()
         return summary
@@ -496,6 +525,9 @@ class NFTTrainer:
 
     def _save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
+        if self.loop.step == self.saved_step:  # the final save after a periodic one at the same step
+            return
+        self.saved_step = self.loop.step
         if self.is_main or self.sharded:  # sharded: every rank takes part in gathering the slices
             trained, old = self.policies.trained_state(self.is_main), self.policies.old_state(self.is_main)
             optimizer_state = full_optimizer_state(self.optimizer, self.is_main)
@@ -507,7 +539,6 @@ class NFTTrainer:
             }
             save_checkpoint(self.run_folder.checkpoints, self.loop.step, trained, old, optimizer_state, state,
                             keep=self.config.logging.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         checkpoint.optimizer_state = shard_optimizer_state(checkpoint.optimizer_state, self.optimizer)
@@ -516,6 +547,7 @@ class NFTTrainer:
         state = checkpoint.state
         ids = {s.id: i for i, s in enumerate(self.train_samples)}
         self.loop.resume_at(state["step"], state["train_seconds"])
+        self.saved_step = checkpoint.step
         self.position = state["position"]
         self.banned = {ids[sample_id] for sample_id in state["banned"] if sample_id in ids}
         if self.is_main:

@@ -148,16 +148,19 @@ class PolicySet:
         return gather_full(self.old_module.state_dict(), keep)
 
     def _adapter_state(self, name: str, keep: bool) -> dict[str, torch.Tensor]:
-        own = {key: value for key, value in self.transformer.state_dict().items() if f".{name}." in key}
-        return get_peft_model_state_dict(self.transformer, state_dict=gather_full(own, keep), adapter_name=name)
+        # peft picks and names the adapter's tensors (sharded ones stay slices until gathered).
+        return gather_full(self._adapter_tensors(name), keep)
+
+    def _adapter_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """The adapter's tensors as they are in the module (DTensors when sharded), under the names peft
+        saves them by."""
+        return get_peft_model_state_dict(self.transformer, state_dict=self.transformer.state_dict(), adapter_name=name)
 
     def load_states(self, trained: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) -> None:
         if self.mode == "lora":
             for state, name in ((trained, TRAINED), (old, OLD)):
-                # The module's tensors under the names peft saves them by (the adapter's name taken out).
-                like = {key.replace(f".{name}", ""): value for key, value in self.transformer.state_dict().items()
-                        if f".{name}." in key}
-                result = set_peft_model_state_dict(self.transformer, shard_like(state, like), adapter_name=name)
+                result = set_peft_model_state_dict(self.transformer, shard_like(state, self._adapter_tensors(name)),
+                                                   adapter_name=name)
                 if result.unexpected_keys:
                     raise ValueError(f"checkpoint has unexpected LoRA keys: {result.unexpected_keys[:3]}")
             self.transformer.set_adapter(TRAINED)

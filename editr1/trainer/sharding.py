@@ -20,14 +20,16 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 def gather_full(state: Mapping[str, Any], keep: bool = True) -> dict[str, Any]:
-    """Whole CPU tensors of `state` (DTensors gathered from every rank); `keep` False (the ranks that do
-    not write) takes part in the gathers and returns {}. Values that are not tensors pass through."""
+    """Whole tensors of `state`: DTensors gathered from every rank onto the CPU, one at a time; plain
+    tensors as they are (the writer copies them). `keep` False (the ranks that do not write) takes part
+    in the gathers and returns {}. Values that are not tensors pass through."""
     full = {}
     for name, value in state.items():
         if isinstance(value, DTensor):
             value = value.full_tensor()
+            value = value.cpu() if keep else None
         if keep:
-            full[name] = value.detach().cpu() if torch.is_tensor(value) else value
+            full[name] = value.detach() if torch.is_tensor(value) else value
     return full
 
 
@@ -45,7 +47,7 @@ def shard_like(state: Mapping[str, Any], like: Mapping[str, Any]) -> dict[str, A
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict:
-    """`optimizer.state_dict()` with whole CPU tensors (collective; see `gather_full`)."""
+    """`optimizer.state_dict()` with whole tensors (collective; see `gather_full`)."""
     state_dict = optimizer.state_dict()
     state = {index: gather_full(entry, keep) for index, entry in state_dict["state"].items()}
     return {"state": state, "param_groups": state_dict["param_groups"]} if keep else {}
