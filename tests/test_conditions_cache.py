@@ -194,10 +194,22 @@ def _edit_jsonl(path, change):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def test_a_matching_cache_is_accepted(small, tmp_path):
+def test_a_matching_cache_is_accepted_and_the_text_encoder_is_not_loaded(small, tmp_path, monkeypatch):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    def no_weights_read(*args, **kwargs):
+        raise AssertionError("a LoRA run from a conditions cache read the text encoder's weights")
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "from_pretrained", no_weights_read)
     trainer = NFTTrainer(load_config(NFTConfig, None, _small_overrides(small, tmp_path / "run")))
-    assert trainer.cache is not None and trainer.adapter.offload_text_encoder
-    assert encoder_devices(trainer.adapter) == ["cpu"]
+    assert trainer.cache is not None and not trainer.adapter.text_encoders_loaded
+    assert encoder_devices(trainer.adapter) == ["meta"]
+    with pytest.raises(EditR1Error, match="cannot encode"):
+        trainer.adapter.encode_conditions([[source_images(trainer.train_samples[0], 32)[0]]], ["edit"], 32, 32)
+    # Full fine-tuning exports a whole model folder, text encoder included: it is loaded (and stays on the CPU).
+    monkeypatch.undo()
+    full = NFTTrainer(load_config(NFTConfig, None, _small_overrides(small, tmp_path / "full") + ["model.train_mode=full"]))
+    assert full.adapter.text_encoders_loaded and encoder_devices(full.adapter) == ["cpu"]
 
 
 def test_a_cache_of_another_model_is_refused(small, tmp_path):

@@ -102,6 +102,9 @@ def _encoding_on_device(encode):
 
     @functools.wraps(encode)
     def encode_conditions(self, *args, **kwargs):
+        if not self.text_encoders_loaded:
+            raise EditR1Error(f"{type(self).__name__}: its text encoders were loaded without weights (a run that reads "
+                              "a conditions cache never encodes), so it cannot encode")
         with self.text_encoders_on_device():
             self._bring_text_encoders()
             return encode(self, *args, **kwargs)
@@ -119,6 +122,14 @@ def _placing_text_encoders(move):
         return result
 
     return to
+
+
+def without_weights(model_class: type, folder: str | Path, dtype: torch.dtype) -> nn.Module:
+    """A transformers model built from `folder`'s config on the meta device: its structure and dtypes,
+    no weights read or allocated. For text encoders a run never runs (`text_encoders_loaded` False)."""
+    config = model_class.config_class.from_pretrained(folder)
+    with torch.device("meta"):
+        return model_class._from_config(config, dtype=dtype).eval()
 
 
 class EditModelAdapter(ABC):
@@ -154,6 +165,9 @@ class EditModelAdapter(ABC):
     offload_device: torch.device = torch.device("cpu")
     _encoding_depth: int = 0
     _text_encoders_on_device: bool = False
+    #: False: the text encoders are their modules without weights (`without_weights`), and encoding is an
+    #: error: what a run that reads every condition from a cache loads.
+    text_encoders_loaded: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -170,6 +184,8 @@ class EditModelAdapter(ABC):
         return []
 
     def _place_text_encoders(self, device: torch.device | str) -> None:
+        if not self.text_encoders_loaded:
+            return  # nothing to move: no weights
         target = self.offload_device if self.offload_text_encoder else torch.device(device)
         for module in self.text_encoders():
             module.to(target)
@@ -204,7 +220,9 @@ class EditModelAdapter(ABC):
     @classmethod
     @abstractmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "EditModelAdapter":
-        """Load from a local diffusers-format folder or a hub id."""
+        """Load from a local diffusers-format folder or a hub id. A family may also take `text_encoders`
+        (default True): False builds them with `without_weights` and sets `text_encoders_loaded` False, for
+        runs that read every condition from a cache (`load_adapter` passes it only where it is taken)."""
 
     @classmethod
     def build_tiny(cls, corpus: list[str], seed: int = 0) -> "EditModelAdapter":

@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
-from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults
+from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, without_weights
 from editr1.models.codecs import PixelUnshuffleCodec, ScaledVaeCodec, load_codec
 
 #: `FluxKontextPipeline`'s preferred resolutions all have this area.
@@ -123,21 +123,29 @@ class FluxKontextAdapter(EditModelAdapter):
         return build_tiny_flux_kontext(corpus, seed=seed, adapter=cls)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "FluxKontextAdapter":
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32,
+                        text_encoders: bool = True) -> "FluxKontextAdapter":
+        """`text_encoders` False: CLIP and T5 without their weights (see `without_weights`)."""
         folder = resolve_model_path(path)
         for sub in ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"):
             if not (folder / sub).is_dir():
                 raise EditR1Error(f"{folder}: missing subfolder '{sub}/' of a FLUX.1 Kontext model")
         transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch_dtype)
-        text_encoder_2 = T5EncoderModel.from_pretrained(folder / "text_encoder_2", dtype=torch_dtype)
+        if text_encoders:
+            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch_dtype)
+            text_encoder_2 = T5EncoderModel.from_pretrained(folder / "text_encoder_2", dtype=torch_dtype)
+        else:
+            text_encoder = without_weights(CLIPTextModel, folder / "text_encoder", torch_dtype)
+            text_encoder_2 = without_weights(T5EncoderModel, folder / "text_encoder_2", torch_dtype)
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         tokenizer_2 = T5TokenizerFast.from_pretrained(folder / "tokenizer_2")
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
         codec = load_codec(folder / "vae", torch_dtype)
-        return cls(
+        adapter = cls(
             transformer.eval(), codec, text_encoder.eval(), tokenizer, text_encoder_2.eval(), tokenizer_2, scheduler
         )
+        adapter.text_encoders_loaded = text_encoders
+        return adapter
 
     def save_pretrained(self, path: str | Path) -> None:
         folder = Path(path)

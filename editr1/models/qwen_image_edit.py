@@ -34,7 +34,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
-from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults
+from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, without_weights
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec, load_codec
 from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
 
@@ -137,15 +137,18 @@ class QwenImageEditAdapter(EditModelAdapter):
         return build_tiny_qwen_image_edit(corpus, seed=seed, adapter=cls)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "QwenImageEditAdapter":
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32,
+                        text_encoders: bool = True) -> "QwenImageEditAdapter":
+        """`text_encoders` False: the text encoder without its weights (see `without_weights`)."""
         folder = resolve_model_path(path)
         for sub in ("transformer", "vae", "text_encoder", "processor", "scheduler"):
             if not (folder / sub).is_dir():
                 raise EditR1Error(f"{folder}: missing subfolder '{sub}/' of a Qwen-Image-Edit model")
         transformer = QwenImageTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
-        text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            folder / "text_encoder", dtype=torch_dtype
-        )
+        if text_encoders:
+            text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "text_encoder", dtype=torch_dtype)
+        else:
+            text_encoder = without_weights(Qwen2_5_VLForConditionalGeneration, folder / "text_encoder", torch_dtype)
         tokenizer_folder = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder / "processor"
         processor = ImageOnlyQwen2VLProcessor(
             image_processor=Qwen2VLImageProcessorPil.from_pretrained(folder / "processor"),
@@ -153,7 +156,9 @@ class QwenImageEditAdapter(EditModelAdapter):
         )
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
         codec = load_codec(folder / "vae", torch_dtype)
-        return cls(transformer.eval(), codec, text_encoder.eval(), processor, scheduler)
+        adapter = cls(transformer.eval(), codec, text_encoder.eval(), processor, scheduler)
+        adapter.text_encoders_loaded = text_encoders
+        return adapter
 
     def save_pretrained(self, path: str | Path) -> None:
         folder = Path(path)

@@ -4,6 +4,8 @@ dotted path `package.module:Class` of an adapter defined anywhere (see docs/exte
 
 from __future__ import annotations
 
+import inspect
+
 import json
 from pathlib import Path
 
@@ -75,8 +77,12 @@ def detect_family(folder: Path, family: str | None = None, field: str = "model.f
 
 def load_adapter(
     path_or_id: str | Path, family: str | None = None, torch_dtype: torch.dtype = torch.float32,
-    field: str = "model.family",
+    field: str = "model.family", text_encoders: bool = True,
 ) -> EditModelAdapter:
-    """Load a model by path or hub id; the family comes from `model_index.json` (see `detect_family`)."""
+    """Load a model by path or hub id; the family comes from `model_index.json` (see `detect_family`).
+    `text_encoders` False: the family's text encoders without weights, where its loader offers that."""
     folder = resolve_model_path(path_or_id)
-    return adapter_class(detect_family(folder, family, field), field).from_pretrained(folder, torch_dtype=torch_dtype)
+    cls = adapter_class(detect_family(folder, family, field), field)
+    if not text_encoders and "text_encoders" in inspect.signature(cls.from_pretrained).parameters:
+        return cls.from_pretrained(folder, torch_dtype=torch_dtype, text_encoders=False)
+    return cls.from_pretrained(folder, torch_dtype=torch_dtype)

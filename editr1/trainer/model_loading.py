@@ -15,15 +15,19 @@ from editr1.models.registry import build_tiny, load_adapter
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0, section: str = "model") -> EditModelAdapter:
+def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0, section: str = "model",
+                text_encoders: bool = True) -> EditModelAdapter:
     """`tiny:<family>` builds a random tiny model (its tokenizer learned from `corpus`); anything
-    else is a diffusers-format folder or hub id. `section` names the config section in errors."""
+    else is a diffusers-format folder or hub id. `section` names the config section in errors.
+    `text_encoders` False: a loaded model's text encoders come without weights (never read from disk;
+    a tiny model is built whole)."""
     dtype = DTYPES[config.dtype]
     if config.path.startswith("tiny:"):
         adapter = build_tiny(config.path, list(corpus), seed, config.family, section)
         adapter.transformer.to(dtype)
     else:
-        adapter = load_adapter(config.path, family=config.family, torch_dtype=dtype, field=f"{section}.family")
+        adapter = load_adapter(config.path, family=config.family, torch_dtype=dtype, field=f"{section}.family",
+                               text_encoders=text_encoders)
     adapter.condition_area = config.condition_area
     if config.offload_text_encoder and not adapter.text_encoders():
         raise EditR1Error(f"{section}.offload_text_encoder: the {type(adapter).__qualname__} adapter names no text "

@@ -198,7 +198,10 @@ class NFTTrainer:
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         torch.manual_seed(config.seed)
         corpus = [s.prompt for s in self.train_samples]
-        self.adapter = build_model(config.model, corpus, seed=config.seed)
+        # Read from a cache, conditions need no text encoder; the final export of full fine-tuning (a whole
+        # model folder) still writes one.
+        self.adapter = build_model(config.model, corpus, seed=config.seed,
+                                   text_encoders=not (config.data.conditions_cache and config.model.train_mode == "lora"))
         # Sampler schedules are checked before anything is written (a step count a schedule cannot take).
         self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
         if evaluating:
@@ -221,7 +224,7 @@ class NFTTrainer:
         if config.data.conditions_cache:
             self.cache = open_for_run(config, self.adapter, corpus, self.train_samples,
                                       self.heldout.samples if self.heldout is not None else None)
-            self.adapter.offload_text_encoder = True  # never run: it stays on the CPU
+            self.adapter.offload_text_encoder = True  # never run: without weights, or kept on the CPU
             if self.heldout is not None:
                 self.heldout.source = lambda samples, negative: self.cache.conditions(self.adapter, "heldout", samples, negative)
         if self.is_main:
