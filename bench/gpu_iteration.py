@@ -93,6 +93,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from editr1.models.base import constructing
+
 #: Table rows: key, label. The four indented rows are parts of "NFT micro-steps".
 PHASES: tuple[tuple[str, str], ...] = (
     ("encode", "encode conditions"),
@@ -583,18 +585,6 @@ def measure_path(path_cls, workload: Workload, lora_spec, repeats: int, device: 
 
 
 # ---- models ----------------------------------------------------------------------------------------
-@contextmanager
-def constructing(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
-    """Modules built inside get their parameters on `device`, in `dtype` (no float32 copy on the host)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def transformer_config(family: str, depth: int | None) -> tuple[type, dict]:
     from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel
 

@@ -70,12 +70,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from editr1.models.base import constructing
 from editr1.rewards.base import Reward, RewardBatch, check_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,18 +124,6 @@ class MeanBrightness(Reward):
 
 
 # ---- building ----------------------------------------------------------------------------------------
-@contextmanager
-def constructing(device: str, dtype: torch.dtype) -> Iterator[None]:
-    """Modules built inside get their parameters on `device` in `dtype` (no float32 copy first)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def tokenizers_for(family: str) -> dict:
     """editr1's offline tiny tokenizers, trained on the prompts and templates used here."""
     if family == "flux-kontext":

@@ -124,6 +124,19 @@ def _placing_text_encoders(move):
     return to
 
 
+@contextmanager
+def constructing(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
+    """Modules built inside get their parameters on `device` (e.g. "meta": no memory), in `dtype` (no
+    float32 copy first): how the benchmarks build the released architectures with random weights."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def without_weights(model_class: type, folder: str | Path, dtype: torch.dtype) -> nn.Module:
     """A transformers model built from `folder`'s config on the meta device: its structure and dtypes,
     no weights read or allocated. For text encoders a run never runs (`text_encoders_loaded` False)."""

@@ -236,27 +236,23 @@ class NFTTrainer:
         self.scorer = RolloutScorer(self.reward, config.reward.overlap)
         self.lora = lora_spec(config.model, self.adapter) if config.model.train_mode == "lora" else None
         optim = config.optim
+        if not self.sharded:  # sharded: from the CPU copy, so no process ever holds the whole transformer on its device
+            self.adapter.to(self.accelerator.device)
+        self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
+        self.optimizer = torch.optim.AdamW(
+            self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+        )
         if self.sharded:
-            # Sharded from the CPU copy: no process ever holds the whole transformer on its device. The text
+            # accelerate shards the transformer in place and points the optimizer at the new parameters. The text
             # encoders are not sharded: they stay on the CPU between encodes.
-            self.adapter.offload_text_encoder = True
-            self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
-            self.optimizer = torch.optim.AdamW(
-                self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-            )
-            # accelerate shards the transformer in place and points the optimizer at the new parameters.
             self.trained_module, prepared = self.accelerator.prepare(self.adapter.transformer, self.optimizer)
             self.optimizer = prepared.optimizer
             self.policies.shard(lambda module: fsdp2_prepare_model(self.accelerator, module))
+            self.adapter.offload_text_encoder = True
             self.adapter.to(self.accelerator.device)
         else:
-            self.adapter.to(self.accelerator.device)
-            self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
             # DDP-wrapped when several processes run: gradients of the trained policy are averaged across ranks.
             self.trained_module = self.accelerator.prepare_model(self.adapter.transformer)
-            self.optimizer = torch.optim.AdamW(
-                self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-            )
         self.position, self.banned = 0, set()
         self.saved_step = None
         self.loop = TrainingLoop(self.run_dir, "nft", "iterations", config.iterations,
