@@ -82,8 +82,8 @@ class DataConfig:
     #: What a longer instruction does, decided when the data is loaded: an error naming file and
     #: line, or truncation to `max_prompt_tokens` (reported once, with the count).
     prompt_overflow: Literal["error", "truncate"] = "error"
-    #: A folder of precomputed conditions (`editr1 precompute CONFIG` writes it): `editr1 train` reads each
-    #: sample's encoded instruction and source images from it and never runs the text encoder (kept on
+    #: A folder of precomputed conditions (`editr1 precompute CONFIG` writes it): `editr1 train` and `editr1 sft`
+    #: read each sample's encoded instruction and source images from it and never run the text encoder (kept on
     #: the CPU). Refused if built for another model, other settings, or other samples. null: encode while
     #: training.
     conditions_cache: str | None = field(default=None, metadata={"path": "always"})
@@ -135,6 +135,9 @@ class RLConfig:
 class OptimConfig:
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.999)
+    #: AdamW's epsilon (torch's default). Adam's step is g/(|g|+eps) for a new gradient: a larger eps keeps
+    #: tiny gradients from taking full-size steps.
+    eps: float = 1e-8
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     micro_batch: int = 16
@@ -222,7 +225,7 @@ register_bounds("RolloutConfig", groups_per_iteration=(1, None), group_size=(2, 
         cfg_scale=(1.0, None))
 register_bounds("RLConfig", beta=(0, None, True), kl_coef=(0, None), adv_clip=(0, None, True), timestep_fraction=(0, 1, True),
         filter_mean_threshold=(0, 1), filter_std_threshold=(0, None), max_unscored_fraction=(0, 0.99))
-register_bounds("OptimConfig", lr=(0, None, True), weight_decay=(0, None), grad_clip=(0, None, True), micro_batch=(1, None))
+register_bounds("OptimConfig", lr=(0, None, True), eps=(0, None, True), weight_decay=(0, None), grad_clip=(0, None, True), micro_batch=(1, None))
 register_bounds("EvalConfig", every=(0, None), samples=(2, None), steps=(1, None), cfg_scale=(1.0, None),
                 batch_size=(1, None))
 register_bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint_every=(1, None), keep_checkpoints=(0, None))

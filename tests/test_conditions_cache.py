@@ -3,20 +3,23 @@
 
 Both change no numbers: a tiny NFT run (2 iterations, held-out evaluations at steps 0 and 2) from the
 cache, or with the text encoder offloaded, ends with bit-identical checkpoints and evaluations to the
-same run encoding on the fly. That holds because training encodes each sample alone
+same run encoding on the fly, and so does a tiny SFT run from the cache. That holds because training encodes each sample alone
 (`EditModelAdapter.encode_each`) and the cache stores each sample as encoded alone, re-batched by the
 family's `join_conditions`. The runs use true CFG (Qwen at evaluation, FLUX in rollouts too), so the
 negative-prompt conditions go through the cache as well."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from offload_fakes import encoder_devices, fake_offload
 from safetensors.torch import load_file
 from tiny_runs import tiny_nft_overrides
+from torch import nn
 
+import editr1.trainer.conditions_cache as cache_module
 import editr1.trainer.nft as nft_module
 from editr1.cli.main import main
 from editr1.config import NFTConfig, SFTConfig, load_config
@@ -29,7 +32,9 @@ from editr1.rewards.base import Reward, RewardBatch
 from editr1.rl.losses import nft
 from editr1.tasks.shapes import SHIPPED_BASE
 from editr1.tasks.shapes.scenes import write_shapes_dataset
-from editr1.trainer.conditions_cache import MANIFEST, precompute_conditions
+from editr1.trainer.conditions_cache import MANIFEST, open_for_run, precompute_conditions
+from editr1.trainer.metrics_log import read_metrics
+from editr1.trainer.model_loading import build_model
 from editr1.trainer.nft import NFTTrainer, run_nft
 from editr1.trainer.sft import run_sft
 
@@ -153,6 +158,56 @@ def test_a_tiny_preset_is_a_function_of_its_corpus_and_seed(preset, shapes_data)
     a, b = first.encode_each(sources, corpus, 32, 32), second.encode_each(sources, corpus, 32, 32)
     for name, tensor in a.tensors.items():
         assert torch.equal(tensor, b.tensors[name]), name
+
+
+@pytest.mark.parametrize("preset", ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"])
+def test_precompute_puts_only_the_text_encoders_and_the_codec_on_the_device(preset, small, tmp_path, monkeypatch):
+    """The meta device stands in for the CPU and the CPU for the GPU (`offload_fakes`): the model is built
+    "on the CPU" (meta); while it encodes, the text encoders and the codec must be on the "device" and the
+    transformer still on the CPU (one moved to the device would read "cpu"), and all of it back on the CPU
+    after. The cache holds what the whole model on the device encodes, bit for bit."""
+    monkeypatch.setattr(EditModelAdapter, "offload_device", torch.device("meta"))
+    placements, built = [], {}
+
+    def codec_modules(adapter):
+        return [m for m in vars(adapter.codec).values() if isinstance(m, nn.Module)]  # a VAE; none for the pixel codec
+
+    def placement(adapter):
+        return {"transformer": next(adapter.transformer.parameters()).device.type,
+                "text encoders": set(encoder_devices(adapter)),
+                "codec": {next(m.parameters()).device.type for m in codec_modules(adapter)}}
+
+    def building(*args, **kwargs):
+        adapter = build_model(*args, **kwargs)
+        for module in [adapter.transformer, *adapter.text_encoders(), *codec_modules(adapter)]:
+            fake_offload(module).to("meta")
+        for module in adapter.text_encoders():
+            module.register_forward_pre_hook(lambda m, _: placements.append(placement(adapter)))
+        built["adapter"] = adapter
+        return adapter
+
+    monkeypatch.setattr(cache_module, "build_model", building)
+    data = small / "data"
+    config = load_config(NFTConfig, None, tiny_nft_overrides(data, tmp_path / "run", iterations=1) + [
+        f"model.path={preset}", "eval.samples=4", "eval.cfg_scale=2.0", f"data.conditions_cache={tmp_path / 'cache'}"])
+    precompute_conditions(config)
+    has_codec_weights = bool(codec_modules(built["adapter"]))
+    encoding = {"transformer": "meta", "text encoders": {"cpu"}, "codec": {"cpu"} if has_codec_weights else set()}
+    assert placements and all(p == encoding for p in placements), placements
+    after = {"transformer": "meta", "text encoders": {"meta"}, "codec": {"meta"} if has_codec_weights else set()}
+    assert placement(built["adapter"]) == after
+
+    train, heldout = read_edit_jsonl(data / "train.jsonl"), read_edit_jsonl(data / "test.jsonl")
+    corpus = [s.prompt for s in train]
+    reference = build_model(config.model, corpus, seed=config.seed)  # whole, on the "device"; no fakes
+    cache = open_for_run(config, reference, corpus, train, heldout)
+    for role, samples, negative in (("train", train, False), ("heldout", heldout, False), ("heldout", heldout, True)):
+        prompts = [reference.inference.negative_prompt if negative else s.prompt for s in samples]
+        expected = reference.encode_each([source_images(s, 32) for s in samples], prompts, 32, 32)
+        cached = cache.conditions(reference, role, samples, negative)
+        assert cached.shared == expected.shared
+        for name, tensor in expected.tensors.items():
+            assert torch.equal(cached.tensors[name], tensor), (role, negative, name)
 
 
 # ---- refusals -------------------------------------------------------------------------------------
@@ -297,7 +352,79 @@ def test_the_command_line(small, tmp_path, capsys):
     assert "data.conditions_cache: set the folder to write the conditions cache to" in capsys.readouterr().err
 
 
-def test_sft_refuses_a_conditions_cache(small, tmp_path):
-    config = load_config(SFTConfig, None, [f"data.conditions_cache={small / 'base'}", f"output_dir={tmp_path / 'sft'}"])
-    with pytest.raises(EditR1Error, match=r"^data\.conditions_cache: `editr1 sft` encodes its batches as it trains"):
+def _sft_overrides(data, out, *extra):
+    return [f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"output_dir={out}",
+            "steps=4", "batch_size=4", "warmup_steps=1", "ema_decay=0.9", "eval.every=2", "eval.samples=4",
+            "eval.steps=2", "eval.reward.name=shapes_verifier", "logging.checkpoint_every=2", "logging.progress=false",
+            "logging.tensorboard=false", *extra]
+
+
+def _untimed(rows):
+    return [{k: v for k, v in row.items() if not k.startswith("seconds")} for row in rows]
+
+
+def test_an_sft_run_from_the_cache_equals_one_encoding_on_the_fly(shapes_data, tmp_path, monkeypatch, capsys):
+    """Full fine-tuning of the tiny preset with true CFG at evaluation: the negative prompt's conditions come
+    from the cache too. `editr1 precompute --sft` writes the cache from the same sft config."""
+    cache, on_the_fly, from_cache = tmp_path / "cache", tmp_path / "on-the-fly", tmp_path / "from-cache"
+    extra = ["eval.cfg_scale=2.0"]
+    sets = [arg for field in _sft_overrides(shapes_data, from_cache, *extra, f"data.conditions_cache={cache}")
+            for arg in ("--set", field)]
+    assert main(["precompute", "--sft", *sets]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{\n"):]) == {"conditions_cache": str(cache), "samples": 56, "encoded": 56 + 16,
+                                                  "reused": 0}
+    expected = run_sft(load_config(SFTConfig, None, _sft_overrides(shapes_data, on_the_fly, *extra)))
+
+    def no_encoding(self, *args, **kwargs):
+        raise AssertionError("an sft run from the conditions cache ran encode_conditions")
+
+    monkeypatch.setattr(EditModelAdapter, "_bring_text_encoders", no_encoding)
+    summary = run_sft(load_config(SFTConfig, None, _sft_overrides(shapes_data, from_cache, *extra,
+                                                                  f"data.conditions_cache={cache}")))
+    assert {**summary, "model": None} == {**expected, "model": None}
+    assert _untimed(read_metrics(from_cache)) == _untimed(read_metrics(on_the_fly))
+    weights = sorted(p.relative_to(on_the_fly) for p in on_the_fly.rglob("*.safetensors"))
+    assert Path("eval/final.safetensors") in weights and Path("checkpoints/step_000004/trained.safetensors") in weights
+    assert any(p.parts[0] == "model" for p in weights)
+    assert sorted(p.relative_to(from_cache) for p in from_cache.rglob("*.safetensors")) == weights
+    for name in weights:
+        first, second = load_file(on_the_fly / name), load_file(from_cache / name)
+        assert first.keys() == second.keys(), name
+        for key in first:
+            assert torch.equal(first[key], second[key]), f"{name}: {key} differs"
+
+
+def _sft_refused(root, tmp_path, pattern, *extra):
+    out = tmp_path / "sft"
+    config = load_config(SFTConfig, None, _sft_overrides(root / "data", out, f"model.path={SHIPPED_BASE}",
+                                                         f"data.conditions_cache={root / 'base'}", *extra))
+    with pytest.raises(EditR1Error, match=pattern) as error:
         run_sft(config)
+    assert "\n" not in str(error.value)
+    assert not out.exists(), "a refused cache must stop the run before it writes anything"
+
+
+def test_sft_refuses_a_cache_for_other_settings_or_samples(small, tmp_path):
+    _sft_refused(small, tmp_path, r"^data\.conditions_cache: .* was built with other conditioning settings "
+                                  r"\(model\.resolution: 32 in the cache, 64 here\); rerun `editr1 precompute`",
+                 "model.resolution=64")
+    _sft_refused(small, tmp_path, r"holds no negative-prompt conditions for the heldout samples, which true CFG "
+                                  r"\(eval\.cfg_scale != 1\) needs", "eval.cfg_scale=2.0")
+    data = _copy_data(small, tmp_path)
+    _edit_jsonl(data / "train.jsonl", lambda rows: rows.append({**rows[0], "id": "new"}))
+    _sft_refused(small, tmp_path, r"has no conditions for sample 'new' \(.*train\.jsonl line 7\)", f"data.train={data / 'train.jsonl'}")
+
+
+def test_a_lora_sft_run_from_the_cache_does_not_load_the_text_encoder(small, tmp_path, monkeypatch):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    def no_weights_read(*args, **kwargs):
+        raise AssertionError("a LoRA sft run from a conditions cache read the text encoder's weights")
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "from_pretrained", no_weights_read)
+    out = tmp_path / "sft"
+    run_sft(load_config(SFTConfig, None, _sft_overrides(small / "data", out, f"model.path={SHIPPED_BASE}",
+                                                        f"data.conditions_cache={small / 'base'}", "model.train_mode=lora",
+                                                        "model.lora.rank=4", "model.lora.alpha=8", "steps=2")))
+    assert (out / "model" / "lora" / "pytorch_lora_weights.safetensors").is_file()

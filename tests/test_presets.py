@@ -61,13 +61,14 @@ def test_preset_holds_the_published_defaults(preset, monkeypatch):
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_one_nft_iteration_of_each_preset_on_its_tiny_model(preset, shapes_data, tmp_path, monkeypatch):
     _, family = PRESETS[preset]
-    calls, real_evaluate = [], nft.evaluate
+    calls, real_generate = [], nft.generate_heldout
 
-    def recording_evaluate(adapter, heldout, reward, steps, sampler, cfg_scale=1.0, *args, guidance=None, **kwargs):
+    def recording_generate(adapter, heldout, steps, sampler, cfg_scale=1.0, transformer=None, batch_size=64,
+                           guidance=None, **kwargs):
         calls.append((cfg_scale, guidance))
-        return real_evaluate(adapter, heldout, reward, steps, sampler, cfg_scale, *args, guidance=guidance, **kwargs)
+        return real_generate(adapter, heldout, steps, sampler, cfg_scale, transformer, batch_size, guidance, **kwargs)
 
-    monkeypatch.setattr(nft, "evaluate", recording_evaluate)
+    monkeypatch.setattr(nft, "generate_heldout", recording_generate)
     out = tmp_path / "run"
     overrides = [
         f"model.path=tiny:{family}", "model.resolution=32",

@@ -17,26 +17,35 @@ def tiny_nft_overrides(data, out, iterations=3):
     ]
 
 
-def run_launch(command, timeout=300):
+def run_launch(command, timeout=300, check=True):
     """Run an `accelerate launch` command on the CPU (gloo, one thread per process) on a port of its own;
-    on a timeout kill its whole process group, so no training process outlives the test."""
+    on a timeout kill it and every process under it (torch starts each training process in a session of its
+    own), so no training process outlives the test. `check`: assert that it succeeded."""
     import os
-    import signal
     import socket
     import subprocess
+
+    import psutil
 
     with socket.socket() as probe:  # a free port: a launch that just ended may still hold accelerate's default
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [command[0], command[1], "--main_process_port", str(port), *command[2:]]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    # tests/ on the path, as pytest puts it: launched runs take rewards from toy_plugin by dotted path.
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            for member in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
+                try:
+                    member.kill()
+                except psutil.NoSuchProcess:
+                    pass
             process.communicate()
             raise
-    assert process.returncode == 0, f"exit status {process.returncode}\n{stdout[-3000:]}\n{stderr[-4000:]}"
+    assert process.returncode == 0 or not check, f"exit status {process.returncode}\n{stdout[-3000:]}\n{stderr[-4000:]}"
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

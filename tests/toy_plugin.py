@@ -37,3 +37,31 @@ def nft_with_velocity_penalty(*, v_theta, penalty=1e-3, **nft_inputs):
     loss, metrics = nft(v_theta=v_theta, **nft_inputs)
     magnitude = v_theta.float().pow(2).mean()
     return loss + penalty * magnitude, {**metrics, "velocity_magnitude": magnitude.detach()}
+
+
+class DownJudge(Reward):
+    """A judge that is down: every score is an error (an `EditR1Error`, as a judge client raises)."""
+
+    name = "toy_down_judge"
+
+    def score(self, sources, edited, prompts, requirements):
+        from editr1.errors import EditR1Error
+
+        raise EditR1Error("the judge at http://127.0.0.1:9/v1 is down (toy_plugin:DownJudge)")
+
+
+class FailsOnProcess(Brightness):
+    """Brightness, except on process `rank` of a launch, where scoring is a bug (a RuntimeError)."""
+
+    name = "toy_fails_on_process"
+
+    def __init__(self, rank: int = 1):
+        super().__init__()
+        self.rank = rank
+
+    def score(self, sources, edited, prompts, requirements):
+        import os
+
+        if int(os.environ.get("RANK", "0")) == self.rank:
+            raise RuntimeError(f"toy_plugin:FailsOnProcess: a bug on process {self.rank}")
+        return super().score(sources, edited, prompts, requirements)

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from editr1.cli.benchmark import add_benchmark_arguments, add_compare_arguments
@@ -78,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     precompute = commands.add_parser(
         "precompute", help="encode every training and held-out sample's conditions once, into data.conditions_cache "
-                           "(which `editr1 train` then reads instead of running the text encoder)")
+                           "(which `editr1 train` or `editr1 sft` then reads instead of running the text encoder); "
+                           "only the text encoders and the VAE go to the GPU")
     _add_config_args(precompute, "data.conditions_cache=cache/conditions")
+    precompute.add_argument("--sft", action="store_true",
+                            help="CONFIG is an `editr1 sft` config (default: an `editr1 train` config)")
 
     judge = commands.add_parser("judge", help="MLLM judges")
     judge_actions = judge.add_subparsers(dest="judge_action", required=True)
@@ -146,9 +150,9 @@ def run(args: argparse.Namespace) -> None:
         if summary:  # only the main process has one
             print(json.dumps(summary, indent=2))
     elif args.command == "precompute":
-        from editr1.config import NFTConfig, load_config
+        from editr1.config import NFTConfig, SFTConfig, load_config
 
-        config = load_config(NFTConfig, args.config, args.overrides)
+        config = load_config(SFTConfig if args.sft else NFTConfig, args.config, args.overrides)
         from editr1.trainer.conditions_cache import precompute_conditions
 
         print(json.dumps(precompute_conditions(config), indent=2))
@@ -205,17 +209,30 @@ def run(args: argparse.Namespace) -> None:
         serve_reward(config)
 
 
+def _end_job(message: str, code: int) -> None:
+    """In a job of several processes (`accelerate launch`), the error ends every process of it, and is printed
+    once (`editr1.trainer.job`); this call then does not return. Otherwise nothing happens here."""
+    job = sys.modules.get("editr1.trainer.job")  # imported only by a trainer that joined a job
+    if job is not None:
+        job.fail(message, code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     silence_known_warnings()
     try:
         run(args)
     except EditR1Error as error:
-        print(f"editr1: error: {error}", file=sys.stderr)
+        message = f"editr1: error: {error}"
+        _end_job(message, 2)
+        print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("editr1: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        _end_job(traceback.format_exc(), 1)
+        raise
     return 0
 
 

@@ -38,12 +38,12 @@ class HeldoutSet:
         noise = torch.randn(count, *token_shape, generator=torch.Generator().manual_seed(seed))
         return cls(samples[:count], resolution, noise)
 
-    def conditions(self, adapter: Any, start: int, end: int, negative: bool = False) -> Any:
-        """Samples `start:end` encoded once and cached (the text encoder is frozen); `negative`: with the
+    def conditions(self, adapter: Any, indices: tuple[int, ...], negative: bool = False) -> Any:
+        """Samples `indices` encoded once and cached (the text encoder is frozen); `negative`: with the
         family's negative prompt instead of the instruction (true CFG's unconditional branch)."""
-        key = (start, end, negative)
+        key = (indices, negative)
         if key not in self._conditions:
-            chunk = self.samples[start:end]
+            chunk = [self.samples[i] for i in indices]
             if self.source is not None:
                 self._conditions[key] = self.source(chunk, negative)
             else:
@@ -51,6 +51,16 @@ class HeldoutSet:
                 sources = [source_images(s, self.resolution) for s in chunk]
                 self._conditions[key] = adapter.encode_each(sources, prompts, self.resolution, self.resolution)
         return self._conditions[key]
+
+
+def rank_share(count: int, world: int, rank: int) -> list[int]:
+    """The held-out samples process `rank` of `world` edits: a contiguous share of ceil(count / world), the
+    last ones padded with repeats of the last sample, so that every process makes the same transformer calls
+    (a sharded model's every call gathers from all of them). Shares in rank order, padding dropped, are
+    the samples in order."""
+    size = math.ceil(count / world)
+    indices = list(range(rank * size, min(count, (rank + 1) * size)))
+    return indices + [indices[-1] if indices else count - 1] * (size - len(indices))
 
 
 @dataclass
@@ -82,6 +92,11 @@ def evaluate(
 ) -> EvalResult:
     """Edit every held-out sample from its fixed noise and score it."""
     edited = generate_heldout(adapter, heldout, steps, sampler, cfg_scale, transformer, batch_size, guidance)
+    return score_heldout(heldout, reward, edited, batch_size)
+
+
+def score_heldout(heldout: HeldoutSet, reward: Reward, edited: torch.Tensor, batch_size: int = 64) -> EvalResult:
+    """Score the held-out edits (one per sample, in order), `batch_size` at a time."""
     size = heldout.resolution
     scores, valid, failures = [], [], {}
     for start in range(0, len(heldout.samples), batch_size):
@@ -108,26 +123,28 @@ def generate_heldout(
     transformer: torch.nn.Module | None = None,
     batch_size: int = 64,
     guidance: float | None = None,
+    indices: list[int] | None = None,
 ) -> torch.Tensor:
-    """The held-out edits (pixels), each sample from its fixed noise, `batch_size` at a time. A sharded
-    model runs this on every rank, in step, though only one rank scores."""
+    """The held-out edits (pixels) of the samples `indices` (default: all, in order), each from its fixed
+    noise, `batch_size` at a time."""
     size = heldout.resolution
     sigmas = adapter.sigmas(steps, size, size)
-    chunks = [(start, min(start + batch_size, len(heldout.samples))) for start in range(0, len(heldout.samples), batch_size)]
+    indices = list(range(len(heldout.samples))) if indices is None else indices
+    chunks = [tuple(indices[start:start + batch_size]) for start in range(0, len(indices), batch_size)]
     # Every chunk's conditions first (cached after the first evaluation): offloaded text encoders move once.
     with adapter.text_encoders_on_device():
-        for start, end in chunks:
-            heldout.conditions(adapter, start, end)
+        for chunk in chunks:
+            heldout.conditions(adapter, chunk)
             if cfg_scale != 1.0:
-                heldout.conditions(adapter, start, end, negative=True)
+                heldout.conditions(adapter, chunk, negative=True)
     edited = []
-    for start, end in chunks:
-        chunk = heldout.samples[start:end]
+    for chunk in chunks:
+        samples = [heldout.samples[i] for i in chunk]
         edited.append(edit_batch(
-            adapter, [source_images(s, size) for s in chunk], [s.prompt for s in chunk],
-            heldout.noise[start:end].to(adapter.device), sigmas, size, size, batch_size=batch_size, sampler=sampler,
-            cfg_scale=cfg_scale, guidance=guidance, transformer=transformer, conditions=heldout.conditions(adapter, start, end),
-            negative_conditions=heldout.conditions(adapter, start, end, negative=True) if cfg_scale != 1.0 else None,
+            adapter, [source_images(s, size) for s in samples], [s.prompt for s in samples],
+            heldout.noise[list(chunk)].to(adapter.device), sigmas, size, size, batch_size=batch_size, sampler=sampler,
+            cfg_scale=cfg_scale, guidance=guidance, transformer=transformer, conditions=heldout.conditions(adapter, chunk),
+            negative_conditions=heldout.conditions(adapter, chunk, negative=True) if cfg_scale != 1.0 else None,
         ).pixels)
     return torch.cat(edited)
 

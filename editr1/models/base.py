@@ -137,6 +137,24 @@ def constructing(device: torch.device | str, dtype: torch.dtype) -> Iterator[Non
         torch.set_default_dtype(previous)
 
 
+def awaiting_weights(model_class: type, folder: str | Path, dtype: torch.dtype) -> nn.Module:
+    """A diffusers model built from `folder`'s config as its `from_pretrained` builds it before reading the
+    weights (in `dtype`): its parameters on the meta device, nothing read or allocated; its buffers and
+    other tensors computed as usual. For the processes of a sharded run, which receive their slices of the
+    weights from the main process (`trainer.sharding.load_from_main`)."""
+    from accelerate import init_empty_weights
+
+    config = model_class.load_config(folder)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with init_empty_weights():  # parameters only: buffers stay real, as from_pretrained builds them
+            model = model_class.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
 def without_weights(model_class: type, folder: str | Path, dtype: torch.dtype) -> nn.Module:
     """A transformers model built from `folder`'s config on the meta device: its structure and dtypes,
     no weights read or allocated. For text encoders a run never runs (`text_encoders_loaded` False)."""
@@ -178,6 +196,8 @@ class EditModelAdapter(ABC):
     offload_device: torch.device = torch.device("cpu")
     _encoding_depth: int = 0
     _text_encoders_on_device: bool = False
+    #: Inside `encoding_on`: the device encoding runs on, which `device` then reports.
+    _encoding_device: torch.device | None = None
     #: False: the text encoders are their modules without weights (`without_weights`), and encoding is an
     #: error: what a run that reads every condition from a cache loads.
     text_encoders_loaded: bool = True
@@ -225,6 +245,23 @@ class EditModelAdapter(ABC):
                 module.to(self.device)
             self._text_encoders_on_device = True
 
+    @contextmanager
+    def encoding_on(self, device: torch.device | str) -> Iterator[None]:
+        """While it lasts, `encode_conditions` runs on `device` with only what it uses there: the codec (the
+        source images' latents) and, from the first encode, the text encoders (moved as offloaded ones
+        are); `device` reports `device`. The transformer stays where it is, so it need not fit beside them
+        (Qwen-Image's is 20B parameters). When it ends the codec and the text encoders go back to
+        `offload_device` (the CPU). For an adapter on the CPU that only encodes: `editr1 precompute`."""
+        previous = self._encoding_device, self.offload_text_encoder
+        self._encoding_device, self.offload_text_encoder = torch.device(device), True
+        self.codec.to(device)
+        try:
+            with self.text_encoders_on_device():
+                yield
+        finally:
+            self.codec.to(self.offload_device)
+            self._encoding_device, self.offload_text_encoder = previous
+
     @abstractmethod
     def use_pipeline_sizing(self) -> "EditModelAdapter":
         """Size the source images for conditioning as the family's diffusers pipeline does (instead of at
@@ -233,9 +270,12 @@ class EditModelAdapter(ABC):
     @classmethod
     @abstractmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> "EditModelAdapter":
-        """Load from a local diffusers-format folder or a hub id. A family may also take `text_encoders`
-        (default True): False builds them with `without_weights` and sets `text_encoders_loaded` False, for
-        runs that read every condition from a cache (`load_adapter` passes it only where it is taken)."""
+        """Load from a local diffusers-format folder or a hub id. A family may also take (`load_adapter`
+        passes them only where they are taken):
+        - `text_encoders` (default True): False builds them with `without_weights` and sets
+          `text_encoders_loaded` False, for runs that read every condition from a cache;
+        - `transformer_weights` (default True): False builds the transformer with `awaiting_weights`, for
+          the processes of a sharded run other than the main one, which alone reads the weights."""
 
     @classmethod
     def build_tiny(cls, corpus: list[str], seed: int = 0) -> "EditModelAdapter":
@@ -452,4 +492,7 @@ class EditModelAdapter(ABC):
 
     @property
     def device(self) -> torch.device:
+        """Where the adapter computes: the transformer's device, or inside `encoding_on` the one it encodes on."""
+        if self._encoding_device is not None:
+            return self._encoding_device
         return next(self.transformer.parameters()).device

@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
-from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, without_weights
+from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, awaiting_weights, without_weights
 from editr1.models.codecs import PixelUnshuffleCodec, ScaledVaeCodec, load_codec
 
 #: `FluxKontextPipeline`'s preferred resolutions all have this area.
@@ -124,13 +124,17 @@ class FluxKontextAdapter(EditModelAdapter):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32,
-                        text_encoders: bool = True) -> "FluxKontextAdapter":
-        """`text_encoders` False: CLIP and T5 without their weights (see `without_weights`)."""
+                        text_encoders: bool = True, transformer_weights: bool = True) -> "FluxKontextAdapter":
+        """`text_encoders` False: CLIP and T5 without their weights (see `without_weights`);
+        `transformer_weights` False: the transformer's parameters without theirs (see `awaiting_weights`)."""
         folder = resolve_model_path(path)
         for sub in ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"):
             if not (folder / sub).is_dir():
                 raise EditR1Error(f"{folder}: missing subfolder '{sub}/' of a FLUX.1 Kontext model")
-        transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
+        if transformer_weights:
+            transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
+        else:
+            transformer = awaiting_weights(FluxTransformer2DModel, folder / "transformer", torch_dtype)
         if text_encoders:
             text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch_dtype)
             text_encoder_2 = T5EncoderModel.from_pretrained(folder / "text_encoder_2", dtype=torch_dtype)

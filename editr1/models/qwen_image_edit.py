@@ -34,7 +34,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
-from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, without_weights
+from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, awaiting_weights, without_weights
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec, load_codec
 from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
 
@@ -138,13 +138,17 @@ class QwenImageEditAdapter(EditModelAdapter):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32,
-                        text_encoders: bool = True) -> "QwenImageEditAdapter":
-        """`text_encoders` False: the text encoder without its weights (see `without_weights`)."""
+                        text_encoders: bool = True, transformer_weights: bool = True) -> "QwenImageEditAdapter":
+        """`text_encoders` False: the text encoder without its weights (see `without_weights`);
+        `transformer_weights` False: the transformer's parameters without theirs (see `awaiting_weights`)."""
         folder = resolve_model_path(path)
         for sub in ("transformer", "vae", "text_encoder", "processor", "scheduler"):
             if not (folder / sub).is_dir():
                 raise EditR1Error(f"{folder}: missing subfolder '{sub}/' of a Qwen-Image-Edit model")
-        transformer = QwenImageTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
+        if transformer_weights:
+            transformer = QwenImageTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
+        else:
+            transformer = awaiting_weights(QwenImageTransformer2DModel, folder / "transformer", torch_dtype)
         if text_encoders:
             text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "text_encoder", dtype=torch_dtype)
         else:

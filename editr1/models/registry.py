@@ -77,12 +77,14 @@ def detect_family(folder: Path, family: str | None = None, field: str = "model.f
 
 def load_adapter(
     path_or_id: str | Path, family: str | None = None, torch_dtype: torch.dtype = torch.float32,
-    field: str = "model.family", text_encoders: bool = True,
+    field: str = "model.family", text_encoders: bool = True, transformer_weights: bool = True,
 ) -> EditModelAdapter:
     """Load a model by path or hub id; the family comes from `model_index.json` (see `detect_family`).
-    `text_encoders` False: the family's text encoders without weights, where its loader offers that."""
+    `text_encoders` / `transformer_weights` False: the family's text encoders / transformer's parameters
+    without weights, where its loader offers that (a loader that does not loads them whole)."""
     folder = resolve_model_path(path_or_id)
     cls = adapter_class(detect_family(folder, family, field), field)
-    if not text_encoders and "text_encoders" in inspect.signature(cls.from_pretrained).parameters:
-        return cls.from_pretrained(folder, torch_dtype=torch_dtype, text_encoders=False)
-    return cls.from_pretrained(folder, torch_dtype=torch_dtype)
+    taken = inspect.signature(cls.from_pretrained).parameters
+    wanted = {"text_encoders": text_encoders, "transformer_weights": transformer_weights}
+    options = {name: False for name, value in wanted.items() if not value and name in taken}
+    return cls.from_pretrained(folder, torch_dtype=torch_dtype, **options)

@@ -12,6 +12,8 @@ never leaves a checkpoint that looks complete but is not. An intact checkpoint i
 already holds its step's state); a broken one is moved aside before the new one is renamed in.
 `latest` names the newest, but resuming does not trust it alone: it takes the newest intact
 checkpoint and says which folders it passed over.
+Reading a checkpoint reads the headers of its tensor files; the tensors are read when loaded, and a
+sharded run reads only each process's rows of them (`TensorFile`, `sharding.read_like`).
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from editr1.errors import EditR1Error
 from editr1.fileio import fsync_path, fsync_tree, save_safetensors, write_text_atomic
+from editr1.trainer.sharding import read_like
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -37,15 +40,46 @@ _STEP_FOLDER = re.compile(r"^step_(\d+)$")
 _STAGING_PREFIX = ".staging_"
 
 
+class TensorFile(Mapping[str, torch.Tensor]):
+    """The tensors of a safetensors file, read when asked for: whole (`file[name]`, `read(name)`), or one
+    block (`read(name, index)`: only those bytes are read). Opening reads and checks the header; each read
+    opens the file again, so nothing stays mapped between reads."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with safe_open(path, framework="pt") as handle:
+            self._shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None) -> torch.Tensor:
+        with safe_open(self.path, framework="pt") as handle:
+            return handle.get_tensor(name) if index is None else handle.get_slice(name)[index]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._shapes:
+            raise KeyError(name)
+        return self.read(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+
 @dataclass
 class Checkpoint:
-    """A checkpoint read fully into memory: the caller loads the weights; `restore` sets the
-    optimizer and the RNG."""
+    """A checkpoint whose small files are read and whose tensor files are opened: the caller loads the
+    weights; `restore` sets the optimizer and the RNG."""
 
     folder: Path
-    trained: dict[str, torch.Tensor]
-    old: dict[str, torch.Tensor]
-    optimizer_state: dict
+    trained: TensorFile
+    old: TensorFile
+    #: The optimizer's tensors, named "<parameter index>.<key>" (`optimizer.json` holds the rest).
+    optimizer_tensors: TensorFile
+    optimizer_meta: dict
     rng: torch.Tensor
     state: dict[str, Any]
 
@@ -54,8 +88,18 @@ class Checkpoint:
         return int(self.state["step"])
 
     def restore(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer's state, each tensor of a parameter's shape (Adam's moments) read as that parameter
+        is held (a sharded run: this process's rows only), and the RNG."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        state: dict[int, dict] = {int(i): dict(self.optimizer_meta["scalars"].get(str(i), {}))
+                                  for i in self.optimizer_meta["indices"]}
+        for name in self.optimizer_tensors:
+            index, key = name.split(".", 1)
+            param = params[int(index)] if 0 <= int(index) < len(params) else None
+            like = param if param is not None and self.optimizer_tensors.shape(name) == tuple(param.shape) else None
+            state[int(index)][key] = read_like(self.optimizer_tensors, name, like)
         try:
-            optimizer.load_state_dict(self.optimizer_state)
+            optimizer.load_state_dict({"state": state, "param_groups": self.optimizer_meta["param_groups"]})
         except (ValueError, KeyError) as error:
             raise EditR1Error(f"{self.folder}: the optimizer state does not fit this run's parameters ({error})") from error
         torch.set_rng_state(self.rng)
@@ -71,14 +115,6 @@ def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]
             else:
                 scalars.setdefault(str(index), {})[key] = value
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars, "indices": list(state_dict["state"])}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {int(i): dict(meta["scalars"].get(str(i), {})) for i in meta["indices"]}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state[int(index)][key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def checkpoint_folders(root: Path) -> list[tuple[int, Path]]:
@@ -159,13 +195,13 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     if (folder / MANIFEST).exists() and not _manifest_matches(folder):
         raise EditR1Error(f"{folder}: incomplete checkpoint (its files do not match {MANIFEST})")
     try:
-        meta = json.loads((folder / "optimizer.json").read_text())
         return Checkpoint(
             folder,
-            load_file(folder / "trained.safetensors"),
-            load_file(folder / "old.safetensors"),
-            _unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta),
-            load_file(folder / "rng.safetensors")["cpu"],
+            TensorFile(folder / "trained.safetensors"),
+            TensorFile(folder / "old.safetensors"),
+            TensorFile(folder / "optimizer.safetensors"),
+            json.loads((folder / "optimizer.json").read_text()),
+            TensorFile(folder / "rng.safetensors")["cpu"],
             json.loads((folder / "state.json").read_text()),
         )
     except EditR1Error:

@@ -1,5 +1,5 @@
 """Precomputed conditions: `editr1 precompute CONFIG` encodes every training and held-out sample once, and
-`editr1 train` with `data.conditions_cache` reads them instead of running the text encoder.
+`editr1 train` or `editr1 sft` with `data.conditions_cache` reads them instead of running the text encoder.
 
 A cache is a folder: `manifest.json` and safetensors shards. Each sample is stored as `encode_conditions`
 of that sample alone gives it (unpadded: its own prompt length), and batches are joined with the
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from editr1.config import NFTConfig
+from editr1.config import NFTConfig, SFTConfig
 from editr1.data.batching import source_images
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.prompt_length import fit_prompt_lengths
@@ -84,7 +84,7 @@ def model_identity(path: str, seed: int, corpus: list[str]) -> dict[str, Any]:
     return {"model.path": str(folder), "model files outside transformer/ (names and sizes)": _sha256(json.dumps(files).encode())}
 
 
-def conditioning_settings(config: NFTConfig, adapter: EditModelAdapter) -> dict[str, Any]:
+def conditioning_settings(config: NFTConfig | SFTConfig, adapter: EditModelAdapter) -> dict[str, Any]:
     settings = {"model.resolution": config.model.resolution, "data.max_prompt_tokens": config.data.max_prompt_tokens,
                 "data.prompt_overflow": config.data.prompt_overflow,
                 "negative prompt": adapter.inference.negative_prompt}
@@ -133,8 +133,12 @@ def _differences(cached: dict, current: dict) -> str:
     return "; ".join(f"{key}: {shown(cached.get(key))} in the cache, {shown(current.get(key))} here" for key in keys)
 
 
-def _negative_needed(config: NFTConfig, role: str) -> bool:
-    return (config.rollout.cfg_scale if role == "train" else config.eval.cfg_scale) != 1.0
+def _negative_needed(config: NFTConfig | SFTConfig, role: str) -> bool:
+    """True CFG needs the negative prompt's conditions: in NFT rollouts and in held-out evaluation (SFT
+    trains without CFG)."""
+    if role == "train":
+        return isinstance(config, NFTConfig) and config.rollout.cfg_scale != 1.0
+    return config.eval.cfg_scale != 1.0
 
 
 class ConditionsCache:
@@ -218,7 +222,7 @@ class ConditionsCache:
         return adapter.join_conditions([self._row(keys[s.id][1 if negative else 0]) for s in samples])
 
 
-def open_for_run(config: NFTConfig, adapter: EditModelAdapter, corpus: list[str], train: list[EditSample],
+def open_for_run(config: NFTConfig | SFTConfig, adapter: EditModelAdapter, corpus: list[str], train: list[EditSample],
                  heldout: list[EditSample] | None) -> ConditionsCache:
     """The cache of `data.conditions_cache`, checked to hold every sample this run will encode."""
     cache = ConditionsCache.open(config.data.conditions_cache, model_identity(config.model.path, config.seed, corpus),
@@ -290,9 +294,10 @@ def write_conditions_cache(folder: str | Path, adapter: EditModelAdapter, model:
             "reused": len(entries) - len(todo)}
 
 
-def precompute_conditions(config: NFTConfig) -> dict:
-    """`editr1 precompute`: the model, data and settings exactly as `editr1 train` builds them with this
-    config, every sample encoded alone on the training device, written to `data.conditions_cache`."""
+def precompute_conditions(config: NFTConfig | SFTConfig) -> dict:
+    """`editr1 precompute`: the model, data and settings exactly as `editr1 train` (or `editr1 sft`) builds
+    them with this config, every sample encoded alone on this process's device (accelerate's), written to
+    `data.conditions_cache`. Only the text encoders and the codec go to the device, never the transformer."""
     from accelerate import PartialState
 
     if not config.data.conditions_cache:
@@ -302,14 +307,13 @@ def precompute_conditions(config: NFTConfig) -> dict:
     corpus = [s.prompt for s in train]
     torch.manual_seed(config.seed)
     adapter = build_model(config.model, corpus, seed=config.seed)
-    adapter.offload_text_encoder = False  # this command only encodes
     train = fit_prompt_lengths(train, data.train, adapter, data.max_prompt_tokens, data.prompt_overflow)
     datasets = {"train": (train, _negative_needed(config, "train"))}
     if data.heldout:
         held = fit_prompt_lengths(read_edit_jsonl(data.heldout, max_pixels=data.max_pixels), data.heldout, adapter,
                                   data.max_prompt_tokens, data.prompt_overflow)
         datasets["heldout"] = (held, _negative_needed(config, "heldout"))
-    adapter.to(PartialState().device)
-    counts = write_conditions_cache(data.conditions_cache, adapter, model_identity(config.model.path, config.seed, corpus),
-                                    conditioning_settings(config, adapter), config.model.resolution, datasets)
+    with adapter.encoding_on(PartialState().device):
+        counts = write_conditions_cache(data.conditions_cache, adapter, model_identity(config.model.path, config.seed, corpus),
+                                        conditioning_settings(config, adapter), config.model.resolution, datasets)
     return {"conditions_cache": str(data.conditions_cache), **counts}

@@ -16,18 +16,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0, section: str = "model",
-                text_encoders: bool = True) -> EditModelAdapter:
+                text_encoders: bool = True, transformer_weights: bool = True) -> EditModelAdapter:
     """`tiny:<family>` builds a random tiny model (its tokenizer learned from `corpus`); anything
     else is a diffusers-format folder or hub id. `section` names the config section in errors.
-    `text_encoders` False: a loaded model's text encoders come without weights (never read from disk;
-    a tiny model is built whole)."""
+    `text_encoders` / `transformer_weights` False: a loaded model's text encoders / transformer parameters
+    come without weights (never read from disk; a tiny model is built whole)."""
     dtype = DTYPES[config.dtype]
     if config.path.startswith("tiny:"):
         adapter = build_tiny(config.path, list(corpus), seed, config.family, section)
         adapter.transformer.to(dtype)
     else:
         adapter = load_adapter(config.path, family=config.family, torch_dtype=dtype, field=f"{section}.family",
-                               text_encoders=text_encoders)
+                               text_encoders=text_encoders, transformer_weights=transformer_weights)
     adapter.condition_area = config.condition_area
     if config.offload_text_encoder and not adapter.text_encoders():
         raise EditR1Error(f"{section}.offload_text_encoder: the {type(adapter).__qualname__} adapter names no text "

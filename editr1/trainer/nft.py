@@ -32,11 +32,12 @@ from editr1.dotted import resolve
 from editr1.errors import EditR1Error
 from editr1.eval.heldout import (
     HeldoutSet,
-    evaluate,
     generate_heldout,
     load_eval,
     paired_gain,
+    rank_share,
     save_eval,
+    score_heldout,
 )
 from editr1.fileio import fix_modes
 from editr1.eval.report import ReportSection, write_report
@@ -52,6 +53,7 @@ from editr1.rl.old_policy import old_policy_decay
 from editr1.sampling.generate import edit_batch
 from editr1.trainer.async_scoring import RolloutScorer
 from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
+from editr1.trainer import job
 from editr1.trainer.conditions_cache import open_for_run
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model, lora_spec
@@ -60,7 +62,7 @@ from editr1.trainer.progress import console
 from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
 from editr1.trainer.run_loop import StepResult, TrainingLoop
 from editr1.trainer.seeding import generator_for
-from editr1.trainer.sharding import full_optimizer_state, shard_optimizer_state, unsharded_transformer
+from editr1.trainer.sharding import full_optimizer_state, load_from_main, unsharded_transformer, whole_tensors
 
 GRID_SAMPLES = 8
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
@@ -157,6 +159,8 @@ class NFTTrainer:
                                                         InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        # One voice (only the main process prints) and one fate (a failure on any process ends them all).
+        job.start(self.rank, self.world, self.is_main)
         # An accelerate config with `distributed_type: FSDP` shards the transformer over the processes.
         self.sharded = self.accelerator.distributed_type == DistributedType.FSDP
         if self.sharded:
@@ -175,7 +179,7 @@ class NFTTrainer:
             raise EditR1Error(f"rollout.groups_per_iteration: {config.rollout.groups_per_iteration} groups (the global "
                               f"count per optimizer step) do not divide over {self.world} processes; use a multiple "
                               f"of {self.world}") from None
-        self.run_folder = RunFolder(self.run_dir, OUTPUTS, FINISHED, LOCKED, announce=self.is_main,
+        self.run_folder = RunFolder(self.run_dir, OUTPUTS, FINISHED, LOCKED, main=self.is_main,
                                     unlocked=resume_safe_fields(config))
         checkpoint = self.run_folder.prepare(config, resume)
         # Every rank has read the folder before the main process changes it.
@@ -199,9 +203,12 @@ class NFTTrainer:
         torch.manual_seed(config.seed)
         corpus = [s.prompt for s in self.train_samples]
         # Read from a cache, conditions need no text encoder; the final export of full fine-tuning (a whole
-        # model folder) still writes one.
+        # model folder, written by the main process) still writes one. Sharded, only the main process reads the
+        # transformer's weights: the others receive their slices from it (`load_from_main` below).
         self.adapter = build_model(config.model, corpus, seed=config.seed,
-                                   text_encoders=not (config.data.conditions_cache and config.model.train_mode == "lora"))
+                                   text_encoders=not config.data.conditions_cache or (config.model.train_mode == "full"
+                                                                                      and self.is_main),
+                                   transformer_weights=self.is_main or not self.sharded)
         # Sampler schedules are checked before anything is written (a step count a schedule cannot take).
         self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
         if evaluating:
@@ -209,16 +216,18 @@ class NFTTrainer:
         self.train_samples = fit_prompt_lengths(self.train_samples, config.data.train, self.adapter,
                                                 config.data.max_prompt_tokens, config.data.prompt_overflow)
         self.heldout = None
-        # A sharded model generates on every rank in step (each forward gathers the slices): every rank
-        # takes part in the held-out edits, and the main process scores them.
-        if evaluating and (self.is_main or self.sharded):
+        # Every process edits its share of the held-out samples, and the main process scores them.
+        if evaluating:
             held = fit_prompt_lengths(read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels),
                                       config.data.heldout, self.adapter, config.data.max_prompt_tokens,
                                       config.data.prompt_overflow)
             token_shape = self.adapter.latent_token_shape(self.size, self.size)
             self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)
-        if self.sharded:  # every rank generates the same held-out chunks: only the training data can differ
-            check_sharded_data(self.adapter, {"data.train": self.train_samples})
+        if self.sharded:
+            datasets = {"data.train": self.train_samples}
+            if self.heldout is not None:
+                datasets["data.heldout"] = self.heldout.samples
+            check_sharded_data(self.adapter, datasets)
         # Conditions: read from the cache (checked to hold every sample, unchanged), or each sample encoded alone.
         self.cache = None
         if config.data.conditions_cache:
@@ -238,15 +247,20 @@ class NFTTrainer:
         optim = config.optim
         if not self.sharded:  # sharded: from the CPU copy, so no process ever holds the whole transformer on its device
             self.adapter.to(self.accelerator.device)
-        self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0)
+        self.policies = PolicySet(self.adapter.transformer, self.lora, need_reference=config.rl.kl_coef > 0,
+                                  sharded=self.sharded)
         self.optimizer = torch.optim.AdamW(
-            self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+            self.policies.trainable_parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
+            weight_decay=optim.weight_decay,
         )
         if self.sharded:
-            # accelerate shards the transformer in place and points the optimizer at the new parameters. The text
-            # encoders are not sharded: they stay on the CPU between encodes.
+            # accelerate shards the transformer in place and points the optimizer at the new parameters; then the
+            # main process sends every process its slices of the weights it alone read. The text encoders are not
+            # sharded: they stay on the CPU between encodes.
+            whole = whole_tensors(self.adapter.transformer) if self.is_main else None
             self.trained_module, prepared = self.accelerator.prepare(self.adapter.transformer, self.optimizer)
             self.optimizer = prepared.optimizer
+            load_from_main(self.trained_module, whole, self.accelerator.device)
             self.policies.shard(lambda module: fsdp2_prepare_model(self.accelerator, module))
             self.adapter.offload_text_encoder = True
             self.adapter.to(self.accelerator.device)
@@ -269,6 +283,7 @@ class NFTTrainer:
             summary = self._run()
         finally:
             self.scorer.close()
+        job.end()
         # Tear the process group down before the interpreter does (gloo's threads may not outlive it cleanly).
         self.accelerator.end_training()
         return summary
@@ -472,13 +487,18 @@ class NFTTrainer:
         ev = self.config.eval
         tick = time.monotonic()
         guidance = self.config.rollout.guidance if ev.guidance is None else ev.guidance
+        count = len(self.heldout.samples)
+        # Each process edits its share (padded: the same transformer calls on every one); the main process
+        # gathers the edits and scores them.
+        share = rank_share(count, self.world, self.rank)
         with torch.no_grad(), self.policies.use("trained") as trained:
-            if not self.is_main:  # sharded: the same edits, in step with the main process, which scores them
-                generate_heldout(self.adapter, self.heldout, ev.steps, ev.sampler, ev.cfg_scale, trained, ev.batch_size,
-                                 guidance)
-                return {}
-            result = evaluate(self.adapter, self.heldout, self.eval_reward, ev.steps, ev.sampler, ev.cfg_scale, trained,
-                              batch_size=ev.batch_size, guidance=guidance)
+            edited = generate_heldout(self.adapter, self.heldout, ev.steps, ev.sampler, ev.cfg_scale, trained,
+                                      ev.batch_size, guidance, indices=share)
+        if self.world > 1:
+            edited = self._gather_shares(edited, ev.batch_size, count)
+        if not self.is_main:
+            return {}
+        result = score_heldout(self.heldout, self.eval_reward, edited, ev.batch_size)
         if result.failures:
             self._report_unscored("the held-out evaluation", len(result.failures), result.scores.numel(),
                                   next(iter(result.failures.values())))
@@ -504,6 +524,16 @@ class NFTTrainer:
             line += f" (gain {gain:+.4f}" + (f" ± {stderr:.4f})" if stderr is not None else ")")
         console.print(line)
         return metrics
+
+    def _gather_shares(self, share: torch.Tensor, chunk: int, count: int) -> torch.Tensor | None:
+        """The first `count` rows of every process's equal-sized `share`, in rank order, on the main process
+        (None elsewhere); `chunk` rows at a time, so a device holds only `world x chunk` of them at once."""
+        pieces: list[list[torch.Tensor]] = [[] for _ in range(self.world)]
+        for start in range(0, share.shape[0], chunk):
+            gathered = self.accelerator.gather(share[start:start + chunk].to(self.accelerator.device)).cpu()
+            for rank, piece in enumerate(gathered.chunk(self.world)):
+                pieces[rank].append(piece)
+        return torch.cat([torch.cat(rank_pieces) for rank_pieces in pieces])[:count] if self.is_main else None
 
     def _report_unscored(self, where: str, count: int, total: int, reason: str) -> None:
         """Once per kind of failure and run: the reason is the same every time."""
@@ -540,7 +570,7 @@ class NFTTrainer:
                             keep=self.config.logging.keep_checkpoints)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
-        checkpoint.optimizer_state = shard_optimizer_state(checkpoint.optimizer_state, self.optimizer)
+        # Sharded, each process reads only its rows of the moments (here) and of the weights (below).
         checkpoint.restore(self.optimizer)
         self.policies.load_states(checkpoint.trained, checkpoint.old)
         state = checkpoint.state

@@ -2,7 +2,9 @@
 
 With LoRA (the reference setting) the trained and old policies are two peft adapters on the same
 transformer and the reference is that transformer with adapters disabled: no extra model copy.
-With full fine-tuning the old policy (and, when the KL term is on, the reference) are frozen copies.
+With full fine-tuning the old policy (and, when the KL term is on, the reference) are frozen copies;
+sharded, they are built without weights and filled from the trained transformer's slices (`shard`), so
+no process holds a whole copy of them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ from torch import nn
 
 from editr1.models.lora_io import LoraSpec
 from editr1.rl.old_policy import soft_update_
-from editr1.trainer.sharding import drop_gathered, gather_full, shard_like
+from editr1.trainer.sharding import copy_from, drop_gathered, gather_full, shard_like
 
 TRAINED, OLD = "default", "old"
+
+
+def _without_weights(module: nn.Module) -> nn.Module:
+    """A copy of `module` with its parameters on the meta device: no memory until it is sharded."""
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in module.parameters()}
+    return copy.deepcopy(module, memo)
 
 
 class PolicySet:
@@ -29,18 +38,24 @@ class PolicySet:
         transformer: nn.Module,
         lora: LoraSpec | None,
         need_reference: bool = False,
+        sharded: bool = False,
     ):
-        """`lora`: train that LoRA (the trained and old policies are two adapters); None: full fine-tuning."""
+        """`lora`: train that LoRA (the trained and old policies are two adapters); None: full fine-tuning.
+        `sharded`: the transformer is sharded next, and then `shard` builds the frozen copies' weights."""
         self.transformer = transformer
         self.mode = "full" if lora is None else "lora"
         transformer.requires_grad_(False)
         if lora is not None:
             config = lora.peft_config()
+            base_device = next(transformer.parameters()).device
             transformer.add_adapter(config, adapter_name=TRAINED)
             with warnings.catch_warnings():
                 # peft warns that a second adapter is being added: here that is the point.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 transformer.add_adapter(copy.deepcopy(config), adapter_name=OLD)
+            # Over a base on the meta device (a sharded run's processes other than the main one), peft leaves the
+            # second adapter on the CPU: both go where the base is (elsewhere nothing moves).
+            transformer.to(base_device)
             self._collect()
             # Adapters and their optimizer state stay float32 over a bf16/fp16 base (peft casts inputs).
             for p in self._trained + self._old:
@@ -48,8 +63,9 @@ class PolicySet:
             soft_update_(self._old, self._trained, 0.0)
             transformer.set_adapter(TRAINED)
         else:
-            self.old_module = copy.deepcopy(transformer)
-            self.reference_module = copy.deepcopy(transformer) if need_reference else None
+            frozen_copy = _without_weights if sharded else copy.deepcopy
+            self.old_module = frozen_copy(transformer)
+            self.reference_module = frozen_copy(transformer) if need_reference else None
             self._collect()
         for p in self._trained:
             p.requires_grad_(True)
@@ -65,12 +81,18 @@ class PolicySet:
             self._old = list(self.old_module.parameters())
 
     def shard(self, shard_frozen: Callable[[nn.Module], nn.Module]) -> None:
-        """After the trained transformer was sharded (which replaces its parameters): shard the frozen
-        copies of full fine-tuning with `shard_frozen` too, and take the new parameters."""
+        """After the trained transformer was sharded (which replaces its parameters) and holds its weights:
+        shard the frozen copies of full fine-tuning with `shard_frozen` too, give them storage for their
+        slices and copy the trained transformer's into them; take the new parameters."""
         if self.mode == "full":
+            device = next(self.transformer.parameters()).device
             self.old_module = shard_frozen(self.old_module)
             if self.reference_module is not None:
                 self.reference_module = shard_frozen(self.reference_module)
+            for module in (self.old_module, self.reference_module):
+                if module is not None:
+                    module.to_empty(device=device)
+                    copy_from(module, self.transformer)
         self._collect()
 
     def trainable_parameters(self) -> list[nn.Parameter]:

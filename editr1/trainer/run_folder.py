@@ -4,6 +4,9 @@
 resume from, and checks that a resumed run keeps every field that changes what is learned. `start`
 writes, and is called once every input has been validated, so a rejected input leaves nothing behind.
 
+One job at a time: the job's main process locks the folder (`run_lock`) before `prepare` reads it, so a
+second job (a requeued one while the first still runs) is refused before it decides anything.
+
 `--resume` means "continue this run": from the newest intact checkpoint, or, when the run stopped
 before its first checkpoint, from the beginning (the unfinished attempt's logs are discarded).
 """
@@ -29,6 +32,7 @@ from editr1.trainer.checkpoint import (
     remove_staging,
 )
 from editr1.trainer.progress import console
+from editr1.trainer.run_lock import hold_folder
 
 CONFIG_FILE = "config.yaml"
 #: `model.json` says how to rebuild the run's base model (`editr1 edit --run`); a tiny preset, built
@@ -84,20 +88,21 @@ def config_changes(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
 class RunFolder:
     """`outputs`: the names a trainer writes in the folder (discarded when a run starts over);
     `finished`: those only a finished run has (a start-over never discards them); `locked`: dotted
-    config fields (and sections) that a resumed run may not change, except those under `unlocked`."""
+    config fields (and sections) that a resumed run may not change, except those under `unlocked`; `main`:
+    this is the job's main process, which alone prints, locks the folder and writes (other ranks only read)."""
 
     def __init__(self, path: str | Path, outputs: tuple[str, ...], finished: tuple[str, ...], locked: tuple[str, ...],
-                 announce: bool = True, resumable: bool = True, unlocked: tuple[str, ...] = ()):
+                 main: bool = True, resumable: bool = True, unlocked: tuple[str, ...] = ()):
         self.path = Path(path)
         self.finished = finished
-        self.announce, self.resumable = announce, resumable
+        self.main, self.resumable = main, resumable
         self.outputs = (*outputs, CHANGES_FILE, MODEL_RECORD, BASE_MODEL_FOLDER)
         self.locked, self.unlocked = locked, unlocked
         self._changes: dict[str, tuple[Any, Any]] = {}
         self._resumed_from: Checkpoint | None = None
 
     def _say(self, message: str) -> None:
-        if self.announce:
+        if self.main:
             console.print(message, soft_wrap=True)
 
     @property
@@ -109,6 +114,8 @@ class RunFolder:
 
     def prepare(self, config: Any, resume: bool) -> Checkpoint | None:
         """Read-only checks; the checkpoint to resume from, or None to start from the beginning."""
+        if self.main:  # first: two jobs must never both pass the checks below
+            hold_folder(self.path)
         if not resume:
             if self.holds_run():
                 hint = ("pass --resume to continue it (from its newest checkpoint, or from the beginning if it stopped "

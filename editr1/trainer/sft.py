@@ -15,7 +15,7 @@ import torch
 
 from editr1.config import ConfigError, SFTConfig
 from editr1.data.batching import source_images, target_tensor
-from editr1.data.jsonl import read_edit_jsonl
+from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.order import take_indices
 from editr1.data.prompt_length import fit_prompt_lengths
 from editr1.dotted import resolve
@@ -23,11 +23,13 @@ from editr1.errors import EditR1Error
 from editr1.eval.heldout import HeldoutSet, evaluate, save_eval
 from editr1.eval.visuals import reward_curve
 from editr1.fileio import fix_modes
+from editr1.models.base import Conditions
 from editr1.models.lora_io import LoraSpec
 from editr1.rewards.registry import build_reward
 from editr1.rl.losses import LOSSES
 from editr1.rl.old_policy import soft_update_
 from editr1.trainer.checkpoint import save_checkpoint
+from editr1.trainer.conditions_cache import open_for_run
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model, lora_spec
 from editr1.trainer.progress import console
@@ -51,14 +53,13 @@ def learning_rate_factor(step: int, total: int, warmup: int, schedule: str) -> f
 
 
 def flow_matching_batch(adapter, samples, size: int, generator: torch.Generator):
-    """Conditions, noisy latents, sigmas and velocity targets for one supervised batch."""
-    conditions = adapter.encode_conditions([source_images(s, size) for s in samples], [s.prompt for s in samples], size, size)
+    """Noisy latents, sigmas and velocity targets for one supervised batch."""
     x0 = adapter.encode_images(torch.stack([target_tensor(s, size) for s in samples]).to(adapter.device))
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     # Logit-normal sigmas, as SD3 / FLUX training uses.
     sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=generator)).to(x0)
     x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
-    return conditions, x_t, sigma, noise - x0
+    return x_t, sigma, noise - x0
 
 
 #: What `editr1 sft` writes in its run folder.
@@ -68,7 +69,8 @@ OUTPUTS = ("metrics.jsonl", "tensorboard", "eval", "checkpoints", "model", "held
 LOCKED = ("seed", "model", "data", "steps", "batch_size", "lr", "lr_schedule", "warmup_steps", "weight_decay",
           "grad_clip", "ema_decay", "eval.samples", "eval.steps", "eval.sampler", "eval.cfg_scale", "eval.guidance",
           "eval.seed", "eval.reward")
-RESUME_SAFE = ("model.gradient_checkpointing", "model.compile", "eval.batch_size", "model.offload_text_encoder")
+RESUME_SAFE = ("model.gradient_checkpointing", "model.compile", "eval.batch_size", "model.offload_text_encoder",
+               "data.conditions_cache")
 #: What only a finished run has.
 FINISHED = ("model", "heldout_curve.png")
 
@@ -77,9 +79,6 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     run_dir = Path(config.output_dir)
     run_folder = RunFolder(run_dir, OUTPUTS, FINISHED, LOCKED,
                            unlocked=(*RESUME_SAFE, *resume_safe_reward_fields("eval.reward", config.eval.reward)))
-    if config.data.conditions_cache:
-        raise ConfigError("data.conditions_cache: `editr1 sft` encodes its batches as it trains and reads no "
-                          "conditions cache; set it to null (it is for `editr1 train`)")
     checkpoint = run_folder.prepare(config, resume)
     # Every input is read and checked before anything is written.
     size = config.model.resolution
@@ -93,12 +92,22 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
         eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
         eval_reward.check_ready()
     torch.manual_seed(config.seed)
-    adapter = build_model(config.model, [s.prompt for s in train], seed=config.seed)
     data = config.data
+    corpus = [s.prompt for s in train]
+    # Read from a cache, conditions need no text encoder; full fine-tuning saves a whole model folder, which
+    # still writes one.
+    adapter = build_model(config.model, corpus, seed=config.seed,
+                          text_encoders=not (data.conditions_cache and config.model.train_mode == "lora"))
     train = fit_prompt_lengths(train, data.train, adapter, data.max_prompt_tokens, data.prompt_overflow)
     if config.data.heldout:
         held = fit_prompt_lengths(held, data.heldout, adapter, data.max_prompt_tokens, data.prompt_overflow)
         heldout = HeldoutSet.build(held, config.eval.samples, size, adapter.latent_token_shape(size, size), config.eval.seed, config.data.heldout)
+    # Conditions: read from the cache (checked to hold every sample, unchanged), or each sample encoded alone.
+    cache = None
+    if data.conditions_cache:
+        cache = open_for_run(config, adapter, corpus, train, heldout.samples if heldout is not None else None)
+        if heldout is not None:
+            heldout.source = lambda samples, negative: cache.conditions(adapter, "heldout", samples, negative)
     run_folder.start(config)
     if checkpoint is None:
         run_folder.record_base_model(adapter, config.model, final="model/lora" if config.model.train_mode == "lora" else "model")
@@ -147,6 +156,12 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
         console.print(f"sft step {step}: held-out reward {result.mean:.4f}")
         return {"heldout_reward": result.mean}
 
+    def batch_conditions(batch: list[EditSample]) -> Conditions:
+        """From the cache, or each sample encoded alone: what the cache holds, bit for bit."""
+        if cache is not None:
+            return cache.conditions(adapter, "train", batch)
+        return adapter.encode_each([source_images(s, size) for s in batch], [s.prompt for s in batch], size, size)
+
     def take_step(step: int) -> StepResult:
         nonlocal position
         tick = time.monotonic()
@@ -155,8 +170,8 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
         lr = config.lr * learning_rate_factor(step, config.steps, config.warmup_steps, config.lr_schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        conditions, x_t, sigma, target = flow_matching_batch(adapter, batch, size, generator_for(config.seed, step, "sft-noise"))
-        loss, metrics = loss_fn(v_pred=adapter.velocity(x_t, sigma, conditions), target=target)
+        x_t, sigma, target = flow_matching_batch(adapter, batch, size, generator_for(config.seed, step, "sft-noise"))
+        loss, metrics = loss_fn(v_pred=adapter.velocity(x_t, sigma, batch_conditions(batch)), target=target)
         if not torch.isfinite(loss):
             raise EditR1Error(f"sft step {step + 1}: the loss is {loss.item()}; training diverged, lower lr")
         optimizer.zero_grad(set_to_none=True)

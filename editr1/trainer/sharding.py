@@ -1,11 +1,14 @@
 """Sharded states (FSDP2, where each rank holds a slice of every parameter as a DTensor) in and out of
-the checkpoint format of an unsharded run.
+the checkpoint format of an unsharded run, and the sharded model's weights from the main process.
 
-Checkpoints keep one format whatever the launch: the slices are gathered into whole tensors for writing
-and sliced again when read. So a sharded run writes the same files as a single-process run, a LoRA
-exports the same way, and a checkpoint resumes under any world size. Gathering is a collective: every
-rank calls these functions with the same tensors in the same order. Plain tensors pass through, so an
-unsharded run takes the same code path.
+Checkpoints keep one format whatever the launch: the slices are gathered into whole tensors for writing,
+and on reading each rank reads only its own rows of every file. So a sharded run writes the same files
+as a single-process run, a LoRA exports the same way, and a checkpoint resumes under any world size.
+Gathering is a collective: every rank calls these functions with the same tensors in the same order.
+Plain tensors pass through, so an unsharded run takes the same code path.
+
+Loading: only the main process reads the model's weights. The others build the transformer without them
+(parameters on the meta device) and, once it is sharded, receive their slices (`load_from_main`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+from editr1.errors import EditR1Error
 
 
 def gather_full(state: Mapping[str, Any], keep: bool = True) -> dict[str, Any]:
@@ -33,17 +40,84 @@ def gather_full(state: Mapping[str, Any], keep: bool = True) -> dict[str, Any]:
     return full
 
 
-def shard_like(state: Mapping[str, Any], like: Mapping[str, Any]) -> dict[str, Any]:
-    """`state`'s whole tensors, each sliced as the DTensor of the same name in `like` is sliced (this
-    rank's slice, cut locally: every rank read the same file). Names without a DTensor in `like` pass
-    through unchanged."""
-    sliced = {}
-    for name, value in state.items():
-        target = like.get(name)
-        if isinstance(target, DTensor) and torch.is_tensor(value):
-            value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements, src_data_rank=None)
-        sliced[name] = value
-    return sliced
+def local_index(tensor: DTensor) -> tuple[slice, ...]:
+    """Where this rank's block of `tensor` lies in the whole tensor, one slice per dimension (torch's
+    own layout: uneven last blocks, and empty ones where a dimension has fewer rows than ranks)."""
+    shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+    return tuple(slice(start, start + size) for start, size in zip(offset, shape))
+
+
+def read_like(source: Any, name: str, like: Any) -> Any:
+    """The tensor `name` of `source` (a `checkpoint.TensorFile`: anything with its `read(name, index)`),
+    read as `like` holds it: for a DTensor only this rank's block, made a DTensor sliced as `like`;
+    otherwise whole."""
+    if not isinstance(like, DTensor):
+        return source.read(name)
+    block = source.read(name, local_index(like))
+    return DTensor.from_local(block.to(like.device).contiguous(), like.device_mesh, like.placements, run_check=False,
+                              shape=like.shape, stride=like.stride())
+
+
+def shard_like(state: Any, like: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Every tensor of `state` (a `checkpoint.TensorFile`), read as the tensor of the same name in `like`
+    holds it (`read_like`): whole, or this rank's rows only."""
+    return {name: read_like(state, name, like.get(name)) for name in state}
+
+
+def _named_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def whole_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s parameters and buffers by name, detached: taken before sharding, they keep the whole
+    tensors alive for `load_from_main` (sharding replaces the module's own)."""
+    return {name: tensor.detach() for name, tensor in _named_tensors(module).items()}
+
+
+def load_from_main(module: torch.nn.Module, whole: dict[str, torch.Tensor] | None, device: torch.device) -> None:
+    """Give every process the main process's weights (collective). `module` was just sharded; on the main
+    process (rank 0) `whole` holds its whole tensors (`whole_tensors`, taken before sharding; emptied here,
+    so each is freed once sent); on the others it is None, and the parameters may be on the meta device
+    (built without weights). The main process broadcasts one tensor at a time, and each other process keeps its
+    block: no process but the main one ever holds more than one whole tensor. Buffers are sent too, so
+    every process computes with the main process's."""
+    main = dist.get_rank() == 0
+    tensors = _named_tensors(module)
+    layouts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(layouts, [(name, tuple(t.shape), str(t.dtype)) for name, t in tensors.items()])
+    differing = [rank for rank, layout in enumerate(layouts) if layout != layouts[0]]
+    if differing:  # raised on every rank alike, so none is left waiting in a collective
+        raise EditR1Error(f"processes {differing} built the transformer with other parameter names, shapes or dtypes "
+                          "than the main process: a family's loader without weights (`from_pretrained(..., "
+                          "transformer_weights=False)`) must build what it loads")
+    if not main:
+        module.to_empty(device=device)  # storage for the blocks; keeps the parameter objects the optimizer holds
+        tensors = _named_tensors(module)  # buffers are new tensors
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if main:
+                full = whole.pop(name).to(device).contiguous()
+            else:
+                full = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+            dist.broadcast(full, src=0)
+            if not main:
+                if isinstance(tensor, DTensor):
+                    tensor.to_local().copy_(full[local_index(tensor)])
+                else:
+                    tensor.copy_(full)
+
+
+def copy_from(target: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Every parameter and buffer of `source` into `target`, a copy of it sharded the same way: each
+    rank copies its own blocks (no communication)."""
+    sources = _named_tensors(source)
+    with torch.no_grad():
+        for name, tensor in _named_tensors(target).items():
+            value = sources[name]
+            if isinstance(tensor, DTensor):
+                tensor.to_local().copy_(value.to_local())
+            else:
+                tensor.copy_(value)
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict:
@@ -51,19 +125,6 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) ->
     state_dict = optimizer.state_dict()
     state = {index: gather_full(entry, keep) for index, entry in state_dict["state"].items()}
     return {"state": state, "param_groups": state_dict["param_groups"]} if keep else {}
-
-
-def shard_optimizer_state(state_dict: dict, optimizer: torch.optim.Optimizer) -> dict:
-    """A whole optimizer state sliced like `optimizer`'s parameters (per-parameter tensors of the
-    parameter's shape: Adam's moments; scalars such as `step` stay whole)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    state = {}
-    for index, entry in state_dict["state"].items():
-        param = params[index] if 0 <= index < len(params) else None
-        like = {} if param is None else {key: param for key, value in entry.items()
-                                         if torch.is_tensor(value) and value.shape == param.shape}
-        state[index] = shard_like(entry, like)
-    return {"state": state, "param_groups": state_dict["param_groups"]}
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
