@@ -22,13 +22,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# The tests that compare runs summing floats in other orders (processes, sharding, caches, resumes), again
-# under torch's lower CPU kernel levels: their tolerances must hold on any x86-64 CPU, not only this one's.
+# The tests that compare runs summing floats in other orders (processes, sharding, caches, resumes), again at
+# lower CPU instruction levels: torch's own kernels (ATEN_CPU_CAPABILITY), oneDNN's and MKL's matrix products.
+# Their tolerances must hold on any x86-64 CPU, not only this one's.
 KERNEL_TESTS := tests/test_distributed.py tests/test_fsdp.py tests/test_conditions_cache.py tests/test_kill_and_resume.py
+KERNEL_LEVELS := "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=COMPATIBLE" \
+	"ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2"
 test-kernels: $(STAMP)
-	for level in default avx2; do \
-		echo "ATEN_CPU_CAPABILITY=$$level"; \
-		ATEN_CPU_CAPABILITY=$$level $(BIN)/python -m pytest -q $(KERNEL_TESTS) $(ARGS) || exit 1; \
+	for level in $(KERNEL_LEVELS); do \
+		echo "$$level"; \
+		env $$level $(BIN)/python -m pytest -q $(KERNEL_TESTS) $(ARGS) || exit 1; \
 	done
 
 clean:

@@ -1,6 +1,6 @@
 """Held-out evaluation split over the processes of a launch: seconds per evaluation, 1 vs 2 processes.
 
-    .venv/bin/python bench/heldout_split.py [--samples 32] [--steps 8] [--batch-size 8]
+    .venv/bin/python bench/heldout_split.py [--samples 64] [--steps 8] [--batch-size 16]
 
 Trains one iteration of the shipped tiny base with an evaluation before and after (`seconds_eval` in
 metrics.jsonl: the main process's wall time from the first edit to the scores, gathering included), on
@@ -55,9 +55,9 @@ def measure(root: Path, name: str, launch: str | None, overrides: list[str]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     from editr1.tasks.shapes import SHIPPED_BASE
     from editr1.tasks.shapes.scenes import write_shapes_dataset

@@ -84,6 +84,16 @@ def rows(run, key):
     return [(row["step"], row[key]) for row in read_metrics(run) if key in row]
 
 
+def assert_same_first_rollouts(a, b):
+    """The first iteration's rollouts come from the same weights: the same edits, so rewards within
+    REWARD_ATOL (the same iterations logged). Later rollouts come from weights that float noise, amplified
+    through the updates, has moved apart: `weight_tolerance` bounds those."""
+    a_rows, b_rows = rows(a, "reward_mean"), rows(b, "reward_mean")
+    assert [step for step, _ in a_rows] == [step for step, _ in b_rows]
+    for key in ("reward_mean", "reward_std"):
+        assert rows(a, key)[0][1] == pytest.approx(rows(b, key)[0][1], abs=REWARD_ATOL), key
+
+
 def assert_same_rows(a, b, key, atol):
     """The same steps logged, their values within `atol`."""
     a_rows, b_rows = rows(a, key), rows(b, key)

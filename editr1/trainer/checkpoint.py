@@ -51,8 +51,11 @@ class TensorFile(Mapping[str, torch.Tensor]):
             self._shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
 
     def read(self, name: str, index: tuple[slice, ...] | None = None) -> torch.Tensor:
-        with safe_open(self.path, framework="pt") as handle:
-            return handle.get_tensor(name) if index is None else handle.get_slice(name)[index]
+        try:
+            with safe_open(self.path, framework="pt") as handle:
+                return handle.get_tensor(name) if index is None else handle.get_slice(name)[index]
+        except (OSError, SafetensorError) as error:  # the header was checked: the file changed or the disk failed
+            raise EditR1Error(f"{self.path}: cannot read tensor {name!r} ({error})") from error
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._shapes[name]

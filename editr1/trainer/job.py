@@ -1,14 +1,15 @@
 """One job of several processes (`accelerate launch`): one voice, and one fate.
 
-- One voice: the processes other than the main one print nothing (their stdout and stderr go to
-  /dev/null), so a message meant once per job (a judge's wait line, a truncation summary, a download
-  bar) is printed once. Errors are written to the process's real stderr, whichever process has them.
+- One voice: the processes other than the main one print nothing (their stdout and stderr, Python's and
+  the C++ libraries', go to /dev/null), so a message meant once per job (a judge's wait line, a
+  truncation summary, a download bar) is printed once. Errors are written to the process's real stderr,
+  whichever process has them.
 - One fate: a process that fails records it in the job's key-value store (the rendezvous store every
   process reaches, torchrun's or the main process's) before it exits, and every process watches that
   store. A process waiting in a collective for one that failed would otherwise wait for the collective
   timeout (hours: the main process alone scores held-out edits and writes checkpoints); a launcher ends
   only the processes of its own node. So every process of every node ends within seconds of the first
-  failure, and only the failing one prints its error.
+  failure, and only the first to fail prints its error (every process may raise the same one at once).
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ import os
 import sys
 import threading
 from datetime import timedelta
+from typing import TextIO
 
 import torch.distributed as dist
 
-#: The store's key for the first failure: "process R on HOST: message".
-FAILED_KEY = "editr1/failed"
+#: The store's key for the first failure: "process R on HOST: message". torchrun's store outlives its
+#: workers, so an elastic restart (`--max_restarts`) gets a key of its own.
+FAILED_KEY = f"editr1/failed/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 #: How often each process looks for another's failure.
 WATCH_INTERVAL_S = 2.0
 
 _job: "Job | None" = None
+#: A quieted process's stderr as it was, where its errors still go.
+_errors: TextIO | None = None
 
 
 class Job:
@@ -45,18 +50,20 @@ class Job:
         except Exception as error:  # noqa: BLE001 - any store error means the job is broken
             return f"the job's store stopped answering ({error})"
 
-    def record_failure(self, message: str) -> None:
-        """Tell the other processes (the first failure wins; a store already gone cannot be told)."""
-        self._stop.set()
+    def record_failure(self, message: str) -> bool:
+        """Tell the other processes; True when this is the job's first failure (a store already gone cannot
+        be told, and the others then see it gone)."""
+        self._stop.set()  # before the record: this process's watcher must not take it for another's
+        mine = f"process {self.rank} on {os.uname().nodename}: {message}"
         try:
-            self.store.compare_set(FAILED_KEY, "", f"process {self.rank} on {os.uname().nodename}: {message}")
-        except Exception:  # noqa: BLE001 - the others then see the store gone
-            pass
+            return self.store.compare_set(FAILED_KEY, "", mine) == mine.encode()
+        except Exception:  # noqa: BLE001
+            return True
 
     def _watch(self) -> None:
         while not self._stop.wait(WATCH_INTERVAL_S):
-            if self.failure() is not None:
-                # Its own error is printed by the process that failed; this one has nothing to add.
+            if self.failure() is not None and not self._stop.is_set():
+                # The process that failed first prints its error; this one has nothing to add.
                 _exit(1)
 
     def close(self) -> None:
@@ -64,17 +71,24 @@ class Job:
 
 
 def start(rank: int, world: int, is_main: bool) -> None:
-    """Join the job (a no-op for one process): quiet unless `is_main`, and watch for others' failures.
+    """Join the job (a no-op for one process): watch for others' failures in the rendezvous store named by
+    MASTER_ADDR/MASTER_PORT (a launcher that names none gets no watch), and go quiet unless `is_main`.
     Call it once the process group is up."""
-    global _job
+    global _job, _errors
     if world <= 1 or _job is not None:
         return
+    if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=60))
+        _job = Job(rank, store)
     if not is_main:
-        devnull = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-        sys.stdout = sys.stderr = devnull
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    store = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=60))
-    _job = Job(rank, store)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        _errors = os.fdopen(os.dup(2), "w")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
 
 
 def end() -> None:
@@ -86,18 +100,28 @@ def end() -> None:
 
 
 def fail(message: str, code: int) -> None:
-    """In a job: report this process's failure unless it is the consequence of another's (a collective
-    whose peer is gone), print `message` once, and end the process now. Outside one: return."""
+    """In a job: unless this failure is the consequence of another's (a collective whose peer is gone),
+    record it and, if it is the job's first, print `message`; then end the process now. Outside a job:
+    return (the caller prints)."""
     if _job is None:
+        if _errors is not None:  # a quieted process after the job ended: its error still shows
+            print(message, file=_errors, flush=True)
+            _exit(code)
         return
-    if _job.failure() is None:
-        _job.record_failure(message.splitlines()[-1] if message.strip() else "failed")
-        print(message, file=sys.__stderr__)
+    if _job.failure() is None and _job.record_failure(message.strip().splitlines()[-1] if message.strip() else "failed"):
+        print(message, file=_errors or sys.stderr, flush=True)
     _exit(code)
 
 
 def _exit(code: int) -> None:
-    """End the process at once: interpreter shutdown could wait on a dead peer (process-group teardown)."""
-    for stream in (sys.__stdout__, sys.__stderr__):
-        stream.flush()
+    """End the process at once: interpreter shutdown could wait on a dead peer (process-group teardown).
+    The run folder's lock file is removed first, as a normal exit removes it."""
+    from editr1.trainer.run_lock import release_all
+
+    release_all()
+    for stream in (sys.stdout, sys.stderr, _errors or sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     os._exit(code)

@@ -119,6 +119,8 @@ def check_sharding(config: NFTConfig, plugin, mixed_precision: str, dynamo_backe
         "dynamo_backend": dynamo_backend.upper() != "NO",
         "fsdp_activation_checkpointing": plugin.activation_checkpointing,
         "fsdp_offload_params": isinstance(plugin.cpu_offload, CPUOffloadPolicy),
+        # editr1 reads the weights on the main process only anyway; accelerate's way would also make transformers
+        # load the text encoders without weights on the other processes, which encode their own samples.
         "fsdp_cpu_ram_efficient_loading": plugin.cpu_ram_efficient_loading,
         # The frozen copies never run a backward: without resharding they would stay whole on every GPU.
         "fsdp_reshard_after_forward": plugin.reshard_after_forward is not True,
@@ -127,7 +129,8 @@ def check_sharding(config: NFTConfig, plugin, mixed_precision: str, dynamo_backe
     if refused:
         raise EditR1Error(f"accelerate config: {', '.join(refused)}: not supported with editr1's FSDP path; use the "
                           "values of configs/accelerate/fsdp_1node.yaml (model.gradient_checkpointing for activation "
-                          "checkpointing, model.compile is not supported under FSDP yet)")
+                          "checkpointing; editr1 always reads the weights on the main process only; model.compile is "
+                          "not supported under FSDP yet)")
     if config.rollout.merge_old_adapter:
         raise EditR1Error("rollout.merge_old_adapter: not with a sharded model (a LoRA merge needs whole weights); "
                           "set it to false under FSDP")
@@ -181,6 +184,9 @@ class NFTTrainer:
                               f"of {self.world}") from None
         self.run_folder = RunFolder(self.run_dir, OUTPUTS, FINISHED, LOCKED, main=self.is_main,
                                     unlocked=resume_safe_fields(config))
+        if self.is_main:  # before any process reads the folder: a second job is refused with that, not another error
+            self.run_folder.lock()
+        self.accelerator.wait_for_everyone()
         checkpoint = self.run_folder.prepare(config, resume)
         # Every rank has read the folder before the main process changes it.
         self.accelerator.wait_for_everyone()
@@ -283,7 +289,12 @@ class NFTTrainer:
             summary = self._run()
         finally:
             self.scorer.close()
+        self.run_folder.release()
+        # Every process stops watching the job before any exits (one whose store goes with it must not take
+        # that for a failure).
+        self.accelerator.wait_for_everyone()
         job.end()
+        self.accelerator.wait_for_everyone()
         # Tear the process group down before the interpreter does (gloo's threads may not outlive it cleanly).
         self.accelerator.end_training()
         return summary

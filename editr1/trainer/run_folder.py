@@ -32,7 +32,7 @@ from editr1.trainer.checkpoint import (
     remove_staging,
 )
 from editr1.trainer.progress import console
-from editr1.trainer.run_lock import hold_folder
+from editr1.trainer.run_lock import hold_folder, release_folder
 
 CONFIG_FILE = "config.yaml"
 #: `model.json` says how to rebuild the run's base model (`editr1 edit --run`); a tiny preset, built
@@ -112,10 +112,19 @@ class RunFolder:
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in (CONFIG_FILE, *self.outputs))
 
+    def lock(self) -> None:
+        """Hold the folder for this job (its main process) until `release` or the process's end; raise a
+        one-line error naming the job that holds it."""
+        hold_folder(self.path)
+
+    def release(self) -> None:
+        if self.main:
+            release_folder(self.path)
+
     def prepare(self, config: Any, resume: bool) -> Checkpoint | None:
         """Read-only checks; the checkpoint to resume from, or None to start from the beginning."""
         if self.main:  # first: two jobs must never both pass the checks below
-            hold_folder(self.path)
+            self.lock()
         if not resume:
             if self.holds_run():
                 hint = ("pass --resume to continue it (from its newest checkpoint, or from the beginning if it stopped "

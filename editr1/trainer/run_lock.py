@@ -77,7 +77,7 @@ def hold_folder(folder: str | Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode(), 0)
     if not _held:
-        atexit.register(_release_all)
+        atexit.register(release_all)
     _held[path] = fd
 
 
@@ -101,13 +101,26 @@ def _holder(fd: int) -> str:
     return "its host and process are not recorded"
 
 
-def _release_all() -> None:
-    # Deleted while still locked, so no other job can have locked this file in between.
-    for path, fd in _held.items():
-        if _same_file(fd, path):
-            path.unlink()
-        os.close(fd)
+def release_folder(folder: str | Path) -> None:
+    """End this process's hold on run folder `folder` (its run ended): a later job, or a resume in another
+    process, may take it while this interpreter goes on (a notebook)."""
+    path = lock_file(folder)
+    if path in _held:
+        _release(path, _held.pop(path))
+
+
+def release_all() -> None:
+    """End every hold of this process: at exit, which `os._exit` skips (`job._exit` calls this)."""
+    for path, fd in list(_held.items()):
+        _release(path, fd)
     _held.clear()
+
+
+def _release(path: Path, fd: int) -> None:
+    # Deleted while still locked, so no other job can have locked this file in between.
+    if _same_file(fd, path):
+        path.unlink()
+    os.close(fd)
 
 
 def _forget_in_child() -> None:

@@ -192,6 +192,7 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     rows = read_metrics(run_dir)
     reward_curve(rows, run_dir / "heldout_curve.png", keys=(), eval_keys=("heldout_reward",), title="SFT held-out reward")
     final = [r["heldout_reward"] for r in rows if r.get("heldout_reward") is not None]
+    run_folder.release()
     return {"steps": step, "final_heldout_reward": final[-1] if final else None, "model": str(run_dir / "model")}
 
 

@@ -179,8 +179,8 @@ class JudgeDistiller:
     def __init__(self, config: JudgeDistillConfig):
         self.config = config
         self.run_dir = Path(config.output_dir)
-        run_folder = RunFolder(self.run_dir, OUTPUTS, finished=("judge", "summary.json"), locked=(), resumable=False)
-        run_folder.prepare(config, resume=False)
+        self.run_folder = RunFolder(self.run_dir, OUTPUTS, finished=("judge", "summary.json"), locked=(), resumable=False)
+        self.run_folder.prepare(config, resume=False)
         # Every input is read and checked before anything is written.
         self.train = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         self.heldout = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels) if config.data.heldout else []
@@ -199,7 +199,7 @@ class JudgeDistiller:
         if self.heldout:
             self.heldout = fit_prompt_lengths(self.heldout, data.heldout, self.policy, data.max_prompt_tokens,
                                               data.prompt_overflow)
-        run_folder.start(config)
+        self.run_folder.start(config)
 
     def run(self) -> dict:
         config = self.config
@@ -222,6 +222,7 @@ class JudgeDistiller:
             summary.update(self._agreement(pairs).as_dict())
             summary["pairs"] = str(pairs_path)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.run_folder.release()
         return summary
 
     def _examples(self, policy, progress) -> JudgeExamples:
