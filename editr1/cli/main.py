@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> None:
 def _end_job(message: str, code: int) -> None:
     """In a job of several processes (`accelerate launch`), the error ends every process of it, and is printed
     once (`editr1.trainer.job`); this call then does not return. Otherwise nothing happens here."""
-    job = sys.modules.get("editr1.trainer.job")  # imported only by a trainer that joined a job
+    job = sys.modules.get("editr1.trainer.job")  # imported by a process of a launch, and by the trainers
     if job is not None:
         job.fail(message, code)
 
@@ -221,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     silence_known_warnings()
     try:
+        if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a process of a launch
+            from editr1.trainer import job
+
+            job.start_from_launcher()
         run(args)
     except EditR1Error as error:
         message = f"editr1: error: {error}"

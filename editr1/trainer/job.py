@@ -91,6 +91,15 @@ def start(rank: int, world: int, is_main: bool) -> None:
         os.close(devnull)
 
 
+def start_from_launcher() -> None:
+    """Join the job as soon as the process starts (before its config is read), when torchrun's agent holds
+    the store (it exists before any process starts): an error every process raises alike, such as a
+    misspelt config field, is then printed once. Elsewhere the trainer joins once its process group is up."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        rank = int(os.environ["RANK"])
+        start(rank, int(os.environ["WORLD_SIZE"]), rank == 0)
+
+
 def end() -> None:
     """Stop watching: the job ended normally (its processes now exit one by one)."""
     global _job
