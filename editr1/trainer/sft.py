@@ -149,7 +149,7 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
         if ema is not None:
             soft_update_(trainable, ema, 0.0)
         result = evaluate(adapter, heldout, eval_reward, config.eval.steps, config.eval.sampler, config.eval.cfg_scale,
-                          batch_size=config.eval.batch_size)
+                          batch_size=config.eval.batch_size, guidance=config.eval.guidance)
         save_eval(result, run_dir / "eval" / "final.safetensors")
         if ema is not None:
             soft_update_(trainable, live, 0.0)
