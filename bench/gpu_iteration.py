@@ -58,7 +58,7 @@ the instruction's token count is approximate; the image tokens and T5's padding 
 the released 1:2 ratio), and the text encoders to N layers. Before building, the script counts the
 parameters on the meta device and refuses to build what does not fit in the device's free memory.
 
-FLOPs and MFU (as /work/shared/GPU-NOTES.md counts them): forward hooks on every `nn.Linear` that runs
+FLOPs and MFU (the usual counting; see docs/real_scale.md): forward hooks on every `nn.Linear` that runs
 add 2 * in * out * tokens, times 3 when the call is part of an autograd graph (forward + backward,
 the usual convention: it also counts weight gradients that frozen base weights do not need); every
 `scaled_dot_product_attention` call adds 4 * S_q * S_kv * d per sample (d = heads x head dim), times 3

@@ -48,3 +48,19 @@ def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tm
     lr = config.optim.lr
     for name in ("trained", "old"):
         assert_close(tensors(two, 2, name), tensors(one, 2, name), weight_tolerance(one, 2, lr))
+
+
+def test_a_launch_that_accelerate_sets_up_as_single_processes_is_refused_at_once(shapes_data, tmp_path):
+    """On a CPU, the GPU launch configs without ACCELERATE_USE_CPU give each process a single-process setup:
+    two independent runs in one folder. Refused in one line, once, before anything is written."""
+    shipped = Path(__file__).parent.parent / "configs" / "accelerate" / "ddp_1node.yaml"
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(shipped),
+               "--num_processes", "2", "-m", "editr1.cli.main", "train"]
+    for override in _overrides(shapes_data, tmp_path / "run", groups=2):
+        command += ["--set", override]
+    launched = run_launch(command, check=False, use_cpu=False)
+    assert launched.returncode != 0
+    output = launched.stdout + launched.stderr
+    assert output.count("editr1: error: this process is one of 2 that a launcher started") == 1, output[-3000:]
+    assert "ACCELERATE_USE_CPU=1" in output
+    assert not (tmp_path / "run").exists()

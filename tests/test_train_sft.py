@@ -1,5 +1,7 @@
 """Supervised flow matching: a short run that learns, saves a loadable model and logs held-out reward."""
 
+import pytest
+
 from editr1.config import SFTConfig, load_config
 from editr1.models.registry import load_adapter
 from editr1.trainer.metrics_log import read_metrics
@@ -34,3 +36,13 @@ def test_short_sft_run_saves_a_loadable_model(shapes_data, tmp_path, capsys):
     assert (out / "eval" / "final.safetensors").is_file() and (out / "heldout_curve.png").is_file()
     adapter = load_adapter(out / "model")
     assert adapter.transformer.dtype.is_floating_point
+
+
+def test_sft_under_a_launcher_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from editr1.errors import EditR1Error
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = load_config(SFTConfig, None, [f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(EditR1Error, match="editr1 sft trains in one process"):
+        run_sft(config)
+    assert not (tmp_path / "run").exists()

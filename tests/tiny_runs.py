@@ -17,10 +17,11 @@ def tiny_nft_overrides(data, out, iterations=3):
     ]
 
 
-def run_launch(command, timeout=300, check=True):
+def run_launch(command, timeout=300, check=True, use_cpu=True):
     """Run an `accelerate launch` command on the CPU (gloo, one thread per process) on a port of its own;
     on a timeout kill it and every process under it (torch starts each training process in a session of its
-    own), so no training process outlives the test. `check`: assert that it succeeded."""
+    own), so no training process outlives the test. `check`: assert that it succeeded. `use_cpu` False:
+    without ACCELERATE_USE_CPU, as a user who does not know it launches."""
     import os
     import socket
     import subprocess
@@ -35,6 +36,8 @@ def run_launch(command, timeout=300, check=True):
     tests = os.path.dirname(os.path.abspath(__file__))
     path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    if not use_cpu:
+        del env["ACCELERATE_USE_CPU"]
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as process:
         try:

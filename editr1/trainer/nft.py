@@ -149,6 +149,18 @@ def check_sharded_data(adapter, datasets: dict[str, list[EditSample]]) -> None:
                               "images (and leave model.condition_area unset), or train with DDP")
 
 
+def check_launch(processes: int) -> None:
+    """A launcher started this process as one of several, but accelerate set it up alone (on a CPU, the GPU
+    launch configs do that unless told otherwise): the processes would run independent copies of the run
+    in one folder. Refused at once, before anything is read or written."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and processes == 1:
+        raise EditR1Error(f"this process is one of {launched} that a launcher started (WORLD_SIZE={launched}), but "
+                          "accelerate set it up as a single process (no GPU for its config), so each would train on "
+                          "its own; on a CPU, launch with ACCELERATE_USE_CPU=1 set (`ACCELERATE_USE_CPU=1 accelerate launch "
+                          "...`; `accelerate launch --cpu` starts a single process)")
+
+
 class NFTTrainer:
     def __init__(self, config: NFTConfig, resume: bool = False):
         self.config = config
@@ -161,6 +173,7 @@ class NFTTrainer:
         self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),
                                                         InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        check_launch(self.world)
         self.is_main = self.accelerator.is_main_process
         # One voice (only the main process prints) and one fate (a failure on any process ends them all).
         job.start(self.rank, self.world, self.is_main)

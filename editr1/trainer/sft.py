@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from pathlib import Path
 
@@ -76,6 +77,9 @@ FINISHED = ("model", "heldout_curve.png")
 
 
 def run_sft(config: SFTConfig, resume: bool = False) -> dict:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each launched process would run its own copy
+        raise EditR1Error("editr1 sft trains in one process: start it without a launcher such as `accelerate "
+                          "launch` or torchrun")
     run_dir = Path(config.output_dir)
     run_folder = RunFolder(run_dir, OUTPUTS, FINISHED, LOCKED,
                            unlocked=(*RESUME_SAFE, *resume_safe_reward_fields("eval.reward", config.eval.reward)))

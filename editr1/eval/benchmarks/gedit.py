@@ -2,7 +2,7 @@
 
 The benchmark is a Hugging Face dataset (split ``train``) saved locally with ``datasets``; columns
 task_type, key, instruction, instruction_language (``en``/``cn``), input_image, input_image_raw,
-Intersection_exist. See /work/shared/BENCHMARKS.md.
+Intersection_exist. See docs/benchmarks.md.
 
 Sample keys. The dataset's ``key`` is unique only within a language (the English and Chinese rows of
 one item share it), so :class:`BenchSample.key` is ``"<language>/<key>"`` (unique in the benchmark, as

@@ -1,6 +1,6 @@
 """ImgEdit-Bench (basic single-turn suite): reading, judge requests, reply parsing, aggregation.
 
-Layout (see /work/shared/BENCHMARKS.md): ``Basic/basic_edit.json`` is an object keyed by a string
+Layout (see docs/benchmarks.md): ``Basic/basic_edit.json`` is an object keyed by a string
 number; each value is ``{"id": <image path relative to the image root>, "prompt": ..., "edit_type": ...}``.
 The source images usually sit under ``singleturn/``. The key names the output: the official scorer
 reads ``<results>/<key>.png``.
