@@ -52,8 +52,8 @@ from editr1.rl.losses import LOSSES
 from editr1.rl.old_policy import old_policy_decay
 from editr1.sampling.generate import edit_batch
 from editr1.trainer.async_scoring import RolloutScorer
-from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
 from editr1.trainer import job
+from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
 from editr1.trainer.conditions_cache import open_for_run
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model, lora_spec
