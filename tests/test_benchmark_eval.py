@@ -160,8 +160,8 @@ def test_an_interrupted_run_resumes_to_the_results_of_a_straight_run(models, ben
         real_save, real_put = harness._save_png, harness.ReplyCache.put
         saved = []
 
-        def save_then_die(image, path):
-            real_save(image, path)
+        def save_then_die(image, path, text=None):
+            real_save(image, path, text)
             saved.append(path)
             if len(saved) == 5:
                 raise KeyboardInterrupt  # mid-generation

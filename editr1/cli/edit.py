@@ -25,6 +25,7 @@ when stdout is not a terminal).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -208,9 +209,21 @@ class ModelChoice:
     description: str
 
     def identity(self) -> dict:
-        """What makes edits comparable: recorded with every evaluation."""
+        """What makes edits comparable: recorded with every evaluation. The weights by content as well as by
+        path: a run extended or a model re-saved under the same path makes other edits."""
         return {"model": str(self.folder), "lora": None if self.lora is None else str(self.lora), "family": self.family,
-                "run": self.description if self.run is not None else None}
+                "run": self.description if self.run is not None else None, "fingerprint": self.fingerprint}
+
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, str | None]:
+        from editr1.fingerprint import files_fingerprint, folder_fingerprint
+        from editr1.models.lora_io import find_lora_file
+
+        lora = None
+        if self.lora is not None:
+            weights, config = find_lora_file(self.lora)
+            lora = files_fingerprint(weights.parent, [weights] + ([config] if config is not None else []))
+        return {"model": folder_fingerprint(self.folder), "lora": lora}
 
 
 def choose_model(run: Path | None, model: str | None, lora: str | None) -> ModelChoice:

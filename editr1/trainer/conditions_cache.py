@@ -8,8 +8,8 @@ encodes each sample alone too (`EditModelAdapter.encode_each`), so a run from th
 weights, bit for bit, as a run that encodes on the fly (on the same kind of device).
 
 The manifest records what the conditions depend on, and a cache that disagrees is refused, never used:
-- the model: its path and the sizes of its files outside `transformer/` (the text encoders, tokenizers,
-  processor and VAE); for a tiny preset, the preset, the seed and the training prompts its tokenizer
+- the model: its path and the fingerprint (`editr1.fingerprint`) of its files outside `transformer/` (the
+  text encoders, tokenizers, processor and VAE); for a tiny preset, the preset, the seed and the training prompts its tokenizer
   vocabulary was learned from;
 - the conditioning settings: resolution, `data.max_prompt_tokens` and `data.prompt_overflow`, and the
   adapter's own (`conditioning_settings`: condition area, dtypes, prompt templates, text lengths);
@@ -39,8 +39,10 @@ from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.prompt_length import fit_prompt_lengths
 from editr1.errors import EditR1Error
 from editr1.fileio import save_safetensors, write_text_atomic
+from editr1.fingerprint import folder_fingerprint
 from editr1.hub import resolve_model_path
 from editr1.models.base import Conditions, EditModelAdapter
+from editr1.models.registry import is_tiny_preset
 from editr1.trainer.model_loading import build_model
 from editr1.trainer.progress import console
 
@@ -74,14 +76,13 @@ def sample_digest(prompt: str, images: Iterable[Path]) -> str:
 
 def model_identity(path: str, seed: int, corpus: list[str]) -> dict[str, Any]:
     """The model as far as conditions go: a tiny preset by its name, seed and the prompts its tokenizers
-    learned from; a saved model by its folder and the sizes of every file outside `transformer/`."""
-    if path.startswith("tiny:"):
+    learned from; a saved model by its folder and the content of every file outside `transformer/`
+    (`editr1.fingerprint`: encoders re-saved under the same path are another model)."""
+    if is_tiny_preset(path):
         return {"model.path": path, "seed": seed,
                 "training prompts (the tiny tokenizer's corpus)": _sha256(json.dumps(corpus).encode("utf-8", "surrogatepass"))}
     folder = resolve_model_path(path).resolve()
-    files = sorted((str(f.relative_to(folder)), f.stat().st_size) for f in folder.rglob("*")
-                   if f.is_file() and f.relative_to(folder).parts[0] != "transformer")
-    return {"model.path": str(folder), "model files outside transformer/ (names and sizes)": _sha256(json.dumps(files).encode())}
+    return {"model.path": str(folder), "model files outside transformer/ (fingerprint)": folder_fingerprint(folder, skip=["transformer"])}
 
 
 def conditioning_settings(config: NFTConfig | SFTConfig, adapter: EditModelAdapter) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """One benchmark evaluation: generate every edit (cached as PNGs), judge each per protocol (replies
 cached), aggregate as the benchmark does, and write the results folder.
 
-The folder (`out`) holds `generation.json` (what made the edits: a folder never mixes two models or
-settings), `edits/<key>.png`, `judgments.jsonl` (the reply cache), and, rewritten at the end of each
+The folder (`out`) holds `generation.json` (what made the edits, the weights by path and by fingerprint: a
+folder never mixes two models or settings), `edits/<key>.png` (each with a digest of the instruction and
+source it was made from), `judgments.jsonl` (the reply cache), and, rewritten at the end of each
 run from those, `results.json`, `samples.jsonl`, `samples.csv`, `types.png` and `gallery/`. A second
 run generates nothing and asks the judge nothing; a killed run resumes at the first missing edit or
 reply. Generation is model-agnostic: the caller passes an `Editor` (built lazily, only if an edit is
@@ -29,12 +30,15 @@ from editr1.eval.benchmarks import gedit, imgedit
 from editr1.eval.benchmarks.common import BenchSample, JudgeReply, JudgeRequest, ReplyParseError
 from editr1.eval.benchmarks.figures import gallery, type_bar_chart
 from editr1.eval.benchmarks.judges import TextJudge
-from editr1.eval.benchmarks.reply_cache import ReplyCache, canonical_json
+from editr1.eval.benchmarks.reply_cache import ReplyCache, canonical_json, image_sha256
 from editr1.eval.benchmarks.stats import judge_spread
 from editr1.fileio import write_bytes_atomic, write_text_atomic
+from editr1.fingerprint import short
 
 GENERATION_FILE, CACHE_FILE, RESULTS_FILE, SAMPLES_FILE = "generation.json", "judgments.jsonl", "results.json", "samples.jsonl"
 EDITS = "edits"
+#: The PNG text field of an edit holding `edit_input_digest`.
+EDIT_INPUT_KEY = "editr1-input"
 #: Samples judged per call to the judge: bounds the images held in memory.
 JUDGE_CHUNK = 64
 NOT_COMPARABLE = ("NOT comparable with published numbers: judged with editr1's own prompts; pass --official-prompts "
@@ -235,11 +239,26 @@ def _check_generation(out: Path, generation: dict[str, Any]) -> None:
             raise EditR1Error(f"{path}: not valid JSON ({error}); move the folder away or choose another --out") from error
         if canonical_json(recorded) != canonical_json(generation):
             changed = sorted(k for k in recorded.keys() | generation.keys() if recorded.get(k) != generation.get(k))
+            if changed == ["fingerprint"]:
+                _refuse_rewritten_weights(out, recorded, generation)
             raise EditR1Error(f"{out}: holds edits made with other settings ({', '.join(changed)} differ: "
                               f"{[recorded.get(k) for k in changed]} there, {[generation.get(k) for k in changed]} now); "
                               "choose another --out")
     elif (out / EDITS).exists():
         raise EditR1Error(f"{out}: has an {EDITS}/ folder but no {GENERATION_FILE}; choose another --out")
+
+
+def _refuse_rewritten_weights(out: Path, recorded: dict[str, Any], generation: dict[str, Any]) -> None:
+    """A folder whose edits other weights under the same paths made: the error names which weights changed."""
+    then = recorded.get("fingerprint")
+    if not isinstance(then, dict):
+        raise EditR1Error(f"{out}: holds edits whose weights were not fingerprinted (made by an older editr1): "
+                          "they may come from other weights under the same paths; choose another --out")
+    now = generation.get("fingerprint") or {}
+    rewritten = [f"the {role} {generation[role]} (fingerprint {short(then.get(role))} there, {short(now.get(role))} now)"
+                 for role in ("model", "lora") if then.get(role) != now.get(role)]
+    raise EditR1Error(f"{out}: holds edits made with other weights under the same path: {' and '.join(rewritten)} "
+                      "changed since; choose another --out")
 
 
 def _record_generation(out: Path, generation: dict[str, Any]) -> None:
@@ -251,14 +270,41 @@ def _record_generation(out: Path, generation: dict[str, Any]) -> None:
             raise EditR1Error(f"--out {out}: cannot write there ({error.strerror or error})") from error
 
 
-def _png_bytes(image: Image.Image) -> bytes:
+def _png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG")
+    image.convert("RGB").save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    write_bytes_atomic(path, _png_bytes(image))  # a kill leaves either no edit or a whole one
+def _save_png(image: Image.Image, path: Path, text: dict[str, str] | None = None) -> None:
+    write_bytes_atomic(path, _png_bytes(image, text))  # a kill leaves either no edit or a whole one
+
+
+def edit_input_digest(sample: BenchSample, source: Image.Image) -> str:
+    """What an edit is made from besides the model and settings: its instruction and source pixels."""
+    return hashlib.sha256(f"{sample.key}\0{sample.instruction}\0{image_sha256(source)}".encode()).hexdigest()
+
+
+def _check_edit_inputs(out: Path, samples: list[BenchSample], digests: dict[str, str]) -> None:
+    """Refuse a folder whose edits were made from other sources or instructions under the same keys (the
+    benchmark's files changed, or another copy of it was given)."""
+    stale = []
+    for sample in samples:
+        path = edit_path(out, sample)
+        if path.is_file():
+            with Image.open(path) as image:
+                made_from = image.text.get(EDIT_INPUT_KEY)
+            if made_from != digests[sample.key]:
+                stale.append(sample.key)
+    if stale:
+        raise EditR1Error(f"{out}: {len(stale)} edit(s) were made from another source image or instruction than "
+                          f"--data gives now ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
+                          "choose another --out")
 
 
 def _export_file(path: Path, data: bytes) -> None:
@@ -271,7 +317,7 @@ def _export_file(path: Path, data: bytes) -> None:
     write_bytes_atomic(path, data)
 
 
-def generate_missing(run: BenchmarkRun, samples: list[BenchSample]) -> None:
+def generate_missing(run: BenchmarkRun, samples: list[BenchSample], digests: dict[str, str]) -> None:
     """Edit the samples in batches of `batch_size`, aligned to the sample list: a batch with a missing
     edit is sampled again whole, so that every edit comes from the batch a straight run gives it (a
     batched matmul may round differently with other batch-mates), and only its missing edits are
@@ -286,7 +332,7 @@ def generate_missing(run: BenchmarkRun, samples: list[BenchSample]) -> None:
         edits = editor.edit(chunk, [run.protocol.source(s) for s in chunk])
         for sample, image, write in zip(chunk, edits, missing):
             if write:
-                _save_png(image, edit_path(run.out, sample))
+                _save_png(image, edit_path(run.out, sample), {EDIT_INPUT_KEY: digests[sample.key]})
         run.counts["generated"] += sum(missing)
         if run.progress is not None:
             run.progress("generate", start + len(chunk), len(samples))
@@ -383,14 +429,15 @@ def evaluate_benchmark(run: BenchmarkRun) -> dict:
     samples = select_samples(protocol.load(run.data, run.images), run.types, run.limit, protocol.types, protocol.aliases)
     prompts = protocol.prompts(run.official_prompts)
     _check_generation(run.out, run.generation)
-    for sample in samples:  # every source readable before hours of generation
-        protocol.source(sample)
+    # Every source readable before hours of generation, and every existing edit made from it.
+    digests = {sample.key: edit_input_digest(sample, protocol.source(sample)) for sample in samples}
+    _check_edit_inputs(run.out, samples, digests)
     if any(not edit_path(run.out, s).is_file() for s in samples):
         # Before hours of generation, not after; a run with every edit made asks only if a reply is missing.
         run.judge.check_ready()
         run.judge_checked = True
     _record_generation(run.out, run.generation)
-    generate_missing(run, samples)
+    generate_missing(run, samples, digests)
     if protocol.name == "gedit":  # the source as judged, for galleries and comparisons
         for sample in samples:
             target = run.out / f"sources/{sample.key}.png"

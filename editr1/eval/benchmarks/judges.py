@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import difflib
-import hashlib
 import http.client
 import inspect
 import io
@@ -25,13 +24,13 @@ import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from editr1.errors import EditR1Error
 from editr1.eval.benchmarks.common import JudgeReply, JudgeRequest
+from editr1.fingerprint import folder_fingerprint
 from editr1.openai_http import PostFailed, error_body_message, http_error_detail, post_json
 
 #: Called as each reply arrives, with the request's position in the list given to `ask_many`.
@@ -40,9 +39,6 @@ OnReply = Callable[[int, JudgeReply], None]
 DEFAULT_REPEAT_TEMPERATURE = 0.7
 #: GET /models is a quick question: an endpoint that does not answer it in this long is not ready.
 READY_TIMEOUT_S = 10.0
-#: Weight files enter a transformers judge's identity by size; every other file by its content.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
-MAX_HASHED_FILE_BYTES = 64 * 2**20
 
 
 class JudgeOptionError(EditR1Error):
@@ -310,21 +306,6 @@ def read_reply(response: Any) -> tuple[str | None, str | None, dict[str, Any]]:
     return content, None, extra
 
 
-def model_files_sha256(folder: Path) -> str:
-    """A digest of a model folder: every file's relative path and size, and the content of every file
-    but the weights (configs, tokenizer, chat template). Cheap, and changes with any re-save."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        size = path.stat().st_size
-        digest.update(f"{relative.as_posix()}\0{size}\0".encode())
-        if not path.name.endswith(WEIGHT_SUFFIXES) and size <= MAX_HASHED_FILE_BYTES:
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
 class TransformersJudge(TextJudge):
     """An image-text-to-text chat model (Qwen2.5-VL first) generating in process.
 
@@ -355,7 +336,7 @@ class TransformersJudge(TextJudge):
         self.path, self.max_new_tokens, self.dtype, self.batch_size = str(path), max_new_tokens, dtype, batch_size
         self.repeat_temperature = float(repeat_temperature)
         folder = resolve_model_path(path)
-        self.model_sha256 = model_files_sha256(folder)
+        self.model_sha256 = folder_fingerprint(folder)  # weights re-saved under the same path: another judge
         self.judge = MLLMJudge.from_pretrained(folder, dtype=dtype, device=device, batch_size=batch_size)
         self.device_type = self.judge.device.type
         eos = self.judge.model.generation_config.eos_token_id
