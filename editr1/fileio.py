@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from editr1.errors import EditR1Error
 
 if TYPE_CHECKING:
     import torch
@@ -86,3 +89,23 @@ def save_safetensors(tensors: dict[str, "torch.Tensor"], path: Path, metadata: d
 
     _write_atomically(path, lambda tmp: save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp,
                                                   metadata=metadata))
+
+
+def foreign_entries(folder: str | Path, ours: Iterable[str]) -> list[str]:
+    """The names at the top of `folder` that match none of the patterns `ours` (what a command writes there).
+    Hidden names are not counted: a file manager's or a download's bookkeeping, never a user's documents."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    patterns = tuple(ours)
+    return sorted(entry.name for entry in folder.iterdir()
+                  if not entry.name.startswith(".") and not any(fnmatch.fnmatchcase(entry.name, p) for p in patterns))
+
+
+def refuse_foreign_entries(folder: str | Path, ours: Iterable[str], what: str) -> None:
+    """One rule for every command that writes a folder: a folder holding files the command did not write is
+    not one of its folders, and is refused (EditR1Error naming a few of them) before anything is written."""
+    found = foreign_entries(folder, ours)
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise EditR1Error(f"{folder}: holds files that {what} did not write ({shown}); choose a new or empty folder")

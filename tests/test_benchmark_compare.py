@@ -10,12 +10,19 @@ import pytest
 from PIL import Image
 
 from editr1.errors import EditR1Error
-from editr1.eval.benchmarks.compare import compare_results, format_comparison_table, read_results, write_comparison
+from editr1.eval.benchmarks.compare import (
+    MIN_PAIRED,
+    compare_results,
+    format_comparison_table,
+    read_results,
+    write_comparison,
+)
 from editr1.eval.benchmarks.figures import (
     gallery,
     imgedit_reasoning,
     judge_reasoning,
     type_bar_chart,
+    type_label,
     type_spread,
     viescore_reasoning,
 )
@@ -33,12 +40,13 @@ def _png(path, size, colour):
     Image.new("RGB", size, colour).save(path)
 
 
-def make_folder(folder, benchmark, rows, *, judge=JUDGE, prompts=PROMPTS, model="model-a", note="",
-                aggregate=None, judge_spread=None, images=True):
+def make_folder(folder, benchmark, rows, *, judge=JUDGE, prompts=PROMPTS, model="model-a", lora=None,
+                fingerprint=None, note="", aggregate=None, judge_spread=None, images=True):
     """A results folder: results.json, samples.jsonl and (with `images`) a PNG for every source and edit.
 
     Each row needs key, task_type, metrics; the rest gets defaults. Sources are written under
-    `folder/src` and referenced by absolute path; edits under `folder/edits` by relative path."""
+    `folder/src` and referenced by absolute path; edits under `folder/edits` by relative path. A
+    `fingerprint` ({"model", "lora"}) is recorded with the model; without one, as older results.json."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, row in enumerate(rows):
@@ -55,8 +63,11 @@ def make_folder(folder, benchmark, rows, *, judge=JUDGE, prompts=PROMPTS, model=
             _png(folder / "src" / f"{name}.png", (32, 32), (200, 30 + i % 200, 40))
             _png(folder / "edits" / f"{name}.png", (48, 24) if i % 2 else (20, 40), (30, 40 + i % 200, 220))
     metrics = ["score"] if benchmark == "imgedit" else ["SC", "PQ", "O"]
+    generation = {"model": model, "lora": lora}
+    if fingerprint is not None:
+        generation["fingerprint"] = fingerprint
     results = {
-        "benchmark": benchmark, "metrics": metrics, "model": {"model": model, "lora": None},
+        "benchmark": benchmark, "metrics": metrics, "model": generation,
         "judge": judge, "prompts": prompts, "comparable": prompts.get("source") == "official", "note": note,
         "settings": {"limit": None}, "aggregate": aggregate or {}, "judge_spread": judge_spread,
     }
@@ -143,9 +154,9 @@ def test_gedit_groups_per_language_and_subset(tmp_path):
     # en intersection: bg2 is left out -> background +2, color +0.5, overall 1.25.
     en_i = groups[("en", "intersection")]
     assert en_i["n"] == 3 and en_i["metrics"]["O"]["overall"]["diff"] == pytest.approx(1.25)
-    # One sample gives a zero-width interval: not called significant.
+    # One sample gives no interval (resampling it gives it back): not called significant.
     one = en_i["metrics"]["O"]["types"][bg]
-    assert (one["n"], one["low"], one["high"], one["significant"]) == (1, 2.0, 2.0, False)
+    assert (one["n"], one["low"], one["high"], one["significant"]) == (1, None, None, False)
     # cn: full set (0 + 7) / 2; the intersection holds only the background sample.
     assert groups[("cn", "fullset")]["metrics"]["O"]["overall"]["diff"] == pytest.approx(3.5)
     cn_i = groups[("cn", "intersection")]
@@ -259,6 +270,92 @@ def test_a_key_with_another_type_is_refused(tmp_path):
                     images=False)
     with pytest.raises(EditR1Error, match="sample '1' has task_type 'add' in .* but 'remove'"):
         compare_results(a, b, n_resamples=R)
+
+
+def _table_line(table, label):
+    return next(line for line in table.splitlines() if line.startswith(label))
+
+
+def test_one_paired_sample_gets_no_interval_and_no_star_and_the_legend_says_why(tmp_path):
+    # "add": one sample, B - A = +1.333 (issue 17's "+1.333 [+1.333, +1.333]" without a star). "remove":
+    # three samples that all moved by +1.25, so the interval is [+1.25, +1.25]: zero width, yet it
+    # excludes 0 and the difference is real.
+    rows_a = [{"key": "add0", "task_type": "add", "metrics": {"score": 2.0}}]
+    rows_b = [{"key": "add0", "task_type": "add", "metrics": {"score": 10 / 3}}]
+    for j, score in enumerate((2.0, 2.5, 3.0)):
+        rows_a.append({"key": f"remove{j}", "task_type": "remove", "metrics": {"score": score}})
+        rows_b.append({"key": f"remove{j}", "task_type": "remove", "metrics": {"score": score + 1.25}})
+    comp = compare_results(make_folder(tmp_path / "a", "imgedit", rows_a, images=False),
+                           make_folder(tmp_path / "b", "imgedit", rows_b, images=False), n_resamples=R)
+    score = comp["groups"][0]["metrics"]["score"]
+    one, equal, overall = score["types"]["add"], score["types"]["remove"], score["overall"]
+    assert (one["n"], one["low"], one["high"], one["significant"]) == (1, None, None, False)
+    assert one["diff"] == pytest.approx(4 / 3)
+    assert (equal["n"], equal["low"], equal["high"], equal["significant"]) == (3, 1.25, 1.25, True)
+    # The overall resamples "add" too, so it has no interval either.
+    assert (overall["low"], overall["high"], overall["significant"]) == (None, None, False)
+
+    table = format_comparison_table(comp)
+    add_line, remove_line = _table_line(table, "Add"), _table_line(table, "Remove")
+    assert "+1.333" in add_line and "(no interval)" in add_line and "[" not in add_line and "*" not in add_line
+    assert remove_line.endswith("[ +1.250,  +1.250]*")
+    assert "(no interval)" in _table_line(table, "overall")
+    legend = next(line for line in table.splitlines() if "* = " in line)
+    assert "* = the interval excludes 0" in legend and f"needs {MIN_PAIRED}+ paired samples in the type" in legend
+
+    paths = write_comparison(comp, tmp_path / "cmp")
+    with paths["csv"].open() as f:
+        rows = {row["type"]: row for row in csv.DictReader(f)}
+    assert (rows["add"]["low"], rows["add"]["high"]) == ("", "")
+    assert float(rows["remove"]["low"]) == float(rows["remove"]["high"]) == 1.25
+    written = json.loads(paths["json"].read_text())
+    assert written["bootstrap"]["min_paired"] == MIN_PAIRED
+    assert written["groups"][0]["metrics"]["score"]["types"]["add"]["low"] is None
+
+
+def test_the_legend_states_the_rule_every_entry_follows(tmp_path):
+    a, b = imgedit_pair(tmp_path, n_per_type=3)
+    rows_a = read_results(a)[1]
+    # One type reduced to a single paired sample.
+    drop = {row["key"] for row in rows_a if row["task_type"] == "add"} - {"add0"}
+    kept_a = [r for r in rows_a if r["key"] not in drop]
+    comp = compare_results(make_folder(tmp_path / "a1", "imgedit", kept_a, images=False), b, n_resamples=R)
+    table = format_comparison_table(comp)
+    group = comp["groups"][0]
+    entries = [(t, group["metrics"]["score"]["types"][t], [t]) for t in group["types"]]
+    entries.append(("overall", group["metrics"]["score"]["overall"], group["types"]))
+    type_n = {t: group["metrics"]["score"]["types"][t]["n"] for t in group["types"]}
+    assert type_n["add"] == 1 and any(e["significant"] for _, e, _ in entries)
+    for name, entry, behind in entries:
+        has_interval = all(type_n[t] >= MIN_PAIRED for t in behind)
+        assert (entry["low"] is not None) == has_interval, name
+        assert entry["significant"] == (has_interval and (entry["low"] > 0 or entry["high"] < 0)), name
+        line = _table_line(table, "overall" if name == "overall" else type_label("imgedit", name))
+        assert line.endswith("*") == entry["significant"], line
+        assert ("(no interval)" in line) == (not has_interval), line
+
+
+def test_each_side_shows_its_weights_and_their_fingerprints(tmp_path):
+    rows = [{"key": str(j), "task_type": "add", "metrics": {"score": 2.0 + j}} for j in range(3)]
+    before = {"model": "0123456789ab" + "0" * 52, "lora": "fedcba987654" + "1" * 52}
+    after = {"model": before["model"], "lora": "a1b2c3d4e5f6" + "2" * 52}
+    a = make_folder(tmp_path / "a", "imgedit", rows, model="/models/qwen", lora="runs/r/final", fingerprint=before,
+                    images=False)
+    b = make_folder(tmp_path / "b", "imgedit", rows, model="/models/qwen", lora="runs/r/final", fingerprint=after,
+                    images=False)
+    old = make_folder(tmp_path / "old", "imgedit", rows, model="/models/qwen", images=False)
+    comp = compare_results(a, b, n_resamples=R)
+    table = format_comparison_table(comp)
+    assert ("   model /models/qwen (fingerprint 0123456789ab), LoRA runs/r/final (fingerprint fedcba987654)"
+            in table.splitlines())
+    assert ("   model /models/qwen (fingerprint 0123456789ab), LoRA runs/r/final (fingerprint a1b2c3d4e5f6)"
+            in table.splitlines())
+    written = json.loads(write_comparison(comp, tmp_path / "cmp")["json"].read_text())
+    assert written["a"]["weights"] != written["b"]["weights"] and "fedcba987654" in written["a"]["weights"]
+    # An older results.json recorded no fingerprint.
+    older = compare_results(old, b, n_resamples=R)
+    assert older["a"]["weights"] == "model /models/qwen (fingerprint not recorded), no LoRA"
+    assert "   model /models/qwen (fingerprint not recorded), no LoRA" in format_comparison_table(older).splitlines()
 
 
 def test_write_comparison_writes_json_csv_and_grid(tmp_path):

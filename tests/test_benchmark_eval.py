@@ -341,7 +341,10 @@ def test_a_folder_and_an_export_never_mix_two_models(models, benchmarks, tmp_pat
         capsys.readouterr()
         assert _eval("imgedit", models["tiny:flux-kontext"], data, judge, tmp_path / "other", "--types", "style",
                      "--export-official", str(export)) == 2
-    assert "exists with other content" in capsys.readouterr().err
+    # Refused before any work: nothing generated or asked.
+    assert f"--export-official: {export} holds the export of other edits ({models['tiny:qwen-image-edit']};" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "other" / "edits").exists()
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_results_of_a_straight_run(models, benchmarks, tmp_path):

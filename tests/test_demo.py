@@ -26,4 +26,6 @@ def test_demo_with_control_on_a_tiny_budget(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == summary
     report = (out / "report.md").read_text()
     assert "Control: equal-time SFT" in report and "nft/before_after.png" in report
+    # The demo's base is trained, not a tiny preset: no note that its weights are random.
+    assert "random weights" not in report and "random weights" not in (out / "nft" / "report.md").read_text()
     assert (out / "nft" / "before_after.png").is_file() and (out / "control" / "eval" / "final.safetensors").is_file()

@@ -1,7 +1,10 @@
 import json
 
+import pytest
+
 from editr1.config import load_config
 from editr1.data.preference_pairs import read_preference_jsonl
+from editr1.errors import EditR1Error
 from editr1.rewards.registry import build_reward
 from editr1.tasks.shapes import SHIPPED_BASE
 from editr1.tasks.shapes.config import JudgeDistillConfig
@@ -41,3 +44,11 @@ def test_distillation_writes_a_loadable_judge_and_heldout_pairs(shapes_data, tmp
         "logging.tensorboard=false",
     ])
     assert run_judge_distill(reused)["training_edits"] == summary["training_edits"]
+
+
+def test_distillation_under_a_launcher_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = load_config(JudgeDistillConfig, None, [f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(EditR1Error, match="editr1 judge distill trains in one process"):
+        run_judge_distill(config)
+    assert not (tmp_path / "run").exists()

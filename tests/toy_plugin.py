@@ -65,3 +65,38 @@ class FailsOnProcess(Brightness):
         if int(os.environ.get("RANK", "0")) == self.rank:
             raise RuntimeError(f"toy_plugin:FailsOnProcess: a bug on process {self.rank}")
         return super().score(sources, edited, prompts, requirements)
+
+
+class Raises(Brightness):
+    """Brightness whose scoring is a bug (a ZeroDivisionError) from its `fail_from`-th call on."""
+
+    name = "toy_raises"
+
+    def __init__(self, fail_from: int = 1):
+        super().__init__()
+        self.fail_from, self.calls = fail_from, 0
+
+    def score(self, sources, edited, prompts, requirements):
+        self.calls += 1
+        if self.calls >= self.fail_from:
+            raise ZeroDivisionError("division by zero")
+        return super().score(sources, edited, prompts, requirements)
+
+
+class BreaksContract(Brightness):
+    """Brightness whose answer breaks the reward contract on the batch's last sample, as `breach` says:
+    "nan" (a NaN score marked valid), "seven" (a score of 7.0) or "short" (one score and flag fewer)."""
+
+    name = "toy_breaks_contract"
+
+    def __init__(self, breach: str = "nan"):
+        super().__init__()
+        self.breach = breach
+
+    def score(self, sources, edited, prompts, requirements):
+        batch = super().score(sources, edited, prompts, requirements)
+        if self.breach == "short":
+            return RewardBatch(batch.scores[:-1], batch.valid[:-1])
+        scores = batch.scores.clone()
+        scores[-1] = {"nan": float("nan"), "seven": 7.0}[self.breach]
+        return RewardBatch(scores, batch.valid)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from editr1.config import NFTConfig, SFTConfig, load_config
 from editr1.errors import EditR1Error
+from editr1.fileio import refuse_foreign_entries
 from editr1.eval.heldout import load_eval, paired_stderr
 from editr1.eval.report import ReportSection, write_report
 from editr1.tasks.shapes import CONTROL_CONFIG, DATA_SEED, DEMO_CONFIG, N_TEST, N_TRAIN, SHIPPED_BASE, SHIPPED_JUDGE
@@ -27,16 +28,20 @@ from editr1.trainer.sft import run_sft
 
 REWARDS = ("verifier", "mllm")
 JUDGE_PAIRS = 256
+#: The demo's runs in its folder (and the judge's agreement pairs), replaced by each run of the demo.
+DEMO_RUNS = ("nft", "control", "nft_no_filter", "judge_pairs")
 
 
 def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward: str = "verifier", ablation: bool = True) -> dict:
     if reward not in REWARDS:
         raise EditR1Error(f"--reward: expected one of {list(REWARDS)}, got {reward!r}")
+    # The demo deletes its own earlier runs in `out`: never a folder holding anything else.
+    refuse_foreign_entries(out, ("data", *DEMO_RUNS, "summary.json", "report.md"), "editr1 demo")
     started = time.monotonic()
     data = out / "data"
     if not (data / "test.jsonl").is_file():
         write_shapes_dataset(data, N_TRAIN, N_TEST, DATA_SEED)
-    for previous in ("nft", "control", "nft_no_filter", "judge_pairs"):
+    for previous in DEMO_RUNS:
         shutil.rmtree(out / previous, ignore_errors=True)  # the demo owns these: a rerun starts afresh
     common = [f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"model.path={SHIPPED_BASE}"]
     judge = []

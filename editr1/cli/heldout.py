@@ -13,7 +13,9 @@ scored for both, with its paired standard error (same samples, same noise).
 `--out DIR` gets `heldout.json` (the summary, written last), `scores.jsonl` (one row per sample:
 its score or null and why) and, with a baseline, `before_after.png` (source | baseline, captioned
 "before" | model, captioned "after", as in a training run's).
-Samples the reward could not score are left out of every mean and counted, never scored 0.
+Samples the reward could not score are left out of every mean and counted, never scored 0. A reward
+that crashes, or whose answer breaks the reward contract, stops the evaluation with one line naming it
+and the samples; a crash's traceback goes to `reward_errors.log` in `--out`.
 
 Every input (models, LoRAs, run folders, data, reward config, output folder) is checked before a
 model is loaded; problems are `EditR1Error`s, printed as one line. The models are loaded one at a
@@ -34,6 +36,7 @@ from typing import Any
 
 from editr1.cli.edit import add_model_arguments
 from editr1.errors import EditR1Error
+from editr1.fileio import refuse_foreign_entries, write_text_atomic
 
 #: What `--out` holds when done; its presence means the folder already holds an evaluation.
 SUMMARY, SCORES, GRID = "heldout.json", "scores.jsonl", "before_after.png"
@@ -147,6 +150,9 @@ def _check_out(out: Path) -> Path:
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise EditR1Error(f"--out {out}: is a file; expected a folder")
+    from editr1.trainer.run_folder import REWARD_ERRORS
+
+    refuse_foreign_entries(out, (SUMMARY, SCORES, GRID, REWARD_ERRORS), "editr1 eval heldout")
     if (out / SUMMARY).exists():
         raise EditR1Error(f"--out {out}: already holds an evaluation ({SUMMARY}); choose another folder, "
                           f"or delete {out / SUMMARY} to evaluate again")
@@ -275,7 +281,9 @@ def run_heldout(args: argparse.Namespace) -> dict:
 
     from editr1.config import RewardConfig, load_config
     from editr1.data.jsonl import read_edit_jsonl
+    from editr1.rewards.checked import CheckedReward
     from editr1.rewards.registry import build_reward
+    from editr1.trainer.run_folder import REWARD_ERRORS
 
     reward_config = load_config(RewardConfig, args.reward, args.overrides)
     data = args.data.expanduser()
@@ -293,6 +301,7 @@ def run_heldout(args: argparse.Namespace) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise EditR1Error(f"--out {out}: cannot create it ({error.strerror or error})") from error
+    reward = CheckedReward(reward, reward_config.name, out / REWARD_ERRORS)
 
     import torch
 
@@ -330,7 +339,6 @@ def run_heldout(args: argparse.Namespace) -> dict:
     _write_scores(out / SCORES, samples, evaluated, base)
     if base is not None:
         _write_grid(out / GRID, samples, resolution, evaluated, base)
-    from editr1.fileio import write_text_atomic
 
     if (out / SUMMARY).exists():  # written meanwhile by another evaluation
         raise EditR1Error(f"--out {out}: {SUMMARY} appeared while evaluating; not overwritten")
@@ -346,7 +354,6 @@ def run_heldout(args: argparse.Namespace) -> dict:
 
 
 def _write_scores(path: Path, samples, evaluated: ModelEval, base: ModelEval | None) -> None:
-    from editr1.fileio import write_text_atomic
 
     rows = []
     for i, sample in enumerate(samples):

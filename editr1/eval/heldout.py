@@ -16,6 +16,7 @@ from editr1.data.jsonl import EditSample
 from editr1.errors import DataError, EditR1Error
 from editr1.fileio import save_safetensors
 from editr1.rewards.base import Reward
+from editr1.rewards.checked import CheckedReward
 from editr1.sampling.generate import edit_batch
 
 
@@ -24,6 +25,8 @@ class HeldoutSet:
     samples: list[EditSample]
     resolution: int
     noise: torch.Tensor
+    #: The file the samples were read from, which errors about them name.
+    data_file: str = "held-out data"
     #: Where conditions come from: `source(samples, negative)` (e.g. a conditions cache); None: encoded
     #: by the adapter, each sample alone (`encode_each`).
     source: Callable[[list[EditSample], bool], Any] | None = None
@@ -36,7 +39,7 @@ class HeldoutSet:
         if len(samples) < count:
             raise DataError(f"{source}: has {len(samples)} samples but eval.samples={count}")
         noise = torch.randn(count, *token_shape, generator=torch.Generator().manual_seed(seed))
-        return cls(samples[:count], resolution, noise)
+        return cls(samples[:count], resolution, noise, str(source))
 
     def conditions(self, adapter: Any, indices: tuple[int, ...], negative: bool = False) -> Any:
         """Samples `indices` encoded once and cached (the text encoder is frozen); `negative`: with the
@@ -82,7 +85,7 @@ class EvalResult:
 def evaluate(
     adapter: Any,
     heldout: HeldoutSet,
-    reward: Reward,
+    reward: Reward | CheckedReward,
     steps: int,
     sampler: str,
     cfg_scale: float = 1.0,
@@ -90,19 +93,22 @@ def evaluate(
     batch_size: int = 64,
     guidance: float | None = None,
 ) -> EvalResult:
-    """Edit every held-out sample from its fixed noise and score it."""
+    """Edit every held-out sample from its fixed noise and score it (a bare `Reward` is checked under its
+    class's name, with no error log)."""
     edited = generate_heldout(adapter, heldout, steps, sampler, cfg_scale, transformer, batch_size, guidance)
     return score_heldout(heldout, reward, edited, batch_size)
 
 
-def score_heldout(heldout: HeldoutSet, reward: Reward, edited: torch.Tensor, batch_size: int = 64) -> EvalResult:
+def score_heldout(heldout: HeldoutSet, reward: Reward | CheckedReward, edited: torch.Tensor, batch_size: int = 64
+                  ) -> EvalResult:
     """Score the held-out edits (one per sample, in order), `batch_size` at a time."""
+    checked = reward if isinstance(reward, CheckedReward) else CheckedReward(reward)
     size = heldout.resolution
     scores, valid, failures = [], [], {}
     for start in range(0, len(heldout.samples), batch_size):
         chunk = heldout.samples[start:start + batch_size]
-        result = reward.score([source_tensors(s, size) for s in chunk], list(edited[start:start + batch_size]),
-                              [s.prompt for s in chunk], [s.requirement for s in chunk])
+        result = checked.score([source_tensors(s, size) for s in chunk], list(edited[start:start + batch_size]),
+                               chunk, heldout.data_file)
         failures.update({start + i: f"sample {chunk[i].id} (line {chunk[i].line}): {reason}" for i, reason in result.failures.items()})
         scores.append(result.scores)
         valid.append(result.valid)

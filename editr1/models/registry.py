@@ -38,15 +38,38 @@ def family_name(cls: type[EditModelAdapter]) -> str:
     return cls.family if FAMILIES.get(cls.family) == path else path
 
 
+#: `model.path: tiny:<family>` names that family's tiny preset instead of a saved model or hub id.
+TINY_PREFIX = "tiny:"
+
+
+def is_tiny_preset(path: str) -> bool:
+    """Whether a model path names a tiny preset (built by `build_tiny`, never read from disk)."""
+    return path.startswith(TINY_PREFIX)
+
+
+def tiny_preset_note(path: str) -> str:
+    """What a run on the tiny preset `path` prints and reports, for a user who pointed it at their own
+    images: random weights edit into noise with no gain, and only the shapes task is learnt by them or
+    known by the shipped judge (where `editr1 demo` does show a gain)."""
+    return (f"model.path {path} is a tiny preset: a toy-size model with random weights, for checking that your "
+            "data, reward and settings run end to end, not for results. Untrained, it edits into noise, and on "
+            "your own images its held-out gain stays about 0. The one task a tiny model learns is editr1's "
+            "synthetic 32-pixel shapes task (`editr1 demo` starts from a tiny model fine-tuned on it, and shows "
+            "a real gain); the shipped judge (the distilled tiny judge, editr1/tasks/shapes/assets/shapes_judge) "
+            "knows only that task too. For your images, train a real model with a real MLLM judge, as "
+            "configs/qwen_image_edit_nft.yaml does.")
+
+
 def build_tiny(
     preset: str, corpus: list[str], seed: int = 0, family: str | None = None, section: str = "model"
 ) -> EditModelAdapter:
     """The tiny preset `tiny:<family>`, its tokenizer vocabulary learned from `corpus` (e.g. the training
     prompts). A given `family` (`<section>.family`) must be the preset's own: a preset builds one family."""
-    cls = adapter_class(preset.removeprefix("tiny:"), f"{section}.path")
+    preset_family = preset.removeprefix(TINY_PREFIX)
+    cls = adapter_class(preset_family, f"{section}.path")
     if family is not None and adapter_class(family, f"{section}.family") is not cls:
         raise EditR1Error(f"{section}.family: {family!r} contradicts {section}.path {preset} "
-                          f"(a {preset.removeprefix('tiny:')} model); drop {section}.family or change {section}.path")
+                          f"(a {preset_family} model); drop {section}.family or change {section}.path")
     try:
         return cls.build_tiny(corpus, seed)
     except NotImplementedError:

@@ -10,15 +10,50 @@ import torch
 
 @dataclass
 class RewardBatch:
-    """Scores for a batch. `valid[i]` is False when sample i could not be scored: its score is NaN,
-    never a made-up number, and the trainer masks it out."""
+    """Scores for a batch of N samples: the reward contract, which editr1 checks on every answer
+    (`contract_breach`). `scores` and `valid` are tensors of shape (N,), one per sample in order; `valid` is
+    bool. A valid score is a finite number in [0, 1]. `valid[i]` is False when sample i could not be scored:
+    its score is NaN, never a made-up number, and the trainer masks it out (and counts it)."""
 
     scores: torch.Tensor
     valid: torch.Tensor
-    #: Per-sample diagnostics to log (e.g. the judge's probability mass on score tokens).
+    #: Per-sample diagnostics to log (e.g. the judge's probability mass on score tokens), each of shape (N,).
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     #: Why each unscored sample failed, by batch index.
     failures: dict[int, str] = field(default_factory=dict)
+
+
+#: The contract, as an error about a breach states it.
+CONTRACT = ("a reward returns a RewardBatch with one score in [0, 1] and one valid flag (bool) per sample; a "
+            "sample it cannot score is valid=False with a NaN score (editr1/rewards/base.py)")
+
+
+def contract_breach(batch: object, count: int) -> tuple[str, list[int]] | None:
+    """How `batch`, a reward's answer for `count` samples, breaks the `RewardBatch` contract, and the positions
+    of the samples at fault (all of them when the batch as a whole is malformed); None when it keeps it."""
+    everyone = list(range(count))
+    if not isinstance(batch, RewardBatch):
+        return f"it returned {type(batch).__name__}, not a RewardBatch", everyone
+    per_sample = {"scores": batch.scores, "valid": batch.valid,
+                  **{f"extras[{key!r}]": values for key, values in batch.extras.items()}}
+    for name, values in per_sample.items():
+        if not isinstance(values, torch.Tensor):
+            return f"{name} is a {type(values).__name__}, not a tensor", everyone
+        if tuple(values.shape) != (count,):
+            return f"{name} has shape {tuple(values.shape)} for {count} samples", everyone
+    if batch.valid.dtype != torch.bool:
+        return f"valid is {batch.valid.dtype}, not torch.bool", everyone
+    strays = sorted(i for i in batch.failures if not (isinstance(i, int) and 0 <= i < count))
+    if strays:
+        return f"failures names positions {strays}, outside 0..{count - 1}", everyone
+    scores, valid = batch.scores.detach().cpu().double(), batch.valid.cpu()
+    # A NaN marked valid would poison every group statistic; a score out of range skews advantages silently.
+    for at_fault, what in ((valid & ~torch.isfinite(scores), "not finite"),
+                           (valid & ((scores < 0) | (scores > 1)), "outside [0, 1]")):
+        if at_fault.any():
+            positions = at_fault.nonzero().flatten().tolist()
+            return f"a score marked valid is {scores[positions[0]].item():g}, {what}", positions
+    return None
 
 
 class Reward(ABC):

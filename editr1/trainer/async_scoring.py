@@ -2,7 +2,8 @@
 
 With `overlap`, each chunk is scored on a background thread while the next chunk is sampled, which
 hides a remote judge's latency (and, on a GPU box, an in-process judge's time) behind rollout work.
-Results are joined in submission order, so the scores do not depend on timing.
+Results are joined in submission order, so the scores do not depend on timing. Each chunk's answer is
+checked against the reward contract (`CheckedReward`), so a breach or a crash is reported for its samples.
 """
 
 from __future__ import annotations
@@ -12,22 +13,26 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from editr1.rewards.base import Reward, RewardBatch, concat_reward_batches
+from editr1.data.jsonl import EditSample
+from editr1.rewards.base import RewardBatch, concat_reward_batches
+from editr1.rewards.checked import CheckedReward
 
 
 class RolloutScorer:
-    def __init__(self, reward: Reward, overlap: bool):
-        self.reward = reward
+    """Scores the edits of training samples read from `data_file`."""
+
+    def __init__(self, reward: CheckedReward, data_file: str, overlap: bool):
+        self.reward, self.data_file = reward, data_file
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="editr1-reward") if overlap else None
         self.pending: list[Future] = []
 
-    def submit(self, sources: list[torch.Tensor], edited: list[torch.Tensor], prompts: list[str],
-               requirements: list[str | None]) -> None:
+    def submit(self, sources: list[list[torch.Tensor]], edited: list[torch.Tensor], samples: list[EditSample]) -> None:
+        """Score `edited[i]`, an edit of `samples[i]` from `sources[i]`."""
         if self.executor is not None:
-            self.pending.append(self.executor.submit(self._timed, sources, edited, prompts, requirements))
+            self.pending.append(self.executor.submit(self._timed, sources, edited, samples))
             return
         done: Future = Future()
-        done.set_result(self._timed(sources, edited, prompts, requirements))
+        done.set_result(self._timed(sources, edited, samples))
         self.pending.append(done)
 
     def collect(self) -> tuple[RewardBatch, float]:
@@ -40,7 +45,7 @@ class RolloutScorer:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def _timed(self, *args) -> tuple[RewardBatch, float]:
+    def _timed(self, sources, edited, samples) -> tuple[RewardBatch, float]:
         tick = time.monotonic()
-        batch = self.reward.score(*args)
+        batch = self.reward.score(sources, edited, samples, self.data_file)
         return batch, time.monotonic() - tick

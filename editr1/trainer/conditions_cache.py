@@ -38,7 +38,7 @@ from editr1.data.batching import source_images
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.prompt_length import fit_prompt_lengths
 from editr1.errors import EditR1Error
-from editr1.fileio import save_safetensors, write_text_atomic
+from editr1.fileio import refuse_foreign_entries, save_safetensors, write_text_atomic
 from editr1.fingerprint import folder_fingerprint
 from editr1.hub import resolve_model_path
 from editr1.models.base import Conditions, EditModelAdapter
@@ -248,6 +248,7 @@ def write_conditions_cache(folder: str | Path, adapter: EditModelAdapter, model:
     at `size` and write the cache; entries of a compatible cache already in `folder` are reused.
     Returns counts: samples, entries encoded, entries reused."""
     folder = Path(folder)
+    refuse_foreign_entries(folder, (MANIFEST, SHARD_GLOB), "editr1 precompute")
     folder.mkdir(parents=True, exist_ok=True)
     old_entries: dict[str, dict] = {}
     try:

@@ -134,3 +134,13 @@ def _exit(code: int) -> None:
         except (OSError, ValueError):
             pass
     os._exit(code)
+
+
+def refuse_launcher(command: str) -> None:
+    """A command that trains in one process, started by a launcher: each launched process would run its own
+    copy of the run, into the same folder."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from editr1.errors import EditR1Error
+
+        raise EditR1Error(f"{command} trains in one process: start it without a launcher such as `accelerate launch` "
+                          "or torchrun")

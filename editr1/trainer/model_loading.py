@@ -10,7 +10,7 @@ from editr1.config import ModelConfig
 from editr1.errors import EditR1Error
 from editr1.models.base import EditModelAdapter
 from editr1.models.lora_io import LoraSpec
-from editr1.models.registry import build_tiny, load_adapter
+from editr1.models.registry import build_tiny, is_tiny_preset, load_adapter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,7 +22,7 @@ def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0, 
     `text_encoders` / `transformer_weights` False: a loaded model's text encoders / transformer parameters
     come without weights (never read from disk; a tiny model is built whole)."""
     dtype = DTYPES[config.dtype]
-    if config.path.startswith("tiny:"):
+    if is_tiny_preset(config.path):
         adapter = build_tiny(config.path, list(corpus), seed, config.family, section)
         adapter.transformer.to(dtype)
     else:

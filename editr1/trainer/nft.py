@@ -43,7 +43,9 @@ from editr1.fileio import fix_modes
 from editr1.eval.report import ReportSection, write_report
 from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
+from editr1.models.registry import is_tiny_preset, tiny_preset_note
 from editr1.rewards.base import RewardBatch
+from editr1.rewards.checked import CheckedReward
 from editr1.rewards.registry import build_reward
 from editr1.rl.advantages import group_advantages, optimality_probability
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
@@ -196,7 +198,7 @@ class NFTTrainer:
                               f"count per optimizer step) do not divide over {self.world} processes; use a multiple "
                               f"of {self.world}") from None
         self.run_folder = RunFolder(self.run_dir, OUTPUTS, FINISHED, LOCKED, main=self.is_main,
-                                    unlocked=resume_safe_fields(config))
+                                    unlocked=resume_safe_fields(config), command="editr1 train")
         if self.is_main:  # before any process reads the folder: a second job is refused with that, not another error
             self.run_folder.lock()
         self.accelerator.wait_for_everyone()
@@ -211,12 +213,15 @@ class NFTTrainer:
         # Every input is read and checked before anything is written; the judge first, as it may be a
         # server that is still starting.
         self.loss_fn = resolve(config.rl.loss, LOSSES, "rl.loss", "loss")
-        self.reward = build_reward(config.reward.name, config.reward.options)
-        self.reward.check_ready()
+        # Every answer is checked against the reward contract; a crash's traceback goes to the run folder.
+        reward = build_reward(config.reward.name, config.reward.options)
+        reward.check_ready()
+        self.reward = CheckedReward(reward, config.reward.name, self.run_folder.reward_errors)
         self.eval_reward = self.reward
         if evaluating and self.is_main and config.eval.reward is not None:
-            self.eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
-            self.eval_reward.check_ready()
+            eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
+            eval_reward.check_ready()
+            self.eval_reward = CheckedReward(eval_reward, config.eval.reward.name, self.run_folder.reward_errors)
         self.size = config.model.resolution
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         torch.manual_seed(config.seed)
@@ -228,6 +233,8 @@ class NFTTrainer:
                                    text_encoders=not config.data.conditions_cache or (config.model.train_mode == "full"
                                                                                       and self.is_main),
                                    transformer_weights=self.is_main or not self.sharded)
+        if self.is_main and is_tiny_preset(config.model.path):
+            console.print(f"note: {tiny_preset_note(config.model.path)}", soft_wrap=True)
         # Sampler schedules are checked before anything is written (a step count a schedule cannot take).
         self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
         if evaluating:
@@ -261,7 +268,7 @@ class NFTTrainer:
                 self.run_folder.record_base_model(self.adapter, config.model, final="final")
         self.accelerator.wait_for_everyone()
 
-        self.scorer = RolloutScorer(self.reward, config.reward.overlap)
+        self.scorer = RolloutScorer(self.reward, config.data.train, config.reward.overlap)
         self.lora = lora_spec(config.model, self.adapter) if config.model.train_mode == "lora" else None
         optim = config.optim
         if not self.sharded:  # sharded: from the CPU copy, so no process ever holds the whole transformer on its device
@@ -413,8 +420,7 @@ class NFTTrainer:
         def score_batch(rows: torch.Tensor, pixels: torch.Tensor) -> None:
             # Scored in the background while the next batch is sampled.
             groups = (rows // k).tolist()
-            self.scorer.submit([sources[g] for g in groups], list(pixels), [samples[g].prompt for g in groups],
-                               [samples[g].requirement for g in groups])
+            self.scorer.submit([sources[g] for g in groups], list(pixels), [samples[g] for g in groups])
             self.phases["rollout"].advance()
 
         old_policy = self.policies.merged_old() if rollout_config.merge_old_adapter else self.policies.use("old")
@@ -529,8 +535,8 @@ class NFTTrainer:
         metrics = {}
         if ev.track_training_reward and self.eval_reward is not self.reward:
             samples = self.heldout.samples
-            tracked = self.reward.score([source_tensors(s, self.size) for s in samples], list(result.edited),
-                                        [s.prompt for s in samples], [s.requirement for s in samples])
+            tracked = self.reward.score([source_tensors(s, self.size) for s in samples], list(result.edited), samples,
+                                        self.heldout.data_file)
             result.training_scores, result.training_valid = tracked.scores, tracked.valid
             if tracked.valid.any():
                 metrics["heldout_training_reward"] = float(tracked.scores[tracked.valid].mean())
@@ -649,6 +655,8 @@ class NFTTrainer:
         sections = [ReportSection("Reward curve", "Rollout reward per iteration and held-out reward at evaluations.", "reward_curve.png")]
         if self.heldout is not None:
             sections.append(ReportSection("Before / after", "Held-out samples: source, base model, after NFT.", "before_after.png"))
+        if is_tiny_preset(self.config.model.path):  # first: it says how to read everything below
+            sections.insert(0, ReportSection("Tiny preset", tiny_preset_note(self.config.model.path)))
         write_report(self.run_dir, summary, sections, title="editr1: DiffusionNFT run")
         return summary
 

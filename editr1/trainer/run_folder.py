@@ -21,8 +21,8 @@ from typing import Any
 
 from editr1.config import ConfigError, config_to_dict, load_config, save_config
 from editr1.errors import EditR1Error
-from editr1.fileio import fix_modes, write_text_atomic
-from editr1.models.registry import family_name
+from editr1.fileio import fix_modes, refuse_foreign_entries, write_text_atomic
+from editr1.models.registry import family_name, is_tiny_preset
 from editr1.rewards.registry import resume_safe_options
 from editr1.trainer.checkpoint import (
     LATEST,
@@ -40,6 +40,8 @@ CONFIG_FILE = "config.yaml"
 MODEL_RECORD, BASE_MODEL_FOLDER = "model.json", "base_model"
 MODEL_RECORD_FIELDS = ("base", "family", "dtype", "condition_area", "train_mode", "final")
 CHANGES_FILE = "config_changes.jsonl"
+#: The tracebacks of a reward's crashes, which its one-line error names (`editr1.rewards.checked`).
+REWARD_ERRORS = "reward_errors.log"
 CHECKPOINTS = "checkpoints"
 #: Values of these options are not printed or recorded when they change.
 SECRET_OPTIONS = ("api_key", "token", "password")
@@ -92,11 +94,12 @@ class RunFolder:
     this is the job's main process, which alone prints, locks the folder and writes (other ranks only read)."""
 
     def __init__(self, path: str | Path, outputs: tuple[str, ...], finished: tuple[str, ...], locked: tuple[str, ...],
-                 main: bool = True, resumable: bool = True, unlocked: tuple[str, ...] = ()):
+                 main: bool = True, resumable: bool = True, unlocked: tuple[str, ...] = (), command: str = "editr1"):
         self.path = Path(path)
+        self.command = command
         self.finished = finished
         self.main, self.resumable = main, resumable
-        self.outputs = (*outputs, CHANGES_FILE, MODEL_RECORD, BASE_MODEL_FOLDER)
+        self.outputs = (*outputs, CHANGES_FILE, MODEL_RECORD, BASE_MODEL_FOLDER, REWARD_ERRORS)
         self.locked, self.unlocked = locked, unlocked
         self._changes: dict[str, tuple[Any, Any]] = {}
         self._resumed_from: Checkpoint | None = None
@@ -108,6 +111,10 @@ class RunFolder:
     @property
     def checkpoints(self) -> Path:
         return self.path / CHECKPOINTS
+
+    @property
+    def reward_errors(self) -> Path:
+        return self.path / REWARD_ERRORS
 
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in (CONFIG_FILE, *self.outputs))
@@ -125,6 +132,8 @@ class RunFolder:
         """Read-only checks; the checkpoint to resume from, or None to start from the beginning."""
         if self.main:  # first: two jobs must never both pass the checks below
             self.lock()
+        # A folder of the user's documents, an evaluation's or another command's run is never written into.
+        refuse_foreign_entries(self.path, (CONFIG_FILE, *self.outputs), self.command)
         if not resume:
             if self.holds_run():
                 hint = ("pass --resume to continue it (from its newest checkpoint, or from the beginning if it stopped "
@@ -217,7 +226,7 @@ class RunFolder:
         the saved tiny preset), its family, dtype and conditioning, and where the final weights go."""
         base = model.path
         # A full fine-tune's final folder is a whole model: a tiny base is then not needed to edit.
-        if base.startswith("tiny:") and model.train_mode == "lora":
+        if is_tiny_preset(base) and model.train_mode == "lora":
             adapter.save_pretrained(self.path / BASE_MODEL_FOLDER)
             fix_modes(self.path / BASE_MODEL_FOLDER)
             base = BASE_MODEL_FOLDER

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from pathlib import Path
 
@@ -26,9 +25,12 @@ from editr1.eval.visuals import reward_curve
 from editr1.fileio import fix_modes
 from editr1.models.base import Conditions
 from editr1.models.lora_io import LoraSpec
+from editr1.models.registry import is_tiny_preset, tiny_preset_note
+from editr1.rewards.checked import CheckedReward
 from editr1.rewards.registry import build_reward
 from editr1.rl.losses import LOSSES
 from editr1.rl.old_policy import soft_update_
+from editr1.trainer import job
 from editr1.trainer.checkpoint import save_checkpoint
 from editr1.trainer.conditions_cache import open_for_run
 from editr1.trainer.metrics_log import read_metrics
@@ -77,12 +79,11 @@ FINISHED = ("model", "heldout_curve.png")
 
 
 def run_sft(config: SFTConfig, resume: bool = False) -> dict:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each launched process would run its own copy
-        raise EditR1Error("editr1 sft trains in one process: start it without a launcher such as `accelerate "
-                          "launch` or torchrun")
+    job.refuse_launcher("editr1 sft")
     run_dir = Path(config.output_dir)
     run_folder = RunFolder(run_dir, OUTPUTS, FINISHED, LOCKED,
-                           unlocked=(*RESUME_SAFE, *resume_safe_reward_fields("eval.reward", config.eval.reward)))
+                           unlocked=(*RESUME_SAFE, *resume_safe_reward_fields("eval.reward", config.eval.reward)),
+                           command="editr1 sft")
     checkpoint = run_folder.prepare(config, resume)
     # Every input is read and checked before anything is written.
     size = config.model.resolution
@@ -93,8 +94,10 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
             raise ConfigError("eval.reward: sft has no training reward; name the reward of the held-out evaluation "
                               "(eval.reward.name and eval.reward.options), or set data.heldout: null")
         held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
-        eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
-        eval_reward.check_ready()
+        reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
+        reward.check_ready()
+        # Every answer is checked against the reward contract; a crash's traceback goes to the run folder.
+        eval_reward = CheckedReward(reward, config.eval.reward.name, run_folder.reward_errors)
     torch.manual_seed(config.seed)
     data = config.data
     corpus = [s.prompt for s in train]
@@ -102,6 +105,8 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     # still writes one.
     adapter = build_model(config.model, corpus, seed=config.seed,
                           text_encoders=not (data.conditions_cache and config.model.train_mode == "lora"))
+    if is_tiny_preset(config.model.path):
+        console.print(f"note: {tiny_preset_note(config.model.path)}", soft_wrap=True)
     train = fit_prompt_lengths(train, data.train, adapter, data.max_prompt_tokens, data.prompt_overflow)
     if config.data.heldout:
         held = fit_prompt_lengths(held, data.heldout, adapter, data.max_prompt_tokens, data.prompt_overflow)

@@ -10,8 +10,10 @@ Per group (ImgEdit: language "en", full set; GEdit: each language, full set and 
 metric, the difference B - A per type and overall (the unweighted mean of the type means, as the
 benchmarks aggregate) with a paired, stratified bootstrap interval (:func:`stats.paired_bootstrap`).
 The overall covers the types that have paired samples; ``types_missing`` names the benchmark types
-that have none (then the overall is not the benchmark's full overall). A difference is marked
-significant when its interval excludes 0 and every type behind it has two or more paired samples.
+that have none (then the overall is not the benchmark's full overall). A difference gets an interval
+only when every type behind it has `MIN_PAIRED` or more paired samples (resampling one sample always
+draws that sample: a zero-width interval that says nothing), and is marked significant when that
+interval excludes 0, however narrow it is.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from editr1.eval.benchmarks.imgedit import IMGEDIT_TYPES
 from editr1.eval.benchmarks.stats import paired_bootstrap
 from editr1.eval.visuals import image_grid
 from editr1.fileio import write_bytes_atomic, write_text_atomic
+from editr1.fingerprint import short
 
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -55,6 +58,8 @@ CSV_COLUMNS = ("benchmark", "language", "subset", "type", "metric", "n", "mean_a
 #: How many samples "changed most" lists by default.
 N_CHANGED = 8
 CONFIDENCE = 0.95
+#: Paired samples a type needs for a difference over it to get an interval (and so a star).
+MIN_PAIRED = 2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,11 +247,11 @@ def _group(benchmark: str, language: str, subset: str, pairs: list, metric_names
         for t in types:
             mean_a = math.fsum(va[metric] for va, _ in by_type[t]) / len(by_type[t])
             mean_b = math.fsum(vb[metric] for _, vb in by_type[t]) / len(by_type[t])
-            per_type[t] = _entry(len(by_type[t]), mean_a, mean_b, boot["types"][t], len(by_type[t]) >= 2)
+            per_type[t] = _entry(len(by_type[t]), mean_a, mean_b, boot["types"][t], len(by_type[t]) >= MIN_PAIRED)
         overall_a = math.fsum(per_type[t]["mean_a"] for t in types) / len(types)
         overall_b = math.fsum(per_type[t]["mean_b"] for t in types) / len(types)
         overall = _entry(boot["overall"]["n"], overall_a, overall_b, boot["overall"],
-                         all(len(by_type[t]) >= 2 for t in types))
+                         all(len(by_type[t]) >= MIN_PAIRED for t in types))
         overall["n_types"] = len(types)
         metrics[metric] = {"types": per_type, "overall": overall}
     return {
@@ -260,11 +265,26 @@ def _group(benchmark: str, language: str, subset: str, pairs: list, metric_names
 
 
 def _entry(n: int, mean_a: float, mean_b: float, boot: Mapping[str, Any], resampled: bool) -> dict[str, Any]:
-    """One table cell. `significant`: the interval excludes 0, and every type behind it has two or more
-    samples (resampling one sample gives a zero-width interval that says nothing)."""
-    low, high = float(boot["low"]), float(boot["high"])
+    """One table cell. `resampled`: every type behind it has `MIN_PAIRED` or more samples; otherwise
+    `low` and `high` are None (a type of one sample would pin its share of the interval to that sample).
+    `significant`: the interval excludes 0."""
+    low, high = (float(boot["low"]), float(boot["high"])) if resampled else (None, None)
     return {"n": int(n), "mean_a": mean_a, "mean_b": mean_b, "diff": float(boot["mean"]), "low": low, "high": high,
-            "significant": bool(resampled and (low > 0 or high < 0))}
+            "significant": resampled and (low > 0 or high < 0)}
+
+
+def weights_line(model: Any) -> str:
+    """The weights an evaluation edited with, from results.json's ``model``: the model and LoRA paths with
+    the start of their fingerprints, so that two evaluations of one path with other weights differ."""
+    if not isinstance(model, Mapping):
+        return f"model {model or '?'} (fingerprint not recorded)"
+    fingerprint = model.get("fingerprint")
+    digests = fingerprint if isinstance(fingerprint, Mapping) else {}
+    parts = []
+    for name, label in (("model", "model"), ("lora", "LoRA")):
+        path = model.get(name)
+        parts.append(f"{label} {path} (fingerprint {short(digests.get(name))})" if path else f"no {label}")
+    return ", ".join(parts)
 
 
 def _side(folder: Path, results: Mapping[str, Any]) -> dict[str, Any]:
@@ -272,6 +292,7 @@ def _side(folder: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "dir": str(folder),
         "label": model_label(results.get("model")),
         "model": results.get("model"),
+        "weights": weights_line(results.get("model")),
         "settings": results.get("settings"),
         "prompts": results.get("prompts"),
         "comparable": results.get("comparable"),
@@ -284,14 +305,15 @@ def compare_results(dir_a: str | Path, dir_b: str | Path, n_resamples: int = 100
     """Compare results folder B against A (B - A), sample by sample. See the module docstring.
 
     Returns a JSON-able dict: ``benchmark``, ``metrics``, ``headline``, ``a`` and ``b`` (folder, model,
-    settings, prompts, note), ``judge``, ``prompts``, ``comparable``/``note`` (whether the numbers can sit
-    beside published ones), ``pairing`` (n_a, n_b, n_paired, only_in_a, only_in_b, unscored_a,
-    unscored_b, unscored_both, dropped_a, dropped_b), ``bootstrap`` (n_resamples, seed, confidence),
-    ``groups`` (list of {language, subset, n, types, types_missing, metrics: {metric: {"types": {type:
-    entry}, "overall": entry + n_types}}}, entry = {n, mean_a, mean_b, diff, low, high, significant}) and
-    ``changed_most`` (the `n_changed` paired samples with the largest nonzero |B - A| of the headline
-    metric, largest first: key, task_type, language, instruction, a, b, diff, metrics_a, metrics_b and the
-    source / edit_a / edit_b image paths).
+    weights (:func:`weights_line`), settings, prompts, note), ``judge``, ``prompts``, ``comparable``/``note``
+    (whether the numbers can sit beside published ones), ``pairing`` (n_a, n_b, n_paired, only_in_a,
+    only_in_b, unscored_a, unscored_b, unscored_both, dropped_a, dropped_b), ``bootstrap`` (n_resamples,
+    seed, confidence, min_paired), ``groups`` (list of {language, subset, n, types, types_missing,
+    metrics: {metric: {"types": {type: entry}, "overall": entry + n_types}}}, entry = {n, mean_a, mean_b,
+    diff, low, high, significant}; low and high None where a type behind the entry has fewer than
+    `MIN_PAIRED` samples) and ``changed_most`` (the `n_changed` paired samples with the largest nonzero
+    |B - A| of the headline metric, largest first: key, task_type, language, instruction, a, b, diff,
+    metrics_a, metrics_b and the source / edit_a / edit_b image paths).
 
     EditR1Error for an unreadable folder, folders that are not comparable, a key whose type or
     language differs between the folders, or no sample scored in both."""
@@ -356,7 +378,8 @@ def compare_results(dir_a: str | Path, dir_b: str | Path, n_resamples: int = 100
         "comparable": comparable,
         "note": " ".join(dict.fromkeys(notes)),
         "pairing": counts,
-        "bootstrap": {"n_resamples": int(n_resamples), "seed": int(seed), "confidence": CONFIDENCE},
+        "bootstrap": {"n_resamples": int(n_resamples), "seed": int(seed), "confidence": CONFIDENCE,
+                      "min_paired": MIN_PAIRED},
         "groups": groups,
         "changed_most": changed_most,
     }
@@ -367,7 +390,8 @@ def compare_results(dir_a: str | Path, dir_b: str | Path, n_resamples: int = 100
 
 
 def comparison_csv(comparison: Mapping[str, Any]) -> str:
-    """The CSV text: one row per group, type (then "overall") and metric."""
+    """The CSV text: one row per group, type (then "overall") and metric; low and high are empty where
+    the entry has no interval."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -377,9 +401,14 @@ def comparison_csv(comparison: Mapping[str, Any]) -> str:
             entries = [(t, data["types"][t]) for t in group["types"]] + [("overall", data["overall"])]
             for name, e in entries:
                 writer.writerow([comparison["benchmark"], group["language"], group["subset"], name, metric, e["n"],
-                                 repr(e["mean_a"]), repr(e["mean_b"]), repr(e["diff"]), repr(e["low"]),
-                                 repr(e["high"])])
+                                 repr(e["mean_a"]), repr(e["mean_b"]), repr(e["diff"]), _csv_number(e["low"]),
+                                 _csv_number(e["high"])])
     return buf.getvalue()
+
+
+def _csv_number(value: float | None) -> str:
+    """Exact digits; empty for no value (an entry without an interval)."""
+    return "" if value is None else repr(value)
 
 
 def changed_most_grid(comparison: Mapping[str, Any]):
@@ -429,14 +458,25 @@ def write_comparison(comparison: Mapping[str, Any], out_dir: str | Path) -> dict
 def _metric_cells(entry: Mapping[str, Any] | None) -> str:
     if entry is None:
         return f"{'-':>6} {'-':>6} {'-':>8} {'':<18}  "
+    means = f"{entry['mean_a']:6.2f} {entry['mean_b']:6.2f} {entry['diff']:+8.3f} "
+    if entry["low"] is None:
+        return means + f"{'(no interval)':<18}  "
     star = "*" if entry["significant"] else " "
-    return (f"{entry['mean_a']:6.2f} {entry['mean_b']:6.2f} {entry['diff']:+8.3f} "
-            f"[{entry['low']:+7.3f}, {entry['high']:+7.3f}]{star} ")
+    return means + f"[{entry['low']:+7.3f}, {entry['high']:+7.3f}]{star} "
+
+
+def legend(boot: Mapping[str, Any]) -> str:
+    """What the intervals are and when a difference gets one and a star: the rule of `_entry`."""
+    return (f"{round(boot['confidence'] * 100)}% paired bootstrap intervals ({boot['n_resamples']} resamples, "
+            f"seed {boot['seed']}); * = the interval excludes 0. An interval (and so a star) needs "
+            f"{boot['min_paired']}+ paired samples in the type, and in every type for the overall: one sample "
+            f"resampled is only itself")
 
 
 def format_comparison_table(comparison: Mapping[str, Any]) -> str:
     """A plain-text table: per group (GEdit: each language and subset), one line per type with n, A's
-    and B's means, B-A and its interval (``*`` when the interval excludes 0), the overall line last."""
+    and B's means, B-A and its interval (``*`` when the interval excludes 0; see :func:`legend`), the
+    overall line last. The header names each side's weights (:func:`weights_line`)."""
     benchmark = comparison["benchmark"]
     names = list(comparison["metrics"])
     pairing = comparison["pairing"]
@@ -446,12 +486,13 @@ def format_comparison_table(comparison: Mapping[str, Any]) -> str:
         f"{'ImgEdit' if benchmark == 'imgedit' else 'GEdit'} comparison, B - A "
         f"(judge {comparison['judge'].get('model', '?')}, prompts {comparison['prompts'].get('source')})",
         f"A: {a['label']}  [{a['dir']}]",
+        f"   {a['weights']}",
         f"B: {b['label']}  [{b['dir']}]",
+        f"   {b['weights']}",
         f"paired {pairing['n_paired']} samples; dropped from A {pairing['dropped_a']} "
         f"(only in A {pairing['only_in_a']}, unscored in A {pairing['unscored_a']}), from B {pairing['dropped_b']} "
         f"(only in B {pairing['only_in_b']}, unscored in B {pairing['unscored_b']})",
-        f"{round(boot['confidence'] * 100)}% paired bootstrap intervals ({boot['n_resamples']} resamples, "
-        f"seed {boot['seed']}); * = the interval excludes 0",
+        legend(boot),
     ]
     if comparison.get("note"):
         lines.append(f"note: {comparison['note']}")

@@ -454,11 +454,16 @@ def aggregate_gedit(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 # Official layout
 
 
+def gedit_official_root(out_dir: str | Path, model_name: str) -> Path:
+    """``<out>/<model>``: one model's folder in the official layout."""
+    if not model_name or model_name in (".", "..") or "/" in model_name or "\\" in model_name:
+        raise EditR1Error(f"GEdit model name {model_name!r} must be one folder name (no '/' or '\\')")
+    return Path(out_dir) / model_name
+
+
 def gedit_official_paths(out_dir: str | Path, model_name: str, sample: BenchSample) -> tuple[Path, Path]:
     """(edit, source) paths of the official layout:
     ``<out>/<model>/fullset/<task_type>/<language>/<key>.png`` and ``..._SRCIMG.png`` beside it."""
-    if not model_name or model_name in (".", "..") or "/" in model_name or "\\" in model_name:
-        raise EditR1Error(f"GEdit model name {model_name!r} must be one folder name (no '/' or '\\')")
     key = gedit_dataset_key(sample)
-    folder = Path(out_dir) / model_name / "fullset" / sample.task_type / sample.language
+    folder = gedit_official_root(out_dir, model_name) / "fullset" / sample.task_type / sample.language
     return folder / f"{key}.png", folder / f"{key}_SRCIMG.png"

@@ -32,13 +32,18 @@ from editr1.eval.benchmarks.figures import gallery, type_bar_chart
 from editr1.eval.benchmarks.judges import TextJudge
 from editr1.eval.benchmarks.reply_cache import ReplyCache, canonical_json, image_sha256
 from editr1.eval.benchmarks.stats import judge_spread
-from editr1.fileio import write_bytes_atomic, write_text_atomic
+from editr1.fileio import refuse_foreign_entries, write_bytes_atomic, write_text_atomic
 from editr1.fingerprint import short
 
 GENERATION_FILE, CACHE_FILE, RESULTS_FILE, SAMPLES_FILE = "generation.json", "judgments.jsonl", "results.json", "samples.jsonl"
 EDITS = "edits"
+#: What an export in the official layout holds (`--export-official`): the edits it was made from.
+EXPORT_RECORD = "editr1_export.json"
 #: The PNG text field of an edit holding `edit_input_digest`.
 EDIT_INPUT_KEY = "editr1-input"
+#: What an evaluation writes in its folder (and `eval compare`'s default output, `compare_<A>`).
+RESULTS_FOLDER_ENTRIES = (GENERATION_FILE, EDITS, CACHE_FILE, RESULTS_FILE, SAMPLES_FILE, "samples.csv", "types.png",
+                          "gallery", "sources", "compare_*")
 #: Samples judged per call to the judge: bounds the images held in memory.
 JUDGE_CHUNK = 64
 NOT_COMPARABLE = ("NOT comparable with published numbers: judged with editr1's own prompts; pass --official-prompts "
@@ -93,6 +98,10 @@ class Protocol(ABC):
     @abstractmethod
     def export(self, folder: Path, model_name: str, sample: BenchSample, source: Image.Image, edit: Path) -> None: ...
 
+    @abstractmethod
+    def export_root(self, folder: Path, model_name: str) -> Path:
+        """The folder of one model's files in the official layout under `folder`."""
+
 
 def _prompts_record(source: str, path: Path | None, texts: Any) -> dict[str, Any]:
     digest = hashlib.sha256(canonical_json(texts).encode()).hexdigest()
@@ -132,6 +141,9 @@ class ImgEditProtocol(Protocol):
     def export(self, folder, model_name, sample, source, edit):
         _export_file(imgedit.imgedit_official_path(folder, sample), edit.read_bytes())
 
+    def export_root(self, folder, model_name):
+        return Path(folder)  # ImgEdit's layout has no model level: one folder per model
+
 
 class GEditProtocol(Protocol):
     name, metrics, types = "gedit", ("O", "SC", "PQ"), gedit.GEDIT_TYPES
@@ -166,6 +178,9 @@ class GEditProtocol(Protocol):
         return gedit.aggregate_gedit(
             {"task_type": r["task_type"], "language": r["language"], "intersection": r["intersection"],
              "sc": (r["parsed"] or {}).get("sc"), "pq": (r["parsed"] or {}).get("pq")} for r in rows)
+
+    def export_root(self, folder, model_name):
+        return gedit.gedit_official_root(folder, model_name)
 
     def export(self, folder, model_name, sample, source, edit):
         edit_path, source_path = gedit.gedit_official_paths(folder, model_name, sample)
@@ -229,6 +244,7 @@ def _check_generation(out: Path, generation: dict[str, Any]) -> None:
     """A folder holds the edits of one model and one set of settings (read-only check)."""
     if out.exists() and not out.is_dir():
         raise EditR1Error(f"--out {out}: is a file; give a folder")
+    refuse_foreign_entries(out, RESULTS_FOLDER_ENTRIES, "editr1 eval")
     path = out / GENERATION_FILE
     if path.is_file() and not _has_edits(out):
         return  # a run that stopped before its first edit: its settings bind nothing yet
@@ -305,6 +321,27 @@ def _check_edit_inputs(out: Path, samples: list[BenchSample], digests: dict[str,
         raise EditR1Error(f"{out}: {len(stale)} edit(s) were made from another source image or instruction than "
                           f"--data gives now ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
                           "choose another --out")
+
+
+def _check_export(run: BenchmarkRun) -> Path:
+    """Before any work: the export folder of this model holds nothing, or this model's earlier export (its
+    record says which edits it holds); returns that folder."""
+    root = run.protocol.export_root(run.export_official, run.model_name)
+    record = root / EXPORT_RECORD
+    if not record.is_file():
+        refuse_foreign_entries(root, (), "editr1 eval --export-official")
+        return root
+    try:
+        made = json.loads(record.read_text())
+    except json.JSONDecodeError as error:
+        raise EditR1Error(f"{record}: not valid JSON ({error}); export to another folder") from error
+    if canonical_json(made) != canonical_json(run.generation):
+        changed = sorted(k for k in made.keys() | run.generation.keys() if made.get(k) != run.generation.get(k))
+        hint = " (--model-name names each model's folder)" if root != Path(run.export_official) else ""
+        raise EditR1Error(f"--export-official: {root} holds the export of other edits ({made.get('model')}"
+                          f"{' + LoRA ' + str(made['lora']) if made.get('lora') else ''}; {', '.join(changed)} differ); "
+                          f"export each model to its own folder{hint}")
+    return root
 
 
 def _export_file(path: Path, data: bytes) -> None:
@@ -429,6 +466,7 @@ def evaluate_benchmark(run: BenchmarkRun) -> dict:
     samples = select_samples(protocol.load(run.data, run.images), run.types, run.limit, protocol.types, protocol.aliases)
     prompts = protocol.prompts(run.official_prompts)
     _check_generation(run.out, run.generation)
+    export_root = _check_export(run) if run.export_official is not None else None
     # Every source readable before hours of generation, and every existing edit made from it.
     digests = {sample.key: edit_input_digest(sample, protocol.source(sample)) for sample in samples}
     _check_edit_inputs(run.out, samples, digests)
@@ -470,6 +508,7 @@ def evaluate_benchmark(run: BenchmarkRun) -> dict:
     }
     write_results(run.out, results, rows)
     if run.export_official is not None:
+        write_text_atomic(export_root / EXPORT_RECORD, json.dumps(run.generation, indent=2))
         for sample in samples:
             protocol.export(run.export_official, run.model_name, sample, protocol.source(sample), edit_path(run.out, sample))
     return results
@@ -510,6 +549,7 @@ def export_jsonl(protocol: Protocol, samples: list[BenchSample], out: Path) -> P
     from editr1.data.jsonl import write_jsonl
 
     path = out / "samples.jsonl"
+    refuse_foreign_entries(out, ("samples.jsonl", "images"), "editr1 data benchmark")
     if path.exists():
         raise EditR1Error(f"{path}: exists; choose another --out")
     rows = []

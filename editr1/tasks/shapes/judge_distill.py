@@ -46,6 +46,7 @@ from editr1.tasks.shapes.scenes import (
 from editr1.tasks.shapes.verifier import verify_edit
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model
+from editr1.trainer import job
 from editr1.trainer.run_folder import RunFolder
 from editr1.trainer.run_loop import TrainingLoop, timed
 from editr1.trainer.progress import console, phase_progress
@@ -179,7 +180,8 @@ class JudgeDistiller:
     def __init__(self, config: JudgeDistillConfig):
         self.config = config
         self.run_dir = Path(config.output_dir)
-        self.run_folder = RunFolder(self.run_dir, OUTPUTS, finished=("judge", "summary.json"), locked=(), resumable=False)
+        self.run_folder = RunFolder(self.run_dir, OUTPUTS, finished=("judge", "summary.json"), locked=(), resumable=False,
+                                    command="editr1 judge distill")
         self.run_folder.prepare(config, resume=False)
         # Every input is read and checked before anything is written.
         self.train = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
@@ -329,4 +331,5 @@ class JudgeDistiller:
 
 
 def run_judge_distill(config: JudgeDistillConfig) -> dict:
+    job.refuse_launcher("editr1 judge distill")
     return JudgeDistiller(config).run()
