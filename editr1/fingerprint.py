@@ -3,14 +3,16 @@ path alone, so that weights rewritten under the same path (a run extended, a mod
 
 A file's fingerprint covers its size and its bytes: the whole file up to `WHOLE_FILE_BYTES`; past that, a
 safetensors file's header (names, dtypes, shapes, offsets) and `SAMPLED_BLOCKS` blocks spread evenly over
-the file. Training rewrites every weight, so the blocks tell two checkpoints apart without reading tens
-of GB each time. A folder's fingerprint covers every file's relative path and fingerprint, hidden files
-(a download's `.cache/`) and notes (`*.md`) aside.
+the file, without reading tens of GB each time. A fine-tune or a LoRA update rewrites weights throughout
+the file, which the blocks see; a change confined to a few small tensors between two blocks (say, only
+some norms) can pass unseen. A folder's fingerprint covers every file's relative path and fingerprint,
+hidden files (a download's `.cache/`), notes and pictures aside.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,9 +45,25 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _counted(path: Path, folder: Path) -> bool:
-    relative = path.relative_to(folder)
-    return path.is_file() and path.suffix != ".md" and not any(part.startswith(".") for part in relative.parts)
+#: Files no loader reads: notes and pictures beside the weights.
+NOT_COUNTED_SUFFIXES = (".md", ".png", ".jpg", ".jpeg", ".gif", ".webp")
+
+
+def _files(folder: Path):
+    """Every file under `folder`, through symlinked folders too (a model's `transformer/` may link to another
+    disk), each real folder once; hidden files and folders (a download's `.cache/`) and notes left out."""
+    seen = set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link loop, or one folder linked twice
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in names:
+            path = Path(root) / name
+            if not name.startswith(".") and not name.lower().endswith(NOT_COUNTED_SUFFIXES) and path.is_file():
+                yield path
 
 
 def files_fingerprint(folder: str | Path, files: Iterable[Path]) -> str:
@@ -61,8 +79,7 @@ def folder_fingerprint(folder: str | Path, skip: Iterable[str] = ()) -> str:
     """The fingerprint of every file under `folder` but those under the top-level folders `skip`."""
     folder = Path(folder)
     skipped = set(skip)
-    return files_fingerprint(folder, (p for p in folder.rglob("*")
-                                      if _counted(p, folder) and p.relative_to(folder).parts[0] not in skipped))
+    return files_fingerprint(folder, (p for p in _files(folder) if p.relative_to(folder).parts[0] not in skipped))
 
 
 def short(fingerprint: str | None) -> str:

@@ -261,7 +261,7 @@ def test_transformers_judge_replies_in_text(tiny_text_judge_dir):
     judge = build_text_judge({"kind": "transformers", "path": str(tiny_text_judge_dir), "max_new_tokens": 6,
                               "batch_size": 2}, "judge")
     identity = judge.identity()
-    assert identity["kind"] == "transformers" and len(identity["model_sha256"]) == 64
+    assert identity["kind"] == "transformers" and len(identity["model_fingerprint"]) == 64
     pairs = [(request("score the edit", 2, seed=1), 0), (request("Visual Naturalness", 1, seed=2), 0),
              (request("Prompt Compliance of the edit", 2, seed=3), 0), (request("score the edit", 2, seed=1), 1)]
     before = torch.random.get_rng_state()

@@ -21,7 +21,7 @@ from editr1.cli.heldout import add_heldout_arguments, run_heldout
 from editr1.cli.main import main
 from editr1.config import NFTConfig, load_config
 from editr1.errors import EditR1Error
-from editr1.fingerprint import BLOCK_BYTES, WHOLE_FILE_BYTES, file_fingerprint, folder_fingerprint
+from editr1.fingerprint import BLOCK_BYTES, SAMPLED_BLOCKS, file_fingerprint, folder_fingerprint
 from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import build_tiny, load_adapter
 from editr1.tasks.shapes import SHIPPED_BASE
@@ -41,17 +41,24 @@ def _rewrite_in_place(path, scale=1.5):
 
 
 # ---- the fingerprints themselves --------------------------------------------------------------
-def test_a_large_file_is_told_apart_by_its_sampled_blocks(tmp_path, monkeypatch):
+def test_a_large_file_is_told_apart_by_its_header_and_sampled_blocks(tmp_path, monkeypatch):
+    """Past the whole-file size, a change in a sampled block or in the safetensors header is seen; one
+    between the blocks is not (what the sampling gives up), yet any change of size is."""
     monkeypatch.setattr("editr1.fingerprint.WHOLE_FILE_BYTES", 4 * BLOCK_BYTES)
-    path = tmp_path / "big.bin"
-    data = bytearray(torch.randint(0, 256, (64 * BLOCK_BYTES,), generator=torch.Generator().manual_seed(0),
-                                   dtype=torch.uint8).numpy().tobytes())
-    path.write_bytes(data)
-    before = file_fingerprint(path)
-    data[len(data) // 2] ^= 1  # one bit in the middle, where a block is read
-    path.write_bytes(data)
+    path = tmp_path / "big.safetensors"
+    save_file({"w": torch.zeros(1000 * BLOCK_BYTES // 4)}, path)  # 1000 blocks: 64 of them are read
+    size, before = path.stat().st_size, file_fingerprint(path)
+    data = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    stride = (size - BLOCK_BYTES) // (SAMPLED_BLOCKS - 1)
+    for offset, seen in ((10, True), (stride * 5 + 7, True), (stride * 5 + BLOCK_BYTES + 7, False)):
+        changed = bytearray(data)
+        changed[offset] ^= 1
+        path.write_bytes(changed)
+        assert (file_fingerprint(path) != before) is seen, offset
+    assert header < stride * 5
+    path.write_bytes(data + b"\0")
     assert file_fingerprint(path) != before
-    assert WHOLE_FILE_BYTES >= 64 << 20  # configs, tokenizers and small LoRAs are hashed whole
 
 
 def test_a_folder_fingerprint_ignores_hidden_files_and_notes(tmp_path):
@@ -66,6 +73,20 @@ def test_a_folder_fingerprint_ignores_hidden_files_and_notes(tmp_path):
     assert folder_fingerprint(tmp_path) != before
     (tmp_path / "empty").mkdir()
     assert folder_fingerprint(tmp_path, skip=["a", "empty"]) == folder_fingerprint(tmp_path / "empty")
+
+
+def test_a_folder_fingerprint_reads_through_symlinked_folders(tmp_path):
+    """A model whose transformer/ links to another disk: its weights count, once, and a link loop ends."""
+    elsewhere = tmp_path / "disk" / "transformer"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "w.safetensors").write_bytes(b"weights")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "transformer").symlink_to(elsewhere)
+    (elsewhere / "loop").symlink_to(model)
+    before = folder_fingerprint(model)
+    (elsewhere / "w.safetensors").write_bytes(b"Weights")
+    assert folder_fingerprint(model) != before
 
 
 # ---- benchmark folders -----------------------------------------------------------------------

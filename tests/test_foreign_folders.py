@@ -111,3 +111,32 @@ def test_a_benchmark_evaluation_refuses_a_folder_of_documents(tmp_path, capsys):
                  "--out", str(documents)]) == 2
     assert "holds files that editr1 eval did not write (letter.docx, notes.txt, photos and 1 more)" in capsys.readouterr().err
     _untouched(documents, before)
+
+
+def test_data_shapes_never_replaces_a_dataset_of_the_same_names(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    (mine / "train.jsonl").write_text('{"id": "a", "image": "images/a.png", "prompt": "mine"}\n')
+    with pytest.raises(EditR1Error, match="already holds train.jsonl"):
+        write_shapes_dataset(mine, 4, 2, seed=0)
+    assert "mine" in (mine / "train.jsonl").read_text() and not any((mine / "images").iterdir())
+
+
+def test_compare_refuses_an_output_folder_of_other_files(tmp_path):
+    from editr1.eval.benchmarks.compare import write_comparison
+
+    before = _documents(tmp_path / "Documents")
+    with pytest.raises(EditR1Error, match="holds files that editr1 eval compare did not write"):
+        write_comparison({}, tmp_path / "Documents")
+    _untouched(tmp_path / "Documents", before)
+
+
+def test_an_export_inside_the_results_folder_is_refused_before_any_work(tmp_path, capsys):
+    judge = tmp_path / "judge.yaml"
+    judge.write_text(yaml.safe_dump({"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "x"}))
+    data = write_imgedit_fixture(tmp_path)
+    out = tmp_path / "eval"
+    assert main(["eval", "imgedit", "--model", str(SHIPPED_BASE), "--data", str(data), "--judge", str(judge),
+                 "--out", str(out), "--export-official", str(out / "official")]) == 2
+    assert f"--export-official {out / 'official'}: overlaps --out {out}" in capsys.readouterr().err
+    assert not out.exists()

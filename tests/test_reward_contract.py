@@ -4,6 +4,7 @@ crash's traceback goes to `reward_errors.log` in the run (or output) folder. The
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from tiny_runs import tiny_nft_overrides
@@ -134,7 +135,12 @@ def test_eval_heldout_logs_a_crashing_rewards_traceback_in_its_folder(shapes_dat
     (RewardBatch(torch.tensor([0.5, 0.5]), torch.tensor([True, True]), {"mass": torch.ones(3)}),
      "extras['mass'] has shape (3,) for 2 samples", [0, 1]),
     (RewardBatch(torch.tensor([0.5, float("nan")]), torch.tensor([True, False]), failures={2: "timeout"}),
-     "failures names positions [2], outside 0..1", [0, 1]),
+     "failures names 2: not positions in 0..1", [0, 1]),
+    (RewardBatch(torch.tensor([0.5, float("nan")]), torch.tensor([True, False]), failures={"b": "?", 5: "?"}),
+     "failures names 'b', 5: not positions in 0..1", [0, 1]),
+    # Any integer type names a position (numpy's, from np.nonzero).
+    (RewardBatch(torch.tensor([0.5, float("nan")]), torch.tensor([True, False]), failures={np.int64(1): "timeout"}),
+     None, None),
     ({"scores": [0.5, 0.5]}, "it returned dict, not a RewardBatch", [0, 1]),
 ])
 def test_contract_breach(batch, problem, at_fault):

@@ -40,7 +40,12 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
     started = time.monotonic()
     data = out / "data"
     if not (data / "test.jsonl").is_file():
-        write_shapes_dataset(data, N_TRAIN, N_TEST, DATA_SEED)
+        if data.exists():
+            raise EditR1Error(f"{data}: holds no test.jsonl, so it is not the demo's dataset; move it away")
+        partial = out / ".data.partial"  # renamed when whole: a kill never leaves half a dataset as `data`
+        shutil.rmtree(partial, ignore_errors=True)
+        write_shapes_dataset(partial, N_TRAIN, N_TEST, DATA_SEED)
+        partial.rename(data)
     for previous in DEMO_RUNS:
         shutil.rmtree(out / previous, ignore_errors=True)  # the demo owns these: a rerun starts afresh
     common = [f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"model.path={SHIPPED_BASE}"]

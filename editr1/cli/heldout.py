@@ -7,6 +7,9 @@
 
 Every sample is edited from its own fixed noise (`--seed`, the same for both models), by the code
 that training evaluates with (`editr1.eval.heldout.evaluate`), and scored by the configured reward.
+So the source conditions the model as in a run's held-out evaluation (at `--resolution`, or at a
+run's own condition area), not at the pipeline's ~1024^2 of `editr1 edit` and `editr1 eval imgedit`:
+the numbers compare with the run's own.
 With a baseline (`--against-run` / `--against-model`) the gain is model − baseline over the samples
 scored for both, with its paired standard error (same samples, same noise).
 
@@ -58,7 +61,9 @@ def add_heldout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=None, metavar="N",
                         help="evaluate the first N samples of --data (default: all)")
     parser.add_argument("--resolution", type=int, default=None,
-                        help="square edit size in pixels (default: the training resolution of --run / --against-run)")
+                        help="square edit size in pixels (default: the training resolution of --run / --against-run); "
+                             "the source conditions the model at it (or at a run's own condition area), as in the "
+                             "run's held-out evaluation, not at the pipeline's ~1024^2 of `edit` and `eval imgedit`")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default: {DEFAULT_STEPS})")
     parser.add_argument("--sampler", choices=("euler", "dpmpp_2m"), default=DEFAULT_SAMPLER,
                         help=f"ODE sampler (default: {DEFAULT_SAMPLER})")
@@ -354,7 +359,6 @@ def run_heldout(args: argparse.Namespace) -> dict:
 
 
 def _write_scores(path: Path, samples, evaluated: ModelEval, base: ModelEval | None) -> None:
-
     rows = []
     for i, sample in enumerate(samples):
         row = {"id": sample.id, "line": sample.line, "score": evaluated.scores[i], "failure": evaluated.failures.get(i)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -28,6 +29,15 @@ CONTRACT = ("a reward returns a RewardBatch with one score in [0, 1] and one val
             "sample it cannot score is valid=False with a NaN score (editr1/rewards/base.py)")
 
 
+def _position(key: object, count: int) -> int | None:
+    """`key` as a position in a batch of `count` (any integer type: numpy's too), or None."""
+    try:
+        position = operator.index(key)
+    except TypeError:
+        return None
+    return position if 0 <= position < count and not isinstance(key, bool) else None
+
+
 def contract_breach(batch: object, count: int) -> tuple[str, list[int]] | None:
     """How `batch`, a reward's answer for `count` samples, breaks the `RewardBatch` contract, and the positions
     of the samples at fault (all of them when the batch as a whole is malformed); None when it keeps it."""
@@ -43,9 +53,9 @@ def contract_breach(batch: object, count: int) -> tuple[str, list[int]] | None:
             return f"{name} has shape {tuple(values.shape)} for {count} samples", everyone
     if batch.valid.dtype != torch.bool:
         return f"valid is {batch.valid.dtype}, not torch.bool", everyone
-    strays = sorted(i for i in batch.failures if not (isinstance(i, int) and 0 <= i < count))
+    strays = sorted((repr(i) for i in batch.failures if _position(i, count) is None), key=str)
     if strays:
-        return f"failures names positions {strays}, outside 0..{count - 1}", everyone
+        return f"failures names {', '.join(strays)}: not positions in 0..{count - 1}", everyone
     scores, valid = batch.scores.detach().cpu().double(), batch.valid.cpu()
     # A NaN marked valid would poison every group statistic; a score out of range skews advantages silently.
     for at_fault, what in ((valid & ~torch.isfinite(scores), "not finite"),

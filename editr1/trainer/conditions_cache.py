@@ -51,6 +51,7 @@ FORMAT, VERSION = "editr1-conditions-cache", 1
 #: Samples per safetensors shard (FLUX: ~4 MiB of T5 embeddings each in bf16).
 SHARD_SAMPLES = 64
 SHARD_GLOB = "shard-*.safetensors"
+CACHE_ENTRIES = (MANIFEST, SHARD_GLOB)
 #: What each dataset of the cache is, and which config field names its file.
 ROLES = {"train": "data.train", "heldout": "data.heldout"}
 
@@ -248,7 +249,7 @@ def write_conditions_cache(folder: str | Path, adapter: EditModelAdapter, model:
     at `size` and write the cache; entries of a compatible cache already in `folder` are reused.
     Returns counts: samples, entries encoded, entries reused."""
     folder = Path(folder)
-    refuse_foreign_entries(folder, (MANIFEST, SHARD_GLOB), "editr1 precompute")
+    refuse_foreign_entries(folder, CACHE_ENTRIES, "editr1 precompute")
     folder.mkdir(parents=True, exist_ok=True)
     old_entries: dict[str, dict] = {}
     try:
@@ -305,6 +306,7 @@ def precompute_conditions(config: NFTConfig | SFTConfig) -> dict:
     if not config.data.conditions_cache:
         raise EditR1Error("data.conditions_cache: set the folder to write the conditions cache to")
     data = config.data
+    refuse_foreign_entries(data.conditions_cache, CACHE_ENTRIES, "editr1 precompute")  # before loading a model
     train = read_edit_jsonl(data.train, max_pixels=data.max_pixels)
     corpus = [s.prompt for s in train]
     torch.manual_seed(config.seed)

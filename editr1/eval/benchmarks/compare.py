@@ -46,7 +46,7 @@ from editr1.eval.benchmarks.gedit import GEDIT_TYPES
 from editr1.eval.benchmarks.imgedit import IMGEDIT_TYPES
 from editr1.eval.benchmarks.stats import paired_bootstrap
 from editr1.eval.visuals import image_grid
-from editr1.fileio import write_bytes_atomic, write_text_atomic
+from editr1.fileio import refuse_foreign_entries, write_bytes_atomic, write_text_atomic
 from editr1.fingerprint import short
 
 RESULTS_FILE = "results.json"
@@ -443,6 +443,7 @@ def write_comparison(comparison: Mapping[str, Any], out_dir: str | Path) -> dict
     """Write ``comparison.json``, ``comparison.csv`` and ``changed_most.png`` into `out_dir` (created).
     Returns {"json", "csv", "png"} -> path."""
     out = Path(out_dir).expanduser()
+    refuse_foreign_entries(out, (COMPARISON_JSON, COMPARISON_CSV, CHANGED_PNG), "editr1 eval compare")
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / COMPARISON_JSON, "csv": out / COMPARISON_CSV, "png": out / CHANGED_PNG}
     write_text_atomic(paths["json"], json.dumps(comparison, indent=2, ensure_ascii=False, allow_nan=False) + "\n")

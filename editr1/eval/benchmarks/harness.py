@@ -249,12 +249,9 @@ def _check_generation(out: Path, generation: dict[str, Any]) -> None:
     if path.is_file() and not _has_edits(out):
         return  # a run that stopped before its first edit: its settings bind nothing yet
     if path.is_file():
-        try:
-            recorded = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise EditR1Error(f"{path}: not valid JSON ({error}); move the folder away or choose another --out") from error
-        if canonical_json(recorded) != canonical_json(generation):
-            changed = sorted(k for k in recorded.keys() | generation.keys() if recorded.get(k) != generation.get(k))
+        recorded = _read_record(path, "move the folder away or choose another --out")
+        changed = _changed_keys(recorded, generation)
+        if changed:
             if changed == ["fingerprint"]:
                 _refuse_rewritten_weights(out, recorded, generation)
             raise EditR1Error(f"{out}: holds edits made with other settings ({', '.join(changed)} differ: "
@@ -314,7 +311,7 @@ def _check_edit_inputs(out: Path, samples: list[BenchSample], digests: dict[str,
         path = edit_path(out, sample)
         if path.is_file():
             with Image.open(path) as image:
-                made_from = image.text.get(EDIT_INPUT_KEY)
+                made_from = image.info.get(EDIT_INPUT_KEY)  # written before the pixels: read without decoding them
             if made_from != digests[sample.key]:
                 stale.append(sample.key)
     if stale:
@@ -323,20 +320,37 @@ def _check_edit_inputs(out: Path, samples: list[BenchSample], digests: dict[str,
                           "choose another --out")
 
 
+def _read_record(path: Path, remedy: str) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise EditR1Error(f"{path}: not valid JSON ({error}); {remedy}") from error
+    if not isinstance(record, dict):
+        raise EditR1Error(f"{path}: expected a JSON object; {remedy}")
+    return record
+
+
+def _changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    if canonical_json(recorded) == canonical_json(current):
+        return []
+    return sorted(k for k in recorded.keys() | current.keys() if canonical_json(recorded.get(k)) != canonical_json(current.get(k)))
+
+
 def _check_export(run: BenchmarkRun) -> Path:
     """Before any work: the export folder of this model holds nothing, or this model's earlier export (its
     record says which edits it holds); returns that folder."""
+    export, out = Path(run.export_official).resolve(), Path(run.out).resolve()
+    if export == out or out in export.parents or export in out.parents:
+        raise EditR1Error(f"--export-official {run.export_official}: overlaps --out {run.out}; give a folder outside it "
+                          "(each is a folder of its own)")
     root = run.protocol.export_root(run.export_official, run.model_name)
     record = root / EXPORT_RECORD
     if not record.is_file():
         refuse_foreign_entries(root, (), "editr1 eval --export-official")
         return root
-    try:
-        made = json.loads(record.read_text())
-    except json.JSONDecodeError as error:
-        raise EditR1Error(f"{record}: not valid JSON ({error}); export to another folder") from error
-    if canonical_json(made) != canonical_json(run.generation):
-        changed = sorted(k for k in made.keys() | run.generation.keys() if made.get(k) != run.generation.get(k))
+    made = _read_record(record, "export to another folder")
+    changed = _changed_keys(made, run.generation)
+    if changed:
         hint = " (--model-name names each model's folder)" if root != Path(run.export_official) else ""
         raise EditR1Error(f"--export-official: {root} holds the export of other edits ({made.get('model')}"
                           f"{' + LoRA ' + str(made['lora']) if made.get('lora') else ''}; {', '.join(changed)} differ); "

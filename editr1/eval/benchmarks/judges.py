@@ -336,7 +336,7 @@ class TransformersJudge(TextJudge):
         self.path, self.max_new_tokens, self.dtype, self.batch_size = str(path), max_new_tokens, dtype, batch_size
         self.repeat_temperature = float(repeat_temperature)
         folder = resolve_model_path(path)
-        self.model_sha256 = folder_fingerprint(folder)  # weights re-saved under the same path: another judge
+        self.model_fingerprint = folder_fingerprint(folder)  # weights re-saved under the same path: another judge
         self.judge = MLLMJudge.from_pretrained(folder, dtype=dtype, device=device, batch_size=batch_size)
         self.device_type = self.judge.device.type
         eos = self.judge.model.generation_config.eos_token_id
@@ -344,7 +344,7 @@ class TransformersJudge(TextJudge):
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": self.path, "model_sha256": self.model_sha256, "dtype": self.dtype,
+        return {"kind": self.kind, "model": self.path, "model_fingerprint": self.model_fingerprint, "dtype": self.dtype,
                 "device_type": self.device_type, "temperature": 0.0, "repeat_temperature": self.repeat_temperature,
                 "top_k": 0, "top_p": 1.0, "max_new_tokens": self.max_new_tokens}
 

@@ -44,9 +44,9 @@ from editr1.tasks.shapes.scenes import (
     render,
 )
 from editr1.tasks.shapes.verifier import verify_edit
+from editr1.trainer import job
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model
-from editr1.trainer import job
 from editr1.trainer.run_folder import RunFolder
 from editr1.trainer.run_loop import TrainingLoop, timed
 from editr1.trainer.progress import console, phase_progress

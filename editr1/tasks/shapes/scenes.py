@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from editr1.data.jsonl import write_jsonl
+from editr1.errors import EditR1Error
 from editr1.fileio import refuse_foreign_entries
 
 CANVAS = 32
@@ -393,6 +394,9 @@ def write_shapes_dataset(out_dir: Path, n_train: int, n_test: int, seed: int) ->
         raise ValueError(f"sample counts must be >= 0, got n_train={n_train}, n_test={n_test}")
     out_dir = Path(out_dir)
     refuse_foreign_entries(out_dir, ("images", "targets", "train.jsonl", "test.jsonl"), "editr1 data shapes")
+    written = [name for name in ("train.jsonl", "test.jsonl") if (out_dir / name).exists()]
+    if written:  # a dataset of the same names may be the user's own: never replaced
+        raise EditR1Error(f"{out_dir}: already holds {' and '.join(written)}; choose a new or empty folder")
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "targets").mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("test", n_test)):
