@@ -393,3 +393,19 @@ def test_a_run_killed_with_sigkill_resumes_to_the_results_of_a_straight_run(mode
     assert outcome(killed) == outcome(straight)
     for path in (straight / "edits").glob("*.png"):
         assert (killed / "edits" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_the_export_names_a_lora_s_edits_apart_from_its_base_model(models, tmp_path):
+    """GEdit's layout has a folder per model: a LoRA's edits never take its base model's name, so exporting the
+    base next to it works."""
+    from editr1.cli.benchmark import default_model_name
+    from editr1.cli.edit import choose_model
+
+    base = models["tiny:qwen-image-edit"]
+    lora = tmp_path / "runs" / "watercolor" / "final"
+    lora.parent.mkdir(parents=True)
+    assert default_model_name(None, choose_model(None, str(base), None)) == "qwen-image-edit"
+    choice = choose_model(None, str(base), None)
+    with_lora = type(choice)(choice.folder, lora, choice.family, None, "x")
+    assert default_model_name(None, with_lora) == "qwen-image-edit+watercolor_final"
+    assert default_model_name(tmp_path / "runs" / "watercolor", choice) == "watercolor"

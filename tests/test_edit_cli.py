@@ -1,6 +1,7 @@
 """`editr1 edit` on each tiny preset saved to disk: sizes, determinism, LoRA, progress, and one-line errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,6 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
-from editr1.cli import edit
 from editr1.cli.main import main
 from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import build_tiny, load_adapter
@@ -51,7 +51,8 @@ def source(tmp_path_factory):
 
 
 def _edit(model, images, out, *extra):
-    args = ["edit", "--model", str(model), "--prompt", PROMPT, "--out", str(out), "--steps", "2"]
+    # At the output size: the pipeline's sizing (the default, tested in test_cli_sizing) is slower.
+    args = ["edit", "--model", str(model), "--prompt", PROMPT, "--out", str(out), "--steps", "2", "--no-pipeline-sizing"]
     for image in images:
         args += ["--image", str(image)]
     return main(args + [str(e) for e in extra])
@@ -111,7 +112,7 @@ def _bad_cases(models, source, tmp_path):
         "mismatched lora": ((qwen, [source], out, "--lora", flux_lora), "does not match this qwen-image-edit model"),
         "too many references": ((qwen, [source, source], out), "qwen-image-edit takes one source image"),
         "too many references (plus)": ((plus, [source] * 4, out), "takes 1 to 3 reference images"),
-        "unwritable output": ((qwen, [source], blocker / "out.png"), f"--out {blocker / 'out.png'}: cannot create its folder"),
+        "output in a file": ((qwen, [source], blocker / "out.png"), f"--out {blocker / 'out.png'}: {blocker} is not a folder"),
         "not a png": ((qwen, [source], tmp_path / "out.jpg"), "give a path ending in .png"),
         "tiny preset": (("tiny:qwen-image-edit", [source], out), "tiny presets are built in memory"),
         "bad size": ((qwen, [source], out, "--size", "big"), "expected WIDTHxHEIGHT"),
@@ -120,7 +121,7 @@ def _bad_cases(models, source, tmp_path):
 
 
 CASES = ["unknown family", "missing image", "corrupt image", "mismatched lora", "too many references",
-         "too many references (plus)", "unwritable output", "not a png", "tiny preset", "bad size", "size not a multiple"]
+         "too many references (plus)", "output in a file", "not a png", "tiny preset", "bad size", "size not a multiple"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -153,12 +154,12 @@ def test_generate_reports_each_step(models, sampler, cfg_scale):
     assert torch.equal(latents, generate(adapter, conditions, noise, sigmas, sampler, cfg_scale, negative))
 
 
-def test_edit_says_what_will_run_and_reports_progress_without_a_terminal(models, source, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(edit, "PLAIN_PROGRESS_EVERY_S", 0.0)  # a plain line at every step
+def test_edit_says_what_will_run_and_reports_each_step_without_a_terminal(models, source, tmp_path, capsys):
     model, lora = models["tiny:qwen-image-edit"]
     assert _edit(model, [source], tmp_path / "a.png", "--steps", "3", "--lora", lora) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (f"editr1 edit: {model} (qwen-image-edit) + LoRA {lora}, ~32x32, 3 euler steps, "
                         "true CFG 4.0 (2 model passes a step), on cpu (float32)")
     assert [line.split(",")[0] for line in lines[1:3]] == ["sampling 32x32: step 1/3", "sampling 32x32: step 2/3"]
+    assert all(re.fullmatch(r".*, \d+s elapsed, ~\d+s left", line) for line in lines[1:3]), lines
     assert lines[3].startswith("sampling 32x32: 3/3 in ") and lines[4].startswith("wrote ")

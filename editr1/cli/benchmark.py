@@ -7,21 +7,31 @@
     editr1 eval compare evals/base_imgedit evals/nft_imgedit
 
 Edits use the family's published evaluation settings (its adapter's `inference`: steps, true CFG or
-distilled guidance, negative prompt; the pipeline's own conditioning size), one fixed seed per sample.
-The judge YAML names an OpenAI-compatible endpoint (`kind: openai`, `base_url`, `model`, ...) or an
-in-process transformers judge (`kind: transformers`, `path`).
+distilled guidance, negative prompt; the pipeline's own conditioning size, as `editr1 edit` by
+default), one fixed seed per sample. `--max-area` caps the output size and `--no-pipeline-sizing`
+conditions at it: both make edits faster on a CPU, and the results then say they are not comparable
+with published numbers. The judge YAML names an OpenAI-compatible endpoint (`kind: openai`,
+`base_url`, `model`, ...) or an in-process transformers judge (`kind: transformers`, `path`), built
+only once the data has been read and checked.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from editr1.cli.edit import add_model_arguments
+from editr1.cli.edit import DEFAULT_MAX_AREA, add_model_arguments, add_sizing_arguments, area_text
 from editr1.errors import EditR1Error
+
+if TYPE_CHECKING:
+    from editr1.eval.benchmarks.judges import TextJudge
 
 #: The seed of every sample's noise (the published Qwen-Image-Edit numbers used 42).
 DEFAULT_SEED = 42
+#: Without a terminal, a line about the sampler's steps at most this often (the batches have lines of their own).
+STEP_LINES_EVERY_S = 30.0
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
@@ -39,7 +49,8 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, benchmark: str) -> 
         parser.add_argument("--official-prompts", type=Path, default=None,
                             help="the Step1X-Edit repository (or its GEdit-Bench/viescore/vie_prompts.py); read, never run")
         parser.add_argument("--model-name", default=None,
-                            help="the model's folder name in the --export-official layout (default: the model folder's name)")
+                            help="the model's folder name in the --export-official layout (default: the run folder's "
+                             "name; with --model, the model folder's, and with --lora, joined with the LoRA's)")
     parser.add_argument("--judge", required=True, type=Path, help="judge YAML: kind openai (base_url, model, ...) or transformers (path)")
     parser.add_argument("--out", required=True, type=Path, help="results folder (edits and judge replies are cached there)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N samples (after --types)")
@@ -54,8 +65,8 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, benchmark: str) -> 
     parser.add_argument("--guidance", type=float, default=None, help="distilled guidance (default: the family's)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt of true CFG (default: the family's)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"noise seed of every sample (default {DEFAULT_SEED})")
-    parser.add_argument("--no-pipeline-sizing", dest="pipeline_sizing", action="store_false",
-                        help="condition on the source at the output size instead of the pipeline's ~1024^2 area")
+    add_sizing_arguments(parser, capped="; recorded, and a cap other than the default makes the results not "
+                                        "comparable with published numbers, as --no-pipeline-sizing does")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="edits sampled at once (default 1); recorded: an output folder keeps its batch size, as "
                              "batch-mates can change an edit's last bits")
@@ -71,7 +82,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def read_judge_config(path: Path):
+def read_judge_config(path: Path) -> "JudgeOnFirstUse":
+    """The judge of a `--judge` YAML, built on first use; the file is read now."""
     import yaml
 
     from editr1.eval.benchmarks.judges import build_text_judge
@@ -85,17 +97,64 @@ def read_judge_config(path: Path):
         raise EditR1Error(f"{path}: not valid YAML ({error})") from error
     if isinstance(spec, dict) and isinstance(spec.get("path"), str) and (path.parent / spec["path"]).exists():
         spec["path"] = str((path.parent / spec["path"]).resolve())  # relative to the YAML, like configs
-    return build_text_judge(spec, where=str(path))
+    return JudgeOnFirstUse(lambda: build_text_judge(spec, where=str(path)))
+
+
+class JudgeOnFirstUse:
+    """A `TextJudge`, built when first asked anything: the harness asks only once it has read and checked
+    the data, so a data error comes before an in-process judge's weights are loaded (and before its bar)."""
+
+    def __init__(self, build: Callable[[], "TextJudge"]):
+        self._build, self._judge = build, None
+
+    @property
+    def judge(self) -> "TextJudge":
+        if self._judge is None:
+            self._judge = self._build()
+        return self._judge
+
+    def identity(self):
+        return self.judge.identity()
+
+    def check_ready(self) -> None:
+        self.judge.check_ready()
+
+    def ask_many(self, requests, on_reply) -> None:
+        self.judge.ask_many(requests, on_reply)
 
 
 def _comma_list(value: str | None) -> list[str] | None:
     return None if value is None else [item.strip() for item in value.split(",") if item.strip()]
 
 
+def default_model_name(run: Path | None, choice) -> str:
+    """The model's folder name in the official layout: the run folder's, or the model folder's joined with
+    the LoRA's (its folder and file), so that a LoRA's edits never take its base model's name."""
+    if run is not None:
+        return run.expanduser().resolve().name
+    name = Path(str(choice.folder)).name
+    if choice.lora is None:
+        return name
+    lora = Path(choice.lora).expanduser().resolve()
+    return f"{name}+{lora.parent.name}_{lora.stem if lora.is_file() else lora.name}"
+
+
+def unpublished_sizing(max_area: int, default_area: int, pipeline_sizing: bool) -> list[str]:
+    """Why edits sized so are not those the published numbers measured (none: they are)."""
+    reasons = []
+    if max_area != default_area:
+        reasons.append(f"NOT comparable with published numbers: the edits are at most {area_text(max_area)} pixels "
+                       f"(--max-area), published ones the source's size up to {area_text(DEFAULT_MAX_AREA)}")
+    if not pipeline_sizing:
+        reasons.append("NOT comparable with published numbers: the source conditioned the model at the output size "
+                       "(--no-pipeline-sizing), in published ones at the pipeline's ~1024^2 pixels")
+    return reasons
+
+
 def run_benchmark(args: argparse.Namespace, benchmark: str) -> dict:
     import torch
 
-    from editr1.cli.edit import choose_model, default_dtype
+    from editr1.cli.edit import choose_model, default_dtype, default_max_area, parse_max_area
     from editr1.eval.benchmarks.harness import PROTOCOLS, BenchmarkRun, evaluate_benchmark, format_results
     from editr1.models.registry import adapter_class
 
@@ -106,6 +165,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str) -> dict:
     if args.steps is not None and args.steps < 1:
         raise EditR1Error(f"--steps {args.steps}: must be at least 1")
     choice = choose_model(args.run, args.model, args.lora)
+    default_area = default_max_area(choice.folder)
+    max_area = default_area if args.max_area is None else parse_max_area(args.max_area)
     defaults = adapter_class(choice.family).inference
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = {
@@ -114,29 +175,34 @@ def run_benchmark(args: argparse.Namespace, benchmark: str) -> dict:
         "negative_prompt": args.negative_prompt if args.negative_prompt is not None else defaults.negative_prompt,
         "guidance": args.guidance if args.guidance is not None else defaults.guidance, "seed": args.seed,
         "pipeline_sizing": args.pipeline_sizing, "dtype": default_dtype(choice, device, args.dtype),
-        "size": "the source's, at most 1024^2 pixels",
+        # A folder's edits keep one size: the cap is recorded (the default reads as it always has).
+        "size": f"the source's, at most {area_text(max_area)} pixels",
         # Batch-mates can change an edit's rounding: a folder's edits all come from one batch size.
         "batch_size": args.batch_size,
     }
+    # The harness marks results made otherwise than the published protocol as not comparable, with these notes.
+    unpublished = unpublished_sizing(max_area, default_area, args.pipeline_sizing)
+    if unpublished:
+        settings["not_comparable"] = unpublished
     protocol = PROTOCOLS[benchmark]() if benchmark == "imgedit" else PROTOCOLS[benchmark](_comma_list(args.languages))
     judge = read_judge_config(args.judge)
 
-    def make_editor():
-        print(f"loading {choice.description} ({choice.family}) on {device}", flush=True)
-        if device.type == "cpu" and args.pipeline_sizing:
-            print("note: the source conditions the model at the pipeline's ~1024^2 pixels, which is slow on a CPU "
-                  "(minutes per edit even for a tiny model); --no-pipeline-sizing conditions at the output size",
-                  flush=True)
-        return adapter_editor(choice, device, settings)
+    with _progress() as progress:
 
-    with _progress() as report:
+        def make_editor():
+            print(f"loading {choice.description} ({choice.family}) on {device}", flush=True)
+            if device.type == "cpu" and args.pipeline_sizing and args.max_area is None:
+                print("note: on a CPU, --max-area and --no-pipeline-sizing make edits smaller and faster "
+                      "(the results then say they are not comparable with published numbers)", flush=True)
+            return adapter_editor(choice, device, settings, max_area, progress.sampling)
+
         run = BenchmarkRun(
             protocol, args.data, args.out, judge, {**choice.identity(), **settings}, make_editor,
             images=getattr(args, "images", None), official_prompts=args.official_prompts, limit=args.limit,
             types=_comma_list(args.types), judge_repeats=args.judge_repeats, batch_size=args.batch_size,
             export_official=args.export_official,
-            model_name=getattr(args, "model_name", None) or Path(str(choice.folder)).name,
-            progress=report,
+            model_name=getattr(args, "model_name", None) or default_model_name(args.run, choice),
+            progress=progress.report,
         )
         results = evaluate_benchmark(run)
         run_counts = run.counts
@@ -146,7 +212,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str) -> dict:
 
 
 class _progress:
-    """Progress of generation and judging: a bar on a terminal, a line per batch elsewhere."""
+    """Progress of generation and judging: a bar on a terminal, a line per batch elsewhere; and of the
+    sampler's steps in a batch: a bar, or a line now and then."""
 
     def __enter__(self):
         from editr1.trainer.progress import phase_progress
@@ -154,7 +221,18 @@ class _progress:
         self._context = phase_progress()
         self._phase = self._context.__enter__()
         self._tasks = {}
-        return self.report
+        self._steps = None
+        return self
+
+    def sampling(self, steps: int):
+        """`on_step` for one batch's sampling: one task, begun again at each batch."""
+        from editr1.cli.edit import step_reporter
+
+        if self._steps is None:
+            self._steps = self._phase.task("sampling", steps, quiet=True)
+        else:
+            self._steps.restart(steps)
+        return step_reporter(self._steps, self._phase.live, STEP_LINES_EVERY_S)
 
     def report(self, phase: str, done: int, total: int) -> None:
         task = self._tasks.get(phase)
@@ -192,8 +270,9 @@ def run_compare(args: argparse.Namespace) -> dict:
     return {"out": str(out)}
 
 
-def adapter_editor(choice, device, settings: dict):
-    """The `Editor` of a model: its adapter, loaded once, editing with `settings`."""
+def adapter_editor(choice, device, settings: dict, max_area: int = DEFAULT_MAX_AREA, sampling=None):
+    """The `Editor` of a model: its adapter, loaded once, editing with `settings` at most `max_area`
+    pixels; `sampling(steps)`, if given, makes each batch's `on_step`."""
     import torch
 
     from editr1.cli.edit import load_model, output_size
@@ -213,7 +292,7 @@ def adapter_editor(choice, device, settings: dict):
             edits = [None] * len(samples)
             by_size: dict[tuple[int, int], list[int]] = {}
             for index, source in enumerate(sources):
-                by_size.setdefault(output_size(source.size, None, None, multiple), []).append(index)
+                by_size.setdefault(output_size(source.size, None, None, multiple, max_area), []).append(index)
             for (height, width), indices in by_size.items():
                 # Every sample's noise comes from the same seed: an edit does not depend on its batch.
                 shape = adapter.latent_token_shape(height, width)
@@ -225,7 +304,8 @@ def adapter_editor(choice, device, settings: dict):
                                     adapter.sigmas(settings["steps"], height, width), height, width,
                                     batch_size=len(indices), sampler=settings["sampler"], cfg_scale=settings["cfg_scale"],
                                     negative_prompt=settings["negative_prompt"],
-                                    guidance=settings["guidance"] if guided else None)
+                                    guidance=settings["guidance"] if guided else None,
+                                    on_step=None if sampling is None else sampling(settings["steps"]))
                 for i, pixels in zip(indices, edited.pixels):
                     edits[i] = tensor_to_image(pixels)
             return edits

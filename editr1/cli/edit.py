@@ -5,21 +5,25 @@
 
 `--run` reads the run's `model.json` (written by `editr1 train`): the exact base model (a tiny
 preset's is saved in the run), the final weights (a LoRA on that base, or a whole fine-tuned model),
-and the run's dtype and condition area. A model is a diffusers-format folder or hub id; its family
-comes from `model_index.json`. The edit runs through the family's adapter and
-`editr1.sampling.generate`, the code that training and evaluation use, so an exported LoRA edits
-here exactly as it did in the run's evaluations.
+and the run's dtype and condition area (which `--no-pipeline-sizing` conditions at). A model is a
+diffusers-format folder or hub id; its family comes from `model_index.json`. The edit runs through
+the family's adapter and `editr1.sampling.generate`, the code that training and evaluation use, so
+an exported LoRA edits here exactly as it did in the run's evaluations (as in its held-out ones with
+`--no-pipeline-sizing`, as in `editr1 eval imgedit/gedit` without).
 
 Defaults are the family's usual inference settings, which its adapter holds (`inference`): e.g. 28
 Euler steps, and true CFG 4.0 for Qwen-Image-Edit or distilled guidance 3.5 for FLUX.1 Kontext. The
-output size defaults to the first image's, scaled down to at most
-1024 x 1024 pixels of area (aspect kept) and rounded to the model's size multiple; references are
-encoded at the output size unless `--pipeline-sizing` sizes them as the diffusers pipeline does.
+output size defaults to the first image's, scaled down to at most `--max-area` pixels (default 1024^2;
+aspect kept) and rounded to the model's size multiple. References condition the model as the family's
+diffusers pipeline sizes them (about 1024^2 pixels), as `editr1 eval imgedit/gedit` does and published
+numbers were made; `--no-pipeline-sizing` encodes them at the output size (with `--run`: at the run's
+own condition area). A tiny preset's pixel codec has 4-pixel tokens where the released VAEs give
+16-pixel ones, so both areas are 1/16 for it (256^2): the same token grid, not 16 times its attention.
 
 Every input is checked before the model is loaded (run folder, family, reference count, images,
 LoRA file, output path); problems are `EditR1Error`s, which the CLI prints as one line (exit code 2).
-What will run is printed before loading, then sampling shows a progress bar (a line now and then
-when stdout is not a terminal).
+What will run is printed before loading, then sampling shows a progress bar (a line per step, with
+the time left, when stdout is not a terminal).
 """
 
 from __future__ import annotations
@@ -37,10 +41,9 @@ from pathlib import Path
 
 from editr1.errors import EditR1Error
 
-#: Largest default output area (pixels); the output size otherwise follows the first image.
+#: Largest default output area (pixels of the released models' 16-pixel tokens); the output size
+#: otherwise follows the first image.
 DEFAULT_MAX_AREA = 1024 * 1024
-#: Without a terminal, a progress line at the first step and then at most this often.
-PLAIN_PROGRESS_EVERY_S = 30.0
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, prefix: str = "", required: bool = True,
@@ -70,15 +73,27 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="true classifier-free guidance scale (Qwen default: 4.0; FLUX default: 1.0, off)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt for true CFG (default: the family's, ' ')")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0); the same seed gives the same PNG")
-    parser.add_argument("--size", help="output size WxH, e.g. 1024x768 (default: the first image's, at most 1024^2 area)")
+    parser.add_argument("--size", help="output size WxH, e.g. 1024x768 (default: the first image's, at most --max-area)")
     parser.add_argument("--height", type=int, default=None, help="output height (width follows the aspect ratio if not given)")
     parser.add_argument("--width", type=int, default=None, help="output width (height follows the aspect ratio if not given)")
-    parser.add_argument("--pipeline-sizing", action="store_true",
-                        help="size the reference images as the family's diffusers pipeline does (~1024^2) "
-                             "instead of at the output size")
+    add_sizing_arguments(parser)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="model weights dtype (default: the run's with --run; else bfloat16 on GPU, float32 on CPU)")
+
+
+def add_sizing_arguments(parser: argparse.ArgumentParser, capped: str = "") -> None:
+    """`--pipeline-sizing` / `--no-pipeline-sizing` and `--max-area`, alike in `edit` and `eval`; `capped`
+    ends `--max-area`'s help."""
+    parser.add_argument("--pipeline-sizing", action=argparse.BooleanOptionalAction, default=True,
+                        help="condition on the source as the family's diffusers pipeline sizes it, about 1024^2 "
+                             "pixels (256^2 for a tiny preset's pixel codec), as published numbers were made "
+                             "(default); --no-pipeline-sizing: at the output size (with --run: at the run's own "
+                             "condition area), faster on a CPU")
+    parser.add_argument("--max-area", metavar="PIXELS",
+                        help="largest area of the default output size (the source's, aspect kept), as a pixel count "
+                             "or WxH, e.g. 512x512 (default: 1024^2, or 256^2 for a tiny preset's pixel codec: the "
+                             f"same token grid){capped}")
 
 
 # ---- checks that run before the model is loaded ---------------------------------------------------
@@ -99,25 +114,50 @@ def parse_size(size: str | None, height: int | None, width: int | None) -> tuple
     return height, width
 
 
+def parse_max_area(text: str) -> int:
+    """`--max-area`: a pixel count, or WxH for W * H pixels."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if match is None:
+        raise EditR1Error(f"--max-area {text}: expected a pixel count or WIDTHxHEIGHT, e.g. 1048576 or 1024x1024")
+    area = int(match[1]) * int(match[2] or 1)
+    if area <= 0:
+        raise EditR1Error(f"--max-area {text}: must be positive")
+    return area
+
+
+def default_max_area(model_folder: Path) -> int:
+    """A model's default output cap: `DEFAULT_MAX_AREA` times its codec's `area_scale` (256^2 for a tiny
+    preset's pixel codec)."""
+    from editr1.models.codecs import saved_area_scale
+
+    return round(DEFAULT_MAX_AREA * saved_area_scale(model_folder / "vae"))
+
+
+def area_text(area: int) -> str:
+    """An area as written in help texts and records: `1024^2` for a square's, else the pixel count."""
+    side = math.isqrt(area)
+    return f"{side}^2" if side * side == area else str(area)
+
+
 def check_output_path(out: Path) -> Path:
-    """A PNG path whose folder exists (created if missing) and is writable."""
+    """A PNG path in an existing, writable folder: a missing folder is more likely a typo than a wish."""
     out = out.expanduser()
     if out.suffix.lower() != ".png":
         raise EditR1Error(f"--out {out}: the output is a PNG; give a path ending in .png")
     if out.is_dir():
         raise EditR1Error(f"--out {out}: is a directory")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise EditR1Error(f"--out {out}: cannot create its folder {out.parent} ({error.strerror or error})") from error
+    if not out.parent.is_dir():
+        raise EditR1Error(f"--out {out}: " + (f"{out.parent} is not a folder" if out.parent.exists()
+                                              else f"no such folder {out.parent}"))
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise EditR1Error(f"--out {out}: not writable")
     return out
 
 
-def output_size(image_size: tuple[int, int], height: int | None, width: int | None, multiple: int) -> tuple[int, int]:
+def output_size(image_size: tuple[int, int], height: int | None, width: int | None, multiple: int,
+                max_area: int = DEFAULT_MAX_AREA) -> tuple[int, int]:
     """(height, width) of the output: as asked, the missing side from the image's aspect ratio, or by
-    default the image's size scaled down to `DEFAULT_MAX_AREA`; free sides are rounded to `multiple`."""
+    default the image's size scaled down to `max_area`; free sides are rounded to `multiple`."""
     image_width, image_height = image_size
     ratio = image_width / image_height
 
@@ -125,7 +165,7 @@ def output_size(image_size: tuple[int, int], height: int | None, width: int | No
         return max(multiple, round(value / multiple) * multiple)
 
     if height is None and width is None:
-        scale = min(1.0, math.sqrt(DEFAULT_MAX_AREA / (image_width * image_height)))
+        scale = min(1.0, math.sqrt(max_area / (image_width * image_height)))
         return rounded(image_height * scale), rounded(image_width * scale)
     if height is None:
         return rounded(width / ratio), width
@@ -309,20 +349,22 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _step_reporter(task, description: str, live: bool) -> Callable[[int, int], None]:
-    """`on_step` for `generate`: advances `task`; without a live bar, also prints a line at the first
-    step, then at most every `PLAIN_PROGRESS_EVERY_S` (the task's summary line ends it)."""
+def step_reporter(task, live: bool, every_s: float = 0.0) -> Callable[[int, int], None]:
+    """`on_step` for `edit_batch`, from now: advances `task` (a bar when `live`); otherwise also prints a
+    line per step with the time left, one at most every `every_s` seconds (the task's summary line, or
+    the caller's, follows the last step)."""
     start = last = time.perf_counter()
 
     def on_step(step: int, steps: int) -> None:
         nonlocal last
         task.advance()
         now = time.perf_counter()
-        if live or step == steps or (step > 1 and now - last < PLAIN_PROGRESS_EVERY_S):
+        if live or step == steps or now - last < every_s:
             return
         last = now
         left = (now - start) / step * (steps - step)
-        print(f"{description}: step {step}/{steps}, {_duration(now - start)} elapsed, ~{_duration(left)} left", flush=True)
+        print(f"{task.description}: step {step}/{steps}, {_duration(now - start)} elapsed, ~{_duration(left)} left",
+              flush=True)
 
     return on_step
 
@@ -336,6 +378,9 @@ def run_edit(args: argparse.Namespace) -> dict:
     from editr1.trainer.progress import phase_progress
 
     height, width = parse_size(args.size, args.height, args.width)
+    max_area = None if args.max_area is None else parse_max_area(args.max_area)
+    if max_area is not None and (height is not None or width is not None):
+        raise EditR1Error("--max-area: caps the default size; not with --size, --height or --width")
     if args.steps is not None and args.steps < 1:
         raise EditR1Error(f"--steps {args.steps}: must be at least 1")
     if args.cfg_scale is not None and args.cfg_scale < 1.0:
@@ -353,12 +398,13 @@ def run_edit(args: argparse.Namespace) -> dict:
         )
     images = [load_image(Path(path)) for path in args.images]
     out = check_output_path(args.out)
+    max_area = max_area or default_max_area(choice.folder)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype_name = default_dtype(choice, device, args.dtype)
     cfg_scale = args.cfg_scale if args.cfg_scale is not None else defaults.cfg_scale
     # The exact size needs the model's size multiple; until it is loaded, the size before rounding.
-    about_height, about_width = output_size(images[0].size, height, width, 1)
+    about_height, about_width = output_size(images[0].size, height, width, 1, max_area)
     print(f"editr1 edit: {choice.description} ({family})" + (f" + LoRA {lora}" if lora is not None else "")
           + f", ~{about_width}x{about_height}, {steps} {args.sampler} steps"
           + (f", true CFG {cfg_scale} (2 model passes a step)" if cfg_scale != 1.0 else "")
@@ -371,13 +417,12 @@ def run_edit(args: argparse.Namespace) -> dict:
     if guided and guidance is None:
         raise EditR1Error(f"this {family} transformer is guidance-distilled: set --guidance")
     multiple = adapter.codec.scale_factor * 2
-    height, width = output_size(images[0].size, height, width, multiple)
+    height, width = output_size(images[0].size, height, width, multiple, max_area)
     if height % multiple or width % multiple:
         raise EditR1Error(f"output size {width}x{height}: both sides must be multiples of {multiple} for this model")
     prompt = fit_prompt(args.prompt, "--prompt", adapter, remedy=f"the {family} limit")
     with phase_progress() as phase:
-        description = f"sampling {width}x{height}"
-        on_step = _step_reporter(phase.task(description, steps), description, phase.live)
+        on_step = step_reporter(phase.task(f"sampling {width}x{height}", steps), phase.live)
         image = edit_image(adapter, images, prompt, height, width, steps, args.sampler, cfg_scale,
                            negative_prompt, guidance if guided else None, args.seed, on_step)
     try:

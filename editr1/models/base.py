@@ -265,7 +265,8 @@ class EditModelAdapter(ABC):
     @abstractmethod
     def use_pipeline_sizing(self) -> "EditModelAdapter":
         """Size the source images for conditioning as the family's diffusers pipeline does (instead of at
-        the output size); returns the adapter."""
+        the output size), its pixel areas times `codec.area_scale` (1 but for the tiny presets' pixel
+        codec, whose areas give the released models' token grid); returns the adapter."""
 
     @classmethod
     @abstractmethod

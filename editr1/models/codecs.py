@@ -21,6 +21,8 @@ from diffusers import AutoencoderKL, AutoencoderKLQwenImage
 from editr1.errors import EditR1Error
 
 CONFIG_NAME = "config.json"
+#: The released models' VAE downsampling (Qwen-Image's and FLUX.1's): with 2x2 patches, 16-pixel tokens.
+RELEASED_SCALE_FACTOR = 8
 
 
 class PixelUnshuffleCodec:
@@ -32,6 +34,10 @@ class PixelUnshuffleCodec:
         self.factor = factor
         self.scale_factor = factor
         self.latent_channels = 3 * factor * factor
+        #: What the pipelines' pixel areas are multiplied by (`use_pipeline_sizing`, the CLIs' default
+        #: output cap): no pipeline runs this codec, so its areas give the released models' token grid
+        #: (factor 2: 1/16 the area), and attention, quadratic in tokens, stays as cheap as theirs.
+        self.area_scale = (factor / RELEASED_SCALE_FACTOR) ** 2
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(pixels * 2 - 1, self.factor)
@@ -49,6 +55,9 @@ class PixelUnshuffleCodec:
 
 class VaeCodec:
     """A Qwen-Image-family VAE (`AutoencoderKLQwenImage`) used as the diffusers pipelines use it."""
+
+    #: Sizes are the pipelines' pixel areas, whatever the VAE (the parity tests hold tiny ones to the pipelines).
+    area_scale = 1.0
 
     def __init__(self, vae: AutoencoderKLQwenImage):
         self.vae = vae
@@ -85,6 +94,9 @@ class ScaledVaeCodec:
     """An `AutoencoderKL` used as `FluxKontextPipeline` uses it: mode of the posterior, then
     `(z - shift_factor) * scaling_factor`; decoding inverts that."""
 
+    #: Sizes are the pipelines' pixel areas, whatever the VAE (the parity tests hold tiny ones to the pipelines).
+    area_scale = 1.0
+
     def __init__(self, vae: AutoencoderKL):
         self.vae = vae
         # The pipelines' `vae_scale_factor`: one 2x downsampling between consecutive blocks.
@@ -110,6 +122,17 @@ class ScaledVaeCodec:
     def to(self, *args, **kwargs) -> "ScaledVaeCodec":
         self.vae.to(*args, **kwargs)
         return self
+
+
+def saved_area_scale(folder: Path) -> float:
+    """The `area_scale` of the codec saved in `folder` (a model's `vae/`), read without loading weights."""
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return 1.0  # a hub snapshot without it fails at loading, with its own message
+    if isinstance(config, dict) and config.get("_class_name") == PixelUnshuffleCodec.class_name:
+        return PixelUnshuffleCodec(config["factor"]).area_scale
+    return 1.0
 
 
 def load_codec(

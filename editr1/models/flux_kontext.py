@@ -112,7 +112,7 @@ class FluxKontextAdapter(EditModelAdapter):
         self.condition_area: int | None = None
 
     def use_pipeline_sizing(self) -> "FluxKontextAdapter":
-        self.condition_area = PREFERRED_AREA
+        self.condition_area = round(PREFERRED_AREA * self.codec.area_scale)
         return self
 
     # ---- loading and saving -------------------------------------------------------------------

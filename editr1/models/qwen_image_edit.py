@@ -126,7 +126,7 @@ class QwenImageEditAdapter(EditModelAdapter):
         self.prompt_drop_index = len(processor.tokenizer(prefix)["input_ids"])
 
     def use_pipeline_sizing(self) -> "QwenImageEditAdapter":
-        self.condition_area = self.PIPELINE_CONDITION_AREA
+        self.condition_area = round(self.PIPELINE_CONDITION_AREA * self.codec.area_scale)
         return self
 
     # ---- loading and saving -------------------------------------------------------------------

@@ -97,7 +97,7 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
 
     def use_pipeline_sizing(self) -> "QwenImageEditPlusAdapter":
         """Size references as `QwenImageEditPlusPipeline` does (~1024^2 for the VAE, ~384^2 for the VL encoder)."""
-        self.condition_area = pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE
+        self.condition_area = round(pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE * self.codec.area_scale)
         self.text_condition_area = pipeline_qwenimage_edit_plus.CONDITION_IMAGE_SIZE
         return self
 

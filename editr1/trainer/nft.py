@@ -210,9 +210,11 @@ class NFTTrainer:
             raise EditR1Error(f"eval.every: {self.run_dir} was started without held-out evaluation, so it has no step-0 "
                               "baseline to measure a gain against; resume it with eval.every: 0, or start a new run")
 
-        # Every input is read and checked before anything is written; the judge first, as it may be a
-        # server that is still starting.
+        # Every input is read and checked before anything is written: the data first (a one-line data error
+        # comes before an in-process judge loads its weights), then the judge, which may be a server still starting.
         self.loss_fn = resolve(config.rl.loss, LOSSES, "rl.loss", "loss")
+        self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
+        heldout_samples = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels) if evaluating else None
         # Every answer is checked against the reward contract; a crash's traceback goes to the run folder.
         reward = build_reward(config.reward.name, config.reward.options)
         reward.check_ready()
@@ -223,7 +225,6 @@ class NFTTrainer:
             eval_reward.check_ready()
             self.eval_reward = CheckedReward(eval_reward, config.eval.reward.name, self.run_folder.reward_errors)
         self.size = config.model.resolution
-        self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         torch.manual_seed(config.seed)
         corpus = [s.prompt for s in self.train_samples]
         # Read from a cache, conditions need no text encoder; the final export of full fine-tuning (a whole
@@ -244,8 +245,7 @@ class NFTTrainer:
         self.heldout = None
         # Every process edits its share of the held-out samples, and the main process scores them.
         if evaluating:
-            held = fit_prompt_lengths(read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels),
-                                      config.data.heldout, self.adapter, config.data.max_prompt_tokens,
+            held = fit_prompt_lengths(heldout_samples, config.data.heldout, self.adapter, config.data.max_prompt_tokens,
                                       config.data.prompt_overflow)
             token_shape = self.adapter.latent_token_shape(self.size, self.size)
             self.heldout = HeldoutSet.build(held, config.eval.samples, self.size, token_shape, config.eval.seed, config.data.heldout)

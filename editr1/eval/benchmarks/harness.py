@@ -504,11 +504,15 @@ def evaluate_benchmark(run: BenchmarkRun) -> dict:
         rows.append(row)
     judge_identity = run.judge.identity()
     official_judge = "gpt-4.1" in str(judge_identity.get("model", "")).lower()
-    # Comparable with published numbers: the official prompts, judged by the published judge.
-    comparable = prompts.record["source"] == "official" and official_judge
+    # Edits made otherwise than the published protocol (a size cap): the caller says why, in the generation
+    # settings (so a folder's edits all share them).
+    unpublished = list(run.generation.get("not_comparable", ()))
+    # Comparable with published numbers: the published edits, the official prompts, the published judge.
+    comparable = prompts.record["source"] == "official" and official_judge and not unpublished
     notes = [] if prompts.record["source"] == "official" else [NOT_COMPARABLE]
     if not official_judge:
         notes.append(OTHER_JUDGE)
+    notes.extend(unpublished)
     results = {
         "benchmark": protocol.name, "metrics": list(protocol.metrics), "model": run.generation, "judge": judge_identity,
         "prompts": prompts.record, "comparable": comparable, "note": "; ".join(notes),
