@@ -276,7 +276,9 @@ def choose_model(run: Path | None, model: str | None, lora: str | None) -> Model
         if lora is not None:
             raise EditR1Error("--lora: --run brings its own weights (the run's final/); use --model with --lora instead")
         weights = read_run(run)
-        choice = ModelChoice(weights.model, weights.lora, weights.family, weights, f"run {run}: {weights.model}")
+        # Recorded absolute, as a --model folder is: the same run named from another folder is the same run.
+        lora = None if weights.lora is None else Path(weights.lora).resolve()
+        choice = ModelChoice(Path(weights.model).resolve(), lora, weights.family, weights, f"run {run}: {weights.model}")
     else:
         if str(model).startswith("tiny:"):
             raise EditR1Error(f"--model {model}: tiny presets are built in memory; edit a run trained on one "
