@@ -5,6 +5,8 @@ the global batch, split over the processes. They sum floats in other orders, so 
 import sys
 from pathlib import Path
 
+import pytest
+
 from equivalence import (
     CONTINUOUS,
     assert_close,
@@ -50,10 +52,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tm
         assert_close(tensors(two, 2, name), tensors(one, 2, name), weight_tolerance(one, 2, lr))
 
 
-def test_a_launch_that_accelerate_sets_up_as_single_processes_is_refused_at_once(shapes_data, tmp_path):
+@pytest.mark.parametrize("shipped_config", ["ddp_1node.yaml", "fsdp_1node.yaml"])
+def test_a_launch_that_accelerate_sets_up_as_single_processes_is_refused_at_once(shapes_data, tmp_path, shipped_config):
     """On a CPU, the GPU launch configs without ACCELERATE_USE_CPU give each process a single-process setup:
     two independent runs in one folder. Refused in one line, once, before anything is written."""
-    shipped = Path(__file__).parent.parent / "configs" / "accelerate" / "ddp_1node.yaml"
+    shipped = Path(__file__).parent.parent / "configs" / "accelerate" / shipped_config
     command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(shipped),
                "--num_processes", "2", "-m", "editr1.cli.main", "train"]
     for override in _overrides(shapes_data, tmp_path / "run", groups=2):
