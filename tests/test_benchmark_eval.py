@@ -12,13 +12,14 @@ import yaml
 
 from benchmark_fixtures import write_gedit_fixture, write_imgedit_fixture
 from scripted_judge_server import ScriptedJudgeServer, Status, Delay, imgedit_reply, viescore_reply
+from tiny_runs import tiny_nft_overrides, tiny_presets
 from editr1.cli.main import main
 from editr1.eval.benchmarks import harness
 from editr1.eval.benchmarks.harness import NOT_COMPARABLE, OTHER_JUDGE
 from editr1.models.registry import build_tiny
 from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
 
-FAMILIES = ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"]
+FAMILIES = tiny_presets()
 #: Instructions of the fixtures that the scripted judge treats specially.
 UNPARSABLE, FLAKY, SLOW, BROKEN = "turtle", "balloon", "bicycle", "lamp post"
 
@@ -269,7 +270,6 @@ def test_a_training_run_judges_a_benchmark_subset_with_the_viescore_reward(bench
     from editr1.config import NFTConfig, load_config
     from editr1.trainer.metrics_log import read_metrics
     from editr1.trainer.nft import run_nft
-    from tiny_runs import tiny_nft_overrides
 
     subset = tmp_path / "subset"
     assert main(["data", "benchmark", "gedit", "--data", str(benchmarks["gedit"]), "--out", str(subset), "--limit", "8"]) == 0

@@ -13,6 +13,8 @@ from PIL import Image
 
 from benchmark_fixtures import write_imgedit_fixture
 from scripted_judge_server import ScriptedJudgeServer, imgedit_reply, marker_script
+from tiny_runs import tiny_presets
+
 from editr1.cli import edit
 from editr1.cli.main import build_parser, main
 from editr1.eval.benchmarks import judges
@@ -79,7 +81,7 @@ def test_edit_conditions_as_the_pipeline_unless_told_not_to(model, tmp_path, mon
     assert areas == [256 * 256, None]
 
 
-@pytest.mark.parametrize("preset", ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"])
+@pytest.mark.parametrize("preset", tiny_presets())
 def test_a_photo_conditions_on_about_as_many_tokens_as_with_the_released_model(preset):
     """The pixel codec's tokens are 4 pixels wide, the released VAEs' 16: at the pipeline's pixel area a
     tiny preset's source would be 16 times the tokens (minutes a step on a CPU). The tiny FLUX.1 Kontext's

@@ -16,7 +16,7 @@ import pytest
 import torch
 from offload_fakes import encoder_devices, fake_offload
 from safetensors.torch import load_file
-from tiny_runs import tiny_nft_overrides
+from tiny_runs import tiny_nft_overrides, tiny_presets
 from torch import nn
 
 import editr1.trainer.conditions_cache as cache_module
@@ -50,6 +50,8 @@ class Brightness(Reward):
 
 FAMILIES = {
     "qwen-image-edit": ["eval.cfg_scale=2.0"],  # the shipped tiny Qwen-Image-Edit base
+    "qwen-image-edit-2511": ["model.path=tiny:qwen-image-edit-2511", "eval.cfg_scale=2.0",
+                             "reward.name=test_conditions_cache:Brightness", "eval.reward.name=test_conditions_cache:Brightness"],
     "flux-kontext": ["model.path=tiny:flux-kontext", "rollout.guidance=2.5", "rollout.cfg_scale=2.0", "eval.cfg_scale=2.0",
                      "reward.name=test_conditions_cache:Brightness", "eval.reward.name=test_conditions_cache:Brightness"],
 }
@@ -148,7 +150,7 @@ def test_the_offloaded_encoder_is_on_the_cpu_during_the_nft_update(family, shape
     _assert_same_run(reference, out)
 
 
-@pytest.mark.parametrize("preset", ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"])
+@pytest.mark.parametrize("preset", tiny_presets())
 def test_a_tiny_preset_is_a_function_of_its_corpus_and_seed(preset, shapes_data):
     """A cache keys a tiny preset by its name, seed and training prompts: two builds must encode alike."""
     samples = read_edit_jsonl(shapes_data / "train.jsonl")[:5]
@@ -160,7 +162,7 @@ def test_a_tiny_preset_is_a_function_of_its_corpus_and_seed(preset, shapes_data)
         assert torch.equal(tensor, b.tensors[name]), name
 
 
-@pytest.mark.parametrize("preset", ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"])
+@pytest.mark.parametrize("preset", tiny_presets())
 def test_precompute_puts_only_the_text_encoders_and_the_codec_on_the_device(preset, small, tmp_path, monkeypatch):
     """The meta device stands in for the CPU and the CPU for the GPU (`offload_fakes`): the model is built
     "on the CPU" (meta); while it encodes, the text encoders and the codec must be on the "device" and the

@@ -10,12 +10,14 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
+from tiny_runs import tiny_presets
+
 from editr1.cli.main import main
 from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import build_tiny, load_adapter
 from editr1.sampling.generate import generate
 
-PRESETS = ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"]
+PRESETS = tiny_presets()
 PROMPT = "Change the red circle to blue"
 
 

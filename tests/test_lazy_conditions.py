@@ -5,6 +5,8 @@ family's `split_conditions` / `join_conditions` undo and redo a batch's padding 
 import pytest
 import torch
 
+from tiny_runs import tiny_presets
+
 from editr1.data.batching import source_images
 from editr1.data.jsonl import read_edit_jsonl
 from editr1.models.base import Conditions
@@ -69,7 +71,7 @@ def test_selection_behaves_as_an_eager_gather():
     assert torch.equal(first.select([3, 1]).tensors["a"], eager["a"])
 
 
-@pytest.mark.parametrize("preset", ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"])
+@pytest.mark.parametrize("preset", tiny_presets())
 def test_split_and_join_undo_and_redo_a_batch_exactly(preset, shapes_data):
     samples = read_edit_jsonl(shapes_data / "train.jsonl")[:4]
     adapter = build_tiny(preset, [s.prompt for s in samples], 0)

@@ -35,6 +35,7 @@ from editr1.models.lora_io import LoraSpec, load_lora, read_lora, save_lora
 from editr1.models.registry import load_adapter
 from editr1.models.tiny_flux_kontext import build_tiny_flux_kontext
 from editr1.models.tiny_qwen_image_edit import build_tiny_qwen_image_edit
+from editr1.models.qwen_image_edit_2511 import QwenImageEdit2511Adapter
 from editr1.models.tiny_qwen_image_edit_plus import build_tiny_qwen_image_edit_plus
 from editr1.sampling.generate import generate
 
@@ -45,9 +46,13 @@ RANK, ALPHA = 4, 8.0
 BUILDERS = {
     "qwen-image-edit": lambda: build_tiny_qwen_image_edit(PROMPTS, codec="vae", seed=0),
     "qwen-image-edit-plus": lambda: build_tiny_qwen_image_edit_plus(PROMPTS, codec="vae", seed=0),
+    "qwen-image-edit-2511": lambda: build_tiny_qwen_image_edit_plus(PROMPTS, codec="vae", seed=0,
+                                                                    adapter=QwenImageEdit2511Adapter, zero_cond_t=True),
     "flux-kontext": lambda: build_tiny_flux_kontext(PROMPTS, seed=0),
 }
-GUIDANCE = {"qwen-image-edit": None, "qwen-image-edit-plus": None, "flux-kontext": 2.5}
+GUIDANCE = {"qwen-image-edit": None, "qwen-image-edit-plus": None, "qwen-image-edit-2511": None, "flux-kontext": 2.5}
+#: The families of `QwenImageEditPlusPipeline` (2509, and 2511 with `zero_cond_t`).
+PLUS = ("qwen-image-edit-plus", "qwen-image-edit-2511")
 
 
 def _image(seed: int = 0) -> Image.Image:
@@ -138,7 +143,7 @@ def _run_pipeline(pipe, family, image, noise):
     if family == "flux-kontext":
         return pipe(image=image, guidance_scale=GUIDANCE[family], max_area=SIZE * SIZE, _auto_resize=False,
                     max_sequence_length=FluxKontextAdapter.max_sequence_length, **common).images
-    return pipe(image=[image] if family == "qwen-image-edit-plus" else image, true_cfg_scale=1.0, **common).images
+    return pipe(image=[image] if family in PLUS else image, true_cfg_scale=1.0, **common).images
 
 
 def test_export_writes_the_scale_as_metadata(trained):
@@ -218,7 +223,7 @@ def test_a_file_without_alpha_loads_at_alpha_equal_rank_with_a_warning(models, t
     assert spec.alpha == spec.rank == RANK
 
 
-@pytest.mark.parametrize("family", ["qwen-image-edit", "qwen-image-edit-plus"])
+@pytest.mark.parametrize("family", ["qwen-image-edit", *PLUS])
 def test_a_flux_lora_on_a_qwen_model_is_refused_whole(models, family):
     trained, flux_lora = models[family], models["flux-kontext"].lora
     loaded = load_adapter(trained.base)

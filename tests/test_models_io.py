@@ -111,3 +111,16 @@ def test_lora_adapters_stay_float32_over_a_bfloat16_base():
     # All but the last block's text-stream output projection (its output is discarded) get gradients.
     assert len(grads) >= len(policies.trainable_parameters()) - 2
     assert all(g.dtype == torch.float32 for g in grads)
+
+
+def test_2509_and_2511_share_a_pipeline_and_are_told_apart_by_zero_cond_t(tmp_path):
+    """Both save `QwenImageEditPlusPipeline`; the transformer's `zero_cond_t` decides the family, and a given
+    family that contradicts it is refused."""
+    from editr1.models.registry import build_tiny, detect_family
+
+    for family in ("qwen-image-edit-plus", "qwen-image-edit-2511"):
+        build_tiny(f"tiny:{family}", ["edit"], seed=0).save_pretrained(tmp_path / family)
+        assert json.loads((tmp_path / family / "model_index.json").read_text())["_class_name"] == "QwenImageEditPlusPipeline"
+        assert detect_family(tmp_path / family) == family
+    with pytest.raises(EditR1Error, match=r"'qwen-image-edit-plus' contradicts .* \(a qwen-image-edit-2511 model\)"):
+        detect_family(tmp_path / "qwen-image-edit-2511", "qwen-image-edit-plus")

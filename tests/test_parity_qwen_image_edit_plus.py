@@ -1,5 +1,6 @@
-"""The Qwen-Image-Edit-2509 adapter reproduces diffusers' QwenImageEditPlusPipeline on tiny random weights,
-sample by sample, when it runs several samples (each with its own references) in one batch."""
+"""The Qwen-Image-Edit-2509 and -2511 adapters reproduce diffusers' QwenImageEditPlusPipeline on tiny random
+weights, sample by sample, when they run several samples (each with its own references) in one batch. 2511
+is the same pipeline over a transformer with `zero_cond_t` on (reference tokens modulated at t = 0)."""
 
 import math
 
@@ -10,6 +11,7 @@ from diffusers import QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
 from PIL import Image
 
+from editr1.models.registry import adapter_class
 from editr1.models.tiny_qwen_image_edit_plus import build_tiny_qwen_image_edit_plus
 from editr1.sampling.generate import generate
 
@@ -17,9 +19,25 @@ SIZE = 32
 PROMPTS = ["Change the red circle to blue", "Remove the square and add a star"]
 
 
-@pytest.fixture(scope="module")
-def adapter():
-    return build_tiny_qwen_image_edit_plus(PROMPTS, codec="vae", seed=0)
+FAMILIES = ["qwen-image-edit-plus", "qwen-image-edit-2511"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def adapter(request):
+    cls = adapter_class(request.param)
+    return build_tiny_qwen_image_edit_plus(PROMPTS, codec="vae", seed=0, adapter=cls, zero_cond_t=cls.zero_cond_t)
+
+
+def test_zero_cond_t_changes_the_velocity():
+    """2511's option is not a no-op on these weights, so its parity test above says something of it."""
+    on, off = (build_tiny_qwen_image_edit_plus(PROMPTS, codec="vae", seed=0, zero_cond_t=z) for z in (True, False))
+    assert all(torch.equal(a, b) for a, b in zip(on.transformer.state_dict().values(), off.transformer.state_dict().values()))
+    conditions = on.encode_conditions([[_image(1)]], PROMPTS[:1], SIZE, SIZE)
+    seq, channels = on.latent_token_shape(SIZE, SIZE)
+    tokens = torch.randn(1, seq, channels, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        difference = on.velocity(tokens, torch.tensor([0.7]), conditions) - off.velocity(tokens, torch.tensor([0.7]), conditions)
+    assert difference.abs().mean() > 1e-3
 
 
 def _image(seed: int, width: int = SIZE, height: int = SIZE) -> Image.Image:

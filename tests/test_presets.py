@@ -19,6 +19,7 @@ from editr1.trainer.nft import run_nft
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = {
     "qwen_image_edit_2509_nft.yaml": ("Qwen/Qwen-Image-Edit-2509", "qwen-image-edit-plus"),
+    "qwen_image_edit_2511_nft.yaml": ("Qwen/Qwen-Image-Edit-2511", "qwen-image-edit-2511"),
     "qwen_image_edit_nft.yaml": ("Qwen/Qwen-Image-Edit", "qwen-image-edit"),
     "flux_kontext_nft.yaml": ("black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext"),
 }

@@ -14,6 +14,8 @@ from diffusers import FluxKontextPipeline, QwenImageEditPipeline, QwenImageEditP
 from PIL import Image
 from tokenizers import normalizers
 
+from tiny_runs import tiny_presets
+
 from editr1.data.jsonl import read_edit_jsonl
 from editr1.data.prompt_length import fit_prompt, fit_prompt_lengths
 from editr1.errors import DataError, EditR1Error
@@ -23,7 +25,7 @@ from editr1.models.qwen_image_edit import QwenImageEditAdapter
 from editr1.models.qwen_image_edit_plus import QwenImageEditPlusAdapter
 from editr1.models.registry import build_tiny
 
-FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus", "flux-kontext")
+FAMILIES = [preset.removeprefix("tiny:") for preset in tiny_presets()]
 #: The prompt of the issue: 1.3 MB.
 HUGE = "make it blue " * 100000
 CORPUS = ["make it blue", "remove the red circle", "move the green square to the left"]

@@ -7,6 +7,8 @@ import torch
 from offload_fakes import encoder_devices, fake_offload
 from PIL import Image
 
+from tiny_runs import tiny_presets
+
 from editr1.config import ModelConfig
 from editr1.data.batching import source_images
 from editr1.data.jsonl import read_edit_jsonl
@@ -16,7 +18,7 @@ from editr1.models.qwen_image_edit import QwenImageEditAdapter
 from editr1.models.registry import build_tiny
 from editr1.trainer.model_loading import build_model
 
-PRESETS = ["tiny:qwen-image-edit", "tiny:qwen-image-edit-plus", "tiny:flux-kontext"]
+PRESETS = tiny_presets()
 
 
 class NoTextEncoders(QwenImageEditAdapter):

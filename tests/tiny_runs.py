@@ -52,3 +52,11 @@ def run_launch(command, timeout=300, check=True, use_cpu=True):
             raise
     assert process.returncode == 0 or not check, f"exit status {process.returncode}\n{stdout[-3000:]}\n{stderr[-4000:]}"
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def tiny_presets() -> list[str]:
+    """Every built-in family's tiny preset: the feature tests run on each (a new family joins them by its
+    registry line)."""
+    from editr1.models.registry import FAMILIES
+
+    return [f"tiny:{name}" for name in FAMILIES]

@@ -178,7 +178,7 @@ class EditModelAdapter(ABC):
     #: The family's name in messages (and in `editr1.models.registry.FAMILIES` for a built-in one).
     family: str
     #: The diffusers pipeline class `save_pretrained` names in `model_index.json`; a saved model's family
-    #: is detected by it.
+    #: is detected by it (`recognizes`).
     pipeline_class: str
     inference: InferenceDefaults
     transformer: nn.Module
@@ -208,6 +208,12 @@ class EditModelAdapter(ABC):
             cls.to = _placing_text_encoders(cls.__dict__["to"])
         if "encode_conditions" in cls.__dict__:
             cls.encode_conditions = _encoding_on_device(cls.__dict__["encode_conditions"])
+
+    @classmethod
+    def recognizes(cls, pipeline: str, transformer_config: dict) -> bool:
+        """Whether a saved model, by its `model_index.json` pipeline class and its transformer's config, is of
+        this family. Families that share a pipeline class tell themselves apart by the transformer config."""
+        return pipeline == cls.pipeline_class
 
     def text_encoders(self) -> list[nn.Module]:
         """The modules that encode instructions and run only inside `encode_conditions` (Qwen2.5-VL; CLIP

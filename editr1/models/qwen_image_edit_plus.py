@@ -75,6 +75,13 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
     lora_pipeline = QwenImageEditPlusPipeline
     #: As Qwen-Image-Edit's, with up to 3 reference images ("Picture 1".."Picture 3").
     inference = InferenceDefaults(steps=28, cfg_scale=4.0, negative_prompt=" ", cfg_renorm=True, max_references=3)
+    #: The transformer's `zero_cond_t` (reference tokens modulated at t = 0): off in 2509, on in 2511, which
+    #: shares this pipeline class; it tells the two apart in a saved model.
+    zero_cond_t = False
+
+    @classmethod
+    def recognizes(cls, pipeline: str, transformer_config: dict) -> bool:
+        return pipeline == cls.pipeline_class and bool(transformer_config.get("zero_cond_t", False)) == cls.zero_cond_t
 
     def __init__(
         self,

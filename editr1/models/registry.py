@@ -19,6 +19,7 @@ from editr1.models.base import EditModelAdapter
 FAMILIES: dict[str, str] = {
     "qwen-image-edit": "editr1.models.qwen_image_edit:QwenImageEditAdapter",
     "qwen-image-edit-plus": "editr1.models.qwen_image_edit_plus:QwenImageEditPlusAdapter",
+    "qwen-image-edit-2511": "editr1.models.qwen_image_edit_2511:QwenImageEdit2511Adapter",
     "flux-kontext": "editr1.models.flux_kontext:FluxKontextAdapter",
 }
 
@@ -85,17 +86,27 @@ def detect_family(folder: Path, family: str | None = None, field: str = "model.f
     if not index.is_file():
         raise EditR1Error(f"{folder}: no model_index.json; not a diffusers-format model folder")
     pipeline = json.loads(index.read_text()).get("_class_name")
-    if family is not None and adapter_class(family, field).pipeline_class == pipeline:
+    transformer_config = _transformer_config(folder)
+    if family is not None and adapter_class(family, field).recognizes(pipeline, transformer_config):
         return family
-    pipelines = {adapter_class(name).pipeline_class: name for name in FAMILIES}
-    detected = pipelines.get(pipeline)
+    detected = next((name for name in FAMILIES if adapter_class(name).recognizes(pipeline, transformer_config)), None)
     if family is not None:
         if detected is not None:
             raise EditR1Error(f"{field}: {family!r} contradicts {index} (a {detected} model)")
         return family
     if detected is None:
-        raise EditR1Error(f"{index}: unknown model family {pipeline!r}; supported: {sorted(pipelines)}")
+        pipelines = sorted({adapter_class(name).pipeline_class for name in FAMILIES})
+        raise EditR1Error(f"{index}: unknown model family {pipeline!r}; supported: {pipelines}")
     return detected
+
+
+def _transformer_config(folder: Path) -> dict:
+    """The saved transformer's config.json ({} if absent or unreadable: the pipeline class decides alone)."""
+    try:
+        config = json.loads((folder / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def load_adapter(

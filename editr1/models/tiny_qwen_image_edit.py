@@ -80,9 +80,11 @@ def build_tiny_qwen_image_edit(
     num_heads: int = 4,
     head_dim: int = 32,
     adapter: type[QwenImageEditAdapter] = QwenImageEditAdapter,
+    zero_cond_t: bool = False,
 ) -> QwenImageEditAdapter:
     """A randomly initialised tiny Qwen-Image-Edit; `corpus` shapes the tokenizer's vocabulary. `adapter`:
-    the class that wraps the components (a subclass's `build_tiny` passes itself)."""
+    the class that wraps the components (a subclass's `build_tiny` passes itself); `zero_cond_t`: the
+    transformer's option of that name (Qwen-Image-Edit-2511's)."""
     torch.manual_seed(seed)
     tokenizer = build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, *corpus])
     processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer)
@@ -105,6 +107,7 @@ def build_tiny_qwen_image_edit(
         num_attention_heads=num_heads,
         joint_attention_dim=TEXT_HIDDEN,
         axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8),
+        zero_cond_t=zero_cond_t,
     ).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
     return adapter(transformer, latent_codec, tiny_text_encoder(tokenizer), processor, scheduler)
