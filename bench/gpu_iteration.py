@@ -109,13 +109,13 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("total", "iteration"),
 )
 PATHS = ("editr1", "naive")
-FAMILY_NAMES = ("qwen-image-edit", "qwen-image-edit-plus", "flux-kontext")
+FAMILY_NAMES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext")
 H100_BF16_PEAK_TFLOPS = 749.0
 GIB = 2**30
 
 #: Text-stream tokens past the dropped system prompt besides the source's image tokens: vision start/end,
 #: a ~10-token instruction and the chat's closing tokens (Plus: "Picture 1: " too).
-QWEN_TEXT_OVERHEAD = {"qwen-image-edit": 17, "qwen-image-edit-plus": 21}
+QWEN_TEXT_OVERHEAD = {"qwen-image-edit": 17, "qwen-image-edit-plus": 21, "qwen-image-edit-2511": 21}
 FLUX_T5_TOKENS, FLUX_POOLED = 512, 768
 PROMPT = "Change the color of the red square to blue."
 
@@ -912,7 +912,7 @@ def check_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, lis
         raise BenchError("--depth and --with-text-encoder apply to the full-size models, not to --tiny")
     families = list(dict.fromkeys(args.family or (FAMILY_NAMES if args.tiny else ())))
     if not families:
-        raise BenchError("name a --family (qwen-image-edit, qwen-image-edit-plus or flux-kontext), or pass --tiny")
+        raise BenchError(f"name a --family ({', '.join(FAMILY_NAMES)}), or pass --tiny")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

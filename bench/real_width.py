@@ -79,7 +79,7 @@ from editr1.models.base import constructing
 from editr1.rewards.base import Reward, RewardBatch, check_batch
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus", "flux-kontext")
+FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext")
 GIB, MIB = 2**30, 2**20
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
