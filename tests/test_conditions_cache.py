@@ -119,7 +119,7 @@ def test_the_offloaded_encoder_is_on_the_cpu_during_the_nft_update(family, shape
         adapter = build_model(*args, **kwargs)
         for module in adapter.text_encoders():
             fake_offload(module)
-            module.register_forward_pre_hook(lambda m, _: seen["encoding"].append(next(m.parameters()).device.type))
+            module.get_input_embeddings().register_forward_pre_hook(lambda m, _: seen["encoding"].append(next(m.parameters()).device.type))
         built["adapter"] = adapter
         return adapter
 
@@ -184,7 +184,7 @@ def test_precompute_puts_only_the_text_encoders_and_the_codec_on_the_device(pres
         for module in [adapter.transformer, *adapter.text_encoders(), *codec_modules(adapter)]:
             fake_offload(module).to("meta")
         for module in adapter.text_encoders():
-            module.register_forward_pre_hook(lambda m, _: placements.append(placement(adapter)))
+            module.get_input_embeddings().register_forward_pre_hook(lambda m, _: placements.append(placement(adapter)))
         built["adapter"] = adapter
         return adapter
 

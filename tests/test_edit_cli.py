@@ -9,7 +9,6 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
-
 from tiny_runs import tiny_presets
 
 from editr1.cli.main import main

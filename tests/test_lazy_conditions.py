@@ -4,7 +4,6 @@ family's `split_conditions` / `join_conditions` undo and redo a batch's padding 
 
 import pytest
 import torch
-
 from tiny_runs import tiny_presets
 
 from editr1.data.batching import source_images

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from diffusers import FluxKontextPipeline, QwenImageEditPipeline, QwenImageEditPlusPipeline
 from PIL import Image
-from tokenizers import normalizers
-
 from tiny_runs import tiny_presets
+from tokenizers import normalizers
 
 from editr1.data.jsonl import read_edit_jsonl
 from editr1.data.prompt_length import fit_prompt, fit_prompt_lengths
 from editr1.errors import DataError, EditR1Error
 from editr1.models import qwen_image_edit, qwen_image_edit_plus
+from editr1.models.flux2_klein import Flux2KleinAdapter
 from editr1.models.flux_kontext import FluxKontextAdapter
 from editr1.models.qwen_image_edit import QwenImageEditAdapter
 from editr1.models.qwen_image_edit_plus import QwenImageEditPlusAdapter
@@ -68,6 +68,10 @@ def test_counts_the_instructions_tokens_in_what_the_encoder_sees(adapter):
     if isinstance(adapter, FluxKontextAdapter):
         # T5 sees the instruction and its end-of-sequence token.
         assert len(adapter.tokenizer_2(prompt).input_ids) == count + 1
+    elif isinstance(adapter, Flux2KleinAdapter):
+        # Qwen3 sees the instruction inside its chat.
+        tokens = adapter.tokenizer
+        assert len(tokens(adapter.chat_text(prompt)).input_ids) - len(tokens(adapter.chat_text("")).input_ids) == count
     else:
         # The chat around the instruction (template, image tokens) is fixed overhead.
         chat = (qwen_image_edit_plus.chat_text if isinstance(adapter, QwenImageEditPlusAdapter)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from offload_fakes import encoder_devices, fake_offload
 from PIL import Image
-
 from tiny_runs import tiny_presets
 
 from editr1.config import ModelConfig
@@ -39,7 +38,7 @@ def test_offloaded_encoders_wait_off_the_device_and_encode_on_it(preset, shapes_
         fake_offload(module, moves)
     encoding_on = []
     for module in adapter.text_encoders():
-        module.register_forward_pre_hook(lambda m, args: encoding_on.append(next(m.parameters()).device.type))
+        module.get_input_embeddings().register_forward_pre_hook(lambda m, args: encoding_on.append(next(m.parameters()).device.type))
     adapter.offload_text_encoder = True
     assert adapter.to("cpu") is adapter
     assert encoder_devices(adapter) == ["meta"] * len(adapter.text_encoders())

@@ -167,7 +167,7 @@ def run_benchmark(args: argparse.Namespace, benchmark: str) -> dict:
     choice = choose_model(args.run, args.model, args.lora)
     default_area = default_max_area(choice.folder)
     max_area = default_area if args.max_area is None else parse_max_area(args.max_area)
-    defaults = adapter_class(choice.family).inference
+    defaults = adapter_class(choice.family).saved_inference(choice.folder)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = {
         "steps": args.steps if args.steps is not None else defaults.steps, "sampler": args.sampler,

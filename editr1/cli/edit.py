@@ -390,7 +390,7 @@ def run_edit(args: argparse.Namespace) -> dict:
     choice = choose_model(args.run, args.model, args.lora)
     lora, family = choice.lora, choice.family
     model_class = adapter_class(family)
-    defaults = model_class.inference
+    defaults = model_class.saved_inference(choice.folder)
     steps = args.steps if args.steps is not None else defaults.steps
     negative_prompt = args.negative_prompt if args.negative_prompt is not None else defaults.negative_prompt
     if len(args.images) > defaults.max_references:

@@ -145,7 +145,7 @@ def _check_guidance(choice, asked: float | None, label: str, guided: bool | None
             raise EditR1Error(f"--guidance: the {label}'s {choice.family} transformer has no guidance input; "
                               "use --cfg-scale for true CFG")
         return None
-    guidance = asked if asked is not None else adapter_class(choice.family).inference.guidance
+    guidance = asked if asked is not None else adapter_class(choice.family).saved_inference(choice.folder).guidance
     if guidance is None:
         raise EditR1Error(f"the {label}'s {choice.family} transformer is guidance-distilled: set --guidance")
     return guidance

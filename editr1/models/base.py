@@ -210,6 +210,12 @@ class EditModelAdapter(ABC):
             cls.encode_conditions = _encoding_on_device(cls.__dict__["encode_conditions"])
 
     @classmethod
+    def saved_inference(cls, folder: Path) -> InferenceDefaults:
+        """The inference defaults of the model saved in `folder`, read without loading it: the family's,
+        unless a variant's config says otherwise (the CLIs size and check their work by these first)."""
+        return cls.inference
+
+    @classmethod
     def recognizes(cls, pipeline: str, transformer_config: dict) -> bool:
         """Whether a saved model, by its `model_index.json` pipeline class and its transformer's config, is of
         this family. Families that share a pipeline class tell themselves apart by the transformer config."""

@@ -4,6 +4,8 @@
 per-channel mean/std normalisation, mode of the posterior as the pipelines use).
 `ScaledVaeCodec` wraps an image `AutoencoderKL` normalised by one `shift_factor`/`scaling_factor` pair,
 as the FLUX.1 pipelines use it.
+`Flux2VaeCodec` wraps FLUX.2's `AutoencoderKLFlux2`, normalised by its batch-norm statistics over 2x2 patches
+of the latents, as `Flux2KleinPipeline` uses it.
 `PixelUnshuffleCodec` is an exactly invertible space-to-depth map. The CPU demo uses it because a
 tiny VAE trained here would blur 32x32 shapes and the verifier would then score the VAE, not the
 policy; with an exact codec every reward change comes from the transformer.
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, AutoencoderKLQwenImage
+from diffusers import AutoencoderKL, AutoencoderKLFlux2, AutoencoderKLQwenImage
+from diffusers.pipelines.flux2.pipeline_flux2_klein import Flux2KleinPipeline
 
 from editr1.errors import EditR1Error
 
@@ -124,6 +127,46 @@ class ScaledVaeCodec:
         return self
 
 
+class Flux2VaeCodec:
+    """An `AutoencoderKLFlux2` used as `Flux2KleinPipeline` uses it: mode of the posterior, then each channel of
+    its 2x2 patches normalised by the VAE's batch-norm running statistics; decoding inverts that. The latents
+    come back unpatched `(B, C, H, W)`, like every codec's: the adapter patches and packs them."""
+
+    #: Sizes are the pipelines' pixel areas, whatever the VAE (the parity tests hold tiny ones to the pipelines).
+    area_scale = 1.0
+
+    def __init__(self, vae: AutoencoderKLFlux2):
+        self.vae = vae
+        # The pipeline's `vae_scale_factor`: one 2x downsampling between consecutive blocks.
+        self.scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_channels = vae.config.latent_channels
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # As the pipeline computes them: the square root in the statistics' own dtype, then cast.
+        mean = self.vae.bn.running_mean.view(1, -1, 1, 1).to(like.device, like.dtype)
+        std = torch.sqrt(self.vae.bn.running_var.view(1, -1, 1, 1) + self.vae.config.batch_norm_eps)
+        return mean, std.to(like.device, like.dtype)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        latents = self.vae.encode((pixels * 2 - 1).to(self.vae.dtype)).latent_dist.mode()
+        patches = Flux2KleinPipeline._patchify_latents(latents)
+        mean, std = self._stats(patches)
+        return Flux2KleinPipeline._unpatchify_latents((patches - mean) / std)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        patches = Flux2KleinPipeline._patchify_latents(latents.to(self.vae.dtype))
+        mean, std = self._stats(patches)
+        image = self.vae.decode(Flux2KleinPipeline._unpatchify_latents(patches * std + mean), return_dict=False)[0]
+        return ((image + 1) / 2).clamp(0, 1)
+
+    def save_pretrained(self, folder: Path) -> None:
+        self.vae.save_pretrained(folder)
+
+    def to(self, *args, **kwargs) -> "Flux2VaeCodec":
+        self.vae.to(*args, **kwargs)
+        return self
+
+
 def saved_area_scale(folder: Path) -> float:
     """The `area_scale` of the codec saved in `folder` (a model's `vae/`), read without loading weights."""
     try:
@@ -137,7 +180,7 @@ def saved_area_scale(folder: Path) -> float:
 
 def load_codec(
     folder: Path, torch_dtype: torch.dtype = torch.float32
-) -> PixelUnshuffleCodec | VaeCodec | ScaledVaeCodec:
+) -> PixelUnshuffleCodec | VaeCodec | ScaledVaeCodec | Flux2VaeCodec:
     """Load the codec saved in `folder` (a model's `vae/` subfolder), whichever kind it is."""
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
@@ -149,4 +192,6 @@ def load_codec(
         return VaeCodec(AutoencoderKLQwenImage.from_pretrained(folder, torch_dtype=torch_dtype).eval())
     if class_name == "AutoencoderKL":
         return ScaledVaeCodec(AutoencoderKL.from_pretrained(folder, torch_dtype=torch_dtype).eval())
+    if class_name == "AutoencoderKLFlux2":
+        return Flux2VaeCodec(AutoencoderKLFlux2.from_pretrained(folder, torch_dtype=torch_dtype).eval())
     raise EditR1Error(f"{config_path}: unsupported VAE class {class_name!r}")

@@ -1,0 +1,415 @@
+"""FLUX.2 [klein]: diffusers' `Flux2Transformer2DModel`, the FLUX.2 VAE (`AutoencoderKLFlux2`) and a Qwen3 encoder.
+
+As `Flux2KleinPipeline` does: the instruction goes through Qwen3's chat template (thinking off), padded to 512
+tokens, and the hidden states of layers 9, 18 and 27 are stacked per token into the text stream (no attention
+mask: the transformer sees the padding too). The VAE latents are cut into 2x2 patches, each channel normalised
+by the VAE's batch-norm statistics, and packed one token per patch. The noisy target tokens are followed on
+the transformer's sequence by each reference image's tokens, told apart by the time coordinate of their 4-D
+position ids: 0 for the target, 10, 20, ... for the references in order.
+
+Batches are per sample: every row carries its own references' latents and token grids in
+`Conditions.tensors`, so `Conditions.select` keeps them aligned with the row (the stock pipeline gives one
+list of references to every prompt). The transformer takes the position ids of a call's first row for the
+whole call, so `velocity` runs rows of one reference layout together, as the Qwen-Image-Edit-2509 adapter does.
+
+Variants: [klein] Base is guided by true CFG (`guidance_scale` 4.0 over an empty negative prompt, 50 steps);
+the step-distilled [klein] takes no CFG and 4 steps. The pipeline tells them apart by `is_distilled` in
+`model_index.json`, and so does this adapter (`inference`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
+from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+from PIL import Image
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3ForCausalLM
+
+from editr1.errors import EditR1Error
+from editr1.hub import resolve_model_path
+from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, awaiting_weights, without_weights
+from editr1.models.codecs import Flux2VaeCodec, PixelUnshuffleCodec, load_codec
+
+#: `Flux2KleinPipeline.__call__` shrinks a reference image above this many pixels to it (aspect kept); smaller
+#: ones keep their size. Either way each side is then cut (centre crop) to a multiple of the token size.
+PIPELINE_CONDITION_AREA = 1024 * 1024
+#: Reference images a sample may have. Not a limit of diffusers' pipeline (it takes any number); BFL's
+#: [klein] model cards give up to 4 (from memory, unverified: no copy of them offline).
+MAX_REFERENCES = 4
+
+# ---- the released architecture (FLUX.2 [klein] 4B) ------------------------------------------------------
+# Constructor arguments of the full-size components, for building them with random weights (bench/):
+# `Flux2Transformer2DModel(**RELEASED_TRANSFORMER)`, `AutoencoderKLFlux2(**RELEASED_VAE)`,
+# `Qwen3ForCausalLM(Qwen3Config(**RELEASED_TEXT_ENCODER))`. Where each value comes from is said per value;
+# "from memory" marks what no file here confirms (black-forest-labs/FLUX.2-klein-4B's config.json files
+# are not available offline).
+#: black-forest-labs/FLUX.2-klein-4B transformer/config.json. From the installed diffusers: `in_channels` 128
+#: (4 x the 32 latent channels of `AutoencoderKLFlux2`; the pipeline takes `in_channels // 4`) and
+#: `joint_attention_dim` 7680 (the pipeline stacks 3 Qwen3 layers of 2560). Inferred: `guidance_embeds` False
+#: (the klein pipeline passes no guidance). `Flux2Transformer2DModel`'s defaults, assumed shared by every
+#: FLUX.2: patch size, MLP ratio, RoPE axes and theta, eps, timestep channels. From memory: 5 double-stream
+#: and 20 single-stream blocks of 24 heads of 128; with the above, 3.88B parameters, as the name says
+#: (tests/test_parity_flux2_klein.py counts them).
+RELEASED_TRANSFORMER = dict(
+    patch_size=1, in_channels=128, out_channels=None, num_layers=5, num_single_layers=20, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=7680, timestep_guidance_channels=256, mlp_ratio=3.0,
+    axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, eps=1e-6, guidance_embeds=False,
+)
+#: The 9B's (black-forest-labs/FLUX.2-klein-9B), from memory: 8 double and 24 single blocks of 32 heads, over
+#: Qwen3-8B's 4096-wide hidden states (9.08B parameters).
+RELEASED_TRANSFORMER_9B = {**RELEASED_TRANSFORMER, "num_layers": 8, "num_single_layers": 24, "num_attention_heads": 32,
+                           "joint_attention_dim": 12288}
+#: FLUX.2's VAE (shared by the FLUX.2 models): `AutoencoderKLFlux2`'s defaults in the installed diffusers; 32
+#: latent channels, 8x downsampling, batch-norm statistics over 2x2 patches. Unverified against
+#: black-forest-labs/FLUX.2-klein-4B vae/config.json.
+RELEASED_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=32, norm_num_groups=32,
+    sample_size=1024, use_quant_conv=True, use_post_quant_conv=True, mid_block_add_attention=True,
+    batch_norm_eps=1e-4, batch_norm_momentum=0.1, patch_size=(2, 2),
+)
+#: Qwen/Qwen3-4B's config.json (the [klein] 4B text encoder), from memory: 36 layers (the pipeline reads
+#: layers 9, 18, 27) of 2560, 32 query and 8 key-value heads of 128, tied embeddings: 4.02B parameters.
+#: transformers' `Qwen3Config` defaults are none of the released sizes, so every width is given. The token
+#: ids are the tokenizer's.
+RELEASED_TEXT_ENCODER = dict(
+    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6, hidden_act="silu",
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=True,
+)
+#: Qwen/Qwen3-8B's (the 9B's text encoder), from memory: 36 layers of 4096, untied embeddings: 8.19B parameters.
+RELEASED_TEXT_ENCODER_9B = {**RELEASED_TEXT_ENCODER, "hidden_size": 4096, "intermediate_size": 12288,
+                            "tie_word_embeddings": False}
+
+#: [klein] Base: `Flux2KleinPipeline.__call__`'s defaults, 50 steps and true CFG `guidance_scale` 4.0 over
+#: the pipeline's fixed "" negative prompt, combined without rescaling (`neg + s (pos - neg)`).
+BASE_INFERENCE = InferenceDefaults(steps=50, cfg_scale=4.0, negative_prompt="", cfg_renorm=False, guidance=None,
+                                   max_references=MAX_REFERENCES)
+#: The step-distilled [klein]: no CFG (the pipeline ignores `guidance_scale` when `is_distilled`), and the 4
+#: steps of BFL's model card (not a diffusers default: unverified here).
+DISTILLED_INFERENCE = dataclasses.replace(BASE_INFERENCE, steps=4, cfg_scale=1.0)
+
+
+def _saved_is_distilled(folder: Path) -> bool:
+    """`is_distilled` of a saved model's `model_index.json`; the pipeline's own default (False) when absent."""
+    return bool(json.loads((folder / "model_index.json").read_text()).get("is_distilled", False))
+
+
+class Flux2KleinAdapter(EditModelAdapter):
+    family = "flux2-klein"
+    pipeline_class = "Flux2KleinPipeline"
+    lora_pipeline = Flux2KleinPipeline
+    #: Base's settings; an adapter of a distilled model (`is_distilled`) overrides them per instance with
+    #: `DISTILLED_INFERENCE`, and `saved_inference` reads which a saved model takes before it is loaded.
+    inference = BASE_INFERENCE
+    #: Qwen3 tokens per instruction chat: `Flux2KleinPipeline`'s `max_sequence_length` (`tokenizer_max_length`).
+    max_sequence_length = 512
+    #: The Qwen3 layers whose hidden states make the text stream: the pipeline's `text_encoder_out_layers`.
+    text_encoder_out_layers = (9, 18, 27)
+    #: Attention projections of the double-stream blocks (BFL's `img_attn`/`txt_attn` `qkv` and `proj`) and the
+    #: single-stream blocks' fused input projection (BFL's `linear1`: attention q/k/v and MLP in); their fused
+    #: output projection (`linear2`) is named per block in `lora_target_modules`.
+    ATTENTION_PROJECTIONS = (
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_qkv_mlp_proj",
+    )
+
+    @classmethod
+    def saved_inference(cls, folder: Path) -> InferenceDefaults:
+        return DISTILLED_INFERENCE if _saved_is_distilled(Path(folder)) else BASE_INFERENCE
+
+    def __init__(
+        self,
+        transformer: Flux2Transformer2DModel,
+        codec: Flux2VaeCodec | PixelUnshuffleCodec,
+        text_encoder: Qwen3ForCausalLM,
+        tokenizer: PreTrainedTokenizerBase,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        is_distilled: bool = False,
+    ):
+        self.transformer = transformer
+        self.codec = codec
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        #: The step-distilled variant (`is_distilled` of the pipeline's config, in `model_index.json`).
+        self.is_distilled = is_distilled
+        if is_distilled:
+            self.inference = DISTILLED_INFERENCE
+        self.image_processor = Flux2ImageProcessor(vae_scale_factor=codec.scale_factor * 2)
+        #: Pixel area above which a reference is shrunk (as the pipeline's 1024^2). None: every reference is
+        #: resized to the target size.
+        self.condition_area: int | None = None
+        #: Tokens of the instruction: the 512 of the chat less the template's, counted with this tokenizer (12
+        #: with the released Qwen3 vocabulary, from memory of it: <|im_start|> user \n ... <|im_end|> \n
+        #: <|im_start|> assistant \n <think> \n\n </think> \n\n). The pipeline cuts the chat at 512, so a
+        #: longer instruction would lose its end silently.
+        self.max_prompt_tokens = self.max_sequence_length - self.count_prompt_tokens(self.chat_text(""))
+
+    @property
+    def lora_target_modules(self) -> tuple[str, ...]:
+        # The single-stream blocks' `to_out` by its full name: the double-stream blocks' `to_out` is a
+        # ModuleList, which peft cannot wrap, and a target matches any module whose name ends with it.
+        singles = self.transformer.config.num_single_layers
+        return self.ATTENTION_PROJECTIONS + tuple(f"single_transformer_blocks.{i}.attn.to_out" for i in range(singles))
+
+    def use_pipeline_sizing(self) -> "Flux2KleinAdapter":
+        self.condition_area = round(PIPELINE_CONDITION_AREA * self.codec.area_scale)
+        return self
+
+    def uneven_transformer_calls(self, reference_counts: list[int]) -> str | None:
+        # `velocity` makes one call per reference layout (count and grid of each reference) in a batch.
+        if self.condition_area is not None:
+            return ("model.condition_area is set, so each reference's latent grid follows its image's size, "
+                    "and a batch makes one transformer call per reference layout")
+        counts = sorted(set(reference_counts))
+        if len(counts) > 1:
+            return (f"the samples have {' or '.join(map(str, counts))} reference images, and a batch makes one "
+                    "transformer call per reference count")
+        return None
+
+    # ---- loading and saving -------------------------------------------------------------------
+    @classmethod
+    def build_tiny(cls, corpus: list[str], seed: int = 0) -> "Flux2KleinAdapter":
+        from editr1.models.tiny_flux2_klein import build_tiny_flux2_klein  # it imports this module
+
+        return build_tiny_flux2_klein(corpus, seed=seed, adapter=cls)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32,
+                        text_encoders: bool = True, transformer_weights: bool = True) -> "Flux2KleinAdapter":
+        """`text_encoders` False: Qwen3 without its weights (see `without_weights`); `transformer_weights`
+        False: the transformer's parameters without theirs (see `awaiting_weights`)."""
+        folder = resolve_model_path(path)
+        for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if not (folder / sub).is_dir():
+                raise EditR1Error(f"{folder}: missing subfolder '{sub}/' of a FLUX.2 [klein] model")
+        if transformer_weights:
+            transformer = Flux2Transformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
+        else:
+            transformer = awaiting_weights(Flux2Transformer2DModel, folder / "transformer", torch_dtype)
+        if text_encoders:
+            text_encoder = Qwen3ForCausalLM.from_pretrained(folder / "text_encoder", dtype=torch_dtype)
+        else:
+            text_encoder = without_weights(Qwen3ForCausalLM, folder / "text_encoder", torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+        codec = load_codec(folder / "vae", torch_dtype)
+        # The pipeline's own default when the index does not say.
+        is_distilled = _saved_is_distilled(folder)
+        adapter = cls(transformer.eval(), codec, text_encoder.eval(), tokenizer, scheduler, is_distilled=is_distilled)
+        adapter.text_encoders_loaded = text_encoders
+        return adapter
+
+    def save_pretrained(self, path: str | Path) -> None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(folder / "transformer")
+        self.codec.save_pretrained(folder / "vae")
+        self.text_encoder.save_pretrained(folder / "text_encoder")
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        index = {
+            "_class_name": self.pipeline_class,
+            "is_distilled": self.is_distilled,
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "Qwen3ForCausalLM"],
+            "tokenizer": ["transformers", "Qwen2TokenizerFast"],
+            "transformer": ["diffusers", "Flux2Transformer2DModel"],
+            "vae": ["diffusers", "AutoencoderKLFlux2"] if isinstance(self.codec, Flux2VaeCodec)
+            else ["editr1", PixelUnshuffleCodec.class_name],
+        }
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+    def to(self, device: torch.device | str) -> "Flux2KleinAdapter":
+        self.transformer.to(device)  # Qwen3: placed by the base class (it may be offloaded)
+        self.codec.to(device)
+        return self
+
+    def text_encoders(self) -> list[nn.Module]:
+        return [self.text_encoder] if self.text_encoder is not None else []
+
+    def conditioning_settings(self) -> dict:
+        # Every chat is padded to `max_sequence_length`: the base class's join fits the text.
+        return {**super().conditioning_settings(), "max_sequence_length": self.max_sequence_length,
+                "text_encoder_out_layers": list(self.text_encoder_out_layers),
+                "chat_template": self.tokenizer.chat_template}
+
+    # ---- geometry ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        patches = Flux2KleinPipeline._patchify_latents(self.codec.encode(pixels))
+        return Flux2KleinPipeline._pack_latents(patches)
+
+    @torch.no_grad()
+    def decode_latents(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        h, w = self._latent_hw(height, width)
+        patches = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h // 2, w // 2)
+        return self.codec.decode(Flux2KleinPipeline._unpatchify_latents(patches))
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        """The pipeline's schedule: `linspace(1, 1/N, N)` shifted by `compute_empirical_mu` of the target's
+        token count and the step count (not FLUX.1's `calculate_shift`), ending with 0."""
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
+        mu = compute_empirical_mu(self.latent_token_shape(height, width)[0], num_steps)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+        return scheduler.sigmas.to(torch.float32).cpu()
+
+    # ---- conditioning --------------------------------------------------------------------------
+    @property
+    def prompt_tokenizer(self) -> PreTrainedTokenizerBase:
+        # Special tokens split the chat before the BPE runs, so the instruction between "user\n" and
+        # `<|im_end|>` is tokenized as it is alone.
+        return self.tokenizer
+
+    def chat_text(self, prompt: str) -> str:
+        """The text Qwen3 sees for one instruction, as `Flux2KleinPipeline._get_qwen3_prompt_embeds` builds it."""
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True, enable_thinking=False)
+
+    @torch.no_grad()
+    def encode_conditions(
+        self, sources: list[list[Image.Image]], prompts: list[str], height: int, width: int
+    ) -> Conditions:
+        """Per sample: its instruction's stacked Qwen3 hidden states, its references' packed latents
+        (concatenated, zero-padded to the batch's longest), and its references' token grids.
+
+        `tensors`: `prompt_embeds (B, 512, 3 D)`, `image_tokens (B, T, C)`, `reference_grids (B, N, 2)` (rows
+        and columns of tokens per reference, zeros past the sample's last; kept on the CPU: `velocity` reads
+        it to group rows). `shared`: the target's token grid.
+        """
+        if len(sources) != len(prompts):
+            raise EditR1Error(f"{len(sources)} source lists for {len(prompts)} prompts")
+        for i, images in enumerate(sources):
+            if not 1 <= len(images) <= MAX_REFERENCES:
+                raise EditR1Error(f"sample {i} of the batch has {len(images)} reference images; FLUX.2 [klein] "
+                                  f"takes 1 to {MAX_REFERENCES}")
+        h, w = self._latent_hw(height, width)
+        device, dtype = self.device, self.transformer.dtype
+        flat = [image for images in sources for image in images]
+        pixels = [self._reference_pixels(image, height, width) for image in flat]  # each (1, 3, H_i, W_i) in [-1, 1]
+        # References of one size encoded together.
+        packed: list[torch.Tensor | None] = [None] * len(flat)
+        by_size = defaultdict(list)
+        for j, p in enumerate(pixels):
+            by_size[tuple(p.shape[-2:])].append(j)
+        for members in by_size.values():
+            batch = torch.cat([pixels[j] for j in members])
+            for j, tokens in zip(members, self.encode_images(((batch + 1) / 2).to(device, dtype))):
+                packed[j] = tokens
+        grids = torch.zeros(len(sources), max(len(images) for images in sources), 2, dtype=torch.long)
+        per_sample, start = [], 0
+        for i, images in enumerate(sources):
+            for r in range(len(images)):
+                rh, rw = self._latent_hw(*pixels[start + r].shape[-2:])
+                grids[i, r] = torch.tensor([rh // 2, rw // 2])
+            per_sample.append(torch.cat(packed[start : start + len(images)]))
+            start += len(images)
+        length = max(t.shape[0] for t in per_sample)
+        image_tokens = per_sample[0].new_zeros(len(sources), length, per_sample[0].shape[-1])
+        for i, t in enumerate(per_sample):
+            image_tokens[i, : t.shape[0]] = t
+        # The inner Qwen3Model: its hidden states are the causal LM's, without the vocabulary projection of
+        # all 512 positions that the pipeline computes and drops.
+        embeds = Flux2KleinPipeline._get_qwen3_prompt_embeds(
+            self.text_encoder.model, self.tokenizer, prompts, dtype=dtype, device=device,
+            max_sequence_length=self.max_sequence_length, hidden_states_layers=self.text_encoder_out_layers,
+        )
+        return Conditions({"prompt_embeds": embeds, "image_tokens": image_tokens, "reference_grids": grids},
+                          {"target_grid": (h // 2, w // 2)})
+
+    def _reference_pixels(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
+        """`image` as the VAE gets it: at the target size, or (`condition_area` set) as the pipeline sizes it."""
+        if self.condition_area is None:
+            return self.image_processor.preprocess(image, height, width)
+        if image.width * image.height > self.condition_area:
+            image = Flux2ImageProcessor._resize_to_target_area(image, self.condition_area)
+        multiple = self.codec.scale_factor * 2
+        ref_width, ref_height = image.width // multiple * multiple, image.height // multiple * multiple
+        if not ref_width or not ref_height:
+            raise EditR1Error(f"reference image {image.width}x{image.height}: both sides must be at least {multiple} pixels")
+        return self.image_processor.preprocess(image, height=ref_height, width=ref_width, resize_mode="crop")
+
+    def split_conditions(self, conditions: Conditions) -> list[Conditions]:
+        """Each row without the batch's padding: its own references and their latents."""
+        rows = super().split_conditions(conditions)
+        for row in rows:
+            grids = row.tensors["reference_grids"]
+            count = int((grids[0, :, 0] > 0).sum())
+            tokens = int((grids[0, :count, 0] * grids[0, :count, 1]).sum())
+            row.tensors["reference_grids"] = grids[:, :count]
+            row.tensors["image_tokens"] = row.tensors["image_tokens"][:, :tokens]
+        return rows
+
+    def join_conditions(self, rows: list[Conditions], device: torch.device | str | None = None) -> Conditions:
+        """Reference latents and grids right-padded with zeros as `encode_conditions` pads them; the grids
+        stay on the CPU."""
+        padded = ("image_tokens", "reference_grids")
+        return Conditions(self._join_tensors(rows, device, padded, on_cpu=("reference_grids",)), self._joined_shared(rows))
+
+    # ---- denoising -----------------------------------------------------------------------------
+    def velocity(
+        self,
+        tokens: torch.Tensor,
+        sigma: torch.Tensor,
+        conditions: Conditions,
+        guidance: float | None = None,
+        transformer: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """`guidance` is unused: [klein] has no guidance input (Base is guided by true CFG, in the sampler)."""
+        model = self.transformer if transformer is None else transformer  # may be a DDP wrapper
+        c = conditions.tensors
+        batch = tokens.shape[0]
+        sigma = sigma.to(self.transformer.dtype).expand(batch)
+        layouts = defaultdict(list)
+        for row, grids in enumerate(c["reference_grids"].tolist()):
+            layouts[tuple((rows, cols) for rows, cols in grids if rows > 0)].append(row)
+        if len(layouts) == 1:
+            (layout,) = layouts
+            return self._velocity_of_layout(model, tokens, sigma, c, layout, conditions.shared["target_grid"])
+        outputs, order = [], []
+        for layout, rows in layouts.items():
+            index = torch.tensor(rows, device=tokens.device)
+            part = {k: t[index.to(t.device)] for k, t in c.items()}
+            outputs.append(self._velocity_of_layout(model, tokens[index], sigma[index], part, layout,
+                                                    conditions.shared["target_grid"]))
+            order += rows
+        inverse = torch.empty(batch, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(batch)
+        return torch.cat(outputs)[inverse.to(tokens.device)]
+
+    def _velocity_of_layout(
+        self,
+        model: nn.Module,
+        tokens: torch.Tensor,
+        sigma: torch.Tensor,
+        c: dict[str, torch.Tensor],
+        layout: tuple[tuple[int, int], ...],
+        target_grid: tuple[int, int],
+    ) -> torch.Tensor:
+        """One transformer call for rows whose references have the same count and grids."""
+        dtype = self.transformer.dtype
+        embeds = c["prompt_embeds"].to(dtype)
+        # Position ids by the pipeline's helpers, which read only shapes: (0, row, col, 0) for the target,
+        # (10 (i + 1), row, col, 0) for reference i, (0, 0, 0, position) for the text.
+        target_ids = Flux2KleinPipeline._prepare_latent_ids(torch.empty(1, 0, *target_grid, device="meta"))
+        reference_ids = Flux2KleinPipeline._prepare_image_ids([torch.empty(1, 0, rows, cols, device="meta")
+                                                               for rows, cols in layout])
+        reference_tokens = sum(rows * cols for rows, cols in layout)
+        out = model(
+            hidden_states=torch.cat([tokens.to(dtype), c["image_tokens"][:, :reference_tokens].to(dtype)], dim=1),
+            timestep=sigma,  # the transformer multiplies by 1000 itself
+            guidance=None,
+            encoder_hidden_states=embeds,
+            txt_ids=Flux2KleinPipeline._prepare_text_ids(embeds[:1]).to(tokens.device),
+            img_ids=torch.cat([target_ids, reference_ids], dim=1).to(tokens.device),
+            return_dict=False,
+        )[0]
+        return out[:, : tokens.shape[1]].to(tokens.dtype)  # as every adapter: the dtype of the latents given
