@@ -22,6 +22,8 @@ PRESETS = {
     "qwen_image_edit_2511_nft.yaml": ("Qwen/Qwen-Image-Edit-2511", "qwen-image-edit-2511"),
     "qwen_image_edit_nft.yaml": ("Qwen/Qwen-Image-Edit", "qwen-image-edit"),
     "flux_kontext_nft.yaml": ("black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext"),
+    # The one-GPU recipe names no family: it follows from model.path, and its LoRA targets from the adapter.
+    "flux2_klein_4b_nft.yaml": ("black-forest-labs/FLUX.2-klein-base-4B", "flux2-klein"),
 }
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
@@ -41,9 +43,11 @@ def test_preset_holds_the_published_defaults(preset, monkeypatch):
     hub_id, family = PRESETS[preset]
     flux = family == "flux-kontext"
     model = config.model
-    assert (model.path, model.family, model.resolution, model.dtype, model.train_mode) == (hub_id, family, 512, "bfloat16", "lora")
-    assert model.gradient_checkpointing
-    assert (model.lora.rank, model.lora.alpha, model.lora.target_modules) == (32, 64.0, TARGETS)
+    one_gpu = preset == "flux2_klein_4b_nft.yaml"
+    written_family = None if one_gpu else family
+    assert (model.path, model.family, model.resolution, model.dtype, model.train_mode) == (hub_id, written_family, 512, "bfloat16", "lora")
+    assert model.gradient_checkpointing and model.offload_text_encoder is one_gpu
+    assert (model.lora.rank, model.lora.alpha, model.lora.target_modules) == (32, 64.0, None if one_gpu else TARGETS)
     rollout, rl, optim = config.rollout, config.rl, config.optim
     assert (rollout.groups_per_iteration, rollout.group_size, rollout.steps, rollout.sampler) == (24, 12, 6, "dpmpp_2m")
     assert rollout.cfg_scale == 1.0 and rollout.guidance == (2.5 if flux else None)
