@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +95,58 @@ def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
     for i, row in enumerate(rows):
         batch[i, : row.shape[1]] = row[0]
     return batch
+
+
+# ---- multi-reference families: one transformer call per reference layout -------------------------------
+Layout = tuple[tuple[int, int], ...]
+
+
+def velocity_by_layout(
+    tokens: torch.Tensor, sigma: torch.Tensor, tensors: dict[str, torch.Tensor],
+    run: Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Layout], torch.Tensor],
+) -> torch.Tensor:
+    """`run(tokens, sigma, tensors, layout)` once per reference layout in the batch (the count and token grid
+    of each reference, from `tensors["reference_grids"]` `(B, N, 2)`, zero rows past a sample's last), with
+    the results put back in row order. The transformers take one row's positions for a whole call, so rows of
+    other layouts may not share it."""
+    layouts: dict[Layout, list[int]] = {}
+    for row, grids in enumerate(tensors["reference_grids"].tolist()):
+        layouts.setdefault(tuple((rows, cols) for rows, cols in grids if rows > 0), []).append(row)
+    if len(layouts) == 1:
+        (layout,) = layouts
+        return run(tokens, sigma, tensors, layout)
+    outputs, order = [], []
+    for layout, rows in layouts.items():
+        index = torch.tensor(rows, device=tokens.device)
+        part = {name: t[index.to(t.device)] for name, t in tensors.items()}
+        outputs.append(run(tokens[index], sigma[index], part, layout))
+        order += rows
+    inverse = torch.empty(tokens.shape[0], dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(tokens.shape[0])
+    return torch.cat(outputs)[inverse.to(tokens.device)]
+
+
+def without_reference_padding(rows: list["Conditions"]) -> list["Conditions"]:
+    """Rows split from a batch (`split_conditions`), each cut to its own references' grids and latent tokens."""
+    for row in rows:
+        grids = row.tensors["reference_grids"]
+        count = int((grids[0, :, 0] > 0).sum())
+        tokens = int((grids[0, :count, 0] * grids[0, :count, 1]).sum())
+        row.tensors["reference_grids"] = grids[:, :count]
+        row.tensors["image_tokens"] = row.tensors["image_tokens"][:, :tokens]
+    return rows
+
+
+def uneven_layout_calls(condition_area: int | None, reference_counts: list[int]) -> str | None:
+    """Why a batch of a multi-reference family makes several transformer calls (`velocity_by_layout`)."""
+    if condition_area is not None:
+        return ("model.condition_area is set, so each reference's latent grid follows its image's size, "
+                "and a batch makes one transformer call per reference layout")
+    counts = sorted(set(reference_counts))
+    if len(counts) > 1:
+        return (f"the samples have {' or '.join(map(str, counts))} reference images, and a batch makes one "
+                "transformer call per reference count")
+    return None
 
 
 def _encoding_on_device(encode):

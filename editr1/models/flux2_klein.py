@@ -35,7 +35,16 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3ForCausalL
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
-from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, awaiting_weights, without_weights
+from editr1.models.base import (
+    Conditions,
+    EditModelAdapter,
+    InferenceDefaults,
+    awaiting_weights,
+    uneven_layout_calls,
+    velocity_by_layout,
+    without_reference_padding,
+    without_weights,
+)
 from editr1.models.codecs import Flux2VaeCodec, PixelUnshuffleCodec, load_codec
 
 #: `Flux2KleinPipeline.__call__` shrinks a reference image above this many pixels to it (aspect kept); smaller
@@ -165,15 +174,7 @@ class Flux2KleinAdapter(EditModelAdapter):
         return self
 
     def uneven_transformer_calls(self, reference_counts: list[int]) -> str | None:
-        # `velocity` makes one call per reference layout (count and grid of each reference) in a batch.
-        if self.condition_area is not None:
-            return ("model.condition_area is set, so each reference's latent grid follows its image's size, "
-                    "and a batch makes one transformer call per reference layout")
-        counts = sorted(set(reference_counts))
-        if len(counts) > 1:
-            return (f"the samples have {' or '.join(map(str, counts))} reference images, and a batch makes one "
-                    "transformer call per reference count")
-        return None
+        return uneven_layout_calls(self.condition_area, reference_counts)
 
     # ---- loading and saving -------------------------------------------------------------------
     @classmethod
@@ -339,14 +340,7 @@ class Flux2KleinAdapter(EditModelAdapter):
 
     def split_conditions(self, conditions: Conditions) -> list[Conditions]:
         """Each row without the batch's padding: its own references and their latents."""
-        rows = super().split_conditions(conditions)
-        for row in rows:
-            grids = row.tensors["reference_grids"]
-            count = int((grids[0, :, 0] > 0).sum())
-            tokens = int((grids[0, :count, 0] * grids[0, :count, 1]).sum())
-            row.tensors["reference_grids"] = grids[:, :count]
-            row.tensors["image_tokens"] = row.tensors["image_tokens"][:, :tokens]
-        return rows
+        return without_reference_padding(super().split_conditions(conditions))
 
     def join_conditions(self, rows: list[Conditions], device: torch.device | str | None = None) -> Conditions:
         """Reference latents and grids right-padded with zeros as `encode_conditions` pads them; the grids
@@ -365,25 +359,10 @@ class Flux2KleinAdapter(EditModelAdapter):
     ) -> torch.Tensor:
         """`guidance` is unused: [klein] has no guidance input (Base is guided by true CFG, in the sampler)."""
         model = self.transformer if transformer is None else transformer  # may be a DDP wrapper
-        c = conditions.tensors
-        batch = tokens.shape[0]
-        sigma = sigma.to(self.transformer.dtype).expand(batch)
-        layouts = defaultdict(list)
-        for row, grids in enumerate(c["reference_grids"].tolist()):
-            layouts[tuple((rows, cols) for rows, cols in grids if rows > 0)].append(row)
-        if len(layouts) == 1:
-            (layout,) = layouts
-            return self._velocity_of_layout(model, tokens, sigma, c, layout, conditions.shared["target_grid"])
-        outputs, order = [], []
-        for layout, rows in layouts.items():
-            index = torch.tensor(rows, device=tokens.device)
-            part = {k: t[index.to(t.device)] for k, t in c.items()}
-            outputs.append(self._velocity_of_layout(model, tokens[index], sigma[index], part, layout,
-                                                    conditions.shared["target_grid"]))
-            order += rows
-        inverse = torch.empty(batch, dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(batch)
-        return torch.cat(outputs)[inverse.to(tokens.device)]
+        sigma = sigma.to(self.transformer.dtype).expand(tokens.shape[0])
+        target_grid = conditions.shared["target_grid"]
+        return velocity_by_layout(tokens, sigma, conditions.tensors, lambda t, s, c, layout: self._velocity_of_layout(
+            model, t, s, c, layout, target_grid))
 
     def _velocity_of_layout(
         self,

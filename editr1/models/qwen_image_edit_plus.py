@@ -40,7 +40,13 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from editr1.errors import EditR1Error
 from editr1.models import qwen_image_edit
-from editr1.models.base import Conditions, InferenceDefaults
+from editr1.models.base import (
+    Conditions,
+    InferenceDefaults,
+    uneven_layout_calls,
+    velocity_by_layout,
+    without_reference_padding,
+)
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec
 from editr1.models.qwen_image_edit import QwenImageEditAdapter
 from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
@@ -109,15 +115,7 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
         return self
 
     def uneven_transformer_calls(self, reference_counts: list[int]) -> str | None:
-        # `velocity` makes one call per reference layout (count and grid of each reference) in a batch.
-        if self.condition_area is not None:
-            return ("model.condition_area is set, so each reference's latent grid follows its image's aspect ratio, "
-                    "and a batch makes one transformer call per reference layout")
-        counts = sorted(set(reference_counts))
-        if len(counts) > 1:
-            return (f"the samples have {' or '.join(map(str, counts))} reference images, and a batch makes one "
-                    "transformer call per reference count")
-        return None
+        return uneven_layout_calls(self.condition_area, reference_counts)
 
     @classmethod
     def build_tiny(cls, corpus: list[str], seed: int = 0) -> "QwenImageEditPlusAdapter":
@@ -199,14 +197,7 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
 
     def split_conditions(self, conditions: Conditions) -> list[Conditions]:
         """Each row without the batch's padding: its own prompt length, references and their latents."""
-        rows = super().split_conditions(conditions)
-        for row in rows:
-            grids = row.tensors["reference_grids"]
-            count = int((grids[0, :, 0] > 0).sum())
-            tokens = int((grids[0, :count, 0] * grids[0, :count, 1]).sum())
-            row.tensors["reference_grids"] = grids[:, :count]
-            row.tensors["image_tokens"] = row.tensors["image_tokens"][:, :tokens]
-        return rows
+        return without_reference_padding(super().split_conditions(conditions))
 
     def join_conditions(self, rows: list[Conditions], device: torch.device | str | None = None) -> Conditions:
         """Text, reference latents and grids right-padded with zeros as `encode_conditions` pads them;
@@ -228,24 +219,9 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
         transformer: nn.Module | None = None,
     ) -> torch.Tensor:
         model = self.transformer if transformer is None else transformer  # may be a DDP wrapper
-        c = conditions.tensors
-        batch = tokens.shape[0]
-        sigma = sigma.to(self.transformer.dtype).expand(batch)
-        layouts = defaultdict(list)
-        for row, grids in enumerate(c["reference_grids"].tolist()):
-            layouts[tuple((rows, cols) for rows, cols in grids if rows > 0)].append(row)
-        if len(layouts) == 1:
-            (layout,) = layouts
-            return self._velocity_of_layout(model, tokens, sigma, c, layout, conditions.shared, guidance)
-        outputs, order = [], []
-        for layout, rows in layouts.items():
-            index = torch.tensor(rows, device=tokens.device)
-            part = {k: t[index.to(t.device)] for k, t in c.items()}
-            outputs.append(self._velocity_of_layout(model, tokens[index], sigma[index], part, layout, conditions.shared, guidance))
-            order += rows
-        inverse = torch.empty(batch, dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(batch)
-        return torch.cat(outputs)[inverse.to(tokens.device)]
+        sigma = sigma.to(self.transformer.dtype).expand(tokens.shape[0])
+        return velocity_by_layout(tokens, sigma, conditions.tensors, lambda t, s, c, layout: self._velocity_of_layout(
+            model, t, s, c, layout, conditions.shared, guidance))
 
     def _velocity_of_layout(
         self,
