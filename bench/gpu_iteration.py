@@ -30,8 +30,9 @@ The naive path is plain diffusers + peft, called directly:
   dtype, bf16 at full size), switched with `set_adapter` / `disable_adapters` / `enable_adapters`.
 - Every velocity is `transformer(hidden_states=..., ...)` with the inputs the stock pipelines build from
   the adapter's `Conditions` (the same tensors editr1 uses; FLUX's position ids from
-  `FluxKontextPipeline._prepare_latent_image_ids`), and for the Qwen families the all-ones text
-  attention mask the Qwen pipelines pass (GPU-NOTES: +18-39% forward time).
+  `FluxKontextPipeline._prepare_latent_image_ids`, FLUX.2 [klein]'s from `Flux2KleinPipeline`'s
+  `_prepare_latent_ids`, `_prepare_image_ids` and `_prepare_text_ids`), and for the Qwen families the
+  all-ones text attention mask the Qwen pipelines pass (GPU-NOTES: +18-39% forward time).
 - Rollout: the same solver (`editr1.sampling.solvers`) around those direct calls, under "old".
 - Micro-step in the plain order the baseline measurements use: forward with grad ("default"), then the
   old-adapter and adapters-disabled forwards under `no_grad`, then "default" re-selected (needed for
@@ -46,16 +47,19 @@ in the presets) applies to both. On CUDA cuDNN attention is disabled for both un
 
 Full size (`--family ...` without `--tiny`): the diffusers transformer classes with the published
 configs their adapter modules hold (`RELEASED_TRANSFORMER`, `RELEASED_VAE`, `RELEASED_TEXT_ENCODER...` in
-editr1/models/qwen_image_edit.py and flux_kontext.py; Qwen-Image 20B: 60 blocks, 24 x 128 heads; FLUX.1
-Kontext 12B: 19 double + 38 single blocks), random weights built directly on the device in `--dtype`
-(bf16), and the full-size VAE (Qwen-Image VAE / FLUX VAE, random weights). The text encoders (Qwen2.5-VL-7B; CLIP-L + T5-XXL) are
+editr1/models/qwen_image_edit.py, flux_kontext.py and flux2_klein.py; Qwen-Image 20B: 60 blocks, 24 x 128
+heads; FLUX.1 Kontext 12B: 19 double + 38 single blocks; FLUX.2 [klein] 4B: 5 double + 20 single blocks),
+random weights built directly on the device in `--dtype` (bf16), and the full-size VAE (Qwen-Image VAE /
+FLUX VAE / FLUX.2 VAE, random weights). The text encoders (Qwen2.5-VL-7B; CLIP-L + T5-XXL; Qwen3-4B) are
 replaced by random prompt embeddings of the right shapes (Qwen: the ~324 image tokens of a 512^2 source
 in the VL chat plus ~17 template and instruction tokens, 3584 wide; FLUX: 512 T5 tokens of 4096 and a
-pooled 768), so the "encode" row then times only the VAE encoding of the sources. `--with-text-encoder`
-builds the full-size encoders with random weights instead (tokenized by editr1's tiny tokenizers, so
-the instruction's token count is approximate; the image tokens and T5's padding are exact) and times
-`adapter.encode_conditions`. `--depth N` cuts the transformer to N blocks (FLUX: N double + 2N single,
-the released 1:2 ratio), and the text encoders to N layers. Before building, the script counts the
+pooled 768; [klein]: Qwen3's 512 padded tokens, 3 stacked layers of 2560), so the "encode" row then times
+only the VAE encoding of the sources. `--with-text-encoder` builds the full-size encoders with random
+weights instead (tokenized by editr1's tiny tokenizers, so the instruction's token count is approximate;
+the image tokens and T5's and Qwen3's padding are exact) and times `adapter.encode_conditions`.
+`--depth N` cuts the transformer to N blocks (FLUX: N double + 2N single, the released 1:2 ratio;
+[klein]: N double + 4N single, its 1:4), and the text encoders to N layers ([klein]'s Qwen3 to no fewer
+than the 28 its pipeline reads: hidden states 9, 18 and 27). Before building, the script counts the
 parameters on the meta device and refuses to build what does not fit in the device's free memory.
 
 FLOPs and MFU (the usual counting; see docs/real_scale.md): forward hooks on every `nn.Linear` that runs
@@ -109,7 +113,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("total", "iteration"),
 )
 PATHS = ("editr1", "naive")
-FAMILY_NAMES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext")
+FAMILY_NAMES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext", "flux2-klein")
 H100_BF16_PEAK_TFLOPS = 749.0
 GIB = 2**30
 
@@ -117,6 +121,9 @@ GIB = 2**30
 #: a ~10-token instruction and the chat's closing tokens (Plus: "Picture 1: " too).
 QWEN_TEXT_OVERHEAD = {"qwen-image-edit": 17, "qwen-image-edit-plus": 21, "qwen-image-edit-2511": 21}
 FLUX_T5_TOKENS, FLUX_POOLED = 512, 768
+#: FLUX.2 [klein]'s text stream: every instruction chat padded to 512 Qwen3 tokens (`Flux2KleinPipeline`'s
+#: `max_sequence_length`), unmasked.
+KLEIN_TEXT_TOKENS = 512
 PROMPT = "Change the color of the red square to blue."
 
 
@@ -420,7 +427,7 @@ class Editr1Path:
 def naive_velocity(transformer: nn.Module, family: str, tokens: torch.Tensor, sigma: torch.Tensor, conditions,
                    guidance: float | None) -> torch.Tensor:
     """One direct diffusers call with the inputs the stock pipeline builds (Qwen: with its all-ones mask)."""
-    from diffusers import FluxKontextPipeline
+    from diffusers import Flux2KleinPipeline, FluxKontextPipeline
 
     c, dtype, batch = conditions.tensors, transformer.dtype, tokens.shape[0]
     device = tokens.device
@@ -439,6 +446,17 @@ def naive_velocity(transformer: nn.Module, family: str, tokens: torch.Tensor, si
             pooled_projections=c["pooled_prompt_embeds"].to(dtype), encoder_hidden_states=c["prompt_embeds"].to(dtype),
             txt_ids=torch.zeros(c["prompt_embeds"].shape[1], 3, device=device, dtype=dtype),
             img_ids=torch.cat([target_ids, reference_ids], dim=0), return_dict=False,
+        )[0]
+    elif family == "flux2-klein":
+        # The pipeline's 4-D ids (time, row, column, text position): the target at time 0, reference i at 10 (i + 1).
+        th, tw = conditions.shared["target_grid"]
+        references = [torch.empty(1, 0, r, g) for r, g in c["reference_grids"][0].tolist() if r > 0]
+        target_ids = Flux2KleinPipeline._prepare_latent_ids(torch.empty(batch, 0, th, tw))
+        reference_ids = Flux2KleinPipeline._prepare_image_ids(references).expand(batch, -1, -1)
+        out = transformer(
+            hidden_states=hidden, timestep=timestep, guidance=None, encoder_hidden_states=c["prompt_embeds"].to(dtype),
+            txt_ids=Flux2KleinPipeline._prepare_text_ids(c["prompt_embeds"]).to(device),
+            img_ids=torch.cat([target_ids, reference_ids], dim=1).to(device), return_dict=False,
         )[0]
     else:
         if family == "qwen-image-edit":
@@ -586,13 +604,17 @@ def measure_path(path_cls, workload: Workload, lora_spec, repeats: int, device: 
 
 # ---- models ----------------------------------------------------------------------------------------
 def transformer_config(family: str, depth: int | None) -> tuple[type, dict]:
-    from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel
+    from diffusers import Flux2Transformer2DModel, FluxTransformer2DModel, QwenImageTransformer2DModel
 
     config = dict(released(family).RELEASED_TRANSFORMER)
     if family == "flux-kontext":
         if depth is not None:
             config.update(num_layers=min(depth, 19), num_single_layers=min(2 * depth, 38))
         return FluxTransformer2DModel, config
+    if family == "flux2-klein":
+        if depth is not None:
+            config.update(num_layers=min(depth, 5), num_single_layers=min(4 * depth, 20))
+        return Flux2Transformer2DModel, config
     if depth is not None:
         config.update(num_layers=min(depth, 60))
     return QwenImageTransformer2DModel, config
@@ -605,6 +627,8 @@ def text_encoder_builders(family: str, depth: int | None, tokenizers: dict) -> l
         CLIPTextModel,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
+        Qwen3Config,
+        Qwen3ForCausalLM,
         T5Config,
         T5EncoderModel,
     )
@@ -621,6 +645,13 @@ def text_encoder_builders(family: str, depth: int | None, tokenizers: dict) -> l
         return [lambda: CLIPTextModel(clip_config).eval(), lambda: T5EncoderModel(t5_config).eval()]
     ids = tokenizers["qwen"].convert_tokens_to_ids
     special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
+    if family == "flux2-klein":
+        from editr1.models.flux2_klein import Flux2KleinAdapter
+
+        released_layers = configs.RELEASED_TEXT_ENCODER["num_hidden_layers"]
+        layers = max(cut(released_layers), max(Flux2KleinAdapter.text_encoder_out_layers) + 1)  # it reads layer 27
+        qwen3 = Qwen3Config(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": layers}, **special)
+        return [lambda: Qwen3ForCausalLM(qwen3).eval()]
     config = Qwen2_5_VLConfig(
         text_config={**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": cut(28), **special},
         vision_config={**configs.RELEASED_TEXT_ENCODER_VISION, "depth": cut(32)},
@@ -651,10 +682,10 @@ def free_memory(device: torch.device) -> int:
 
 def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
     """The full-size adapter (random weights on `device`) and its encode function (see the docstring)."""
-    from diffusers import AutoencoderKL, AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
+    from diffusers import AutoencoderKL, AutoencoderKLFlux2, AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from editr1.models.codecs import ScaledVaeCodec, VaeCodec
+    from editr1.models.codecs import Flux2VaeCodec, ScaledVaeCodec, VaeCodec
     from editr1.models.registry import adapter_class
 
     cls, config = transformer_config(family, args.depth)
@@ -668,6 +699,10 @@ def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
 
         corpus = [*BASE_CORPUS, PROMPT]
         tokenizers = {"clip": build_tiny_clip_tokenizer(corpus), "t5": build_tiny_t5_tokenizer(corpus)}
+    elif family == "flux2-klein":
+        from editr1.models.tiny_flux2_klein import SCHEDULER_CONFIG, build_tiny_qwen3_tokenizer
+
+        tokenizers = {"qwen": build_tiny_qwen3_tokenizer([PROMPT])}
     else:
         from editr1.models.qwen_image_edit import PROMPT_TEMPLATE
         from editr1.models.qwen_image_edit_plus import MAX_REFERENCES, chat_text
@@ -679,6 +714,8 @@ def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
     vae_config = released(family).RELEASED_VAE
     if family == "flux-kontext":
         vae_builder = lambda: AutoencoderKL(**vae_config)  # noqa: E731
+    elif family == "flux2-klein":
+        vae_builder = lambda: AutoencoderKLFlux2(**vae_config)  # noqa: E731
     else:
         vae_builder = lambda: AutoencoderKLQwenImage(**vae_config)  # noqa: E731
     needed = _meta_bytes([lambda: cls(**config), vae_builder, *encoders], dtype)
@@ -699,6 +736,9 @@ def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
         text_encoder, text_encoder_2 = built if built else (None, None)
         adapter = adapter_class(family)(transformer, ScaledVaeCodec(vae), text_encoder, tokenizers["clip"], text_encoder_2,
                                         tokenizers["t5"], scheduler)
+    elif family == "flux2-klein":
+        text_encoder = built[0] if built else None
+        adapter = adapter_class(family)(transformer, Flux2VaeCodec(vae), text_encoder, tokenizers["qwen"], scheduler)
     else:
         from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
 
@@ -724,6 +764,10 @@ def synthetic_encode(adapter, family: str, sources: list, size: int, seed: int) 
         tensors = {"prompt_embeds": torch.randn(groups, FLUX_T5_TOKENS, width, generator=generator),
                    "pooled_prompt_embeds": torch.randn(groups, FLUX_POOLED, generator=generator)}
         shared = {"token_grids": (grid, grid)}
+    elif family == "flux2-klein":  # one reference (the source) per sample, of the target's grid
+        tensors = {"prompt_embeds": torch.randn(groups, KLEIN_TEXT_TOKENS, width, generator=generator),
+                   "reference_grids": torch.tensor([[list(grid)]] * groups)}
+        shared = {"target_grid": grid}
     else:
         text = round(size / 28) ** 2 + QWEN_TEXT_OVERHEAD[family]  # the VL image tokens of the source, + the chat's
         tensors = {"prompt_embeds": torch.randn(groups, text, width, generator=generator),

@@ -5,10 +5,11 @@
     .venv/bin/python bench/real_width.py --family flux-kontext --size 256 --quick  # CI (tests/test_bench_real_width.py)
     .venv/bin/python bench/real_width.py --from-json runs.json                  # the report of an earlier --json
     .venv/bin/python bench/real_width.py --lora-dtype                           # activations: bf16 vs float32 LoRA
+    .venv/bin/python bench/real_width.py --counts --family flux2-klein          # parameter counts only (seconds)
 
 What is built. For each family, the full-size configurations its adapter module holds (`RELEASED_TRANSFORMER`,
-`RELEASED_VAE`, `RELEASED_TEXT_ENCODER...` in editr1/models/qwen_image_edit.py and flux_kontext.py) with their
-depth cut (random weights, nothing downloaded), in `--dtype` (bf16):
+`RELEASED_VAE`, `RELEASED_TEXT_ENCODER...` in editr1/models/qwen_image_edit.py, flux_kontext.py and
+flux2_klein.py) with their depth cut (random weights, nothing downloaded), in `--dtype` (bf16):
 - Qwen-Image-Edit(-2509): `QwenImageTransformer2DModel` with `--blocks` of its 60 blocks; Qwen2.5-VL-7B
   (`Qwen2_5_VLForConditionalGeneration`) with `--blocks` of its 28 decoder layers, the real 152064-token
   embedding and LM head, and `--blocks` + 1 of its 32 vision blocks (the last one full attention, the
@@ -17,10 +18,17 @@ depth cut (random weights, nothing downloaded), in `--dtype` (bf16):
 - FLUX.1 Kontext: `FluxTransformer2DModel` with `--blocks` of its 19 double-stream and `--blocks` of its 38
   single-stream blocks; CLIP-L's text model and T5-XXL's encoder with `--blocks` layers each (real widths,
   heads and vocabularies); FLUX's 16-channel `AutoencoderKL`.
+- FLUX.2 [klein] (4B): `Flux2Transformer2DModel` with `--blocks` of its 5 double-stream and `--blocks` of
+  its 20 single-stream blocks; Qwen3-4B (`Qwen3ForCausalLM`, the real 151936-token tied embedding) with 27
+  + `--blocks` of its 36 layers: the pipeline stacks the hidden states of layers 9, 18 and 27, so the
+  encoder cannot be cut below 28 (27 an inner layer, as in the release), and each added block adds one
+  layer here too; FLUX.2's 32-channel `AutoencoderKLFlux2` in editr1's `Flux2VaeCodec`. The published
+  counts of the 9B (`RELEASED_TRANSFORMER_9B`, `RELEASED_TEXT_ENCODER_9B`) are counted too, not run.
 The tokenizers are editr1's offline tiny ones (`editr1.processing.tiny_tokenizer`,
-`editr1.models.tiny_flux_kontext`): their ids are below the real vocabularies, so every embedding has its
-real size; token counts are exact where they are fixed (Qwen2.5-VL's image tokens, T5's 512 padded
-positions, CLIP's 77) and approximate for the instruction and the chat template (Qwen).
+`editr1.models.tiny_flux_kontext`, `editr1.models.tiny_flux2_klein`): their ids are below the real
+vocabularies, so every embedding has its real size; token counts are exact where they are fixed
+(Qwen2.5-VL's image tokens, T5's and Qwen3's 512 padded positions, CLIP's 77) and approximate for the
+instruction and the chat template (Qwen-Image-Edit).
 
 What runs. The components are wrapped in editr1's adapter classes exactly as the tiny presets do it
 (`adapter_class(family)(transformer, codec, ...)`), saved with `adapter.save_pretrained(folder)` (one
@@ -40,7 +48,8 @@ for every module the targets match, and that every target matches at least one m
 What it measures:
 - Parameters per component, exactly: `numel` and `numel * element_size` of the loaded modules. Per block:
   exact counts of the block modules (the same configurations built on PyTorch's meta device), and the
-  full-depth extrapolation (non-block parameters + N x per block) beside docs/real_scale.md's totals.
+  full-depth extrapolation (non-block parameters + N x per block) beside docs/real_scale.md's totals
+  (`--counts`: these tables alone, in seconds, nothing run).
 - Memory, as the process's resident set (RSS, Linux): the RSS once the trainer has loaded the model and
   every weight has been read once (the loaders map the safetensors files, so an unread weight is not yet
   resident): the loaded-model baseline; then the peak RSS of the trainer's rollout and NFT-update phases
@@ -58,7 +67,7 @@ What it measures:
 Where each published configuration comes from is noted beside it in the adapter module. They were checked
 against the signatures of the installed diffusers 0.42.1 (`QwenImageTransformer2DModel.__init__`,
 `FluxTransformer2DModel.__init__` and `AutoencoderKLQwenImage.__init__` default to exactly these values) and
-transformers 5.x.
+transformers 5.x; for FLUX.2 [klein]'s, its module names the source of each value.
 """
 
 from __future__ import annotations
@@ -79,7 +88,7 @@ from editr1.models.base import constructing
 from editr1.rewards.base import Reward, RewardBatch, check_batch
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext")
+FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext", "flux2-klein")
 GIB, MIB = 2**30, 2**20
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -89,6 +98,10 @@ PAGE = {
     "qwen_transformer": 20.43, "qwen25_vl_7b": 8.29, "qwen25_vl_vision": 0.68, "qwen25_vl_lm_head": 0.55,
     "qwen_vae": 0.13, "flux_transformer": 11.90, "t5_xxl": 4.76, "clip_l": 0.12, "flux_vae": 0.08,
     "qwen_lora_m": 94.4, "flux_lora_m": 52.3,
+    # "FLUX.2 [klein] 4B on one GPU": the 4B's transformer and Qwen3-4B text encoder (B), its LoRA at rank 32
+    # on the adapter's targets (M); the 9B's transformer (B) and LoRA (M). (The VAE: "about 0.2 GiB", no count.)
+    "klein_transformer": 3.88, "qwen3_4b": 4.0, "klein_lora_m": 37.4,
+    "klein_9b_transformer": 9.08, "klein_9b_lora_m": 64,
     # Peaks beyond the weights of one NFT micro-step at B = 2 (GiB), checkpointing on / off, and its tokens
     # ("Activations: from the baseline peaks").
     "qwen_nft_on_gib": 3.0, "qwen_nft_off_gib": 29.0, "qwen_nft_tokens": 2248,
@@ -131,6 +144,10 @@ def tokenizers_for(family: str) -> dict:
 
         corpus = [*BASE_CORPUS, *PROMPTS]
         return {"clip": build_tiny_clip_tokenizer(corpus), "t5": build_tiny_t5_tokenizer(corpus)}
+    if family == "flux2-klein":
+        from editr1.models.tiny_flux2_klein import build_tiny_qwen3_tokenizer
+
+        return {"qwen": build_tiny_qwen3_tokenizer(PROMPTS)}
     from editr1.models.qwen_image_edit import PROMPT_TEMPLATE
     from editr1.models.qwen_image_edit_plus import MAX_REFERENCES, chat_text
     from editr1.processing.tiny_tokenizer import build_tiny_qwen_tokenizer
@@ -138,22 +155,39 @@ def tokenizers_for(family: str) -> dict:
     return {"qwen": build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, chat_text("", MAX_REFERENCES), *PROMPTS])}
 
 
+def text_layers(family: str, blocks: int) -> int:
+    """FLUX.2 [klein]'s Qwen3 layers at `blocks`: the 28 up to the last one the pipeline reads (layer 27 an
+    inner one), plus one per block after the first."""
+    from editr1.models.registry import adapter_class
+
+    return max(adapter_class(family).text_encoder_out_layers) + blocks
+
+
 def component_configs(family: str, blocks: int, tokenizers: dict, single_blocks: int | None = None) -> dict:
     """Constructors of every component at full width, depth cut to `blocks` (see the module docstring)."""
-    from diffusers import AutoencoderKL, AutoencoderKLQwenImage, FluxTransformer2DModel, QwenImageTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderKLFlux2,
+        AutoencoderKLQwenImage,
+        Flux2Transformer2DModel,
+        FluxTransformer2DModel,
+        QwenImageTransformer2DModel,
+    )
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
+        Qwen3Config,
+        Qwen3ForCausalLM,
         T5Config,
         T5EncoderModel,
     )
 
     configs = released(family)
+    singles = blocks if single_blocks is None else single_blocks
     if family == "flux-kontext":
         clip, t5 = tokenizers["clip"], tokenizers["t5"]
-        singles = blocks if single_blocks is None else single_blocks
         transformer = {**configs.RELEASED_TRANSFORMER, "num_layers": blocks, "num_single_layers": singles}
         clip_config = CLIPTextConfig(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": blocks},
                                      bos_token_id=clip.bos_token_id, eos_token_id=clip.eos_token_id,
@@ -167,6 +201,16 @@ def component_configs(family: str, blocks: int, tokenizers: dict, single_blocks:
             "vae": lambda: AutoencoderKL(**configs.RELEASED_VAE),
         }
     ids = tokenizers["qwen"].convert_tokens_to_ids
+    if family == "flux2-klein":
+        transformer = {**configs.RELEASED_TRANSFORMER, "num_layers": blocks, "num_single_layers": singles}
+        qwen3 = Qwen3Config(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": text_layers(family, blocks)},
+                            bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                            pad_token_id=ids("<|endoftext|>"))
+        return {
+            "transformer": lambda: Flux2Transformer2DModel(**transformer),
+            "text_encoder": lambda: Qwen3ForCausalLM(qwen3),
+            "vae": lambda: AutoencoderKLFlux2(**configs.RELEASED_VAE),
+        }
     special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
     vision_depth = blocks + 1
     config = Qwen2_5_VLConfig(
@@ -184,17 +228,18 @@ def component_configs(family: str, blocks: int, tokenizers: dict, single_blocks:
     }
 
 
-def build_adapter(family: str, blocks: int, dtype: torch.dtype):
-    """The adapter over full-width components with random weights, assembled as the tiny presets do."""
+def build_adapter(family: str, blocks: int, dtype: torch.dtype, device: str = "cpu", single_blocks: int | None = None):
+    """The adapter over full-width components with random weights, assembled as the tiny presets do
+    (`device` "meta": no weights, for what the adapter says about its components)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from editr1.models.codecs import ScaledVaeCodec, VaeCodec
+    from editr1.models.codecs import Flux2VaeCodec, ScaledVaeCodec, VaeCodec
     from editr1.models.registry import adapter_class
 
     torch.manual_seed(0)
     tokenizers = tokenizers_for(family)
-    builders = component_configs(family, blocks, tokenizers)
-    with constructing("cpu", dtype):
+    builders = component_configs(family, blocks, tokenizers, single_blocks)
+    with constructing(device, dtype):
         built = {name: build().eval() for name, build in builders.items()}
     cls = adapter_class(family)
     if family == "flux-kontext":
@@ -202,6 +247,11 @@ def build_adapter(family: str, blocks: int, dtype: torch.dtype):
 
         return cls(built["transformer"], ScaledVaeCodec(built["vae"]), built["text_encoder"], tokenizers["clip"],
                    built["text_encoder_2"], tokenizers["t5"], FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
+    if family == "flux2-klein":
+        from editr1.models.tiny_flux2_klein import SCHEDULER_CONFIG
+
+        return cls(built["transformer"], Flux2VaeCodec(built["vae"]), built["text_encoder"], tokenizers["qwen"],
+                   FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from editr1.models.tiny_qwen_image_edit import SCHEDULER_CONFIG
@@ -210,6 +260,16 @@ def build_adapter(family: str, blocks: int, dtype: torch.dtype):
     processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizers["qwen"])
     return cls(built["transformer"], VaeCodec(built["vae"]), built["text_encoder"], processor,
                FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
+
+
+def lora_targets(family: str, single_blocks: int | None = None) -> tuple[str, ...]:
+    """The adapter's default LoRA targets. FLUX.2 [klein]'s name each single-stream block's output projection
+    (an instance property): read from an adapter with `single_blocks` of them, built on the meta device."""
+    from editr1.models.registry import adapter_class
+
+    if family != "flux2-klein":
+        return tuple(adapter_class(family).lora_target_modules)
+    return build_adapter(family, 1, torch.bfloat16, "meta", single_blocks).lora_target_modules
 
 
 # ---- parameter accounting ----------------------------------------------------------------------------
@@ -223,6 +283,13 @@ def _parts(family: str) -> dict[str, tuple[str, Any]]:
             "CLIP-L (embeddings, final norm)": ("text_encoder", lambda n: "encoder.layers." not in n),
             "T5-XXL (layers)": ("text_encoder_2", lambda n: n.startswith("encoder.block.")),
             "T5-XXL (embedding, final norm)": ("text_encoder_2", lambda n: not n.startswith("encoder.block.")),
+            "VAE": ("vae", None),
+        }
+    if family == "flux2-klein":
+        return {
+            "transformer": ("transformer", None),
+            "Qwen3 layers": ("text_encoder", lambda n: ".layers." in n),
+            "Qwen3 embedding (tied LM head), final norm": ("text_encoder", lambda n: ".layers." not in n),
             "VAE": ("vae", None),
         }
     return {
@@ -281,15 +348,52 @@ def lora_params_per_module(module: torch.nn.Module, targets: tuple[str, ...], ra
 
 
 def per_block(family: str) -> dict[str, dict[str, float]]:
-    """Exact per-block parameter counts and the full-depth extrapolation, from meta-device builds."""
-    from editr1.models.registry import adapter_class
-
-    targets = adapter_class(family).lora_target_modules
-    one_block = {**released(family).RELEASED_TRANSFORMER, "num_layers": 1}
+    """Exact per-block parameter counts and the full-depth extrapolation, from meta-device builds. The
+    extrapolated rows are (count, the page's count or None where it gives none)."""
+    configs = released(family)
+    full = configs.RELEASED_TRANSFORMER
+    one_block = {**full, "num_layers": 1}
     one = meta_counts(family, 1)
     two = meta_counts(family, 2)
     delta = {part: two[part] - one[part] for part in one}
     rows: dict[str, dict[str, float]] = {}
+    if family == "flux2-klein":
+        from diffusers import Flux2Transformer2DModel
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        singles = meta_counts(family, 1, single_blocks=2)
+        single = singles["transformer"] - one["transformer"]
+        double = delta["transformer"] - single
+        layers = configs.RELEASED_TEXT_ENCODER["num_hidden_layers"]
+        rows["double-stream block"] = {"params": double, "full_count": full["num_layers"]}
+        rows["single-stream block"] = {"params": single, "full_count": full["num_single_layers"]}
+        rows["Qwen3 layer"] = {"params": delta["Qwen3 layers"], "full_count": layers}
+        transformer_full = (one["transformer"] + (full["num_layers"] - 1) * double
+                            + (full["num_single_layers"] - 1) * single)
+        text_full = (one["Qwen3 layers"] + (layers - text_layers(family, 1)) * delta["Qwen3 layers"]
+                     + one["Qwen3 embedding (tied LM head), final norm"])
+        # The LoRA and the 9B: counted at full depth (meta device); [klein]'s targets name single blocks.
+        nine = configs.RELEASED_TRANSFORMER_9B
+        with constructing("meta", torch.bfloat16):
+            lora = {name: lora_params_per_module(Flux2Transformer2DModel(**config),
+                                                 lora_targets(family, config["num_single_layers"]), 32)
+                    for name, config in (("4B", full), ("9B", nine))}
+            nine_params = sum(p.numel() for p in Flux2Transformer2DModel(**nine).parameters())
+            qwen3_8b = Qwen3ForCausalLM(Qwen3Config(**configs.RELEASED_TEXT_ENCODER_9B))
+            qwen3_8b = sum(p.numel() for p in qwen3_8b.parameters())
+        extrapolated = {
+            f"FLUX.2 [klein] 4B transformer ({full['num_layers']} double + {full['num_single_layers']} single)":
+                (transformer_full, PAGE["klein_transformer"] * 1e9),
+            f"Qwen3-4B text encoder ({layers} layers, tied embedding)": (text_full, PAGE["qwen3_4b"] * 1e9),
+            "FLUX.2 VAE (built at full size)": (one["VAE"], None),
+            "LoRA rank 32, default targets": (lora["4B"], PAGE["klein_lora_m"] * 1e6),
+            f"9B transformer ({nine['num_layers']} double + {nine['num_single_layers']} single, built at full depth)":
+                (nine_params, PAGE["klein_9b_transformer"] * 1e9),
+            "9B: Qwen3-8B text encoder (built at full depth)": (qwen3_8b, None),
+            "9B: LoRA rank 32, default targets": (lora["9B"], PAGE["klein_9b_lora_m"] * 1e6),
+        }
+        return {"blocks": rows, "extrapolated": extrapolated, "one": one, "delta": delta}
+    targets = lora_targets(family)
     if family == "flux-kontext":
         singles = meta_counts(family, 1, single_blocks=2)
         single = singles["transformer"] - one["transformer"]
@@ -440,6 +544,8 @@ def expected_shapes(family: str, size: int) -> dict[str, Any]:
     if family == "flux-kontext":
         return {"latents": (2, tokens, 64), "image_tokens": (1, tokens, 64), "prompt_embeds": (1, 512, 4096),
                 "pooled_prompt_embeds": (1, 768)}
+    if family == "flux2-klein":  # 32 latent channels x 2x2 patches; Qwen3's 512 positions, layers 9, 18, 27 stacked
+        return {"latents": (2, tokens, 128), "image_tokens": (1, tokens, 128), "prompt_embeds": (1, 512, 3 * 2560)}
     # Qwen2.5-VL's image tokens: the processor's 28-px grid (smart_resize), merged 2x2.
     vl_tokens = (round(size / 28)) ** 2
     return {"latents": (2, tokens, 64), "image_tokens": (1, tokens, 64), "prompt_embeds_width": 3584,
@@ -505,13 +611,12 @@ def saved_by_lora_dtype(family: str, size: int) -> dict[str, dict[str, int]]:
     """Bytes saved for backward per block and sample by one transformer forward with grad, with the LoRA
     (rank 4, default targets) in bf16, as diffusers' `add_adapter` leaves it on a bf16 model (the page's
     naive baseline), and in float32, as editr1's `PolicySet` keeps it. The transformer alone, at this run's
-    token counts (Qwen: the 2 x 1024 image tokens at 512^2 and a 336-token text; FLUX: 2 x 1024 + 512 T5)."""
-    from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel
+    token counts (Qwen: the 2 x 1024 image tokens at 512^2 and a 336-token text; FLUX: 2 x 1024 + 512 T5;
+    FLUX.2 [klein]: 2 x 1024 + 512 Qwen3)."""
+    from diffusers import Flux2Transformer2DModel, FluxTransformer2DModel, QwenImageTransformer2DModel
     from peft import LoraConfig
 
-    from editr1.models.registry import adapter_class
-
-    targets = list(adapter_class(family).lora_target_modules)
+    targets = list(lora_targets(family, 2))
     one_block = {**released(family).RELEASED_TRANSFORMER, "num_layers": 1}
     grid = size // 16
     generator = torch.Generator().manual_seed(0)
@@ -532,20 +637,31 @@ def saved_by_lora_dtype(family: str, size: int) -> dict[str, dict[str, int]]:
         return result
 
     bf16 = dict(dtype=torch.bfloat16)
-    if family == "flux-kontext":
+    if family in ("flux-kontext", "flux2-klein"):
         tokens, text = 2 * grid * grid, 512
+        if family == "flux-kontext":
+            cls = FluxTransformer2DModel
 
-        def call(model):
-            model(hidden_states=torch.randn(1, tokens, 64, generator=generator).to(**bf16),
-                  timestep=torch.tensor([0.5], **bf16), guidance=torch.tensor([2.5]),
-                  pooled_projections=torch.randn(1, 768, generator=generator).to(**bf16),
-                  encoder_hidden_states=torch.randn(1, text, 4096, generator=generator).to(**bf16),
-                  txt_ids=torch.zeros(text, 3), img_ids=torch.zeros(tokens, 3), return_dict=False)
+            def call(model):
+                model(hidden_states=torch.randn(1, tokens, 64, generator=generator).to(**bf16),
+                      timestep=torch.tensor([0.5], **bf16), guidance=torch.tensor([2.5]),
+                      pooled_projections=torch.randn(1, 768, generator=generator).to(**bf16),
+                      encoder_hidden_states=torch.randn(1, text, 4096, generator=generator).to(**bf16),
+                      txt_ids=torch.zeros(text, 3), img_ids=torch.zeros(tokens, 3), return_dict=False)
+        else:
+            cls = Flux2Transformer2DModel
+
+            def call(model):  # 4-D position ids, no guidance, no pooled text
+                model(hidden_states=torch.randn(1, tokens, one_block["in_channels"], generator=generator).to(**bf16),
+                      timestep=torch.tensor([0.5], **bf16), guidance=None,
+                      encoder_hidden_states=torch.randn(1, text, one_block["joint_attention_dim"],
+                                                        generator=generator).to(**bf16),
+                      txt_ids=torch.zeros(1, text, 4), img_ids=torch.zeros(1, tokens, 4), return_dict=False)
 
         measured = {}
         for singles in (1, 2):
             with constructing("cpu", torch.bfloat16):
-                model = FluxTransformer2DModel(**{**one_block, "num_single_layers": singles})
+                model = cls(**{**one_block, "num_single_layers": singles})
             measured[singles] = measure(model, call)
             del model
         single = {k: measured[2][k] - measured[1][k] for k in measured[1]}
@@ -708,6 +824,12 @@ def page_block_estimate(family: str, row: str) -> str:
             "T5-XXL layer": f"4.76 B / 24 = {count(PAGE['t5_xxl'] * 1e9 / 24)} (incl. embedding)",
             "CLIP-L layer": f"0.12 B / 12 = {count(PAGE['clip_l'] * 1e9 / 12)} (incl. embeddings)",
         }[row]
+    if family == "flux2-klein":
+        return {
+            "double-stream block": "page: 3.88 B in all, no split by block type",
+            "single-stream block": "page: 3.88 B in all, no split by block type",
+            "Qwen3 layer": f"4.0 B / 36 = {count(PAGE['qwen3_4b'] * 1e9 / 36)} (incl. embedding)",
+        }[row]
     layers = (PAGE["qwen25_vl_7b"] - PAGE["qwen25_vl_vision"] - 2 * PAGE["qwen25_vl_lm_head"]) * 1e9 / 28
     return {
         "transformer block": f"20.43 B / 60 = {count(PAGE['qwen_transformer'] * 1e9 / 60)} (incl. non-block)",
@@ -719,10 +841,11 @@ def page_block_estimate(family: str, row: str) -> str:
 def activation_estimate(family: str, size: int, checkpointing: bool) -> str:
     """The page's NFT micro-step peak beyond the weights (B = 2; checkpointing on or off as in this run),
     divided by its blocks and samples and scaled to this run's token count: an extrapolation from GPU
-    measurements of the naive path."""
+    measurements of the naive path. FLUX.2 [klein] (the same width, Qwen3's 512 text tokens for T5's): FLUX.1's,
+    as the page scales it."""
     tokens = 2 * (size // 16) ** 2
     mode = "on" if checkpointing else "off"
-    if family == "flux-kontext":
+    if family in ("flux-kontext", "flux2-klein"):
         tokens += 512
         total = PAGE[f"flux_nft_{mode}_gib"]
         per = total / 57 / 2 * tokens / PAGE["flux_nft_tokens"]
@@ -788,7 +911,7 @@ def report(runs: list[dict]) -> str:
         rows = [[family, name, count(v["params"]), mib(v["params"] * 2), "—", page_block_estimate(family, name)]
                 for name, v in exact["blocks"].items()]
         total_delta = sum(exact["delta"].values())
-        page_weights = ("page: no per-block split" if family == "flux-kontext" else
+        page_weights = ("page: no per-block split" if family in ("flux-kontext", "flux2-klein") else
                         "≈ " + mib(2e9 * (PAGE["qwen_transformer"] / 60 + PAGE["qwen25_vl_vision"] / 32
                                           + (PAGE["qwen25_vl_7b"] - PAGE["qwen25_vl_vision"] - 2 * PAGE["qwen25_vl_lm_head"]) / 28)))
         pairs = [(a, b) for a, b in zip(mine, mine[1:]) if b["blocks"] > a["blocks"]]
@@ -815,17 +938,33 @@ def report(runs: list[dict]) -> str:
             ]
         out.append(table(["family", "component", "params per block", "bytes per block (bf16)",
                           "measured RSS delta per block", "docs estimate"], rows))
-        out.append("\nFull depth, extrapolated from the exact per-block counts, against the page:\n")
-        out.append(table(["component", "extrapolated", "page", "ratio"],
-                         [[name, count(mine_), count(page), f"{mine_ / page:.3f}"]
-                          for name, (mine_, page) in exact["extrapolated"].items()]))
+        out.append(full_depth_table(exact))
     return "\n".join(out)
+
+
+def full_depth_table(exact: dict) -> str:
+    """`per_block`'s full-depth counts beside the page's (none: "—")."""
+    rows = [[name, count(mine), "—" if page is None else count(page), "—" if page is None else f"{mine / page:.3f}"]
+            for name, (mine, page) in exact["extrapolated"].items()]
+    return ("\nFull depth, extrapolated from the exact per-block counts, against the page:\n\n"
+            + table(["component", "extrapolated", "page", "ratio"], rows))
+
+
+def counts_report(family: str) -> str:
+    """`--counts`: the exact per-block counts and the full-depth totals alone (meta device, nothing run)."""
+    exact = per_block(family)
+    rows = [[family, name, count(v["params"]), mib(v["params"] * 2), str(v["full_count"]),
+             page_block_estimate(family, name)] for name, v in exact["blocks"].items()]
+    return "\n".join([f"\n## {family}: parameters (meta device, exact)\n",
+                      table(["family", "component", "params per block", "bytes per block (bf16)", "in the release",
+                             "docs estimate"], rows),
+                      full_depth_table(exact)])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=FAMILIES, action="append",
-                        help="a family to run (repeatable); default: all three")
+                        help="a family to run (repeatable); default: all of them")
     parser.add_argument("--blocks", type=int, nargs="+", default=[1],
                         help="depth(s) to build (default 1); two or more give the per-block memory by difference")
     parser.add_argument("--size", type=int, default=512, help="edit resolution (default 512; a multiple of 16)")
@@ -833,6 +972,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="model.gradient_checkpointing: true (as the presets; default off)")
     parser.add_argument("--quick", action="store_true", help="skip the per-block tables' meta-device counts (CI)")
+    parser.add_argument("--counts", action="store_true",
+                        help="only print the per-block tables' exact parameter counts and the full-depth totals against "
+                             "the page (meta device, seconds; no iteration)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--tmp", help="where the saved models go (default: the system's temporary folder)")
     parser.add_argument("--from-json", type=Path, help="print the report of an earlier run's --json file, run nothing")
@@ -858,6 +1000,9 @@ def main(argv: list[str] | None = None) -> None:
         print(report(json.loads(args.from_json.read_text())))
         return
     families = args.family or list(FAMILIES)
+    if args.counts:
+        print("\n".join(counts_report(family) for family in families))
+        return
     if args.lora_dtype:
         print("Saved for backward, one forward with grad, per block and sample (transformer alone):\n")
         rows = []

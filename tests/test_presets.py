@@ -24,7 +24,13 @@ PRESETS = {
     "flux_kontext_nft.yaml": ("black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext"),
     # The one-GPU recipe names no family: it follows from model.path, and its LoRA targets from the adapter.
     "flux2_klein_4b_nft.yaml": ("black-forest-labs/FLUX.2-klein-base-4B", "flux2-klein"),
+    # Guidance-distilled like Kontext (guidance 4.0 in rollouts and evaluation), launched with FSDP; no family line.
+    "flux2_dev_nft.yaml": ("black-forest-labs/FLUX.2-dev", "flux2-dev"),
 }
+#: The presets without a family line, their LoRA targets the adapter's, the text encoder offloaded.
+ADAPTER_TARGETS = ("flux2_klein_4b_nft.yaml", "flux2_dev_nft.yaml")
+#: Distilled guidance of the guidance-distilled presets: (rollouts, evaluation).
+GUIDANCE = {"flux-kontext": (2.5, 3.5), "flux2-dev": (4.0, 4.0)}
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
@@ -41,19 +47,19 @@ class Brightness(Reward):
 def test_preset_holds_the_published_defaults(preset, monkeypatch):
     config = load_config(NFTConfig, CONFIGS / preset)
     hub_id, family = PRESETS[preset]
-    flux = family == "flux-kontext"
+    flux = family in GUIDANCE
     model = config.model
-    one_gpu = preset == "flux2_klein_4b_nft.yaml"
-    written_family = None if one_gpu else family
+    follows_path = preset in ADAPTER_TARGETS
+    written_family = None if follows_path else family
     assert (model.path, model.family, model.resolution, model.dtype, model.train_mode) == (hub_id, written_family, 512, "bfloat16", "lora")
-    assert model.gradient_checkpointing and model.offload_text_encoder is one_gpu
-    assert (model.lora.rank, model.lora.alpha, model.lora.target_modules) == (32, 64.0, None if one_gpu else TARGETS)
+    assert model.gradient_checkpointing and model.offload_text_encoder is follows_path
+    assert (model.lora.rank, model.lora.alpha, model.lora.target_modules) == (32, 64.0, None if follows_path else TARGETS)
     rollout, rl, optim = config.rollout, config.rl, config.optim
     assert (rollout.groups_per_iteration, rollout.group_size, rollout.steps, rollout.sampler) == (24, 12, 6, "dpmpp_2m")
-    assert rollout.cfg_scale == 1.0 and rollout.guidance == (2.5 if flux else None)
+    assert rollout.cfg_scale == 1.0 and rollout.guidance == (GUIDANCE[family][0] if flux else None)
     assert (rl.beta, rl.kl_coef, rl.adv_clip, rl.old_policy_schedule) == (1.0, 1e-4, 5.0, "linear")
     assert (optim.lr, optim.betas, optim.weight_decay, optim.grad_clip) == (3e-4, (0.9, 0.999), 1e-4, 1.0)
-    assert (config.eval.cfg_scale, config.eval.guidance) == ((1.0, 3.5) if flux else (4.0, None))
+    assert (config.eval.cfg_scale, config.eval.guidance) == ((1.0, GUIDANCE[family][1]) if flux else (4.0, None))
     assert config.eval.sampler == "euler" and 15 <= config.eval.steps <= 28
     for reward in (config.reward, config.eval.reward):
         assert reward.name == "mllm_remote"
@@ -93,7 +99,7 @@ def test_one_nft_iteration_of_each_preset_on_its_tiny_model(preset, shapes_data,
     assert len(trained) == 1 and trained[0]["grad_norm"] > 0
     assert sum("heldout_reward" in r for r in rows) == 2  # before and after the iteration
     # Evaluation runs at the preset's inference settings: FLUX guidance 3.5 (rollouts 2.5), Qwen true CFG 4.0.
-    assert calls == ([(1.0, 3.5)] * 2 if family == "flux-kontext" else [(4.0, None)] * 2)
+    assert calls == ([(1.0, GUIDANCE[family][1])] * 2 if family in GUIDANCE else [(4.0, None)] * 2)
     # The exported LoRA carries its scale: a diffusers pipeline loads it at alpha 64 / rank 32.
     lora = read_lora(out / "final")
     with safe_open(str(lora.path), framework="pt") as handle:

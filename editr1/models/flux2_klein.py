@@ -50,43 +50,49 @@ from editr1.models.codecs import Flux2VaeCodec, PixelUnshuffleCodec, load_codec
 #: `Flux2KleinPipeline.__call__` shrinks a reference image above this many pixels to it (aspect kept); smaller
 #: ones keep their size. Either way each side is then cut (centre crop) to a multiple of the token size.
 PIPELINE_CONDITION_AREA = 1024 * 1024
-#: Reference images a sample may have. Not a limit of diffusers' pipeline (it takes any number); BFL's
-#: [klein] model cards give up to 4 (from memory, unverified: no copy of them offline).
+#: Reference images a sample may have. Not a limit of diffusers' pipeline nor of BFL's inference code (both
+#: take any number); BFL's editing guide lists up to 4 reference images for [klein] 4B and 9B
+#: (docs.bfl.ai/guides/prompting_editing_overview, "Reference Images per Model").
 MAX_REFERENCES = 4
 
 # ---- the released architecture (FLUX.2 [klein] 4B) ------------------------------------------------------
 # Constructor arguments of the full-size components, for building them with random weights (bench/):
 # `Flux2Transformer2DModel(**RELEASED_TRANSFORMER)`, `AutoencoderKLFlux2(**RELEASED_VAE)`,
-# `Qwen3ForCausalLM(Qwen3Config(**RELEASED_TEXT_ENCODER))`. Where each value comes from is said per value;
-# "from memory" marks what no file here confirms (black-forest-labs/FLUX.2-klein-4B's config.json files
-# are not available offline).
-#: black-forest-labs/FLUX.2-klein-4B transformer/config.json. From the installed diffusers: `in_channels` 128
-#: (4 x the 32 latent channels of `AutoencoderKLFlux2`; the pipeline takes `in_channels // 4`) and
-#: `joint_attention_dim` 7680 (the pipeline stacks 3 Qwen3 layers of 2560). Inferred: `guidance_embeds` False
-#: (the klein pipeline passes no guidance). `Flux2Transformer2DModel`'s defaults, assumed shared by every
-#: FLUX.2: patch size, MLP ratio, RoPE axes and theta, eps, timestep channels. From memory: 5 double-stream
-#: and 20 single-stream blocks of 24 heads of 128; with the above, 3.88B parameters, as the name says
-#: (tests/test_parity_flux2_klein.py counts them).
+# `Qwen3ForCausalLM(Qwen3Config(**RELEASED_TEXT_ENCODER))`. Where each value comes from is said per value
+# (checked against public sources; the Hub's config.json files themselves were not read).
+#: black-forest-labs/FLUX.2-klein-4B transformer/config.json. Every value (5 double-stream and 20
+#: single-stream blocks of 24 heads of 128, `in_channels` 128, `joint_attention_dim` 7680 = 3 x Qwen3-4B's
+#: 2560, MLP ratio 3, RoPE axes 4 x 32 with theta 2000, eps 1e-6, 256 timestep channels, no guidance
+#: embedding) is the "klein-4b" config of diffusers' scripts/convert_flux2_to_diffusers.py, and agrees with
+#: BFL's `Klein4BParams` (hidden 3072, depth 5 + 20, no guidance embed; black-forest-labs/flux2
+#: src/flux2/model.py, as copied in kohya-ss/musubi-tuner src/musubi_tuner/flux_2/flux2_models.py).
+#: 3.88B parameters, as the name says (tests/test_parity_flux2_klein.py counts them).
 RELEASED_TRANSFORMER = dict(
     patch_size=1, in_channels=128, out_channels=None, num_layers=5, num_single_layers=20, attention_head_dim=128,
     num_attention_heads=24, joint_attention_dim=7680, timestep_guidance_channels=256, mlp_ratio=3.0,
     axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, eps=1e-6, guidance_embeds=False,
 )
-#: The 9B's (black-forest-labs/FLUX.2-klein-9B), from memory: 8 double and 24 single blocks of 32 heads, over
-#: Qwen3-8B's 4096-wide hidden states (9.08B parameters).
+#: The 9B's (black-forest-labs/FLUX.2-klein-9B): 8 double and 24 single blocks of 32 heads, over Qwen3-8B's
+#: 4096-wide hidden states (9.08B parameters); the "klein-9b" config of diffusers'
+#: scripts/convert_flux2_to_diffusers.py and BFL's `Klein9BParams` (hidden 4096, context 12288).
 RELEASED_TRANSFORMER_9B = {**RELEASED_TRANSFORMER, "num_layers": 8, "num_single_layers": 24, "num_attention_heads": 32,
                            "joint_attention_dim": 12288}
 #: FLUX.2's VAE (shared by the FLUX.2 models): `AutoencoderKLFlux2`'s defaults in the installed diffusers; 32
-#: latent channels, 8x downsampling, batch-norm statistics over 2x2 patches. Unverified against
-#: black-forest-labs/FLUX.2-klein-4B vae/config.json.
+#: latent channels, 8x downsampling, batch-norm statistics over 2x2 patches. diffusers'
+#: scripts/convert_flux2_to_diffusers.py converts BFL's autoencoder into a default-constructed
+#: `AutoencoderKLFlux2()`, and BFL's `AutoEncoderParams` (128 channels x (1, 2, 4, 4), 2 res blocks, 32 latent
+#: channels) agree; the Hub's vae/config.json itself was not read.
 RELEASED_VAE = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=32, norm_num_groups=32,
     sample_size=1024, use_quant_conv=True, use_post_quant_conv=True, mid_block_add_attention=True,
     batch_norm_eps=1e-4, batch_norm_momentum=0.1, patch_size=(2, 2),
 )
-#: Qwen/Qwen3-4B's config.json (the [klein] 4B text encoder), from memory: 36 layers (the pipeline reads
-#: layers 9, 18, 27) of 2560, 32 query and 8 key-value heads of 128, tied embeddings: 4.02B parameters.
+#: Qwen/Qwen3-4B's config.json (the [klein] 4B text encoder: BFL's src/flux2/text_encoder.py loads
+#: "Qwen/Qwen3-4B" for the 4B and "Qwen/Qwen3-8B" for the 9B): 36 layers (the pipeline reads layers 9, 18,
+#: 27) of 2560, MLP 9728, 32 query and 8 key-value heads of 128, vocabulary 151936, RoPE theta 1e6, 40960
+#: positions, tied embeddings: 4.02B parameters (Qwen's card: 4.0B). Values as copied in kohya-ss/musubi-tuner
+#: src/musubi_tuner/zimage/zimage_utils.py (Qwen3-4B / -8B config.json).
 #: transformers' `Qwen3Config` defaults are none of the released sizes, so every width is given. The token
 #: ids are the tokenizer's.
 RELEASED_TEXT_ENCODER = dict(
@@ -94,16 +100,21 @@ RELEASED_TEXT_ENCODER = dict(
     num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6, hidden_act="silu",
     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=True,
 )
-#: Qwen/Qwen3-8B's (the 9B's text encoder), from memory: 36 layers of 4096, untied embeddings: 8.19B parameters.
+#: Qwen/Qwen3-8B's (the 9B's text encoder), same source: 36 layers of 4096, MLP 12288, 32 / 8 heads of 128,
+#: untied embeddings: 8.19B parameters (Qwen's card: 8.2B).
 RELEASED_TEXT_ENCODER_9B = {**RELEASED_TEXT_ENCODER, "hidden_size": 4096, "intermediate_size": 12288,
                             "tie_word_embeddings": False}
 
 #: [klein] Base: `Flux2KleinPipeline.__call__`'s defaults, 50 steps and true CFG `guidance_scale` 4.0 over
-#: the pipeline's fixed "" negative prompt, combined without rescaling (`neg + s (pos - neg)`).
+#: the pipeline's fixed "" negative prompt, combined without rescaling (`neg + s (pos - neg)`). BFL's own code
+#: agrees: its README calls Base the 50-step variant, and src/flux2/sampling.py `denoise_cfg` guides the same
+#: way from the encoding of "" (its CLI's defaults for the Base models, src/flux2/util.py `FLUX2_MODEL_INFO`
+#: as read in a copy: 50 steps, guidance 4.0).
 BASE_INFERENCE = InferenceDefaults(steps=50, cfg_scale=4.0, negative_prompt="", cfg_renorm=False, guidance=None,
                                    max_references=MAX_REFERENCES)
-#: The step-distilled [klein]: no CFG (the pipeline ignores `guidance_scale` when `is_distilled`), and the 4
-#: steps of BFL's model card (not a diffusers default: unverified here).
+#: The step-distilled [klein]: no CFG (the pipeline ignores `guidance_scale` when `is_distilled`; BFL's CLI
+#: fixes guidance 1.0 for it), and 4 steps (black-forest-labs/flux2 README: "Distilled (4-step)"; BFL's CLI
+#: fixes 4 steps for the distilled models, same `FLUX2_MODEL_INFO`; not a diffusers default).
 DISTILLED_INFERENCE = dataclasses.replace(BASE_INFERENCE, steps=4, cfg_scale=1.0)
 
 
@@ -123,6 +134,10 @@ class Flux2KleinAdapter(EditModelAdapter):
     max_sequence_length = 512
     #: The Qwen3 layers whose hidden states make the text stream: the pipeline's `text_encoder_out_layers`.
     text_encoder_out_layers = (9, 18, 27)
+    #: The model in messages, and the text encoder's and tokenizer's loaders (a FLUX.2 [dev] subclass has its own).
+    model_name = "FLUX.2 [klein]"
+    text_encoder_class = Qwen3ForCausalLM
+    tokenizer_class = AutoTokenizer
     #: Attention projections of the double-stream blocks (BFL's `img_attn`/`txt_attn` `qkv` and `proj`) and the
     #: single-stream blocks' fused input projection (BFL's `linear1`: attention q/k/v and MLP in); their fused
     #: output projection (`linear2`) is named per block in `lora_target_modules`.
@@ -157,7 +172,8 @@ class Flux2KleinAdapter(EditModelAdapter):
         #: resized to the target size.
         self.condition_area: int | None = None
         #: Tokens of the instruction: the 512 of the chat less the template's, counted with this tokenizer (12
-        #: with the released Qwen3 vocabulary, from memory of it: <|im_start|> user \n ... <|im_end|> \n
+        #: with the released Qwen3 vocabulary, whose <think> and </think> are single added tokens:
+        #: <|im_start|> user \n ... <|im_end|> \n
         #: <|im_start|> assistant \n <think> \n\n </think> \n\n). The pipeline cuts the chat at 512, so a
         #: longer instruction would lose its end silently.
         self.max_prompt_tokens = self.max_sequence_length - self.count_prompt_tokens(self.chat_text(""))
@@ -191,16 +207,16 @@ class Flux2KleinAdapter(EditModelAdapter):
         folder = resolve_model_path(path)
         for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
             if not (folder / sub).is_dir():
-                raise EditR1Error(f"{folder}: missing subfolder '{sub}/' of a FLUX.2 [klein] model")
+                raise EditR1Error(f"{folder}: missing subfolder '{sub}/' of a {cls.model_name} model")
         if transformer_weights:
             transformer = Flux2Transformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch_dtype)
         else:
             transformer = awaiting_weights(Flux2Transformer2DModel, folder / "transformer", torch_dtype)
         if text_encoders:
-            text_encoder = Qwen3ForCausalLM.from_pretrained(folder / "text_encoder", dtype=torch_dtype)
+            text_encoder = cls.text_encoder_class.from_pretrained(folder / "text_encoder", dtype=torch_dtype)
         else:
-            text_encoder = without_weights(Qwen3ForCausalLM, folder / "text_encoder", torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+            text_encoder = without_weights(cls.text_encoder_class, folder / "text_encoder", torch_dtype)
+        tokenizer = cls.tokenizer_class.from_pretrained(folder / "tokenizer")
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
         codec = load_codec(folder / "vae", torch_dtype)
         # The pipeline's own default when the index does not say.
@@ -217,7 +233,10 @@ class Flux2KleinAdapter(EditModelAdapter):
         self.text_encoder.save_pretrained(folder / "text_encoder")
         self.tokenizer.save_pretrained(folder / "tokenizer")
         self.scheduler.save_pretrained(folder / "scheduler")
-        index = {
+        (folder / "model_index.json").write_text(json.dumps(self._model_index(), indent=2))
+
+    def _model_index(self) -> dict:
+        return {
             "_class_name": self.pipeline_class,
             "is_distilled": self.is_distilled,
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
@@ -227,7 +246,6 @@ class Flux2KleinAdapter(EditModelAdapter):
             "vae": ["diffusers", "AutoencoderKLFlux2"] if isinstance(self.codec, Flux2VaeCodec)
             else ["editr1", PixelUnshuffleCodec.class_name],
         }
-        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
     def to(self, device: torch.device | str) -> "Flux2KleinAdapter":
         self.transformer.to(device)  # Qwen3: placed by the base class (it may be offloaded)
@@ -289,9 +307,9 @@ class Flux2KleinAdapter(EditModelAdapter):
         if len(sources) != len(prompts):
             raise EditR1Error(f"{len(sources)} source lists for {len(prompts)} prompts")
         for i, images in enumerate(sources):
-            if not 1 <= len(images) <= MAX_REFERENCES:
-                raise EditR1Error(f"sample {i} of the batch has {len(images)} reference images; FLUX.2 [klein] "
-                                  f"takes 1 to {MAX_REFERENCES}")
+            if not 1 <= len(images) <= self.inference.max_references:
+                raise EditR1Error(f"sample {i} of the batch has {len(images)} reference images; {self.model_name} "
+                                  f"takes 1 to {self.inference.max_references}")
         h, w = self._latent_hw(height, width)
         device, dtype = self.device, self.transformer.dtype
         flat = [image for images in sources for image in images]
@@ -303,8 +321,10 @@ class Flux2KleinAdapter(EditModelAdapter):
             by_size[tuple(p.shape[-2:])].append(j)
         for members in by_size.values():
             batch = torch.cat([pixels[j] for j in members])
-            for j, tokens in zip(members, self.encode_images(((batch + 1) / 2).to(device, dtype))):
-                packed[j] = tokens
+            # The pixels reach the codec in float32 (it casts them to the VAE's dtype, as the pipeline does):
+            # rounding them to a bf16 transformer's dtype first would lose up to half a grey level.
+            for j, tokens in zip(members, self.encode_images(((batch + 1) / 2).to(device))):
+                packed[j] = tokens.to(dtype)
         grids = torch.zeros(len(sources), max(len(images) for images in sources), 2, dtype=torch.long)
         per_sample, start = [], 0
         for i, images in enumerate(sources):
@@ -317,14 +337,18 @@ class Flux2KleinAdapter(EditModelAdapter):
         image_tokens = per_sample[0].new_zeros(len(sources), length, per_sample[0].shape[-1])
         for i, t in enumerate(per_sample):
             image_tokens[i, : t.shape[0]] = t
+        embeds = self._prompt_embeds(prompts, dtype, device)
+        return Conditions({"prompt_embeds": embeds, "image_tokens": image_tokens, "reference_grids": grids},
+                          {"target_grid": (h // 2, w // 2)})
+
+    def _prompt_embeds(self, prompts: list[str], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The text stream of each instruction `(B, 512, 3 D)`, as the pipeline encodes it."""
         # The inner Qwen3Model: its hidden states are the causal LM's, without the vocabulary projection of
         # all 512 positions that the pipeline computes and drops.
-        embeds = Flux2KleinPipeline._get_qwen3_prompt_embeds(
+        return Flux2KleinPipeline._get_qwen3_prompt_embeds(
             self.text_encoder.model, self.tokenizer, prompts, dtype=dtype, device=device,
             max_sequence_length=self.max_sequence_length, hidden_states_layers=self.text_encoder_out_layers,
         )
-        return Conditions({"prompt_embeds": embeds, "image_tokens": image_tokens, "reference_grids": grids},
-                          {"target_grid": (h // 2, w // 2)})
 
     def _reference_pixels(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
         """`image` as the VAE gets it: at the target size, or (`condition_area` set) as the pipeline sizes it."""
@@ -362,7 +386,7 @@ class Flux2KleinAdapter(EditModelAdapter):
         sigma = sigma.to(self.transformer.dtype).expand(tokens.shape[0])
         target_grid = conditions.shared["target_grid"]
         return velocity_by_layout(tokens, sigma, conditions.tensors, lambda t, s, c, layout: self._velocity_of_layout(
-            model, t, s, c, layout, target_grid))
+            model, t, s, c, layout, target_grid, guidance))
 
     def _velocity_of_layout(
         self,
@@ -372,6 +396,7 @@ class Flux2KleinAdapter(EditModelAdapter):
         c: dict[str, torch.Tensor],
         layout: tuple[tuple[int, int], ...],
         target_grid: tuple[int, int],
+        guidance: float | None = None,
     ) -> torch.Tensor:
         """One transformer call for rows whose references have the same count and grids."""
         dtype = self.transformer.dtype
@@ -385,10 +410,14 @@ class Flux2KleinAdapter(EditModelAdapter):
         out = model(
             hidden_states=torch.cat([tokens.to(dtype), c["image_tokens"][:, :reference_tokens].to(dtype)], dim=1),
             timestep=sigma,  # the transformer multiplies by 1000 itself
-            guidance=None,
+            guidance=self._guidance_input(guidance, tokens),
             encoder_hidden_states=embeds,
             txt_ids=Flux2KleinPipeline._prepare_text_ids(embeds[:1]).to(tokens.device),
             img_ids=torch.cat([target_ids, reference_ids], dim=1).to(tokens.device),
             return_dict=False,
         )[0]
         return out[:, : tokens.shape[1]].to(tokens.dtype)  # as every adapter: the dtype of the latents given
+
+    def _guidance_input(self, guidance: float | None, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The transformer's `guidance` input: none for [klein] (no guidance embedding)."""
+        return None

@@ -22,6 +22,7 @@ FAMILIES: dict[str, str] = {
     "qwen-image-edit-2511": "editr1.models.qwen_image_edit_2511:QwenImageEdit2511Adapter",
     "flux-kontext": "editr1.models.flux_kontext:FluxKontextAdapter",
     "flux2-klein": "editr1.models.flux2_klein:Flux2KleinAdapter",
+    "flux2-dev": "editr1.models.flux2_dev:Flux2DevAdapter",
 }
 
 

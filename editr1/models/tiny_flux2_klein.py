@@ -39,10 +39,14 @@ QWEN3_CHAT_TEMPLATE = (
 #: Qwen3's thinking delimiters, added (not special) tokens in its vocabulary.
 THINKING_TOKENS = ("<think>", "</think>")
 
-#: The pipeline passes its own `mu` (`compute_empirical_mu`), so of the scheduler's settings only
-#: `use_dynamic_shifting` (on) and `time_shift_type` (the default, exponential) act; the others are
-#: FlowMatchEulerDiscreteScheduler's defaults. (The released scheduler config is not available offline.)
-SCHEDULER_CONFIG = dict(use_dynamic_shifting=True)
+#: The released [klein] scheduler config: `shift` 3.0 with `use_dynamic_shifting` on, the rest
+#: FlowMatchEulerDiscreteScheduler's defaults (exponential time shift, base/max shift 0.5/1.15 over 256/4096
+#: tokens). Source: third-party copies of black-forest-labs/FLUX.2-klein-4B and -base-4B
+#: scheduler/scheduler_config.json (e.g. verl-project/verl-omni's FLUX.2-klein Flow-GRPO tests); the Hub file
+#: itself was not read.
+#: The pipeline passes its own `mu` (`compute_empirical_mu`), so only `use_dynamic_shifting` and
+#: `time_shift_type` act on the sigmas; `shift` is kept for fidelity.
+SCHEDULER_CONFIG = dict(shift=3.0, use_dynamic_shifting=True)
 
 
 def build_tiny_qwen3_tokenizer(corpus: Iterable[str]) -> Qwen2TokenizerFast:
@@ -70,6 +74,24 @@ def tiny_text_encoder(tokenizer: Qwen2TokenizerFast) -> Qwen3ForCausalLM:
     return Qwen3ForCausalLM(config).eval()
 
 
+def make_codec(codec: str) -> PixelUnshuffleCodec | Flux2VaeCodec:
+    """The tiny presets' latent codec (shared by the FLUX.2 presets): "pixel" or a tiny FLUX.2 VAE ("vae")."""
+    if codec == "pixel":
+        return PixelUnshuffleCodec(factor=2)
+    elif codec == "vae":
+        # FLUX.2's VAE at toy width: its 32 latent channels; three blocks downsample by 4 (FLUX.2: four, 8).
+        vae = AutoencoderKLFlux2(
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=32, norm_num_groups=8, sample_size=32,
+        )
+        with torch.no_grad():  # stand-ins for trained statistics: fresh ones (0, 1) would normalise nothing
+            vae.bn.running_mean.normal_(0.0, 0.5)
+            vae.bn.running_var.uniform_(0.5, 2.0)
+        return Flux2VaeCodec(vae.eval())
+    else:
+        raise ValueError(f"codec must be 'pixel' or 'vae', got {codec!r}")
+
+
 def build_tiny_flux2_klein(
     corpus: Iterable[str] = (),
     seed: int = 0,
@@ -86,20 +108,7 @@ def build_tiny_flux2_klein(
     components (a subclass's `build_tiny` passes itself)."""
     torch.manual_seed(seed)
     tokenizer = build_tiny_qwen3_tokenizer(corpus)
-    if codec == "pixel":
-        latent_codec = PixelUnshuffleCodec(factor=2)
-    elif codec == "vae":
-        # FLUX.2's VAE at toy width: its 32 latent channels; three blocks downsample by 4 (FLUX.2: four, 8).
-        vae = AutoencoderKLFlux2(
-            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=32, norm_num_groups=8, sample_size=32,
-        )
-        with torch.no_grad():  # stand-ins for trained statistics: fresh ones (0, 1) would normalise nothing
-            vae.bn.running_mean.normal_(0.0, 0.5)
-            vae.bn.running_var.uniform_(0.5, 2.0)
-        latent_codec = Flux2VaeCodec(vae.eval())
-    else:
-        raise ValueError(f"codec must be 'pixel' or 'vae', got {codec!r}")
+    latent_codec = make_codec(codec)
     transformer = Flux2Transformer2DModel(
         patch_size=1,
         in_channels=latent_codec.latent_channels * 4,  # 2x2 latent patches packed into one token
