@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from editr1.models.flux2_dev import Flux2DevAdapter
-from editr1.models.tiny_flux2_klein import make_codec
+from editr1.models.tiny_flux2_klein import make_codec, tiny_transformer
 from editr1.processing.tiny_tokenizer import QWEN2_SPLIT_PATTERN
 
 TEXT_HIDDEN = 32
@@ -112,16 +112,7 @@ def build_tiny_flux2_dev(
     torch.manual_seed(seed)
     tokenizer = build_tiny_mistral_tokenizer(corpus)
     latent_codec = make_codec(codec)
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=latent_codec.latent_channels * 4,  # 2x2 latent patches packed into one token
-        num_layers=num_layers,
-        num_single_layers=num_single_layers,
-        attention_head_dim=head_dim,
-        num_attention_heads=num_heads,
-        joint_attention_dim=len(Flux2DevAdapter.text_encoder_out_layers) * TEXT_HIDDEN,  # stacked Mistral layers
-        axes_dims_rope=(head_dim // 4,) * 4,  # (time, row, column, text position); sums to head_dim
-        guidance_embeds=True,
-    ).eval()
+    transformer = tiny_transformer(latent_codec, num_layers, num_single_layers, num_heads, head_dim,
+                                   len(Flux2DevAdapter.text_encoder_out_layers) * TEXT_HIDDEN, guidance_embeds=True)
     scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
     return adapter(transformer, latent_codec, tiny_text_encoder(tokenizer), tokenizer, scheduler)

@@ -92,6 +92,23 @@ def make_codec(codec: str) -> PixelUnshuffleCodec | Flux2VaeCodec:
         raise ValueError(f"codec must be 'pixel' or 'vae', got {codec!r}")
 
 
+def tiny_transformer(latent_codec, num_layers: int, num_single_layers: int, num_heads: int, head_dim: int,
+                     text_width: int, guidance_embeds: bool) -> Flux2Transformer2DModel:
+    """A tiny `Flux2Transformer2DModel` over `latent_codec`'s latents and a text stream `text_width` wide (the
+    stacked hidden states of the text encoder's chosen layers)."""
+    return Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=latent_codec.latent_channels * 4,  # 2x2 latent patches packed into one token
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=num_heads,
+        joint_attention_dim=text_width,
+        axes_dims_rope=(head_dim // 4,) * 4,  # (time, row, column, text position); sums to head_dim
+        guidance_embeds=guidance_embeds,
+    ).eval()
+
+
 def build_tiny_flux2_klein(
     corpus: Iterable[str] = (),
     seed: int = 0,
@@ -109,16 +126,7 @@ def build_tiny_flux2_klein(
     torch.manual_seed(seed)
     tokenizer = build_tiny_qwen3_tokenizer(corpus)
     latent_codec = make_codec(codec)
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=latent_codec.latent_channels * 4,  # 2x2 latent patches packed into one token
-        num_layers=num_layers,
-        num_single_layers=num_single_layers,
-        attention_head_dim=head_dim,
-        num_attention_heads=num_heads,
-        joint_attention_dim=len(Flux2KleinAdapter.text_encoder_out_layers) * TEXT_HIDDEN,  # stacked Qwen3 layers
-        axes_dims_rope=(head_dim // 4,) * 4,  # (time, row, column, text position); sums to head_dim
-        guidance_embeds=False,
-    ).eval()
+    transformer = tiny_transformer(latent_codec, num_layers, num_single_layers, num_heads, head_dim,
+                                   len(Flux2KleinAdapter.text_encoder_out_layers) * TEXT_HIDDEN, guidance_embeds=False)
     scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
     return adapter(transformer, latent_codec, tiny_text_encoder(tokenizer), tokenizer, scheduler, is_distilled=is_distilled)
