@@ -71,3 +71,29 @@ def test_the_check_sees_absolute_and_relative_imports(tmp_path):
     assert [problem.split(": ", 1)[0] for problem in _violations(module, tmp_path)] == [
         "editr1/rewards/leaky.py:1", "editr1/rewards/leaky.py:2", "editr1/rewards/leaky.py:3", "editr1/rewards/leaky.py:4",
     ]
+
+
+def _named_families(path: Path, families: set[str]) -> list[str]:
+    """`file: 'value'` for each string in the module's code (not its docstrings or help texts) that names
+    one of `families`, or its tiny preset."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    prose = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            prose.add(id(body[0].value))
+        if isinstance(node, ast.keyword) and node.arg == "help":
+            prose.update(id(sub) for sub in ast.walk(node.value))
+    return [f"{path.relative_to(PACKAGE.parent)}: {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose
+            and node.value.removeprefix("tiny:") in families]
+
+
+def test_no_family_is_named_outside_the_models_package():
+    """A family's facts live in its adapter: nothing else branches on a family name (docs and help texts
+    aside). The one exception is the default `model.path`, the tiny preset a bare config trains."""
+    from editr1.models.registry import FAMILIES
+
+    modules = [m for m in sorted(PACKAGE.rglob("*.py")) if m.relative_to(PACKAGE).parts[0] != "models"]
+    found = [hit for module in modules for hit in _named_families(module, set(FAMILIES))]
+    assert found == ["editr1/config.py: 'tiny:qwen-image-edit'"], found
