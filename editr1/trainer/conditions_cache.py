@@ -249,7 +249,6 @@ def write_conditions_cache(folder: str | Path, adapter: EditModelAdapter, model:
     at `size` and write the cache; entries of a compatible cache already in `folder` are reused.
     Returns counts: samples, entries encoded, entries reused."""
     folder = Path(folder)
-    refuse_foreign_entries(folder, CACHE_ENTRIES, "editr1 precompute")
     folder.mkdir(parents=True, exist_ok=True)
     old_entries: dict[str, dict] = {}
     try:
