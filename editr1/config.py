@@ -143,15 +143,24 @@ class OptimConfig:
     micro_batch: int = 16
 
 
+#: The value of `eval.steps`, `eval.cfg_scale` or `eval.guidance` that takes the model family's published
+#: inference setting (its adapter's `inference`), so that a config names no family's numbers.
+FAMILY = "family"
+
+
 @dataclass
 class EvalConfig:
     every: int = 25
     samples: int = 128
-    steps: int = 8
+    #: The defaults are the shapes task's (a CPU run); `family`: the family's published value (e.g. 40 for
+    #: Qwen-Image-Edit-2511), as the shipped real-model configs set.
+    steps: int | Literal["family"] = 8
     sampler: Literal["euler", "dpmpp_2m"] = "euler"
-    cfg_scale: float = 1.0
-    #: Distilled guidance of guidance-embedded models (FLUX.1 Kontext: 3.5 at evaluation); null: `rollout.guidance`.
-    guidance: float | None = None
+    #: True CFG (1: off); `family`: the family's published value (Qwen-Image-Edit 4.0, distilled models 1.0).
+    cfg_scale: float | Literal["family"] = 1.0
+    #: Distilled guidance of guidance-embedded models; null: `rollout.guidance`; `family`: the family's
+    #: published inference value (FLUX.1 Kontext 3.5, FLUX.2 [dev] 4.0; none for the others).
+    guidance: float | Literal["family"] | None = None
     seed: int = 1234
     #: Edits sampled at once in an evaluation (lower it if the evaluation runs out of memory).
     batch_size: int = 64
@@ -160,6 +169,15 @@ class EvalConfig:
     #: Also score the held-out edits with the training reward (e.g. the judge next to the verifier):
     #: the judge's reward rising while the verifier's does not is reward hacking, made visible.
     track_training_reward: bool = False
+
+
+def with_family_settings(evaluation: EvalConfig, steps: int, cfg_scale: float, guidance: float | None
+                         ) -> tuple[EvalConfig, list[str]]:
+    """`evaluation` with each `family` value replaced by the family's published setting (its adapter's
+    `inference`), and what was taken, as `field=value` lines for the run's log."""
+    published = {"steps": steps, "cfg_scale": cfg_scale, "guidance": guidance}
+    taken = {name: value for name, value in published.items() if getattr(evaluation, name) == FAMILY}
+    return dataclasses.replace(evaluation, **taken), [f"eval.{name}={value}" for name, value in taken.items()]
 
 
 @dataclass
@@ -238,6 +256,11 @@ register_bounds("SFTConfig", steps=(1, None), time_budget_s=(0, None), batch_siz
 
 
 def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) if arg is not type(None) else "null" for arg in args)
+    if origin is Literal:
+        return " or ".join(repr(arg) for arg in args)
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -318,7 +341,7 @@ def _build(cls: type[T], data: dict, where: str) -> T:
 
 
 def _check_bounds(cls_name: str, key: str, value: Any, dotted: str) -> None:
-    if (cls_name, key) not in _BOUNDS or value is None:
+    if (cls_name, key) not in _BOUNDS or value is None or isinstance(value, str):
         return
     low, high, exclusive = _BOUNDS[(cls_name, key)]
     if low is not None and (value <= low if exclusive else value < low):

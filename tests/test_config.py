@@ -54,3 +54,18 @@ def test_a_set_is_blamed_only_for_its_own_field(tmp_path):
         load_config(NFTConfig, path, ["rollout.group_size=4"])  # fixes one of the file's two mistakes
     with pytest.raises(ConfigError, match=r"^--set optim.lr=-1: optim.lr: must be > 0"):
         load_config(NFTConfig, None, ["optim.lr=-1"])
+
+
+def test_family_values_take_the_models_published_settings_and_others_are_refused():
+    from editr1.config import with_family_settings
+
+    config = load_config(NFTConfig, None, ["eval.steps=family", "eval.cfg_scale=family", "eval.guidance=2.0"])
+    evaluation, taken = with_family_settings(config.eval, 40, 4.0, None)
+    assert (evaluation.steps, evaluation.cfg_scale, evaluation.guidance) == (40, 4.0, 2.0)
+    assert taken == ["eval.steps=40", "eval.cfg_scale=4.0"]
+    # Numbers stay the config's, and the defaults are numbers (the shapes task's).
+    assert with_family_settings(NFTConfig().eval, 40, 4.0, 3.5) == (NFTConfig().eval, [])
+    with pytest.raises(ConfigError, match=r"eval\.steps: .*'fast'"):
+        load_config(NFTConfig, None, ["eval.steps=fast"])
+    with pytest.raises(ConfigError, match=r"eval\.cfg_scale: must be >= 1.0"):
+        load_config(NFTConfig, None, ["eval.cfg_scale=0.5"])

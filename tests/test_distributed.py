@@ -2,8 +2,6 @@
 the global batch, split over the processes. They sum floats in other orders, so the comparison is the one of
 `equivalence.py`."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +14,7 @@ from equivalence import (
     tensors,
     weight_tolerance,
 )
-from tiny_runs import run_launch, tiny_nft_overrides
+from tiny_runs import launch_train, tiny_nft_overrides
 
 from editr1.config import NFTConfig, load_config
 from editr1.trainer.nft import run_nft
@@ -30,15 +28,9 @@ def _overrides(shapes_data, out, groups):
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tmp_path):
-    launcher = Path(sys.executable).parent / "accelerate"
-    # The shipped one-node config, with two processes on the CPU instead of eight GPUs.
-    shipped = Path(__file__).parent.parent / "configs" / "accelerate" / "ddp_1node.yaml"
-    command = [str(launcher), "launch", "--config_file", str(shipped), "--num_processes", "2", "-m", "editr1.cli.main",
-               "train"]
     two, one = tmp_path / "two", tmp_path / "one"
-    for override in _overrides(shapes_data, two, groups=2):
-        command += ["--set", override]
-    run_launch(command)
+    # The shipped one-node config, with two processes on the CPU instead of eight GPUs.
+    launch_train("ddp_1node.yaml", _overrides(shapes_data, two, groups=2))
     config = load_config(NFTConfig, None, _overrides(shapes_data, one, groups=2))
     run_nft(config)
 
@@ -56,12 +48,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tm
 def test_a_launch_that_accelerate_sets_up_as_single_processes_is_refused_at_once(shapes_data, tmp_path, shipped_config):
     """On a CPU, the GPU launch configs without ACCELERATE_USE_CPU give each process a single-process setup:
     two independent runs in one folder. Refused in one line, once, before anything is written."""
-    shipped = Path(__file__).parent.parent / "configs" / "accelerate" / shipped_config
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(shipped),
-               "--num_processes", "2", "-m", "editr1.cli.main", "train"]
-    for override in _overrides(shapes_data, tmp_path / "run", groups=2):
-        command += ["--set", override]
-    launched = run_launch(command, check=False, use_cpu=False)
+    launched = launch_train(shipped_config, _overrides(shapes_data, tmp_path / "run", groups=2), check=False, use_cpu=False)
     assert launched.returncode != 0
     output = launched.stdout + launched.stderr
     assert output.count("editr1: error: this process is one of 2 that a launcher started") == 1, output[-3000:]

@@ -2,7 +2,6 @@
 see there for the one decision it changes) train like one process, evaluate, export, and resume."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,11 @@ from equivalence import (
     weight_tolerance,
 )
 from safetensors.torch import load_file
-from tiny_runs import run_launch, tiny_nft_overrides
+from tiny_runs import launch_train, tiny_nft_overrides
 
 from editr1.config import NFTConfig, load_config
 from editr1.trainer.nft import run_nft
 
-ROOT = Path(__file__).parent.parent
-SHIPPED_FSDP = ROOT / "configs" / "accelerate" / "fsdp_1node.yaml"
 
 
 def _overrides(data, out, iterations=2, extra=()):
@@ -39,13 +36,7 @@ def _overrides(data, out, iterations=2, extra=()):
 
 def _launch_fsdp(overrides, resume=False):
     """`editr1 train` on 2 CPU processes under the shipped FSDP config (8 GPUs there, 2 processes here)."""
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(SHIPPED_FSDP),
-               "--num_processes", "2", str(Path(__file__).parent / "fsdp_on_cpu.py"), "train"]
-    for override in overrides:
-        command += ["--set", override]
-    if resume:
-        command.append("--resume")
-    return run_launch(command)
+    return launch_train("fsdp_1node.yaml", overrides, resume=resume, fsdp_on_cpu=True)
 
 
 def test_fsdp_lora_trains_like_one_process_evaluates_exports_and_resumes(shapes_data, tmp_path):
@@ -151,12 +142,7 @@ def test_fsdp_over_a_bf16_base_with_checkpointing_trains_like_ddp(shapes_data, t
              "rollout.cfg_scale=2.0", "eval.cfg_scale=2.0")
     sharded, replicated = tmp_path / "fsdp", tmp_path / "ddp"
     _launch_fsdp(_overrides(shapes_data, sharded, extra=extra))
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-               str(ROOT / "configs" / "accelerate" / "ddp_1node.yaml"), "--num_processes", "2", "-m", "editr1.cli.main",
-               "train"]
-    for override in _overrides(shapes_data, replicated, extra=extra):
-        command += ["--set", override]
-    run_launch(command)
+    launch_train("ddp_1node.yaml", _overrides(shapes_data, replicated, extra=extra))
     assert [step for step, _ in rows(sharded, "heldout_reward")] == [0, 1, 2]
     assert_same_rows(sharded, replicated, "heldout_reward", REWARD_ATOL_BF16)
     assert_same_gradients(gradients(sharded, 1), gradients(replicated, 1))

@@ -1,5 +1,5 @@
 """The real-scale presets hold the published Edit-R1 defaults and run: one NFT iteration each on the
-tiny model of their family, with only sizes, data and the reward overridden."""
+tiny model of another family, with only the model path, sizes, data and the reward overridden."""
 
 import json
 from pathlib import Path
@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import FAMILY, NFTConfig, load_config
 from editr1.models.lora_io import read_lora
+from editr1.models.registry import adapter_class, build_tiny
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.rewards.registry import build_reward
 from editr1.trainer import nft
@@ -22,16 +23,13 @@ PRESETS = {
     "qwen_image_edit_2511_nft.yaml": ("Qwen/Qwen-Image-Edit-2511", "qwen-image-edit-2511"),
     "qwen_image_edit_nft.yaml": ("Qwen/Qwen-Image-Edit", "qwen-image-edit"),
     "flux_kontext_nft.yaml": ("black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext"),
-    # The one-GPU recipe names no family: it follows from model.path, and its LoRA targets from the adapter.
+    # The one-GPU recipe: the text encoder offloaded.
     "flux2_klein_4b_nft.yaml": ("black-forest-labs/FLUX.2-klein-base-4B", "flux2-klein"),
-    # Guidance-distilled like Kontext (guidance 4.0 in rollouts and evaluation), launched with FSDP; no family line.
+    # Launched with FSDP; its 24B text encoder offloaded.
     "flux2_dev_nft.yaml": ("black-forest-labs/FLUX.2-dev", "flux2-dev"),
 }
-#: The presets without a family line, their LoRA targets the adapter's, the text encoder offloaded.
-ADAPTER_TARGETS = ("flux2_klein_4b_nft.yaml", "flux2_dev_nft.yaml")
-#: Distilled guidance of the guidance-distilled presets: (rollouts, evaluation).
-GUIDANCE = {"flux-kontext": (2.5, 3.5), "flux2-dev": (4.0, 4.0)}
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+#: The presets that keep the text encoder off the GPU.
+OFFLOADED = ("flux2_klein_4b_nft.yaml", "flux2_dev_nft.yaml")
 
 
 class Brightness(Reward):
@@ -46,21 +44,19 @@ class Brightness(Reward):
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_preset_holds_the_published_defaults(preset, monkeypatch):
     config = load_config(NFTConfig, CONFIGS / preset)
-    hub_id, family = PRESETS[preset]
-    flux = family in GUIDANCE
+    hub_id = PRESETS[preset][0]
     model = config.model
-    follows_path = preset in ADAPTER_TARGETS
-    written_family = None if follows_path else family
-    assert (model.path, model.family, model.resolution, model.dtype, model.train_mode) == (hub_id, written_family, 512, "bfloat16", "lora")
-    assert model.gradient_checkpointing and model.offload_text_encoder is follows_path
-    assert (model.lora.rank, model.lora.alpha, model.lora.target_modules) == (32, 64.0, None if follows_path else TARGETS)
+    # Nothing the model decides is written: the family, its LoRA targets, its guidance and evaluation settings.
+    assert (model.path, model.family, model.resolution, model.dtype, model.train_mode) == (hub_id, None, 512, "bfloat16", "lora")
+    assert model.gradient_checkpointing and model.offload_text_encoder is (preset in OFFLOADED)
+    assert (model.lora.rank, model.lora.alpha, model.lora.target_modules) == (32, 64.0, None)
     rollout, rl, optim = config.rollout, config.rl, config.optim
     assert (rollout.groups_per_iteration, rollout.group_size, rollout.steps, rollout.sampler) == (24, 12, 6, "dpmpp_2m")
-    assert rollout.cfg_scale == 1.0 and rollout.guidance == (GUIDANCE[family][0] if flux else None)
+    assert rollout.cfg_scale == 1.0 and rollout.guidance is None
     assert (rl.beta, rl.kl_coef, rl.adv_clip, rl.old_policy_schedule) == (1.0, 1e-4, 5.0, "linear")
     assert (optim.lr, optim.betas, optim.weight_decay, optim.grad_clip) == (3e-4, (0.9, 0.999), 1e-4, 1.0)
-    assert (config.eval.cfg_scale, config.eval.guidance) == ((1.0, GUIDANCE[family][1]) if flux else (4.0, None))
-    assert config.eval.sampler == "euler" and 15 <= config.eval.steps <= 28
+    assert (config.eval.steps, config.eval.cfg_scale, config.eval.guidance) == (FAMILY, FAMILY, FAMILY)
+    assert config.eval.sampler == "euler"
     for reward in (config.reward, config.eval.reward):
         assert reward.name == "mllm_remote"
         assert reward.options["model"] == "Qwen/Qwen2.5-VL-32B-Instruct"
@@ -69,14 +65,18 @@ def test_preset_holds_the_published_defaults(preset, monkeypatch):
     build_reward(config.reward.name, config.reward.options)
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
-def test_one_nft_iteration_of_each_preset_on_its_tiny_model(preset, shapes_data, tmp_path, monkeypatch):
-    _, family = PRESETS[preset]
+#: Each family runs from another family's preset with one line changed, model.path: every preset and every
+#: family once.
+SWITCHED = [(preset, PRESETS[other][1]) for preset, other in zip(PRESETS, [*list(PRESETS)[1:], list(PRESETS)[0]])]
+
+
+@pytest.mark.parametrize("preset, family", SWITCHED)
+def test_a_preset_trains_any_family_with_only_model_path_changed(preset, family, shapes_data, tmp_path, monkeypatch):
     calls, real_generate = [], nft.generate_heldout
 
     def recording_generate(adapter, heldout, steps, sampler, cfg_scale=1.0, transformer=None, batch_size=64,
                            guidance=None, **kwargs):
-        calls.append((cfg_scale, guidance))
+        calls.append((steps, cfg_scale, guidance))
         return real_generate(adapter, heldout, steps, sampler, cfg_scale, transformer, batch_size, guidance, **kwargs)
 
     monkeypatch.setattr(nft, "generate_heldout", recording_generate)
@@ -86,11 +86,12 @@ def test_one_nft_iteration_of_each_preset_on_its_tiny_model(preset, shapes_data,
         f"data.train={shapes_data / 'train.jsonl'}", f"data.heldout={shapes_data / 'test.jsonl'}", f"output_dir={out}",
         "iterations=1", "rollout.groups_per_iteration=2", "rollout.group_size=3", "rollout.steps=2",
         "reward.name=test_presets:Brightness", "reward.options={}",
-        "eval.reward.name=test_presets:Brightness", "eval.reward.options={}", "eval.samples=2", "eval.steps=2",
+        "eval.reward.name=test_presets:Brightness", "eval.reward.options={}", "eval.samples=2",
         "eval.every=1", "logging.progress=false", "logging.tensorboard=false", "logging.grid_every=0",
     ]
     config = load_config(NFTConfig, CONFIGS / preset, overrides)
-    # Everything else is the preset's: bf16 base, gradient checkpointing, rank 32 / alpha 64, KL on, eval CFG/guidance.
+    # Everything else is the preset's: bf16 base, gradient checkpointing, rank 32 / alpha 64, KL on; and the
+    # evaluation settings are the family's (sizes and the reward aside, only model.path names the model).
     assert config.model.dtype == "bfloat16" and config.model.gradient_checkpointing and config.rl.kl_coef > 0
     summary = run_nft(config)
     assert summary["iterations"] == 1
@@ -98,11 +99,16 @@ def test_one_nft_iteration_of_each_preset_on_its_tiny_model(preset, shapes_data,
     trained = [r for r in rows if "reward_mean" in r]
     assert len(trained) == 1 and trained[0]["grad_norm"] > 0
     assert sum("heldout_reward" in r for r in rows) == 2  # before and after the iteration
-    # Evaluation runs at the preset's inference settings: FLUX guidance 3.5 (rollouts 2.5), Qwen true CFG 4.0.
-    assert calls == ([(1.0, GUIDANCE[family][1])] * 2 if family in GUIDANCE else [(4.0, None)] * 2)
+    # Evaluation runs at the family's published inference settings (e.g. Qwen true CFG 4.0, Kontext guidance 3.5).
+    published = adapter_class(family).inference
+    assert calls == [(published.steps, published.cfg_scale, published.guidance)] * 2
     # The exported LoRA carries its scale: a diffusers pipeline loads it at alpha 64 / rank 32.
     lora = read_lora(out / "final")
     with safe_open(str(lora.path), framework="pt") as handle:
         metadata = json.loads(handle.metadata()["lora_adapter_metadata"])
     assert (metadata["transformer.r"], metadata["transformer.lora_alpha"]) == (32, 64.0)
     assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in lora.state_dict)
+    # ... on the family's LoRA targets (peft matches a target by the end of a module's name).
+    targets = build_tiny(f"tiny:{family}", ["edit"]).lora_target_modules  # some adapters' depend on the blocks
+    modules = {key.split(".lora_")[0] for key in lora.state_dict}
+    assert [m for m in modules if not any(("." + m).endswith("." + target) for target in targets)] == []

@@ -54,6 +54,23 @@ def run_launch(command, timeout=300, check=True, use_cpu=True):
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+def launch_train(accelerate_config, overrides, resume=False, fsdp_on_cpu=False, **run_options):
+    """`editr1 train` on 2 CPU processes under a shipped accelerate config (`configs/accelerate/<name>`; 8 GPUs
+    there). `fsdp_on_cpu`: through tests/fsdp_on_cpu.py, which lets accelerate shard on the CPU."""
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+               str(tests.parent / "configs" / "accelerate" / accelerate_config), "--num_processes", "2",
+               *([str(tests / "fsdp_on_cpu.py")] if fsdp_on_cpu else ["-m", "editr1.cli.main"]), "train"]
+    for override in overrides:
+        command += ["--set", override]
+    if resume:
+        command.append("--resume")
+    return run_launch(command, **run_options)
+
+
 def tiny_presets() -> list[str]:
     """Every built-in family's tiny preset: the feature tests run on each (a new family joins them by its
     registry line)."""

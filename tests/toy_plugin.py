@@ -100,3 +100,23 @@ class BreaksContract(Brightness):
         scores = batch.scores.clone()
         scores[-1] = {"nan": float("nan"), "seven": 7.0}[self.breach]
         return RewardBatch(scores, batch.valid)
+
+
+class RecordsReferences(Brightness):
+    """Brightness, recording what it was shown: each sample's reference images (their count and mean pixels)
+    are appended to `<folder>/seen-<pid>.jsonl`, one file per process."""
+
+    name = "toy_records_references"
+
+    def __init__(self, folder: str, target: float = 0.5):
+        super().__init__(target)
+        self.folder = folder
+
+    def score(self, sources, edited, prompts, requirements):
+        import json
+        import os
+
+        with open(os.path.join(self.folder, f"seen-{os.getpid()}.jsonl"), "a", encoding="utf-8") as handle:
+            for references in sources:
+                handle.write(json.dumps([float(image.double().mean()) for image in references]) + "\n")
+        return super().score(sources, edited, prompts, requirements)

@@ -43,7 +43,7 @@ from editr1.fingerprint import folder_fingerprint
 from editr1.hub import resolve_model_path
 from editr1.models.base import Conditions, EditModelAdapter
 from editr1.models.registry import is_tiny_preset
-from editr1.trainer.model_loading import build_model
+from editr1.trainer.model_loading import build_model, with_model_family_settings
 from editr1.trainer.progress import console
 
 MANIFEST = "manifest.json"
@@ -311,6 +311,7 @@ def precompute_conditions(config: NFTConfig | SFTConfig) -> dict:
     torch.manual_seed(config.seed)
     # The transformer is never run here: its weights are not read (≈ 40 GB of host memory for Qwen-Image-Edit).
     adapter = build_model(config.model, corpus, seed=config.seed, transformer_weights=False)
+    config = with_model_family_settings(config, adapter, announce=False)
     train = fit_prompt_lengths(train, data.train, adapter, data.max_prompt_tokens, data.prompt_overflow)
     datasets = {"train": (train, _negative_needed(config, "train"))}
     if data.heldout:

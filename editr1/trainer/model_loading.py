@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+from typing import TypeVar
 
 import torch
 
-from editr1.config import ModelConfig
+from editr1.config import ModelConfig, with_family_settings
 from editr1.errors import EditR1Error
 from editr1.models.base import EditModelAdapter
 from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import build_tiny, is_tiny_preset, load_adapter
+from editr1.trainer.progress import console
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,6 +44,19 @@ def build_model(config: ModelConfig, corpus: Iterable[str] = (), seed: int = 0, 
     if config.compile:
         adapter.transformer.compile()  # in place: peft adapters, checkpointing and saving still see the module
     return adapter
+
+
+RunConfig = TypeVar("RunConfig")
+
+
+def with_model_family_settings(config: RunConfig, adapter: EditModelAdapter, announce: bool = True) -> RunConfig:
+    """`config` (an `editr1 train` or `sft` config) with its `eval.*: family` values set to the loaded model's
+    published inference settings, said once in a line."""
+    inference = adapter.inference
+    evaluation, taken = with_family_settings(config.eval, inference.steps, inference.cfg_scale, inference.guidance)
+    if taken and announce:
+        console.print(f"evaluation at the model family's published settings: {', '.join(taken)}", soft_wrap=True)
+    return dataclasses.replace(config, eval=evaluation)
 
 
 def lora_spec(config: ModelConfig, adapter: EditModelAdapter) -> LoraSpec:

@@ -58,7 +58,7 @@ from editr1.trainer import job
 from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
 from editr1.trainer.conditions_cache import open_for_run
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.model_loading import build_model, lora_spec
+from editr1.trainer.model_loading import build_model, lora_spec, with_model_family_settings
 from editr1.trainer.policies import PolicySet
 from editr1.trainer.progress import console
 from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
@@ -236,6 +236,9 @@ class NFTTrainer:
                                    transformer_weights=self.is_main or not self.sharded)
         if self.is_main and is_tiny_preset(config.model.path):
             console.print(f"note: {tiny_preset_note(config.model.path)}", soft_wrap=True)
+        # The run folder keeps the config as given (`family` stays `family`, which resume compares).
+        given = config
+        self.config = config = with_model_family_settings(config, self.adapter, announce=self.is_main)
         # Sampler schedules are checked before anything is written (a step count a schedule cannot take).
         self.sigmas = self.adapter.sigmas(config.rollout.steps, self.size, self.size)
         if evaluating:
@@ -263,7 +266,7 @@ class NFTTrainer:
             if self.heldout is not None:
                 self.heldout.source = lambda samples, negative: self.cache.conditions(self.adapter, "heldout", samples, negative)
         if self.is_main:
-            self.run_folder.start(config)
+            self.run_folder.start(given)
             if checkpoint is None:
                 self.run_folder.record_base_model(self.adapter, config.model, final="final")
         self.accelerator.wait_for_everyone()

@@ -34,7 +34,7 @@ from editr1.trainer import job
 from editr1.trainer.checkpoint import save_checkpoint
 from editr1.trainer.conditions_cache import open_for_run
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.model_loading import build_model, lora_spec
+from editr1.trainer.model_loading import build_model, lora_spec, with_model_family_settings
 from editr1.trainer.progress import console
 from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
 from editr1.trainer.run_loop import StepResult, TrainingLoop
@@ -107,6 +107,8 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
                           text_encoders=not (data.conditions_cache and config.model.train_mode == "lora"))
     if is_tiny_preset(config.model.path):
         console.print(f"note: {tiny_preset_note(config.model.path)}", soft_wrap=True)
+    # The run folder keeps the config as given (`family` stays `family`, which resume compares).
+    given, config = config, with_model_family_settings(config, adapter)
     train = fit_prompt_lengths(train, data.train, adapter, data.max_prompt_tokens, data.prompt_overflow)
     if config.data.heldout:
         held = fit_prompt_lengths(held, data.heldout, adapter, data.max_prompt_tokens, data.prompt_overflow)
@@ -117,7 +119,7 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
         cache = open_for_run(config, adapter, corpus, train, heldout.samples if heldout is not None else None)
         if heldout is not None:
             heldout.source = lambda samples, negative: cache.conditions(adapter, "heldout", samples, negative)
-    run_folder.start(config)
+    run_folder.start(given)
     if checkpoint is None:
         run_folder.record_base_model(adapter, config.model, final="model/lora" if config.model.train_mode == "lora" else "model")
     transformer = adapter.transformer
