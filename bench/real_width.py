@@ -787,6 +787,8 @@ def run_worker(stage: str, family: str, blocks: int, args, model_dir: Path, work
 
 def one_run(family: str, blocks: int, args) -> dict:
     where = str(Path(args.tmp).resolve()) if args.tmp else None  # the workers run in the repository root
+    if where is not None:
+        Path(where).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"real_width_{family}_{blocks}_", dir=where) as tmp:
         tmp = Path(tmp)
         model_dir, work_dir = tmp / "model", tmp / "work"

@@ -114,9 +114,12 @@ def test_tiny_run_prints_every_phase_of_both_paths(bench, tmp_path):
     ([], "name a --family"),
     (["--tiny", "--depth", "2"], "not to --tiny"),
 ])
-def test_refusals_exit_non_zero_with_a_message(argv, message):
+def test_refusals_exit_non_zero_with_a_message(bench, capsys, argv, message):
     if "cuda" in argv and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert message in proc.stderr
+    try:
+        status = bench.main(argv)
+    except SystemExit as exit:  # argparse's refusals
+        status = exit.code
+    assert status != 0
+    assert message in capsys.readouterr().err

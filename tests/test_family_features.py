@@ -1,11 +1,12 @@
 """Every family's tiny preset through the trainer's features that depend on the model: LoRA and full
-fine-tuning, and a run stopped after its first checkpoint and resumed, which ends where a straight run
-ends. (SIGKILL at every point, DDP and FSDP run on the shipped base in their own test files.)"""
+fine-tuning, and a run killed with SIGKILL in its second iteration and resumed, which ends where a straight run
+ends. (SIGKILL at every point runs on the shipped base in test_kill_and_resume.py; DDP and FSDP for every
+family in test_family_launches.py.)"""
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import tiny_nft_overrides, tiny_presets
+from tiny_runs import run_killed, tiny_nft_overrides, tiny_presets
 
 from editr1.config import NFTConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
@@ -15,19 +16,25 @@ STATE = ("checkpoints/step_000002/trained.safetensors", "checkpoints/step_000002
          "eval/step_000002.safetensors")
 
 
-def _config(preset, data, out, *extra):
-    return load_config(NFTConfig, None, tiny_nft_overrides(data, out, iterations=2) + [
+def _overrides(preset, data, out, *extra):
+    return tiny_nft_overrides(data, out, iterations=2) + [
         f"model.path={preset}", "reward.name=toy_plugin:Brightness", "reward.options={}",
         "eval.reward.name=toy_plugin:Brightness", "eval.reward.options={}", "eval.samples=4", "logging.checkpoint_every=1",
         "rl.filter_rule=none",  # brightness of shapes scenes is ~0.99: the paper rule would drop every group
-        *extra])
+        *extra]
+
+
+def _config(preset, data, out, *extra):
+    return load_config(NFTConfig, None, _overrides(preset, data, out, *extra))
 
 
 @pytest.mark.parametrize("preset", tiny_presets())
-def test_a_resumed_lora_run_ends_where_a_straight_run_ends(preset, shapes_data, tmp_path):
+def test_a_killed_and_resumed_lora_run_ends_where_a_straight_run_ends(preset, shapes_data, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_nft(_config(preset, shapes_data, straight))
-    run_nft(_config(preset, shapes_data, resumed, "iterations=1"))
+    # SIGKILL in the second iteration's update, after the first iteration's checkpoint.
+    killed = run_killed(_overrides(preset, shapes_data, resumed), ("trainer", "_train", 2))
+    assert killed.returncode == -9, killed.stderr[-3000:]
     run_nft(_config(preset, shapes_data, resumed), resume=True)
     for name in STATE:
         first, second = load_file(straight / name), load_file(resumed / name)

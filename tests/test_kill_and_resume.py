@@ -2,41 +2,16 @@
 exactly where an uninterrupted run ends: weights, optimizer state, metrics (timings aside), summary."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import tiny_nft_overrides
+from tiny_runs import run_killed, tiny_nft_overrides
 
 from editr1.config import NFTConfig, SFTConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.nft import run_nft
 from editr1.trainer.sft import run_sft
-
-# Runs `editr1 train` in this process after arranging a SIGKILL at the N-th call of one function.
-DRIVER = """
-import os, signal, sys
-import editr1.trainer.checkpoint as checkpoint
-import editr1.trainer.nft as nft
-import editr1.trainer.sft as sft
-from editr1.cli.main import main
-
-owner, name, when = sys.argv[1], sys.argv[2], int(sys.argv[3])
-target = {"trainer": nft.NFTTrainer, "checkpoint": checkpoint, "nft": nft, "sft": sft}[owner]
-original, calls = getattr(target, name), [0]
-
-def killing(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == when:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(*args, **kwargs)
-
-setattr(target, name, killing)
-sys.exit(main(sys.argv[4:]))
-"""
 
 # (where, which call): each run is killed there, then the next one resumes.
 KILLS = [
@@ -46,12 +21,6 @@ KILLS = [
     ("nft", "reward_curve", 1),  # at the start of the final save, after every checkpoint
     ("nft", "write_report", 1),  # at the end of the final save (final weights and summary written)
 ]
-
-
-def _train(overrides, kill=None, command="train"):
-    args = [command, "--resume", *(a for o in overrides for a in ("--set", o))]
-    command = [sys.executable, "-c", DRIVER, *map(str, kill or ("trainer", "_train", 0)), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"})
 
 
 def _untimed(rows):
@@ -68,9 +37,9 @@ def test_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tm
 
     killed = tmp_path / "killed"
     for kill in KILLS:
-        result = _train(overrides(killed), kill)
+        result = run_killed(overrides(killed), kill)
         assert result.returncode == -9, f"{kill}: expected SIGKILL, got {result.returncode}\n{result.stderr[-3000:]}"
-    result = _train(overrides(killed))
+    result = run_killed(overrides(killed))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout
 
@@ -91,15 +60,21 @@ def test_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tm
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["latest", "step_000002", "step_000004"]
 
 
-SFT_KILLS = [
-    ("sft", "flow_matching_batch", 2),  # before the first checkpoint (step 3)
-    ("sft", "flow_matching_batch", 5),  # mid-run, after the checkpoint of step 3 and the evaluation at 4
-    ("checkpoint", "save_safetensors", 2),  # while writing the checkpoint of step 6: resumes from step 3 again
-    ("sft", "save_model", 1),  # during the final save
-]
+# Each mode is killed at two of the four points (each kill is a process start, seconds here): together, before the
+# first checkpoint, mid-run after it, while writing one, and during the final save.
+SFT_KILLS = {
+    "full": [
+        ("sft", "flow_matching_batch", 5),  # mid-run, after the checkpoint of step 3 and the evaluation at 4
+        ("sft", "save_model", 1),  # during the final save (resumed from step 6)
+    ],
+    "lora": [
+        ("sft", "flow_matching_batch", 2),  # before the first checkpoint (step 3)
+        ("checkpoint", "save_safetensors", 2),  # while writing the checkpoint of step 3: starts again from the beginning
+    ],
+}
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("mode", list(SFT_KILLS))
 def test_sft_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tmp_path, mode):
     def overrides(out):
         return [f"data.train={shapes_data / 'train.jsonl'}", f"data.heldout={shapes_data / 'test.jsonl'}",
@@ -111,10 +86,10 @@ def test_sft_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data
     straight = tmp_path / "straight"
     run_sft(load_config(SFTConfig, None, overrides(straight)))
     killed = tmp_path / "killed"
-    for kill in SFT_KILLS:
-        result = _train(overrides(killed), kill, command="sft")
+    for kill in SFT_KILLS[mode]:
+        result = run_killed(overrides(killed), kill, command="sft")
         assert result.returncode == -9, f"{kill}: expected SIGKILL, got {result.returncode}\n{result.stderr[-3000:]}"
-    result = _train(overrides(killed), command="sft")
+    result = run_killed(overrides(killed), command="sft")
     assert result.returncode == 0, result.stderr[-3000:]
 
     for name in ("trained.safetensors", "old.safetensors", "optimizer.safetensors"):

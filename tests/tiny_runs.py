@@ -17,6 +17,43 @@ def tiny_nft_overrides(data, out, iterations=3):
     ]
 
 
+#: Runs `editr1 train` (or `sft`) in a new process after arranging a SIGKILL at the N-th call of one function.
+KILLING_DRIVER = """
+import os, signal, sys
+import editr1.trainer.checkpoint as checkpoint
+import editr1.trainer.nft as nft
+import editr1.trainer.sft as sft
+from editr1.cli.main import main
+
+owner, name, when = sys.argv[1], sys.argv[2], int(sys.argv[3])
+target = {"trainer": nft.NFTTrainer, "checkpoint": checkpoint, "nft": nft, "sft": sft}[owner]
+original, calls = getattr(target, name), [0]
+
+def killing(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == when:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+
+setattr(target, name, killing)
+sys.exit(main(sys.argv[4:]))
+"""
+
+def run_killed(overrides, kill=None, command="train"):
+    """`editr1 <command> --resume` with `overrides` in a new process, killed with SIGKILL at `kill` = (owner,
+    function name, call number); None: run to the end."""
+    import os
+    import subprocess
+    import sys
+
+    args = [command, "--resume", *(a for o in overrides for a in ("--set", o))]
+    command = [sys.executable, "-c", KILLING_DRIVER, *map(str, kill or ("trainer", "_train", 0)), *args]
+    # tests/ on the path, as pytest puts it: runs take rewards from toy_plugin by dotted path.
+    path = os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": path}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
 def run_launch(command, timeout=300, check=True, use_cpu=True):
     """Run an `accelerate launch` command on the CPU (gloo, one thread per process) on a port of its own;
     on a timeout kill it and every process under it (torch starts each training process in a session of its
