@@ -31,7 +31,9 @@ The naive path is plain diffusers + peft, called directly:
 - Every velocity is `transformer(hidden_states=..., ...)` with the inputs the stock pipelines build from
   the adapter's `Conditions` (the same tensors editr1 uses; FLUX's position ids from
   `FluxKontextPipeline._prepare_latent_image_ids`, FLUX.2 [klein]'s from `Flux2KleinPipeline`'s
-  `_prepare_latent_ids`, `_prepare_image_ids` and `_prepare_text_ids`), and for the Qwen families the
+  `_prepare_latent_ids`, `_prepare_image_ids` and `_prepare_text_ids`, FLUX.2 [dev]'s from `Flux2Pipeline`'s
+  helpers of those names; the distilled guidance of FLUX.1 Kontext and FLUX.2 [dev] as the float32
+  `guidance` of every row, as their pipelines give it, none for [klein]), and for the Qwen families the
   all-ones text attention mask the Qwen pipelines pass (GPU-NOTES: +18-39% forward time).
 - Rollout: the same solver (`editr1.sampling.solvers`) around those direct calls, under "old".
 - Micro-step in the plain order the baseline measurements use: forward with grad ("default"), then the
@@ -47,20 +49,24 @@ in the presets) applies to both. On CUDA cuDNN attention is disabled for both un
 
 Full size (`--family ...` without `--tiny`): the diffusers transformer classes with the published
 configs their adapter modules hold (`RELEASED_TRANSFORMER`, `RELEASED_VAE`, `RELEASED_TEXT_ENCODER...` in
-editr1/models/qwen_image_edit.py, flux_kontext.py and flux2_klein.py; Qwen-Image 20B: 60 blocks, 24 x 128
-heads; FLUX.1 Kontext 12B: 19 double + 38 single blocks; FLUX.2 [klein] 4B: 5 double + 20 single blocks),
-random weights built directly on the device in `--dtype` (bf16), and the full-size VAE (Qwen-Image VAE /
-FLUX VAE / FLUX.2 VAE, random weights). The text encoders (Qwen2.5-VL-7B; CLIP-L + T5-XXL; Qwen3-4B) are
-replaced by random prompt embeddings of the right shapes (Qwen: the ~324 image tokens of a 512^2 source
-in the VL chat plus ~17 template and instruction tokens, 3584 wide; FLUX: 512 T5 tokens of 4096 and a
-pooled 768; [klein]: Qwen3's 512 padded tokens, 3 stacked layers of 2560), so the "encode" row then times
-only the VAE encoding of the sources. `--with-text-encoder` builds the full-size encoders with random
-weights instead (tokenized by editr1's tiny tokenizers, so the instruction's token count is approximate;
-the image tokens and T5's and Qwen3's padding are exact) and times `adapter.encode_conditions`.
+editr1/models/qwen_image_edit.py, flux_kontext.py, flux2_klein.py and flux2_dev.py; Qwen-Image 20B: 60
+blocks, 24 x 128 heads; FLUX.1 Kontext 12B: 19 double + 38 single blocks; FLUX.2 [klein] 4B: 5 double + 20
+single blocks of 24 x 128 heads; FLUX.2 [dev] 32B: 8 double + 48 single blocks of 48 x 128 heads, 6144
+wide), random weights built directly on the device in `--dtype` (bf16), and the full-size VAE (Qwen-Image
+VAE / FLUX VAE / FLUX.2 VAE, random weights). The text encoders (Qwen2.5-VL-7B; CLIP-L + T5-XXL; Qwen3-4B;
+Mistral Small 3.x 24B) are replaced by random prompt embeddings of the right shapes (Qwen: the ~324 image
+tokens of a 512^2 source in the VL chat plus ~17 template and instruction tokens, 3584 wide; FLUX: 512 T5
+tokens of 4096 and a pooled 768; [klein]: Qwen3's 512 padded tokens, 3 stacked layers of 2560; [dev]:
+Mistral's 512 padded tokens, 3 stacked layers of 5120), so the "encode" row then times only the VAE
+encoding of the sources. `--with-text-encoder` builds the full-size encoders with random weights instead
+(tokenized by editr1's tiny tokenizers, so the instruction's token count is approximate; the image tokens
+and T5's, Qwen3's and Mistral's padding are exact) and times `adapter.encode_conditions`.
 `--depth N` cuts the transformer to N blocks (FLUX: N double + 2N single, the released 1:2 ratio;
-[klein]: N double + 4N single, its 1:4), and the text encoders to N layers ([klein]'s Qwen3 to no fewer
-than the 28 its pipeline reads: hidden states 9, 18 and 27). Before building, the script counts the
-parameters on the meta device and refuses to build what does not fit in the device's free memory.
+[klein]: N double + 4N single, its 1:4; [dev]: N double + 6N single, its 1:6), and the text encoders to N
+layers (the FLUX.2 encoders to no fewer than their pipelines read: [klein]'s Qwen3 28, for hidden states
+9, 18 and 27; [dev]'s Mistral 31, for hidden states 10, 20 and 30; its Pixtral vision tower, built but
+never run, to N). Before building, the script counts the parameters on the meta device and refuses to
+build what does not fit in the device's free memory.
 
 FLOPs and MFU (the usual counting; see docs/real_scale.md): forward hooks on every `nn.Linear` that runs
 add 2 * in * out * tokens, times 3 when the call is part of an autograd graph (forward + backward,
@@ -113,7 +119,11 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("total", "iteration"),
 )
 PATHS = ("editr1", "naive")
-FAMILY_NAMES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext", "flux2-klein")
+FAMILY_NAMES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext", "flux2-klein",
+                "flux2-dev")
+#: The FLUX.2 families: one transformer class, VAE and conditioning layout ([dev]'s adapter is [klein]'s
+#: subclass); they differ in the text encoder and in [dev]'s guidance input.
+FLUX2_FAMILIES = ("flux2-klein", "flux2-dev")
 H100_BF16_PEAK_TFLOPS = 749.0
 GIB = 2**30
 
@@ -121,9 +131,9 @@ GIB = 2**30
 #: a ~10-token instruction and the chat's closing tokens (Plus: "Picture 1: " too).
 QWEN_TEXT_OVERHEAD = {"qwen-image-edit": 17, "qwen-image-edit-plus": 21, "qwen-image-edit-2511": 21}
 FLUX_T5_TOKENS, FLUX_POOLED = 512, 768
-#: FLUX.2 [klein]'s text stream: every instruction chat padded to 512 Qwen3 tokens (`Flux2KleinPipeline`'s
-#: `max_sequence_length`), unmasked.
-KLEIN_TEXT_TOKENS = 512
+#: FLUX.2's text stream: every instruction chat padded to 512 tokens, Qwen3's ([klein]) or Mistral's ([dev])
+#: (`Flux2KleinPipeline`'s and `Flux2Pipeline`'s `max_sequence_length`), unmasked.
+FLUX2_TEXT_TOKENS = 512
 PROMPT = "Change the color of the red square to blue."
 
 
@@ -319,8 +329,10 @@ def build_workload(adapter, family: str, encode: Callable[[], Any], sources: lis
             index = torch.arange(start, min(start + args.micro_batch, rows))
             timesteps = torch.stack([order[i][column] for i in index.tolist()])
             plan.append((index, timesteps, torch.randn(len(index), *shape, generator=generator)))
-    guidance = (args.guidance if args.guidance is not None else getattr(adapter, "default_guidance", None)) \
-        if adapter.transformer.config.guidance_embeds else None
+    guidance = None
+    if adapter.transformer.config.guidance_embeds:  # FLUX.1 Kontext's editing default 2.5, FLUX.2 [dev]'s 4.0
+        guidance = args.guidance if args.guidance is not None else \
+            getattr(adapter, "default_guidance", adapter.inference.guidance)
     return Workload(
         family=family, adapter=adapter, sources=sources, prompts=prompts, encode=encode, size=args.size,
         group_size=args.group_size, batch=args.batch, sampler=args.sampler, guidance=guidance, sigmas=sigmas,
@@ -427,7 +439,7 @@ class Editr1Path:
 def naive_velocity(transformer: nn.Module, family: str, tokens: torch.Tensor, sigma: torch.Tensor, conditions,
                    guidance: float | None) -> torch.Tensor:
     """One direct diffusers call with the inputs the stock pipeline builds (Qwen: with its all-ones mask)."""
-    from diffusers import Flux2KleinPipeline, FluxKontextPipeline
+    from diffusers import Flux2KleinPipeline, Flux2Pipeline, FluxKontextPipeline
 
     c, dtype, batch = conditions.tensors, transformer.dtype, tokens.shape[0]
     device = tokens.device
@@ -447,15 +459,19 @@ def naive_velocity(transformer: nn.Module, family: str, tokens: torch.Tensor, si
             txt_ids=torch.zeros(c["prompt_embeds"].shape[1], 3, device=device, dtype=dtype),
             img_ids=torch.cat([target_ids, reference_ids], dim=0), return_dict=False,
         )[0]
-    elif family == "flux2-klein":
+    elif family in FLUX2_FAMILIES:
         # The pipeline's 4-D ids (time, row, column, text position): the target at time 0, reference i at 10 (i + 1).
+        # [dev]: `Flux2Pipeline`'s helpers and its guidance input (float32, every row); [klein]: no guidance
+        # embedding (`guidance_tensor` None), `Flux2KleinPipeline`'s `guidance=None`.
+        pipeline = Flux2Pipeline if family == "flux2-dev" else Flux2KleinPipeline
         th, tw = conditions.shared["target_grid"]
         references = [torch.empty(1, 0, r, g) for r, g in c["reference_grids"][0].tolist() if r > 0]
-        target_ids = Flux2KleinPipeline._prepare_latent_ids(torch.empty(batch, 0, th, tw))
-        reference_ids = Flux2KleinPipeline._prepare_image_ids(references).expand(batch, -1, -1)
+        target_ids = pipeline._prepare_latent_ids(torch.empty(batch, 0, th, tw))
+        reference_ids = pipeline._prepare_image_ids(references).expand(batch, -1, -1)
         out = transformer(
-            hidden_states=hidden, timestep=timestep, guidance=None, encoder_hidden_states=c["prompt_embeds"].to(dtype),
-            txt_ids=Flux2KleinPipeline._prepare_text_ids(c["prompt_embeds"]).to(device),
+            hidden_states=hidden, timestep=timestep, guidance=guidance_tensor,
+            encoder_hidden_states=c["prompt_embeds"].to(dtype),
+            txt_ids=pipeline._prepare_text_ids(c["prompt_embeds"]).to(device),
             img_ids=torch.cat([target_ids, reference_ids], dim=1).to(device), return_dict=False,
         )[0]
     else:
@@ -607,14 +623,13 @@ def transformer_config(family: str, depth: int | None) -> tuple[type, dict]:
     from diffusers import Flux2Transformer2DModel, FluxTransformer2DModel, QwenImageTransformer2DModel
 
     config = dict(released(family).RELEASED_TRANSFORMER)
-    if family == "flux-kontext":
+    if family == "flux-kontext" or family in FLUX2_FAMILIES:
+        # N double-stream blocks and the released ratio of single-stream ones: Kontext's 19 + 38 (1:2),
+        # [klein]'s 5 + 20 (1:4), [dev]'s 8 + 48 (1:6).
+        double, single = config["num_layers"], config["num_single_layers"]
         if depth is not None:
-            config.update(num_layers=min(depth, 19), num_single_layers=min(2 * depth, 38))
-        return FluxTransformer2DModel, config
-    if family == "flux2-klein":
-        if depth is not None:
-            config.update(num_layers=min(depth, 5), num_single_layers=min(4 * depth, 20))
-        return Flux2Transformer2DModel, config
+            config.update(num_layers=min(depth, double), num_single_layers=min(single // double * depth, single))
+        return (FluxTransformer2DModel if family == "flux-kontext" else Flux2Transformer2DModel), config
     if depth is not None:
         config.update(num_layers=min(depth, 60))
     return QwenImageTransformer2DModel, config
@@ -625,6 +640,8 @@ def text_encoder_builders(family: str, depth: int | None, tokenizers: dict) -> l
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen3Config,
@@ -643,13 +660,24 @@ def text_encoder_builders(family: str, depth: int | None, tokenizers: dict) -> l
         t5_config = T5Config(**{**configs.RELEASED_TEXT_ENCODER_2, "num_layers": cut(24)}, pad_token_id=t5.pad_token_id,
                              eos_token_id=t5.eos_token_id, decoder_start_token_id=0)
         return [lambda: CLIPTextModel(clip_config).eval(), lambda: T5EncoderModel(t5_config).eval()]
+    if family in FLUX2_FAMILIES:
+        from editr1.models.registry import adapter_class
+
+        # Cut, but never below the last hidden state the pipeline stacks: [klein]'s layer 27, [dev]'s 30.
+        layers = max(cut(configs.RELEASED_TEXT_ENCODER["num_hidden_layers"]),
+                     max(adapter_class(family).text_encoder_out_layers) + 1)
+    if family == "flux2-dev":  # Mistral Small 3.x: the language model, and its vision tower (never run)
+        ids = tokenizers["mistral"].convert_tokens_to_ids
+        text = {**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": layers,
+                "bos_token_id": ids("<s>"), "eos_token_id": ids("</s>"), "pad_token_id": ids("<pad>")}
+        vision = {**configs.RELEASED_VISION_ENCODER,
+                  "num_hidden_layers": cut(configs.RELEASED_VISION_ENCODER["num_hidden_layers"])}
+        mistral = Mistral3Config(**{**configs.RELEASED_TEXT_ENCODER_CONFIG, "text_config": text,
+                                    "vision_config": vision, "image_token_index": ids("[IMG]")})
+        return [lambda: Mistral3ForConditionalGeneration(mistral).eval()]
     ids = tokenizers["qwen"].convert_tokens_to_ids
     special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
     if family == "flux2-klein":
-        from editr1.models.flux2_klein import Flux2KleinAdapter
-
-        released_layers = configs.RELEASED_TEXT_ENCODER["num_hidden_layers"]
-        layers = max(cut(released_layers), max(Flux2KleinAdapter.text_encoder_out_layers) + 1)  # it reads layer 27
         qwen3 = Qwen3Config(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": layers}, **special)
         return [lambda: Qwen3ForCausalLM(qwen3).eval()]
     config = Qwen2_5_VLConfig(
@@ -703,6 +731,10 @@ def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
         from editr1.models.tiny_flux2_klein import SCHEDULER_CONFIG, build_tiny_qwen3_tokenizer
 
         tokenizers = {"qwen": build_tiny_qwen3_tokenizer([PROMPT])}
+    elif family == "flux2-dev":  # a tokenizer, as the tiny preset's (the release's is a PixtralProcessor around one)
+        from editr1.models.tiny_flux2_dev import SCHEDULER_CONFIG, build_tiny_mistral_tokenizer
+
+        tokenizers = {"mistral": build_tiny_mistral_tokenizer([PROMPT])}
     else:
         from editr1.models.qwen_image_edit import PROMPT_TEMPLATE
         from editr1.models.qwen_image_edit_plus import MAX_REFERENCES, chat_text
@@ -714,7 +746,7 @@ def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
     vae_config = released(family).RELEASED_VAE
     if family == "flux-kontext":
         vae_builder = lambda: AutoencoderKL(**vae_config)  # noqa: E731
-    elif family == "flux2-klein":
+    elif family in FLUX2_FAMILIES:  # FLUX.2's VAE, [klein]'s and [dev]'s
         vae_builder = lambda: AutoencoderKLFlux2(**vae_config)  # noqa: E731
     else:
         vae_builder = lambda: AutoencoderKLQwenImage(**vae_config)  # noqa: E731
@@ -736,9 +768,10 @@ def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
         text_encoder, text_encoder_2 = built if built else (None, None)
         adapter = adapter_class(family)(transformer, ScaledVaeCodec(vae), text_encoder, tokenizers["clip"], text_encoder_2,
                                         tokenizers["t5"], scheduler)
-    elif family == "flux2-klein":
+    elif family in FLUX2_FAMILIES:  # [dev]'s adapter takes [klein]'s arguments
         text_encoder = built[0] if built else None
-        adapter = adapter_class(family)(transformer, Flux2VaeCodec(vae), text_encoder, tokenizers["qwen"], scheduler)
+        tokenizer = tokenizers["mistral" if family == "flux2-dev" else "qwen"]
+        adapter = adapter_class(family)(transformer, Flux2VaeCodec(vae), text_encoder, tokenizer, scheduler)
     else:
         from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
 
@@ -764,8 +797,8 @@ def synthetic_encode(adapter, family: str, sources: list, size: int, seed: int) 
         tensors = {"prompt_embeds": torch.randn(groups, FLUX_T5_TOKENS, width, generator=generator),
                    "pooled_prompt_embeds": torch.randn(groups, FLUX_POOLED, generator=generator)}
         shared = {"token_grids": (grid, grid)}
-    elif family == "flux2-klein":  # one reference (the source) per sample, of the target's grid
-        tensors = {"prompt_embeds": torch.randn(groups, KLEIN_TEXT_TOKENS, width, generator=generator),
+    elif family in FLUX2_FAMILIES:  # one reference (the source) per sample, of the target's grid
+        tensors = {"prompt_embeds": torch.randn(groups, FLUX2_TEXT_TOKENS, width, generator=generator),
                    "reference_grids": torch.tensor([[list(grid)]] * groups)}
         shared = {"target_grid": grid}
     else:
@@ -924,7 +957,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adv-clip", type=float, default=5.0)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--grad-clip", type=float, default=1.0)
-    parser.add_argument("--guidance", type=float, default=None, help="distilled guidance (FLUX; default 2.5)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="distilled guidance (FLUX.1 Kontext: default 2.5; FLUX.2 [dev]: 4.0)")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cudnn-sdp", action="store_true", help="keep cuDNN attention enabled on CUDA")
     parser.add_argument("--depth", type=int, default=None, help="cut the full-size transformer to N blocks")

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/real_width.py                                   # every family, 1 block, 512^2, bf16
     .venv/bin/python bench/real_width.py --family qwen-image-edit --blocks 1 2   # per-block memory
-    .venv/bin/python bench/real_width.py --family flux-kontext --size 256 --quick  # CI (tests/test_bench_real_width.py)
+    .venv/bin/python bench/real_width.py --family flux-kontext --size 128 --quick  # CI (tests/test_bench_real_width.py)
     .venv/bin/python bench/real_width.py --from-json runs.json                  # the report of an earlier --json
     .venv/bin/python bench/real_width.py --lora-dtype                           # activations: bf16 vs float32 LoRA
     .venv/bin/python bench/real_width.py --counts --family flux2-klein          # parameter counts only (seconds)

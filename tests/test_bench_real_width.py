@@ -1,5 +1,5 @@
 """bench/real_width.py: the published configurations (each adapter module's RELEASED_*) count what docs/real_scale.md says, and one
-NFT iteration of FLUX.1 Kontext at its real widths (one block of each kind, 256^2, bf16) runs through the
+NFT iteration of FLUX.1 Kontext at its real widths (one block of each kind, 128^2, bf16) runs through the
 trainer with every LoRA target matched (40 s to 2 minutes and 3.3 GiB of RSS on a 2-core CPU)."""
 
 import importlib.util
@@ -74,7 +74,7 @@ def test_full_depth_counts_match_the_page(bench, family):
 def test_one_real_width_flux_iteration(tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--family", "flux-kontext", "--blocks", "1", "--size", "256", "--quick",
+        [sys.executable, str(SCRIPT), "--family", "flux-kontext", "--blocks", "1", "--size", "128", "--quick",
          "--json", str(out), "--tmp", str(tmp_path)],
         capture_output=True, text=True, timeout=900,
     )
@@ -82,8 +82,8 @@ def test_one_real_width_flux_iteration(tmp_path):
     assert "flux-kontext blocks 1: OK" in proc.stdout
     (run,) = json.loads(out.read_text())
     train = run["train"]
-    # Real widths and token counts: 16 latent channels x 2x2 patches, 256 target tokens at 256^2, T5's 512 x 4096, CLIP's 768.
-    assert train["shapes"] == {"latents": [2, 256, 64], "image_tokens": [1, 256, 64], "prompt_embeds": [1, 512, 4096],
+    # Real widths and token counts: 16 latent channels x 2x2 patches, 64 target tokens at 128^2, T5's 512 x 4096, CLIP's 768.
+    assert train["shapes"] == {"latents": [2, 64, 64], "image_tokens": [1, 64, 64], "prompt_embeds": [1, 512, 4096],
                                "pooled_prompt_embeds": [1, 768]}
     lora = train["lora"]
     assert all(n > 0 for n in lora["per_target"].values()) and len(lora["per_target"]) == 8
