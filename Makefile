@@ -25,7 +25,8 @@ test: $(STAMP)
 # The tests that compare runs summing floats in other orders (processes, sharding, caches, resumes), again at
 # lower CPU instruction levels: torch's own kernels (ATEN_CPU_CAPABILITY), oneDNN's and MKL's matrix products.
 # Their tolerances must hold on any x86-64 CPU, not only this one's.
-KERNEL_TESTS := tests/test_distributed.py tests/test_fsdp.py tests/test_conditions_cache.py tests/test_kill_and_resume.py
+KERNEL_TESTS := tests/test_distributed.py tests/test_fsdp.py tests/test_family_launches.py tests/test_conditions_cache.py \
+	tests/test_kill_and_resume.py
 KERNEL_LEVELS := "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=COMPATIBLE" \
 	"ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2"
 test-kernels: $(STAMP)
