@@ -54,6 +54,9 @@ FAMILIES = {
                              "reward.name=test_conditions_cache:Brightness", "eval.reward.name=test_conditions_cache:Brightness"],
     "flux-kontext": ["model.path=tiny:flux-kontext", "rollout.guidance=2.5", "rollout.cfg_scale=2.0", "eval.cfg_scale=2.0",
                      "reward.name=test_conditions_cache:Brightness", "eval.reward.name=test_conditions_cache:Brightness"],
+    **{family: [f"model.path=tiny:{family}", "eval.cfg_scale=2.0", "reward.name=test_conditions_cache:Brightness",
+                "eval.reward.name=test_conditions_cache:Brightness"]
+       for family in ("qwen-image-edit-plus", "flux2-klein", "flux2-dev")},
 }
 OUTPUTS = ("checkpoints/step_000002/trained.safetensors", "checkpoints/step_000002/old.safetensors",
            "checkpoints/step_000002/optimizer.safetensors", "eval/step_000000.safetensors", "eval/step_000002.safetensors")

@@ -237,12 +237,16 @@ def _wait_for(path, launch, log, timeout=300):
         time.sleep(0.2)
 
 
-def test_a_second_launch_on_a_running_folder_is_refused_and_the_first_finishes(shapes_data, tmp_path):
-    out, first_log, second_log = tmp_path / "run", tmp_path / "first.log", tmp_path / "second.log"
-    overrides = _overrides(shapes_data, out, tmp_path, iterations=2, hold_from=out / "config.yaml")
+def test_a_second_launch_is_refused_and_a_killed_launch_is_requeued_and_resumes(shapes_data, tmp_path):
+    """What a scheduler does: requeue a job while the old one still runs (refused, nothing changed), then,
+    the old one killed, requeue it again (it resumes from its checkpoint, its dead lock no obstacle)."""
+    out, first_log, second_log, requeued_log = (tmp_path / name for name in ("run", "first.log", "second.log",
+                                                                             "requeued.log"))
+    # Held in its second iteration, after the checkpoint of the first.
+    overrides = _overrides(shapes_data, out, tmp_path, iterations=3, hold_from=out / "checkpoints" / "latest")
     first = _start(overrides, first_log)
     try:
-        _wait_for(tmp_path / "reached", first, first_log)  # started, and waiting in its first iteration
+        _wait_for(tmp_path / "reached", first, first_log)
         before = _snapshot(out, run_lock.lock_file(out))
         assert _finish(_start(overrides, second_log), timeout=240) != 0
         output = second_log.read_text()
@@ -252,29 +256,14 @@ def test_a_second_launch_on_a_running_folder_is_refused_and_the_first_finishes(s
         holder = int(re.search(r"process (\d+),", errors[0])[1])
         assert holder in [p.pid for p in psutil.Process(first.pid).children(recursive=True)]
         assert _snapshot(out, run_lock.lock_file(out)) == before
-        (tmp_path / "gate").touch()
-        assert _finish(first, timeout=300) == 0, first_log.read_text()[-4000:]
-    finally:
-        if first.poll() is None:
-            _kill_launch(first)
-    assert [r["step"] for r in read_metrics(out) if "reward_mean" in r] == [1, 2]
-    assert (out / "summary.json").is_file() and (out / "final").is_dir()
-    assert not run_lock.lock_file(out).exists()  # released as the job ended
-
-
-def test_a_killed_launch_is_requeued_and_resumes(shapes_data, tmp_path):
-    out, log = tmp_path / "run", tmp_path / "launch.log"
-    # Held in its second iteration, after the checkpoint of the first.
-    overrides = _overrides(shapes_data, out, tmp_path, iterations=3, hold_from=out / "checkpoints" / "latest")
-    first = _start(overrides, log)
-    try:
-        _wait_for(tmp_path / "reached", first, log)
+        assert first.poll() is None  # the holder runs on
     finally:
         if first.poll() is None:
             _kill_launch(first)
     assert run_lock.lock_file(out).exists()  # the killed job's record stays behind
     (tmp_path / "gate").touch()
-    assert _finish(_start(overrides, log), timeout=300) == 0, log.read_text()[-4000:]
-    assert "resumed from" in log.read_text() and "at iteration 1" in log.read_text()
+    assert _finish(_start(overrides, requeued_log), timeout=300) == 0, requeued_log.read_text()[-4000:]
+    assert "resumed from" in requeued_log.read_text() and "at iteration 1" in requeued_log.read_text()
     assert [r["step"] for r in read_metrics(out) if "reward_mean" in r] == [1, 2, 3]
-    assert not run_lock.lock_file(out).exists()
+    assert (out / "summary.json").is_file() and (out / "final").is_dir()
+    assert not run_lock.lock_file(out).exists()  # released as the job ended
