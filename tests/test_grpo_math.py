@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from editr1.rl.grpo_loss import grpo, grpo_kl
-from editr1.sampling.sde import SdeStep, gaussian_log_prob, sde_log_prob, sde_step, step_mean_std
+from editr1.sampling.sde import SdeStep, gaussian_log_prob, sde_log_prob, sde_step, sde_trajectory, step_mean_std
 
 D = torch.float64
 EPS = torch.finfo(D).eps
@@ -105,10 +105,11 @@ def test_last_step_to_zero_is_deterministic_and_its_masked_gradient_finite(kind,
 
 def test_time_and_level_checks():
     x, v = _latents(7, (2, 3))
-    with pytest.raises(ValueError, match="infinite at t = 1"):
-        sde_step(x, v, 1.0, 0.9, noise_level=0.7)
-    with pytest.raises(ValueError, match="infinite at t = 1"):
-        sde_step(x, v, _t([0.5, 1.0]), 0.4, noise_level=0.7)
+    # At t = 1 Flow-GRPO's sigma takes 1 - t_next in its denominator: a * sqrt(1 / (1 - 0.9)).
+    first = sde_step(x, v, 1.0, 0.9, noise_level=0.7, generator=_gen(8))
+    assert torch.isfinite(first.sample).all() and torch.isfinite(first.log_prob).all()
+    expected = torch.full((2,), 0.7 * math.sqrt(1 / 0.1) * math.sqrt(0.1), dtype=D)
+    torch.testing.assert_close(first.std, expected, rtol=4 * torch.finfo(D).eps, atol=0)
     cps = sde_step(x, v, 1.0, 0.9, noise_level=0.7, kind="cps", generator=_gen(8))  # defined at t = 1
     assert torch.isfinite(cps.sample).all() and torch.isfinite(cps.log_prob).all()
     for t, t_next in ((0.5, 0.5), (0.5, 0.6), (0.5, -0.1), (1.2, 0.5)):
@@ -353,3 +354,43 @@ def test_cps_with_the_true_noise_gives_the_exact_marginal_for_any_step():
     # the mean of eps * new_noise estimates rho; Var(eps * new_noise) = 1 + rho^2 for unit Gaussians
     rho = math.cos(eta * math.pi / 2)
     assert abs((new_noise * eps).mean().item() - rho) <= 5 * math.sqrt((1 + rho ** 2) / N)
+
+
+def _linear_velocity(weight):
+    return lambda x, sigma: x @ weight.T * (1 + sigma)
+
+
+@pytest.mark.parametrize("kind, level", [("flow_grpo", 0.7), ("cps", 0.5)])
+def test_a_trajectory_stores_what_the_update_recomputes_bit_for_bit(kind, level):
+    """Each stored step's log-probability, recomputed from the stored latents with the same velocity, is the
+    same number: the on-policy ratio of every step is exactly 1. The schedule starts at t = 1, as shifted
+    schedules do."""
+    weight = torch.randn(3, 3, generator=_gen(30), dtype=torch.float32) * 0.3
+    velocity = _linear_velocity(weight)
+    x = torch.randn(4, 5, 3, generator=_gen(31))
+    sigmas = torch.tensor([1.0, 0.8, 0.55, 0.3, 0.0])
+    run = sde_trajectory(velocity, x, sigmas, noise_level=level, kind=kind, generator=_gen(32))
+    assert run.latents.shape == (5, 4, 5, 3) and run.log_probs.shape == (4, 4)
+    assert torch.equal(run.latents[0], x) and bool(torch.isfinite(run.latents).all())
+    for i in range(4):
+        again = sde_log_prob(run.latents[i], velocity(run.latents[i], sigmas[i]), sigmas[i], sigmas[i + 1],
+                             run.latents[i + 1], noise_level=level, kind=kind)
+        assert torch.equal(again.log_prob, run.log_probs[i])
+    assert bool((run.log_probs[:3] != 0).all()) and bool((run.log_probs[3] == 0).all())  # the last step: deterministic
+    # The same generator seed, the same trajectory; another seed, another one.
+    assert torch.equal(sde_trajectory(velocity, x, sigmas, noise_level=level, kind=kind, generator=_gen(32)).latents,
+                       run.latents)
+    assert not torch.equal(sde_trajectory(velocity, x, sigmas, noise_level=level, kind=kind, generator=_gen(33)).latents,
+                           run.latents)
+
+
+def test_a_trajectory_at_noise_level_zero_is_the_euler_sampler_bit_for_bit():
+    """sigma = 0 makes the Flow-GRPO mean x * 1 + (v * 1) * dt, the Euler update's numbers exactly."""
+    from editr1.sampling.solvers import euler
+
+    velocity = _linear_velocity(torch.randn(3, 3, generator=_gen(34)) * 0.3)
+    x = torch.randn(4, 5, 3, generator=_gen(35))
+    sigmas = torch.tensor([1.0, 0.7, 0.4, 0.0])
+    run = sde_trajectory(velocity, x, sigmas, noise_level=0.0, generator=_gen(36))
+    assert torch.equal(run.latents[-1], euler(velocity, x, sigmas))
+    assert bool((run.log_probs == 0).all())

@@ -7,9 +7,9 @@ floats or per-sample tensors of shape (B,), broadcast over the latent's other di
 A step is x' = mu + s * eps with mu depending on the velocity and s on the times only. Two kinds:
 
 - "flow_grpo" (noise_level = a, about 0.7): the Euler-Maruyama step of the SDE with the ODE's marginals,
-  sigma_t = a sqrt(t / (1 - t)), s = sigma_t sqrt(-dt). It is undefined at t = 1, so t >= 1 is refused:
-  start the schedule below 1 (or use "cps"). The step to t_next = 0 is deterministic: the plain Euler
-  step x - t v (= x0_hat), s = 0.
+  sigma_t = a sqrt(t / (1 - t)), s = sigma_t sqrt(-dt). sigma_t is infinite at t = 1, where every shifted
+  schedule starts: that step takes 1 - t_next in the denominator instead, as Flow-GRPO does. The step to
+  t_next = 0 is deterministic: the plain Euler step x - t v (= x0_hat), s = 0.
 - "cps" (noise_level = eta in [0, 1]): coefficients-preserving sampling, s = t_next sin(eta pi / 2).
   Defined at t = 1; its step to t_next = 0 has s = 0 and mean x0_hat, so it is deterministic too.
 
@@ -25,7 +25,7 @@ rollout sample, so that `sde_log_prob` reproduces the rollout's log_prob bit for
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -60,7 +60,7 @@ def _bcast(t: Tensor, x: Tensor) -> Tensor:
 
 
 def _check(t: Tensor, t_next: Tensor, noise_level: float, kind: str) -> None:
-    """Refuse an unknown kind, a bad noise level, and times outside 0 <= t_next < t <= 1 (t < 1 for flow_grpo)."""
+    """Refuse an unknown kind, a bad noise level, and times outside 0 <= t_next < t <= 1."""
     if kind not in SDE_KINDS:
         raise ValueError(f"unknown SDE kind {kind!r}; expected one of {SDE_KINDS}")
     if kind == "flow_grpo" and not noise_level >= 0:
@@ -69,14 +69,13 @@ def _check(t: Tensor, t_next: Tensor, noise_level: float, kind: str) -> None:
         raise ValueError(f"cps noise_level (eta) must be in [0, 1], got {noise_level}")
     if not bool(((t_next >= 0) & (t_next < t) & (t <= 1)).all()):
         raise ValueError("times must satisfy 0 <= t_next < t <= 1")
-    if kind == "flow_grpo" and bool((t >= 1).any()):
-        raise ValueError("flow_grpo's sigma_t = a sqrt(t / (1 - t)) is infinite at t = 1: start the schedule "
-                         "below 1, or use kind='cps'")
 
 
 def flow_grpo_sigma(t: Tensor, t_next: Tensor, noise_level: float) -> Tensor:
-    """sigma_t = a sqrt(t / (1 - t)) where t_next > 0, and 0 on the last step (t_next = 0), which is deterministic."""
-    sigma = noise_level * torch.sqrt(t / (1 - t))
+    """sigma_t = a sqrt(t / (1 - t)) where t_next > 0, and 0 on the last step (t_next = 0), which is
+    deterministic. At t = 1 (infinite) the denominator is 1 - t_next, Flow-GRPO's rule for a schedule's
+    first step."""
+    sigma = noise_level * torch.sqrt(t / (1 - torch.where(t >= 1, t_next, t)))
     return torch.where(t_next > 0, sigma, torch.zeros_like(sigma))
 
 
@@ -166,3 +165,34 @@ def sde_step(x: Tensor, v: Tensor, t: Time, t_next: Time, *, noise_level: float,
         raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(mean.shape)}")
     sample = mean + _bcast(std, mean) * noise.to(mean.dtype)
     return SdeStep(sample, mean, std, _step_log_prob(sample, mean, std))
+
+
+class SdeTrajectory(NamedTuple):
+    """A stochastic sampling run: `latents` (N+1, B, ...) is x at each of the N+1 sigmas (the initial noise
+    first, the edit last), `log_probs` (N, B) each step's log-probability (0 on deterministic steps)."""
+
+    latents: Tensor
+    log_probs: Tensor
+
+
+def sde_trajectory(velocity_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas: Tensor, *,
+                   noise_level: float, kind: str = "flow_grpo",
+                   generator: Optional[torch.Generator] = None) -> SdeTrajectory:
+    """Sample over sigmas[0] -> sigmas[-1] with `sde_step` at every step (N model calls), keeping every
+    step's latent and log-probability: what a Flow-GRPO rollout stores for its update, which recomputes
+    each kept step's log-probability with `sde_log_prob`. `velocity_fn(x, sigma)` as the ODE samplers take
+    it (editr1.sampling.solvers); the noise comes from `generator`, step after step."""
+    if sigmas.dim() != 1 or sigmas.numel() < 2 or not bool(torch.isfinite(sigmas).all()):
+        raise ValueError(f"sigmas must be 1-D and finite with N+1 >= 2 entries, got shape {tuple(sigmas.shape)}")
+    out_dtype = x.dtype
+    cdt = torch.promote_types(out_dtype, torch.float32)
+    s = sigmas.to(device=x.device, dtype=cdt)
+    latents, log_probs = [x], []
+    for i in range(s.numel() - 1):
+        step = sde_step(x, velocity_fn(x, s[i]), s[i], s[i + 1], noise_level=noise_level, kind=kind,
+                        generator=generator)
+        x = step.sample.to(out_dtype)
+        latents.append(x)
+        # Of the sample as stored (a bf16 latent rounds): what the update's recomputation sees, bit for bit.
+        log_probs.append(_step_log_prob(x, step.mean, step.std))
+    return SdeTrajectory(torch.stack(latents), torch.stack(log_probs))
