@@ -176,21 +176,27 @@ class SdeTrajectory(NamedTuple):
 
 
 def sde_trajectory(velocity_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas: Tensor, *,
-                   noise_level: float, kind: str = "flow_grpo",
+                   noise_level: float, kind: str = "flow_grpo", noise: Optional[Tensor] = None,
                    generator: Optional[torch.Generator] = None) -> SdeTrajectory:
     """Sample over sigmas[0] -> sigmas[-1] with `sde_step` at every step (N model calls), keeping every
     step's latent and log-probability: what a Flow-GRPO rollout stores for its update, which recomputes
     each kept step's log-probability with `sde_log_prob`. `velocity_fn(x, sigma)` as the ODE samplers take
-    it (editr1.sampling.solvers); the noise comes from `generator`, step after step."""
+    it (editr1.sampling.solvers).
+
+    The steps' noise: `noise` (N, B, ...), drawn beforehand (e.g. per row, so that a row's trajectory does
+    not depend on the rows sampled beside it), or else standard normal from `generator`, step after step."""
     if sigmas.dim() != 1 or sigmas.numel() < 2 or not bool(torch.isfinite(sigmas).all()):
         raise ValueError(f"sigmas must be 1-D and finite with N+1 >= 2 entries, got shape {tuple(sigmas.shape)}")
+    steps = sigmas.numel() - 1
+    if noise is not None and noise.shape != (steps, *x.shape):
+        raise ValueError(f"noise must have shape {(steps, *x.shape)} (steps, then the latents'), got {tuple(noise.shape)}")
     out_dtype = x.dtype
     cdt = torch.promote_types(out_dtype, torch.float32)
     s = sigmas.to(device=x.device, dtype=cdt)
     latents, log_probs = [x], []
-    for i in range(s.numel() - 1):
+    for i in range(steps):
         step = sde_step(x, velocity_fn(x, s[i]), s[i], s[i + 1], noise_level=noise_level, kind=kind,
-                        generator=generator)
+                        noise=None if noise is None else noise[i], generator=generator)
         x = step.sample.to(out_dtype)
         latents.append(x)
         # Of the sample as stored (a bf16 latent rounds): what the update's recomputation sees, bit for bit.
