@@ -9,16 +9,21 @@ import numpy as np
 import pytest
 import torch
 from diffusers import Flux2Pipeline
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
-from safetensors.torch import load_file
-from test_parity_flux2_klein import PROMPTS, REFERENCES, SIZE, _image, _noise, _run_pipeline, _velocity
+from test_parity_flux2_klein import (
+    PROMPTS,
+    REFERENCES,
+    SIZE,
+    _image,
+    _noise,
+    _run_pipeline,
+    _velocity,
+    assert_lora_round_trip,
+)
 
 from editr1.errors import EditR1Error
 from editr1.models import flux2_dev
 from editr1.models.base import constructing
 from editr1.models.flux2_dev import INFERENCE, Flux2DevAdapter
-from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import detect_family, load_adapter
 from editr1.models.tiny_flux2_dev import build_tiny_flux2_dev
 from editr1.models.tiny_flux2_klein import build_tiny_flux2_klein
@@ -160,39 +165,7 @@ def test_save_and_load_round_trip(tmp_path, codec):
 
 
 def test_lora_saved_by_the_adapter_loads_into_the_pipeline_and_edits_alike(tmp_path):
-    adapter = build_tiny_flux2_dev(PROMPTS, codec="vae", seed=1)
-    names = [n for n, _ in adapter.transformer.named_modules()]
-    for target in adapter.lora_target_modules:
-        assert any(n == target or n.endswith("." + target) for n in names), target
-    adapter.save_pretrained(tmp_path / "base")
-    base = _velocity(adapter)
-
-    # rank != alpha: the exported LoRA must carry its scale.
-    adapter.transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=list(adapter.lora_target_modules)))
-    with torch.no_grad():
-        for name, p in adapter.transformer.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
-    tuned = _velocity(adapter)
-    assert not torch.allclose(tuned, base, atol=1e-3)
-    spec = LoraSpec.from_peft(adapter.transformer.peft_config["default"])
-    file = adapter.save_lora(get_peft_model_state_dict(adapter.transformer), tmp_path / "lora", spec)
-    keys = load_file(file).keys()
-    for module in ("transformer_blocks.0.attn.to_out.0", "transformer_blocks.0.attn.to_add_out",
-                   "single_transformer_blocks.0.attn.to_qkv_mlp_proj", "single_transformer_blocks.1.attn.to_out"):
-        assert f"transformer.{module}.lora_A.weight" in keys, module
-
-    pipe = _pipeline(load_adapter(tmp_path / "base"))
-    pipe.load_lora_weights(tmp_path / "lora")  # as it is: no conversion
-    references, noise = [_image(8)], _noise(adapter, 1, 5)
-    expected, _ = _run_pipeline(pipe, references, PROMPTS[0], noise, 2, INFERENCE.guidance)
-    adapter.use_pipeline_sizing()
-    conditions = adapter.encode_conditions([references], PROMPTS[:1], SIZE, SIZE)
-    latents = generate(adapter, conditions, noise, adapter.sigmas(2, SIZE, SIZE), "euler")
-    assert torch.allclose(latents, expected, atol=1e-4, rtol=1e-4)
-    loaded = load_adapter(tmp_path / "base")
-    loaded.transformer = pipe.transformer
-    assert torch.allclose(_velocity(loaded), tuned, atol=1e-5)
+    assert_lora_round_trip(build_tiny_flux2_dev(PROMPTS, codec="vae", seed=1), tmp_path, _pipeline, INFERENCE.guidance)
 
 
 def test_released_sizes_count_the_models_parameters():

@@ -226,8 +226,9 @@ def test_pixel_codec_is_exact():
     assert torch.allclose(adapter.decode_latents(tokens, SIZE, SIZE), pixels, atol=1e-6)
 
 
-def test_lora_saved_by_the_adapter_loads_into_the_pipeline_and_edits_alike(tmp_path):
-    adapter = build_tiny_flux2_klein(PROMPTS, codec="vae", seed=1)
+def assert_lora_round_trip(adapter, tmp_path, make_pipeline, guidance):
+    """A LoRA the adapter saves loads into the diffusers pipeline (`make_pipeline(adapter)`) as it is, and
+    the pipeline edits as the adapter does (FLUX.2 [klein] and [dev] alike)."""
     names = [n for n, _ in adapter.transformer.named_modules()]
     for target in adapter.lora_target_modules:
         assert any(n == target or n.endswith("." + target) for n in names), target
@@ -249,10 +250,10 @@ def test_lora_saved_by_the_adapter_loads_into_the_pipeline_and_edits_alike(tmp_p
                    "single_transformer_blocks.0.attn.to_qkv_mlp_proj", "single_transformer_blocks.1.attn.to_out"):
         assert f"transformer.{module}.lora_A.weight" in keys, module
 
-    pipe = _pipeline(load_adapter(tmp_path / "base"), is_distilled=False)
+    pipe = make_pipeline(load_adapter(tmp_path / "base"))
     pipe.load_lora_weights(tmp_path / "lora")  # as it is: no conversion
     references, noise = [_image(8)], _noise(adapter, 1, 5)
-    expected, _ = _run_pipeline(pipe, references, PROMPTS[0], noise, 2, 1.0)
+    expected, _ = _run_pipeline(pipe, references, PROMPTS[0], noise, 2, guidance)
     adapter.use_pipeline_sizing()
     conditions = adapter.encode_conditions([references], PROMPTS[:1], SIZE, SIZE)
     latents = generate(adapter, conditions, noise, adapter.sigmas(2, SIZE, SIZE), "euler")
@@ -260,6 +261,11 @@ def test_lora_saved_by_the_adapter_loads_into_the_pipeline_and_edits_alike(tmp_p
     loaded = load_adapter(tmp_path / "base")
     loaded.transformer = pipe.transformer
     assert torch.allclose(_velocity(loaded), tuned, atol=1e-5)
+
+
+def test_lora_saved_by_the_adapter_loads_into_the_pipeline_and_edits_alike(tmp_path):
+    assert_lora_round_trip(build_tiny_flux2_klein(PROMPTS, codec="vae", seed=1), tmp_path,
+                           lambda loaded: _pipeline(loaded, is_distilled=False), 1.0)
 
 
 def test_released_sizes_count_the_models_parameters():
