@@ -57,17 +57,23 @@ def test_a_bug_on_another_process_alone_ends_every_process(shapes_data, tmp_path
     assert "Connection closed by peer" not in output, output[-4000:]
 
 
-def test_a_process_outside_any_collective_ends_when_another_fails(tmp_path):
-    """Another node's process, busy where no collective would fail it (its launcher knows nothing of the first
-    node): it watches the job's store and ends, silently, once a failure is recorded there."""
+def _job_store():
+    """A job's store on a free port, as a launcher holds it: (store, the environment that names it)."""
     import torch.distributed as dist
-
-    from editr1.trainer.job import FAILED_KEY
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     store = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=30))
+    return store, {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def test_a_process_outside_any_collective_ends_when_another_fails(tmp_path):
+    """Another node's process, busy where no collective would fail it (its launcher knows nothing of the first
+    node): it watches the job's store and ends, silently, once a failure is recorded there."""
+    from editr1.trainer.job import FAILED_KEY
+
+    store, env = _job_store()
     busy = textwrap.dedent("""
         import time
         from editr1.trainer import job
@@ -75,7 +81,6 @@ def test_a_process_outside_any_collective_ends_when_another_fails(tmp_path):
         print("joined", file=open("joined", "w"))
         time.sleep(600)
     """)
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     with subprocess.Popen([sys.executable, "-c", busy], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True) as process:
         try:
@@ -90,3 +95,19 @@ def test_a_process_outside_any_collective_ends_when_another_fails(tmp_path):
             process.kill()
     assert process.returncode == 1
     assert stdout == stderr == ""
+
+
+def test_a_quiet_process_that_finished_leaves_at_once_and_one_that_aborts_shows_where():
+    """A finished job's process ends with `job.leave()`: exit status 0, without waiting for what would hold an
+    interpreter's exit (here a thread that never ends; in a launch, the process group's teardown). A quiet
+    process (not the main one) that a library aborts still prints where each thread was."""
+    _store, env = _job_store()
+    start = "import os, threading, time\nfrom editr1.trainer import job\njob.start(rank=1, world=2, is_main=False)\n"
+    leaves = start + "threading.Thread(target=time.sleep, args=(600,)).start()\njob.end()\njob.leave()\n"
+    finished = subprocess.run([sys.executable, "-c", leaves], env=env, capture_output=True, text=True, timeout=120)
+    assert (finished.returncode, finished.stdout, finished.stderr) == (0, "", "")
+
+    aborts = start + "def in_a_library():\n    os.abort()\nin_a_library()\n"
+    aborted = subprocess.run([sys.executable, "-c", aborts], env=env, capture_output=True, text=True, timeout=120)
+    assert aborted.returncode == -6 and aborted.stdout == ""
+    assert "Fatal Python error: Aborted" in aborted.stderr and "in_a_library" in aborted.stderr, aborted.stderr

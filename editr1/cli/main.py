@@ -218,6 +218,13 @@ def _end_job(message: str, code: int) -> None:
         job.fail(message, code)
 
 
+def _leave_job() -> None:
+    """A process of a job that finished ends here, every process at once (`editr1.trainer.job.leave`)."""
+    job = sys.modules.get("editr1.trainer.job")
+    if job is not None:
+        job.leave()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     silence_known_warnings()
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
             job.start_from_launcher()
         run(args)
+        _leave_job()
     except EditR1Error as error:
         message = f"editr1: error: {error}"
         _end_job(message, 2)

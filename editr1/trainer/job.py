@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import threading
@@ -29,6 +30,8 @@ FAILED_KEY = f"editr1/failed/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}
 WATCH_INTERVAL_S = 2.0
 
 _job: "Job | None" = None
+#: Whether this process joined a job of several processes (it stays True once the job has ended).
+_joined = False
 #: A quieted process's stderr as it was, where its errors still go.
 _errors: TextIO | None = None
 
@@ -74,9 +77,10 @@ def start(rank: int, world: int, is_main: bool) -> None:
     """Join the job (a no-op for one process): watch for others' failures in the rendezvous store named by
     MASTER_ADDR/MASTER_PORT (a launcher that names none gets no watch), and go quiet unless `is_main`.
     Call it once the process group is up."""
-    global _job, _errors
+    global _job, _errors, _joined
     if world <= 1 or _job is not None:
         return
+    _joined = True
     if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                               timeout=timedelta(seconds=60))
@@ -85,6 +89,8 @@ def start(rank: int, world: int, is_main: bool) -> None:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         _errors = os.fdopen(os.dup(2), "w")
+        # A fatal signal (an abort in a C++ library) still shows where each thread was.
+        faulthandler.enable(file=_errors, all_threads=True)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
@@ -106,6 +112,14 @@ def end() -> None:
     if _job is not None:
         _job.close()
         _job = None
+
+
+def leave() -> None:
+    """End a process of a job that finished (after `end`, which every process passed together): at once,
+    without tearing the process group down. Gloo can abort a process (SIGABRT) whose peer closes its connections
+    first, which would turn a finished job into a failed launch. Outside a job: return."""
+    if _joined:
+        _exit(0)
 
 
 def fail(message: str, code: int) -> None:

@@ -318,8 +318,7 @@ class NFTTrainer:
         self.accelerator.wait_for_everyone()
         job.end()
         self.accelerator.wait_for_everyone()
-        # Tear the process group down before the interpreter does (gloo's threads may not outlive it cleanly).
-        self.accelerator.end_training()
+        # The process group stays up: a launched process ends with `job.leave()`, never through its teardown.
         return summary
 
     def _run(self) -> dict:
