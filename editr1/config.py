@@ -104,7 +104,11 @@ class RolloutConfig:
     groups_per_iteration: int = 24
     group_size: int = 12
     steps: int = 6
-    sampler: Literal["euler", "dpmpp_2m"] = "dpmpp_2m"
+    #: An ODE sampler (euler, dpmpp_2m) for rl.algorithm nft; an SDE for grpo: flow_grpo_sde (Flow-GRPO's) or
+    #: cps_sde (coefficients-preserving).
+    sampler: Literal["euler", "dpmpp_2m", "flow_grpo_sde", "cps_sde"] = "dpmpp_2m"
+    #: The SDE's noise level: Flow-GRPO's a (about 0.7), or CPS's eta in (0, 1].
+    noise_level: float = 0.7
     cfg_scale: float = 1.0
     guidance: float | None = None
     batch_size: int = 64
@@ -115,7 +119,10 @@ class RolloutConfig:
 
 @dataclass
 class RLConfig:
-    #: A loss of `editr1.rl.losses.LOSSES` or the dotted path `package.module:name` of one with its keywords.
+    #: An algorithm of `editr1.trainer.algorithms.ALGORITHMS` (nft: DiffusionNFT, grpo: Flow-GRPO) or the dotted
+    #: path `package.module:Class` of one defined elsewhere.
+    algorithm: str = "nft"
+    #: NFT's loss: one of `editr1.rl.losses.LOSSES` or the dotted path `package.module:name` of one with its keywords.
     loss: str = "nft"
     beta: float = 1.0
     kl_coef: float = 1e-4
@@ -126,6 +133,8 @@ class RLConfig:
     filter_std_threshold: float = 0.05
     ban_saturated: bool = False
     timestep_fraction: float = 0.99
+    #: GRPO's PPO clip range on the probability ratio.
+    clip_range: float = 1e-4
     old_policy_schedule: Literal["linear", "delayed", "linear_fast", "on_policy"] = "linear"
     #: Fail the iteration when more than this fraction of samples could not be scored.
     max_unscored_fraction: float = 0.25

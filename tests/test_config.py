@@ -28,7 +28,7 @@ def test_yaml_and_overrides(tmp_path):
     [
         ("rollout.group_sise=4", "rollout.group_sise: unknown field (did you mean 'group_size'?)"),
         ("rollout.group_size=true", "rollout.group_size: expected int"),
-        ("rollout.sampler=rk4", "rollout.sampler: expected one of ['euler', 'dpmpp_2m']"),
+        ("rollout.sampler=rk4", "rollout.sampler: expected one of ['euler', 'dpmpp_2m', 'flow_grpo_sde', 'cps_sde']"),
         ("optim.betas=[0.9]", "optim.betas: expected 2 items"),
         ("rl=3", "rl: expected a mapping"),
         ("rollout.steps", "expected KEY=VALUE"),

@@ -10,7 +10,10 @@ from typing import Any
 
 import torch
 
-from editr1.sampling.solvers import get_sampler, with_cfg
+from editr1.sampling.solvers import VelocityFn, get_sampler, with_cfg
+
+#: A sampler: `sampler(velocity_fn, noise, sigmas)` gives the clean latents (as the solvers by name do).
+Sampler = Callable[[VelocityFn, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def generate(
@@ -18,7 +21,7 @@ def generate(
     conditions: Any,
     noise: torch.Tensor,
     sigmas: torch.Tensor,
-    sampler: str = "euler",
+    sampler: str | Sampler = "euler",
     cfg_scale: float = 1.0,
     negative_conditions: Any = None,
     cfg_renorm: bool = True,
@@ -31,6 +34,7 @@ def generate(
     `model.velocity(tokens, sigma, conditions, guidance, transformer)` gives the velocity; with
     `cfg_scale > 1`, `negative_conditions` are the unconditional branch ("true CFG").
     `on_step(step, steps)` is called after each step's model evaluation (steps = len(sigmas) - 1).
+    `sampler`: a name of editr1.sampling.solvers, or a sampler itself, `sampler(velocity_fn, noise, sigmas)`.
     """
 
     def conditional(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -48,7 +52,8 @@ def generate(
     if on_step is not None:
         velocity_fn = _counting(velocity_fn, sigmas.numel() - 1, on_step)
     with torch.no_grad():
-        return get_sampler(sampler)(velocity_fn, noise, sigmas.to(noise.device))
+        solve = get_sampler(sampler) if isinstance(sampler, str) else sampler
+        return solve(velocity_fn, noise, sigmas.to(noise.device))
 
 
 def _counting(velocity_fn: Callable, steps: int, on_step: Callable[[int, int], None]) -> Callable:
@@ -71,7 +76,7 @@ def generate_in_batches(
     noise: torch.Tensor,
     sigmas: torch.Tensor,
     batch_size: int,
-    sampler: str = "euler",
+    sampler: str | Sampler = "euler",
     cfg_scale: float = 1.0,
     negative_conditions: Any = None,
     guidance: float | None = None,
@@ -118,7 +123,7 @@ def edit_batch(
     *,
     repeats: int = 1,
     batch_size: int = 64,
-    sampler: str = "euler",
+    sampler: str | Sampler = "euler",
     cfg_scale: float = 1.0,
     negative_prompt: str | None = None,
     guidance: float | None = None,

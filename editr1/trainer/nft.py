@@ -1,8 +1,9 @@
-"""The one Edit-R1 training loop: DiffusionNFT with a pluggable reward, for any model adapter.
+"""The one Edit-R1 training loop, for any RL algorithm (editr1.trainer.algorithms: DiffusionNFT, Flow-GRPO),
+any reward and any model adapter.
 
-Per iteration: sample groups -> roll out K edits per group with the old policy -> score ->
-group advantages and low-variance filtering -> NFT update over rollout timesteps (one optimizer
-step) -> soft-update the old policy -> log, evaluate, checkpoint.
+Per iteration: sample groups -> roll out K edits per group with the old policy (the algorithm's sampler)
+-> score -> group advantages and low-variance filtering -> the algorithm's update over rollout steps (one
+optimizer step) -> update the old policy -> log, evaluate, checkpoint.
 Every random draw comes from a generator seeded by (seed, iteration, purpose), so a run resumed at
 iteration n is the same run.
 """
@@ -28,7 +29,6 @@ from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.order import take_indices
 from editr1.data.prompt_length import fit_prompt_lengths
-from editr1.dotted import resolve
 from editr1.errors import EditR1Error
 from editr1.eval.heldout import (
     HeldoutSet,
@@ -47,12 +47,11 @@ from editr1.models.registry import is_tiny_preset, tiny_preset_note
 from editr1.rewards.base import RewardBatch
 from editr1.rewards.checked import CheckedReward
 from editr1.rewards.registry import build_reward
-from editr1.rl.advantages import group_advantages, optimality_probability
+from editr1.rl.advantages import group_advantages
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
 from editr1.rl.group_layout import GroupLayout
-from editr1.rl.losses import LOSSES
-from editr1.rl.old_policy import old_policy_decay
 from editr1.sampling.generate import edit_batch
+from editr1.trainer.algorithms import build_algorithm
 from editr1.trainer.async_scoring import RolloutScorer
 from editr1.trainer import job
 from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
@@ -81,6 +80,8 @@ class Rollout:
     #: Every source image of each group's sample (several for multi-reference models).
     sources: list[list[torch.Tensor]]
     latents: torch.Tensor
+    #: What the algorithm's sampler kept for the update (rows on dim 1), e.g. GRPO's every step.
+    kept: dict[str, torch.Tensor]
     images: torch.Tensor
     scored: RewardBatch
     #: Seconds the reward spent computing (overlapped with sampling when `reward.overlap`).
@@ -179,6 +180,7 @@ class NFTTrainer:
         self.is_main = self.accelerator.is_main_process
         # One voice (only the main process prints) and one fate (a failure on any process ends them all).
         job.start(self.rank, self.world, self.is_main)
+        self.algorithm = build_algorithm(config)
         # An accelerate config with `distributed_type: FSDP` shards the transformer over the processes.
         self.sharded = self.accelerator.distributed_type == DistributedType.FSDP
         if self.sharded:
@@ -212,7 +214,6 @@ class NFTTrainer:
 
         # Every input is read and checked before anything is written: the data first (a one-line data error
         # comes before an in-process judge loads its weights), then the judge, which may be a server still starting.
-        self.loss_fn = resolve(config.rl.loss, LOSSES, "rl.loss", "loss")
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         heldout_samples = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels) if evaluating else None
         # Every answer is checked against the reward contract; a crash's traceback goes to the run folder.
@@ -370,7 +371,6 @@ class NFTTrainer:
             self._report_unscored("rollouts", int((~valid).sum()), valid.numel(), first)
         group_ids = layout.group_of_row()
         advantages = group_advantages(rewards, group_ids, valid, rl.std_mode)
-        r = optimality_probability(advantages, rl.adv_clip)
         keep = low_variance_keep_mask(rewards, group_ids, rl.filter_rule, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
         if rl.ban_saturated:
             saturated = groups_to_ban(rewards, group_ids, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
@@ -378,8 +378,9 @@ class NFTTrainer:
         timings["seconds_statistics"] = time.monotonic() - tick
 
         tick = time.monotonic()
-        losses = self._train(step, rollout, r[own_rows], keep[own_rows])
-        self.policies.update_old(old_policy_decay(step, rl.old_policy_schedule))
+        losses = self._train(step, rollout, advantages[own_rows], keep[own_rows])
+        decay = self.algorithm.old_policy_decay(step)
+        self.policies.update_old(decay)
         timings["seconds_train"] = time.monotonic() - tick
         # Every rank must take the same decisions (time budget): use the slowest rank's clock.
         wall = sum(v for k, v in timings.items() if k != "seconds_reward_compute")
@@ -400,7 +401,7 @@ class NFTTrainer:
             **{f"{key}_mean": float(values[scored.valid].mean()) for key, values in scored.extras.items() if scored.valid.any()},
             "fraction_filtered": 1 - kept_groups / groups_total,
             "fraction_banned": len(self.banned) / len(self.train_samples),
-            "old_policy_decay": old_policy_decay(step, rl.old_policy_schedule),
+            "old_policy_decay": decay,
             **losses,
             **timings,
             "seconds_total": wall,
@@ -419,6 +420,8 @@ class NFTTrainer:
             conditions = self._conditions(samples)
             negative = self._conditions(samples, negative=True) if rollout_config.cfg_scale != 1.0 else None
 
+        sampler = self.algorithm.rollout_sampler(step, rows.start, noise.shape[0], shape)
+
         def score_batch(rows: torch.Tensor, pixels: torch.Tensor) -> None:
             # Scored in the background while the next batch is sampled.
             groups = (rows // k).tolist()
@@ -430,11 +433,12 @@ class NFTTrainer:
             edited = edit_batch(
                 self.adapter, [source_images(s, size) for s in samples], [s.prompt for s in samples],
                 noise.to(self.adapter.device), self.sigmas, size, size, repeats=k, batch_size=rollout_config.batch_size,
-                sampler=rollout_config.sampler, cfg_scale=rollout_config.cfg_scale, guidance=rollout_config.guidance,
+                sampler=sampler, cfg_scale=rollout_config.cfg_scale, guidance=rollout_config.guidance,
                 transformer=old, conditions=conditions, negative_conditions=negative, on_batch=score_batch,
             )
         scored, compute_seconds = self.scorer.collect()
-        return Rollout(indices, edited.conditions, sources, edited.latents, edited.pixels, scored, compute_seconds)
+        return Rollout(indices, edited.conditions, sources, edited.latents, sampler.kept(), edited.pixels, scored,
+                       compute_seconds)
 
     def _conditions(self, samples: list[EditSample], negative: bool = False) -> Conditions:
         """The training samples' conditions (with the family's negative prompt when `negative`), one row per
@@ -444,51 +448,57 @@ class NFTTrainer:
         prompts = [self.adapter.inference.negative_prompt if negative else s.prompt for s in samples]
         return self.adapter.encode_each([source_images(s, self.size) for s in samples], prompts, self.size, self.size)
 
-    def _train(self, step: int, rollout: Rollout, r: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
-        """Accumulate the NFT loss over kept samples x rollout timesteps, then one optimizer step.
+    def _train(self, step: int, rollout: Rollout, advantages: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
+        """Accumulate the algorithm's loss over kept edits x a random fraction of their trainable rollout steps,
+        then one optimizer step.
 
-        The loss is the mean over every rank's kept (sample, timestep) pairs. Ranks run the same number
-        of backward passes (padding with zero-weight ones), as DDP's gradient all-reduce requires.
+        The loss is the mean over every rank's kept (edit, step) pairs. Ranks run the same number of backward
+        passes (padding with zero-weight ones), as DDP's gradient all-reduce requires.
         """
-        config, rl = self.config, self.config.rl
+        config, rl, algorithm = self.config, self.config.rl, self.algorithm
         kept = torch.nonzero(keep).flatten()
         self.optimizer.zero_grad(set_to_none=True)
-        num_steps = self.sigmas.numel() - 1
-        per_sample = max(1, math.floor(rl.timestep_fraction * num_steps))
+        trainable = algorithm.trainable_steps(self.sigmas)
+        per_sample = max(1, math.floor(rl.timestep_fraction * trainable.numel()))
         micro = config.optim.micro_batch
         local_steps = per_sample * math.ceil(kept.numel() / micro)
         counts = self.accelerator.gather(torch.tensor([kept.numel() * per_sample, local_steps], device=self.accelerator.device)).view(-1, 2)
         total_pairs, backward_passes = int(counts[:, 0].sum()), int(counts[:, 1].max())
         if total_pairs == 0:
             return {"skipped_update": 1.0}  # every group filtered: no loss to report, none invented
-        # Every row draws from its own stream, named by its global row: its timesteps (a shuffled subset of
-        # the rollout's) and then, one per timestep in order, its noise. So the update does not depend on
-        # how rows are split over processes or micro-batches.
+        # Every row draws from its own stream, named by its global row: its steps (a shuffled subset of the
+        # trainable ones) and then, one per step in order, its noise. So the update does not depend on how rows
+        # are split over processes or micro-batches.
         first_row = self.layout.rank_rows(self.rank).start
         streams = {int(row): generator_for(config.seed, step, f"train-row{first_row + int(row)}") for row in kept}
-        order = [torch.randperm(num_steps, generator=streams[int(row)])[:per_sample] for row in kept]
+        order = [trainable[torch.randperm(trainable.numel(), generator=streams[int(row)])[:per_sample]] for row in kept]
         batches = [
             (kept[start : start + micro], torch.stack([o[column] for o in order[start : start + micro]]))
             for column in range(per_sample)
             for start in range(0, kept.numel(), micro)
         ]
-        padding = [(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))] * (backward_passes - len(batches))
+        padding = [(torch.zeros(1, dtype=torch.long), trainable[:1])] * (backward_passes - len(batches))
         group_of_row = self.layout.group_of_row(len(rollout.dataset_indices))
+        shape = rollout.latents.shape[1:]
         sums: dict[str, float] = {}
         device, guidance = self.accelerator.device, config.rollout.guidance
         self.phases["train"].restart(backward_passes)
-        for index, (rows, timestep_index) in enumerate(batches + padding):
+        for index, (rows, steps) in enumerate(batches + padding):
             is_padding = index >= len(batches)
-            x0 = rollout.latents[rows].to(device)
-            t = self.sigmas[timestep_index].to(device, x0.dtype)
-            noise = torch.stack([torch.randn(x0.shape[1:], generator=streams[int(row)]) for row in rows]).to(x0) \
-                if not is_padding else torch.zeros_like(x0)
-            x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+
+            def noise(rows=rows, is_padding=is_padding) -> torch.Tensor:
+                if is_padding:
+                    return torch.zeros(rows.numel(), *shape)
+                return torch.stack([torch.randn(shape, generator=streams[int(row)]) for row in rows])
+
+            inputs = algorithm.update_inputs(rollout.latents, rollout.kept, rows, steps, self.sigmas, noise)
+            x_t, t = inputs.x_t.to(device), inputs.t.to(device)
             conditions = rollout.conditions.select(group_of_row[rows])
+            v_old = v_ref = None
             with torch.no_grad():
-                with self.policies.use("old") as old:
-                    v_old = self.adapter.velocity(x_t, t, conditions, guidance, old)
-                v_ref = None
+                if algorithm.needs_old_velocity:
+                    with self.policies.use("old") as old:
+                        v_old = self.adapter.velocity(x_t, t, conditions, guidance, old)
                 if rl.kl_coef > 0:
                     with self.policies.use("reference") as reference:
                         v_ref = self.adapter.velocity(x_t, t, conditions, guidance, reference)
@@ -497,15 +507,16 @@ class NFTTrainer:
             unsynced = not (last or self.sharded)
             with self.policies.use("trained"), (self.accelerator.no_sync(self.trained_module) if unsynced else nullcontext()):
                 v_theta = self.adapter.velocity(x_t, t, conditions, guidance, self.trained_module)
-                loss, loss_metrics = self.loss_fn(v_theta=v_theta, v_old=v_old, v_ref=v_ref, x_t=x_t, x0=x0, t=t,
-                                                  r=r[rows].to(device), beta=rl.beta, adv_clip=rl.adv_clip,
-                                                  kl_coef=rl.kl_coef)
+                loss, loss_metrics = algorithm.loss(inputs, v_theta, v_old, v_ref, advantages[rows].to(device))
                 if not torch.isfinite(loss):
-                    raise EditR1Error(f"iteration {step + 1}: the NFT loss is {loss.item()}; training diverged, lower optim.lr")
+                    raise EditR1Error(f"iteration {step + 1}: the {algorithm.title} loss is {loss.item()}; training "
+                                      "diverged, lower optim.lr")
                 share = 0.0 if is_padding else rows.numel() / total_pairs
                 # DDP averages gradients over ranks; scaling by the world size makes that a sum.
                 (loss * share * self.world).backward()
-            metrics = {**loss_metrics, "old_deviation": (v_theta.detach() - v_old).pow(2).mean()}
+            metrics = dict(loss_metrics)
+            if v_old is not None:
+                metrics["old_deviation"] = (v_theta.detach() - v_old).pow(2).mean()
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + float(value) * share
             self.phases["train"].advance()
@@ -617,7 +628,7 @@ class NFTTrainer:
     def _finish(self, final_weights: dict[str, torch.Tensor]) -> dict:
         rows = read_metrics(self.run_dir)
         reward_curve(rows, self.run_dir / "reward_curve.png", eval_keys=("heldout_reward", "heldout_training_reward"),
-                     title="DiffusionNFT: rollout and held-out reward")
+                     title=f"{self.algorithm.title}: rollout and held-out reward")
         final_folder = self.run_dir / "final"
         if self.lora is not None:
             self.adapter.save_lora(final_weights, final_folder, self.lora)
@@ -656,10 +667,10 @@ class NFTTrainer:
         self.run_folder.write_json("summary.json", summary)
         sections = [ReportSection("Reward curve", "Rollout reward per iteration and held-out reward at evaluations.", "reward_curve.png")]
         if self.heldout is not None:
-            sections.append(ReportSection("Before / after", "Held-out samples: source, base model, after NFT.", "before_after.png"))
+            sections.append(ReportSection("Before / after", f"Held-out samples: source, base model, after {self.algorithm.title}.", "before_after.png"))
         if is_tiny_preset(self.config.model.path):  # first: it says how to read everything below
             sections.insert(0, ReportSection("Tiny preset", tiny_preset_note(self.config.model.path)))
-        write_report(self.run_dir, summary, sections, title="editr1: DiffusionNFT run")
+        write_report(self.run_dir, summary, sections, title=f"editr1: {self.algorithm.title} run")
         return summary
 
 
