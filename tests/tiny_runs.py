@@ -20,13 +20,14 @@ def tiny_nft_overrides(data, out, iterations=3):
 #: Runs `editr1 train` (or `sft`) in a new process after arranging a SIGKILL at the N-th call of one function.
 KILLING_DRIVER = """
 import os, signal, sys
+import editr1.trainer.algorithms.grpo as grpo
 import editr1.trainer.checkpoint as checkpoint
 import editr1.trainer.nft as nft
 import editr1.trainer.sft as sft
 from editr1.cli.main import main
 
 owner, name, when = sys.argv[1], sys.argv[2], int(sys.argv[3])
-target = {"trainer": nft.NFTTrainer, "checkpoint": checkpoint, "nft": nft, "sft": sft}[owner]
+target = {"trainer": nft.NFTTrainer, "checkpoint": checkpoint, "nft": nft, "sft": sft, "grpo": grpo}[owner]
 original, calls = getattr(target, name), [0]
 
 def killing(*args, **kwargs):
