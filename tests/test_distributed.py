@@ -20,18 +20,26 @@ from editr1.config import NFTConfig, load_config
 from editr1.trainer.nft import run_nft
 
 
-def _overrides(shapes_data, out, groups):
+#: Flow-GRPO's settings: its SDE sampler, a noise level and KL term (test_train_grpo.py).
+GRPO = ("rl.algorithm=grpo", "rollout.sampler=flow_grpo_sde", "rollout.steps=4", "rollout.noise_level=0.5",
+        "rl.kl_coef=0.04", "rl.clip_range=0.01")
+
+
+def _overrides(shapes_data, out, groups, extra=()):
     return tiny_nft_overrides(shapes_data, out, iterations=2) + [
         f"rollout.groups_per_iteration={groups}", "data.heldout=null", "eval.every=0", "logging.checkpoint_every=1",
-        *CONTINUOUS,
+        *CONTINUOUS, *extra,
     ]
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tmp_path):
+# NFT under FSDP: test_fsdp.py.
+@pytest.mark.parametrize("launch, extra", [("ddp_1node.yaml", ()), ("ddp_1node.yaml", GRPO), ("fsdp_1node.yaml", GRPO)],
+                         ids=["nft-ddp", "grpo-ddp", "grpo-fsdp"])
+def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tmp_path, launch, extra):
     two, one = tmp_path / "two", tmp_path / "one"
-    # The shipped one-node config, with two processes on the CPU instead of eight GPUs.
-    launch_train("ddp_1node.yaml", _overrides(shapes_data, two, groups=2))
-    config = load_config(NFTConfig, None, _overrides(shapes_data, one, groups=2))
+    # The shipped one-node configs, with two processes on the CPU instead of eight GPUs.
+    launch_train(launch, _overrides(shapes_data, two, 2, extra), fsdp_on_cpu=launch.startswith("fsdp"))
+    config = load_config(NFTConfig, None, _overrides(shapes_data, one, 2, extra))
     run_nft(config)
 
     # Same global draw of groups and noise, split over ranks: the same edits, so the same rewards.
