@@ -78,3 +78,18 @@ def test_settings_an_algorithm_cannot_train_with_are_one_line_errors(overrides, 
     with pytest.raises(EditR1Error) as error:
         build_algorithm(load_config(NFTConfig, None, overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_grpo_from_the_conditions_cache_is_the_run_that_encodes_on_the_fly(shapes_data, tmp_path):
+    from editr1.trainer.conditions_cache import precompute_conditions
+
+    def overrides(out, *extra):
+        return _overrides(shapes_data, out, "lora") + ["iterations=2", "eval.every=2", *extra]
+
+    run_nft(load_config(NFTConfig, None, overrides(tmp_path / "on_the_fly")))
+    cached = overrides(tmp_path / "cached", f"data.conditions_cache={tmp_path / 'cache'}")
+    precompute_conditions(load_config(NFTConfig, None, cached))
+    run_nft(load_config(NFTConfig, None, cached))
+    for name in ("checkpoints/step_000002/trained.safetensors", "eval/step_000002.safetensors"):
+        a, b = (load_file(tmp_path / run / name) for run in ("on_the_fly", "cached"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
