@@ -299,7 +299,7 @@ class NFTTrainer:
             self.trained_module = self.accelerator.prepare_model(self.adapter.transformer)
         self.position, self.banned = 0, set()
         self.saved_step = None
-        self.loop = TrainingLoop(self.run_dir, "nft", "iterations", config.iterations,
+        self.loop = TrainingLoop(self.run_dir, self.algorithm.title, "iterations", config.iterations,
                                  time_budget_s=config.time_budget_s, eval_every=config.eval.every,
                                  checkpoint_every=config.logging.checkpoint_every, progress=config.logging.progress,
                                  tensorboard=config.logging.tensorboard, is_main=self.is_main)
