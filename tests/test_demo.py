@@ -29,3 +29,17 @@ def test_demo_with_control_on_a_tiny_budget(tmp_path):
     # The demo's base is trained, not a tiny preset: no note that its weights are random.
     assert "random weights" not in report and "random weights" not in (out / "nft" / "report.md").read_text()
     assert (out / "nft" / "before_after.png").is_file() and (out / "control" / "eval" / "final.safetensors").is_file()
+
+
+def test_the_demo_trains_flow_grpo_where_it_trains_nft(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(out, algorithm="grpo", overrides=[
+        "iterations=2", "rollout.groups_per_iteration=2", "rollout.group_size=4", "eval.samples=8", "eval.steps=2",
+        "logging.progress=false", "logging.tensorboard=false",
+    ])
+    assert summary["algorithm"] == "grpo" and summary["iterations"] == 2
+    report = (out / "report.md").read_text()
+    assert report.startswith("# editr1 demo: Flow-GRPO on the shapes editing task") and "grpo/before_after.png" in report
+    config = (out / "grpo" / "config.yaml").read_text()
+    assert "algorithm: grpo" in config and "sampler: flow_grpo_sde" in config
+    assert not (out / "nft").exists()

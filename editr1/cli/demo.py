@@ -1,7 +1,8 @@
 """`editr1 demo`: the whole Edit-R1 loop on a CPU, measured against a ground truth.
 
-shapes data -> the shipped SFT base (levelled off) -> DiffusionNFT with the verifier reward ->
-held-out evaluation before and after (fixed samples, fixed noise, paired standard error) -> report.
+shapes data -> the shipped SFT base (levelled off) -> DiffusionNFT (or, with `--algorithm grpo`, Flow-GRPO)
+with the verifier reward -> held-out evaluation before and after (fixed samples, fixed noise, paired standard
+error) -> report.
 `--control` spends the same training wall time on more SFT from the same base, evaluated the same
 way: the honest comparison of RL against simply training more.
 `--reward mllm` trains on the shipped distilled judge's score-logit reward instead, keeps the verifier
@@ -21,20 +22,24 @@ from editr1.errors import EditR1Error
 from editr1.fileio import refuse_foreign_entries
 from editr1.eval.heldout import load_eval, paired_stderr
 from editr1.eval.report import ReportSection, write_report
-from editr1.tasks.shapes import CONTROL_CONFIG, DATA_SEED, DEMO_CONFIG, N_TEST, N_TRAIN, SHIPPED_BASE, SHIPPED_JUDGE
+from editr1.tasks.shapes import CONTROL_CONFIG, DATA_SEED, DEMO_CONFIGS, N_TEST, N_TRAIN, SHIPPED_BASE, SHIPPED_JUDGE
 from editr1.tasks.shapes.scenes import write_shapes_dataset
+from editr1.trainer.algorithms import build_algorithm
 from editr1.trainer.nft import run_nft
 from editr1.trainer.sft import run_sft
 
 REWARDS = ("verifier", "mllm")
 JUDGE_PAIRS = 256
 #: The demo's runs in its folder (and the judge's agreement pairs), replaced by each run of the demo.
-DEMO_RUNS = ("nft", "control", "nft_no_filter", "judge_pairs")
+DEMO_RUNS = (*DEMO_CONFIGS, "control", *(f"{name}_no_filter" for name in DEMO_CONFIGS), "judge_pairs")
 
 
-def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward: str = "verifier", ablation: bool = True) -> dict:
+def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward: str = "verifier", ablation: bool = True,
+             algorithm: str = "nft") -> dict:
     if reward not in REWARDS:
         raise EditR1Error(f"--reward: expected one of {list(REWARDS)}, got {reward!r}")
+    if algorithm not in DEMO_CONFIGS:
+        raise EditR1Error(f"--algorithm: expected one of {list(DEMO_CONFIGS)}, got {algorithm!r}")
     # The demo deletes its own earlier runs in `out`: never a folder holding anything else.
     refuse_foreign_entries(out, ("data", *DEMO_RUNS, "summary.json", "report.md"), "editr1 demo")
     started = time.monotonic()
@@ -52,8 +57,9 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
     judge = []
     if reward == "mllm":
         judge = ["reward.name=mllm", f"reward.options={{model: '{SHIPPED_JUDGE}', batch_size: 48}}", "eval.track_training_reward=true"]
-    nft_config = load_config(NFTConfig, DEMO_CONFIG, [*common, *judge, f"output_dir={out / 'nft'}", *overrides])
-    summary = {"reward": reward}
+    nft_config = load_config(NFTConfig, DEMO_CONFIGS[algorithm], [*common, *judge, f"output_dir={out / algorithm}", *overrides])
+    title = build_algorithm(nft_config).title
+    summary = {"algorithm": algorithm, "reward": reward}
     sections = []
     if reward == "mllm":
         summary.update(_judge_agreement(nft_config, out / "judge_pairs"))
@@ -61,18 +67,20 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
 
     sections += [
         ReportSection("Reward curve", f"Rollout reward ({'judge' if reward == 'mllm' else 'verifier'}) per iteration, "
-                      "held-out reward (verifier) at evaluations.", "nft/reward_curve.png"),
-        ReportSection("Before / after", "Held-out samples: source, shipped SFT base, after DiffusionNFT.", "nft/before_after.png"),
+                      "held-out reward (verifier) at evaluations.", f"{algorithm}/reward_curve.png"),
+        ReportSection("Before / after", f"Held-out samples: source, shipped SFT base, after {title}.",
+                      f"{algorithm}/before_after.png"),
     ]
     if reward == "mllm":
-        sections.insert(0, _judge_section(summary))
+        sections.insert(0, _judge_section(summary, title))
         if ablation:
-            no_filter = load_config(NFTConfig, DEMO_CONFIG, [*common, *judge, f"output_dir={out / 'nft_no_filter'}", *overrides,
-                                                              "rl.filter_rule=none"])
+            no_filter = load_config(NFTConfig, DEMO_CONFIGS[algorithm], [*common, *judge, *overrides,
+                                                                         f"output_dir={out / f'{algorithm}_no_filter'}",
+                                                                         "rl.filter_rule=none"])
             unfiltered = run_nft(no_filter)
             summary.update(no_filter_final_heldout_reward=unfiltered["final_heldout_reward"],
                            no_filter_final_heldout_training_reward=unfiltered["final_heldout_training_reward"])
-            sections.append(_ablation_section(nft_config, summary, unfiltered, out))
+            sections.append(_ablation_section(nft_config, summary, unfiltered, out / algorithm))
     if control:
         control_config = load_config(SFTConfig, CONTROL_CONFIG, [
             *common, f"output_dir={out / 'control'}", f"time_budget_s={summary['train_seconds']}",
@@ -80,7 +88,7 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
             f"eval.sampler={nft_config.eval.sampler}",
         ])
         run_sft(control_config)
-        rl = load_eval(out / "nft" / "eval" / f"step_{summary['iterations']:06d}.safetensors")
+        rl = load_eval(out / algorithm / "eval" / f"step_{summary['iterations']:06d}.safetensors")
         sft = load_eval(out / "control" / "eval" / "final.safetensors")
         both = rl.valid & sft.valid
         summary.update(
@@ -96,7 +104,7 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
         ))
     summary["demo_seconds"] = round(time.monotonic() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(out, summary, sections, title="editr1 demo: DiffusionNFT on the shapes editing task")
+    write_report(out, summary, sections, title=f"editr1 demo: {title} on the shapes editing task")
     return summary
 
 
@@ -118,7 +126,7 @@ def _judge_agreement(config: NFTConfig, folder: Path) -> dict:
             "judge_agreement_ties": result.tie_pairs}
 
 
-def _judge_section(summary: dict) -> ReportSection:
+def _judge_section(summary: dict, title: str) -> ReportSection:
     judge_gain = summary["final_heldout_training_reward"] - summary["base_heldout_training_reward"]
     verifier_gain = summary["final_heldout_reward"] - summary["base_heldout_reward"]
     hacked = judge_gain > 2 * summary["heldout_training_stderr"] and verifier_gain <= 2 * summary["heldout_stderr"]
@@ -129,7 +137,7 @@ def _judge_section(summary: dict) -> ReportSection:
         f"The reward is the shipped tiny Qwen2.5-VL judge's expected score (score-logit readout). On "
         f"{summary['judge_agreement_pairs']} held-out rollout pairs it orders {100 * summary['judge_agreement_with_verifier']:.1f}% "
         f"as the verifier does ({summary['judge_agreement_ties']} tie pairs reported apart).\n\n"
-        "| held-out reward (128 fixed samples) | SFT base | after NFT | gain ± paired SE |\n| --- | --- | --- | --- |\n"
+        f"| held-out reward (128 fixed samples) | SFT base | after {title} | gain ± paired SE |\n| --- | --- | --- | --- |\n"
         f"| verifier (ground truth) | {summary['base_heldout_reward']:.4f} | {summary['final_heldout_reward']:.4f} | "
         f"{verifier_gain:+.4f} ± {summary['heldout_stderr']:.4f} |\n"
         f"| judge (training reward) | {summary['base_heldout_training_reward']:.4f} | {summary['final_heldout_training_reward']:.4f} | "
@@ -137,19 +145,18 @@ def _judge_section(summary: dict) -> ReportSection:
     ))
 
 
-def _ablation_section(config: NFTConfig, with_filter: dict, without_filter: dict, out: Path) -> ReportSection:
+def _ablation_section(config: NFTConfig, with_filter: dict, without_filter: dict, run: Path) -> ReportSection:
     from editr1.trainer.metrics_log import read_metrics
 
-    def filtered(run: str) -> float:
-        rows = [r["fraction_filtered"] for r in read_metrics(out / run) if r.get("fraction_filtered") is not None]
-        return sum(rows) / len(rows)
+    rows = [r["fraction_filtered"] for r in read_metrics(run) if r.get("fraction_filtered") is not None]
+    filtered = sum(rows) / len(rows)
 
     rule = config.rl
     return ReportSection("Ablation: low-variance group filtering", (
         f"Same seed, same {with_filter['iterations']} iterations; only `rl.filter_rule` differs "
         f"(paper rule: drop a group when mean > {rule.filter_mean_threshold} and std < {rule.filter_std_threshold}).\n\n"
         "| filter | groups filtered (mean per iteration) | held-out verifier | held-out judge |\n| --- | --- | --- | --- |\n"
-        f"| {rule.filter_rule} | {filtered('nft'):.3f} | {with_filter['final_heldout_reward']:.4f} | "
+        f"| {rule.filter_rule} | {filtered:.3f} | {with_filter['final_heldout_reward']:.4f} | "
         f"{with_filter['final_heldout_training_reward']:.4f} |\n"
         f"| none | 0.000 | {without_filter['final_heldout_reward']:.4f} | {without_filter['final_heldout_training_reward']:.4f} |\n\n"
         f"SFT base: verifier {with_filter['base_heldout_reward']:.4f}, judge {with_filter['base_heldout_training_reward']:.4f}."

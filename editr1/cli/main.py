@@ -106,11 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_arguments(evaluations.add_parser("compare", help="two benchmark evaluations: per-type differences with "
                                                               "paired bootstrap intervals"))
 
-    demo = commands.add_parser("demo", help="the CPU demo: shapes data, shipped base, NFT, held-out report")
+    demo = commands.add_parser("demo", help="the CPU demo: shapes data, shipped base, NFT (or GRPO), held-out report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--control", action="store_true", help="also run equal-time SFT from the same base")
     demo.add_argument("--reward", choices=("verifier", "mllm"), default="verifier",
                       help="train on the programmatic verifier or on the shipped MLLM judge's score-logit reward")
+    from editr1.tasks.shapes import DEMO_CONFIGS
+
+    demo.add_argument("--algorithm", choices=tuple(DEMO_CONFIGS), default="nft",
+                      help="train with DiffusionNFT (the recipe) or Flow-GRPO (the baseline), each at its own settings")
     demo.add_argument("--no-ablation", dest="ablation", action="store_false",
                       help="with --reward mllm: skip the group-filtering ablation run")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -193,7 +197,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "demo":
         from editr1.cli.demo import run_demo
 
-        print(json.dumps(run_demo(args.out, control=args.control, overrides=args.overrides, reward=args.reward, ablation=args.ablation), indent=2))
+        print(json.dumps(run_demo(args.out, control=args.control, overrides=args.overrides, reward=args.reward, ablation=args.ablation,
+                                   algorithm=args.algorithm), indent=2))
     elif args.command == "edit":
         from editr1.cli.edit import run_edit
 

@@ -8,7 +8,7 @@ reward registry names the verifier by its dotted path, and configs name the ship
 - :mod:`~editr1.tasks.shapes.corruptions`: plausible wrong edits, for teaching a judge
 - :mod:`~editr1.tasks.shapes.judge_distill`: `editr1 judge distill`, the tiny judge taught the verifier's score
 - :mod:`~editr1.tasks.shapes.config`: `JudgeDistillConfig` and its sections
-- ``configs/``: the configs of `editr1 demo` (DiffusionNFT, and its equal-time SFT control)
+- ``configs/``: the configs of `editr1 demo` (DiffusionNFT or Flow-GRPO, and its equal-time SFT control)
 - ``assets/``: the shipped SFT base (``shapes_base``) and distilled judge (``shapes_judge``)
 
 The paths below are the one home of these shipped files.
@@ -21,8 +21,9 @@ TASK_DIR = Path(__file__).resolve().parent
 SHIPPED_BASE = TASK_DIR / "assets" / "shapes_base"
 #: The tiny Qwen2.5-VL judge distilled from the verifier (configs/shapes_judge.yaml).
 SHIPPED_JUDGE = TASK_DIR / "assets" / "shapes_judge"
-#: The embedded NFT config of `editr1 demo`, and the SFT config of its `--control`.
-DEMO_CONFIG = TASK_DIR / "configs" / "shapes_nft_demo.yaml"
+#: The embedded configs of `editr1 demo`, per `--algorithm`, and the SFT config of its `--control`.
+DEMO_CONFIGS = {"nft": TASK_DIR / "configs" / "shapes_nft_demo.yaml", "grpo": TASK_DIR / "configs" / "shapes_grpo_demo.yaml"}
+DEMO_CONFIG = DEMO_CONFIGS["nft"]
 CONTROL_CONFIG = TASK_DIR / "configs" / "shapes_sft_control.yaml"
 # The shipped base was trained on this dataset (configs/shapes_sft.yaml); the demo regenerates it.
 DATA_SEED, N_TRAIN, N_TEST = 0, 2000, 256
