@@ -1,6 +1,6 @@
 """Host memory of a sharded (FSDP) run, per process: loading the model, and resuming from a checkpoint.
 
-    .venv/bin/python bench/fsdp_memory.py --json now.json      # FLUX.1 Kontext at real width, 1 block of each kind
+    .venv/bin/python bench/fsdp_memory.py --family flux-kontext --json now.json   # real width, 1 block of each kind
     .venv/bin/python bench/fsdp_memory.py --family qwen-image-edit --mode lora
     .venv/bin/python bench/fsdp_memory.py --from-json now.json --before then.json  # "then → now" in every cell
 
@@ -45,9 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `bench.real_width`, also as the dotted path of the runs' reward
 
+from editr1.models.registry import FAMILIES  # noqa: E402
 from bench.real_width import DTYPES, _status_kib, build_adapter, gib, reset_peak, table, write_dataset  # noqa: E402
 
-FAMILIES = ("flux-kontext", "qwen-image-edit", "qwen-image-edit-plus")
 MODES = ("lora", "full")
 
 
@@ -214,7 +214,8 @@ def report(rows: list[dict], before: list[dict] | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=FAMILIES, default="flux-kontext")
+    parser.add_argument("--family", choices=sorted(FAMILIES), required=True,
+                        help="a registered family (docs/real_scale.md measured flux-kontext)")
     parser.add_argument("--blocks", type=int, default=1, help="depth to build (FLUX: of each block kind; default 1)")
     parser.add_argument("--mode", choices=MODES, action="append", help="lora and/or full (default both)")
     parser.add_argument("--processes", type=int, default=2)

@@ -28,13 +28,13 @@ The editr1 path is what `editr1.trainer.nft.NFTTrainer` calls, through editr1's 
 The naive path is plain diffusers + peft, called directly:
 - LoRA: `transformer.add_adapter(LoraConfig(...))` twice ("default", "old"; peft keeps them in the base
   dtype, bf16 at full size), switched with `set_adapter` / `disable_adapters` / `enable_adapters`.
-- Every velocity is `transformer(hidden_states=..., ...)` with the inputs the stock pipelines build from
-  the adapter's `Conditions` (the same tensors editr1 uses; FLUX's position ids from
-  `FluxKontextPipeline._prepare_latent_image_ids`, FLUX.2 [klein]'s from `Flux2KleinPipeline`'s
-  `_prepare_latent_ids`, `_prepare_image_ids` and `_prepare_text_ids`, FLUX.2 [dev]'s from `Flux2Pipeline`'s
-  helpers of those names; the distilled guidance of FLUX.1 Kontext and FLUX.2 [dev] as the float32
-  `guidance` of every row, as their pipelines give it, none for [klein]), and for the Qwen families the
-  all-ones text attention mask the Qwen pipelines pass (GPU-NOTES: +18-39% forward time).
+- Every velocity is one `transformer(hidden_states=..., ...)` call with the inputs the stock pipeline builds
+  from the adapter's `Conditions`, as the adapter's `pipeline_velocity` makes it (the same tensors editr1
+  uses; FLUX's position ids from `FluxKontextPipeline._prepare_latent_image_ids`, FLUX.2 [klein]'s from
+  `Flux2KleinPipeline`'s `_prepare_latent_ids`, `_prepare_image_ids` and `_prepare_text_ids`, FLUX.2 [dev]'s
+  from `Flux2Pipeline`'s helpers of those names; the distilled guidance of FLUX.1 Kontext and FLUX.2 [dev] as
+  the float32 `guidance` of every row, as their pipelines give it, none for [klein]), and for the Qwen
+  families the all-ones text attention mask the Qwen pipelines pass (GPU-NOTES: +18-39% forward time).
 - Rollout: the same solver (`editr1.sampling.solvers`) around those direct calls, under "old".
 - Micro-step in the plain order the baseline measurements use: forward with grad ("default"), then the
   old-adapter and adapters-disabled forwards under `no_grad`, then "default" re-selected (needed for
@@ -47,26 +47,29 @@ iteration total, and their ratio shows the run-to-run noise. Gradient checkpoint
 in the presets) applies to both. On CUDA cuDNN attention is disabled for both unless `--cudnn-sdp`
 (GPU-NOTES: it crashed with checkpointing + LoRA).
 
-Full size (`--family ...` without `--tiny`): the diffusers transformer classes with the published
-configs their adapter modules hold (`RELEASED_TRANSFORMER`, `RELEASED_VAE`, `RELEASED_TEXT_ENCODER...` in
-editr1/models/qwen_image_edit.py, flux_kontext.py, flux2_klein.py and flux2_dev.py; Qwen-Image 20B: 60
-blocks, 24 x 128 heads; FLUX.1 Kontext 12B: 19 double + 38 single blocks; FLUX.2 [klein] 4B: 5 double + 20
-single blocks of 24 x 128 heads; FLUX.2 [dev] 32B: 8 double + 48 single blocks of 48 x 128 heads, 6144
-wide), random weights built directly on the device in `--dtype` (bf16), and the full-size VAE (Qwen-Image
-VAE / FLUX VAE / FLUX.2 VAE, random weights). The text encoders (Qwen2.5-VL-7B; CLIP-L + T5-XXL; Qwen3-4B;
-Mistral Small 3.x 24B) are replaced by random prompt embeddings of the right shapes (Qwen: the ~324 image
-tokens of a 512^2 source in the VL chat plus ~17 template and instruction tokens, 3584 wide; FLUX: 512 T5
-tokens of 4096 and a pooled 768; [klein]: Qwen3's 512 padded tokens, 3 stacked layers of 2560; [dev]:
+Full size (`--family ...` without `--tiny`): what the family's adapter class's `build_released` builds (see
+editr1/models/base.py): the diffusers transformer classes with the published configs their adapter modules
+hold (`RELEASED_TRANSFORMER`, `RELEASED_VAE`, `RELEASED_TEXT_ENCODER...` in editr1/models/qwen_image_edit.py,
+flux_kontext.py, flux2_klein.py and flux2_dev.py; Qwen-Image 20B: 60 blocks, 24 x 128 heads; FLUX.1 Kontext
+12B: 19 double + 38 single blocks; FLUX.2 [klein] 4B: 5 double + 20 single blocks of 24 x 128 heads; FLUX.2
+[dev] 32B: 8 double + 48 single blocks of 48 x 128 heads, 6144 wide), random weights built directly on the
+device in `--dtype` (bf16), and the full-size VAE (Qwen-Image VAE / FLUX VAE / FLUX.2 VAE, random weights),
+over editr1's tiny tokenizers, assembled as the tiny presets are. The text encoders (Qwen2.5-VL-7B; CLIP-L +
+T5-XXL; Qwen3-4B; Mistral Small 3.x 24B) are replaced by random prompt embeddings of the right shapes (the
+adapter's `random_text_conditions`; Qwen: the ~324 image tokens of a 512^2 source in the VL chat plus ~17
+template and instruction tokens for a ten-token instruction (Plus: 21, "Picture 1: " too), 3584 wide; FLUX:
+512 T5 tokens of 4096 and a pooled 768; [klein]: Qwen3's 512 padded tokens, 3 stacked layers of 2560; [dev]:
 Mistral's 512 padded tokens, 3 stacked layers of 5120), so the "encode" row then times only the VAE
 encoding of the sources. `--with-text-encoder` builds the full-size encoders with random weights instead
 (tokenized by editr1's tiny tokenizers, so the instruction's token count is approximate; the image tokens
 and T5's, Qwen3's and Mistral's padding are exact) and times `adapter.encode_conditions`.
-`--depth N` cuts the transformer to N blocks (FLUX: N double + 2N single, the released 1:2 ratio;
-[klein]: N double + 4N single, its 1:4; [dev]: N double + 6N single, its 1:6), and the text encoders to N
-layers (the FLUX.2 encoders to no fewer than their pipelines read: [klein]'s Qwen3 28, for hidden states
-9, 18 and 27; [dev]'s Mistral 31, for hidden states 10, 20 and 30; its Pixtral vision tower, built but
-never run, to N). Before building, the script counts the parameters on the meta device and refuses to
-build what does not fit in the device's free memory.
+`--depth N` cuts the adapter's `depth_knobs`: the transformer to N blocks (FLUX: N double + 2N single, the
+released 1:2 ratio; [klein]: N double + 4N single, its 1:4; [dev]: N double + 6N single, its 1:6), and the
+text encoders to N layers, none below a knob's fewest (the FLUX.2 encoders to no fewer than their pipelines
+read: [klein]'s Qwen3 28, for hidden states 9, 18 and 27; [dev]'s Mistral 31, for hidden states 10, 20 and
+30; its Pixtral vision tower, built but never run, to N; Qwen2.5-VL's vision tower to no fewer than 2
+blocks, one windowed and a last one of full attention, as released). Before building, the script counts
+the parameters on the meta device and refuses to build what does not fit in the device's free memory.
 
 FLOPs and MFU (the usual counting; see docs/real_scale.md): forward hooks on every `nn.Linear` that runs
 add 2 * in * out * tokens, times 3 when the call is part of an autograd graph (forward + backward,
@@ -103,7 +106,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from editr1.models.base import constructing
+from editr1.models.base import Conditions, EditModelAdapter
+from editr1.models.registry import FAMILIES, adapter_class
 
 #: Table rows: key, label. The four indented rows are parts of "NFT micro-steps".
 PHASES: tuple[tuple[str, str], ...] = (
@@ -119,33 +123,12 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("total", "iteration"),
 )
 PATHS = ("editr1", "naive")
-FAMILY_NAMES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext", "flux2-klein",
-                "flux2-dev")
-#: The FLUX.2 families: one transformer class, VAE and conditioning layout ([dev]'s adapter is [klein]'s
-#: subclass); they differ in the text encoder and in [dev]'s guidance input.
-FLUX2_FAMILIES = ("flux2-klein", "flux2-dev")
 H100_BF16_PEAK_TFLOPS = 749.0
 GIB = 2**30
-
-#: Text-stream tokens past the dropped system prompt besides the source's image tokens: vision start/end,
-#: a ~10-token instruction and the chat's closing tokens (Plus: "Picture 1: " too).
-QWEN_TEXT_OVERHEAD = {"qwen-image-edit": 17, "qwen-image-edit-plus": 21, "qwen-image-edit-2511": 21}
-FLUX_T5_TOKENS, FLUX_POOLED = 512, 768
-#: FLUX.2's text stream: every instruction chat padded to 512 tokens, Qwen3's ([klein]) or Mistral's ([dev])
-#: (`Flux2KleinPipeline`'s and `Flux2Pipeline`'s `max_sequence_length`), unmasked.
-FLUX2_TEXT_TOKENS = 512
 PROMPT = "Change the color of the red square to blue."
-
-
-# ---- published configurations (random weights: nothing is downloaded) ------------------------------
-def released(family: str):
-    """The module of `family`'s adapter: it holds the family's published configurations (`RELEASED_TRANSFORMER`,
-    `RELEASED_VAE`, `RELEASED_TEXT_ENCODER`, ...), the constructor arguments of the full-size components."""
-    import importlib
-
-    from editr1.models.registry import adapter_class
-
-    return importlib.import_module(adapter_class(family).__module__)
+#: Tokens of PROMPT, about (its ten words), for the text stream's length where it grows with the instruction
+#: (`released_text_tokens`).
+INSTRUCTION_TOKENS = 10
 
 
 class BenchError(Exception):
@@ -288,7 +271,6 @@ class Recorder:
 class Workload:
     """What both paths get: the samples, the rollout noise, and the NFT plan (rows, timesteps, noise)."""
 
-    family: str
     adapter: Any
     sources: list
     prompts: list[str]
@@ -313,7 +295,7 @@ class Workload:
     decay: float
 
 
-def build_workload(adapter, family: str, encode: Callable[[], Any], sources: list, prompts: list[str], args) -> Workload:
+def build_workload(adapter, encode: Callable[[], Any], sources: list, prompts: list[str], args) -> Workload:
     device = adapter.device
     generator = torch.Generator().manual_seed(args.seed)
     rows = args.groups * args.group_size
@@ -330,11 +312,11 @@ def build_workload(adapter, family: str, encode: Callable[[], Any], sources: lis
             timesteps = torch.stack([order[i][column] for i in index.tolist()])
             plan.append((index, timesteps, torch.randn(len(index), *shape, generator=generator)))
     guidance = None
-    if adapter.transformer.config.guidance_embeds:  # FLUX.1 Kontext's editing default 2.5, FLUX.2 [dev]'s 4.0
+    if adapter.transformer.config.guidance_embeds:  # guidance-distilled: the family's editing default unless given
         guidance = args.guidance if args.guidance is not None else \
             getattr(adapter, "default_guidance", adapter.inference.guidance)
     return Workload(
-        family=family, adapter=adapter, sources=sources, prompts=prompts, encode=encode, size=args.size,
+        adapter=adapter, sources=sources, prompts=prompts, encode=encode, size=args.size,
         group_size=args.group_size, batch=args.batch, sampler=args.sampler, guidance=guidance, sigmas=sigmas,
         noise=noise, plan=plan, r=torch.rand(rows, generator=generator),
         group_of_row=torch.arange(args.groups).repeat_interleave(args.group_size), micro_batch=args.micro_batch,
@@ -436,57 +418,6 @@ class Editr1Path:
         _delete_adapters(self.adapter.transformer)
 
 
-def naive_velocity(transformer: nn.Module, family: str, tokens: torch.Tensor, sigma: torch.Tensor, conditions,
-                   guidance: float | None) -> torch.Tensor:
-    """One direct diffusers call with the inputs the stock pipeline builds (Qwen: with its all-ones mask)."""
-    from diffusers import Flux2KleinPipeline, Flux2Pipeline, FluxKontextPipeline
-
-    c, dtype, batch = conditions.tensors, transformer.dtype, tokens.shape[0]
-    device = tokens.device
-    hidden = torch.cat([tokens.to(dtype), c["image_tokens"].to(dtype)], dim=1)
-    timestep = sigma.to(dtype).expand(batch)
-    guidance_tensor = None
-    if transformer.config.guidance_embeds:
-        guidance_tensor = torch.full((batch,), float(guidance), device=device, dtype=torch.float32)
-    if family == "flux-kontext":
-        (th, tw), (rh, rw) = conditions.shared["token_grids"]
-        target_ids = FluxKontextPipeline._prepare_latent_image_ids(batch, th, tw, device, dtype)
-        reference_ids = FluxKontextPipeline._prepare_latent_image_ids(batch, rh, rw, device, dtype)
-        reference_ids[..., 0] = 1
-        out = transformer(
-            hidden_states=hidden, timestep=timestep, guidance=guidance_tensor,
-            pooled_projections=c["pooled_prompt_embeds"].to(dtype), encoder_hidden_states=c["prompt_embeds"].to(dtype),
-            txt_ids=torch.zeros(c["prompt_embeds"].shape[1], 3, device=device, dtype=dtype),
-            img_ids=torch.cat([target_ids, reference_ids], dim=0), return_dict=False,
-        )[0]
-    elif family in FLUX2_FAMILIES:
-        # The pipeline's 4-D ids (time, row, column, text position): the target at time 0, reference i at 10 (i + 1).
-        # [dev]: `Flux2Pipeline`'s helpers and its guidance input (float32, every row); [klein]: no guidance
-        # embedding (`guidance_tensor` None), `Flux2KleinPipeline`'s `guidance=None`.
-        pipeline = Flux2Pipeline if family == "flux2-dev" else Flux2KleinPipeline
-        th, tw = conditions.shared["target_grid"]
-        references = [torch.empty(1, 0, r, g) for r, g in c["reference_grids"][0].tolist() if r > 0]
-        target_ids = pipeline._prepare_latent_ids(torch.empty(batch, 0, th, tw))
-        reference_ids = pipeline._prepare_image_ids(references).expand(batch, -1, -1)
-        out = transformer(
-            hidden_states=hidden, timestep=timestep, guidance=guidance_tensor,
-            encoder_hidden_states=c["prompt_embeds"].to(dtype),
-            txt_ids=pipeline._prepare_text_ids(c["prompt_embeds"]).to(device),
-            img_ids=torch.cat([target_ids, reference_ids], dim=1).to(device), return_dict=False,
-        )[0]
-    else:
-        if family == "qwen-image-edit":
-            img_shapes = conditions.shared["img_shapes"]
-        else:
-            grids = c["reference_grids"][0].tolist()
-            img_shapes = [(1, *conditions.shared["target_grid"]), *((1, r, g) for r, g in grids if r > 0)]
-        out = transformer(
-            hidden_states=hidden, timestep=timestep, guidance=guidance_tensor, encoder_hidden_states=c["prompt_embeds"],
-            encoder_hidden_states_mask=c["prompt_mask"], img_shapes=[img_shapes] * batch, return_dict=False,
-        )[0]
-    return out[:, : tokens.shape[1]].to(tokens.dtype)
-
-
 class NaivePath:
     """diffusers + peft called directly (see the module docstring)."""
 
@@ -513,7 +444,7 @@ class NaivePath:
         self.optimizer = torch.optim.AdamW(self.params, lr=workload.lr, betas=(0.9, 0.999), weight_decay=1e-4)
 
     def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, conditions) -> torch.Tensor:
-        return naive_velocity(self.transformer, self.w.family, x, sigma, conditions, self.w.guidance)
+        return self.adapter.pipeline_velocity(x, sigma, conditions, self.w.guidance, self.transformer)
 
     def rollout(self, recorder: Recorder, conditions) -> torch.Tensor:
         from editr1.sampling.solvers import get_sampler
@@ -619,83 +550,15 @@ def measure_path(path_cls, workload: Workload, lora_spec, repeats: int, device: 
 
 
 # ---- models ----------------------------------------------------------------------------------------
-def transformer_config(family: str, depth: int | None) -> tuple[type, dict]:
-    from diffusers import Flux2Transformer2DModel, FluxTransformer2DModel, QwenImageTransformer2DModel
-
-    config = dict(released(family).RELEASED_TRANSFORMER)
-    if family == "flux-kontext" or family in FLUX2_FAMILIES:
-        # N double-stream blocks and the released ratio of single-stream ones: Kontext's 19 + 38 (1:2),
-        # [klein]'s 5 + 20 (1:4), [dev]'s 8 + 48 (1:6).
-        double, single = config["num_layers"], config["num_single_layers"]
-        if depth is not None:
-            config.update(num_layers=min(depth, double), num_single_layers=min(single // double * depth, single))
-        return (FluxTransformer2DModel if family == "flux-kontext" else Flux2Transformer2DModel), config
-    if depth is not None:
-        config.update(num_layers=min(depth, 60))
-    return QwenImageTransformer2DModel, config
-
-
-def text_encoder_builders(family: str, depth: int | None, tokenizers: dict) -> list[Callable[[], nn.Module]]:
-    """Constructors of the family's full-size text encoders (random weights), cut to `depth` layers."""
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        Mistral3Config,
-        Mistral3ForConditionalGeneration,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen3Config,
-        Qwen3ForCausalLM,
-        T5Config,
-        T5EncoderModel,
-    )
-
-    cut = (lambda n: n) if depth is None else (lambda n: min(n, depth))
-    configs = released(family)
-    if family == "flux-kontext":
-        clip, t5 = tokenizers["clip"], tokenizers["t5"]
-        clip_config = CLIPTextConfig(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": cut(12)},
-                                     bos_token_id=clip.bos_token_id, eos_token_id=clip.eos_token_id,
-                                     pad_token_id=clip.pad_token_id)
-        t5_config = T5Config(**{**configs.RELEASED_TEXT_ENCODER_2, "num_layers": cut(24)}, pad_token_id=t5.pad_token_id,
-                             eos_token_id=t5.eos_token_id, decoder_start_token_id=0)
-        return [lambda: CLIPTextModel(clip_config).eval(), lambda: T5EncoderModel(t5_config).eval()]
-    if family in FLUX2_FAMILIES:
-        from editr1.models.registry import adapter_class
-
-        # Cut, but never below the last hidden state the pipeline stacks: [klein]'s layer 27, [dev]'s 30.
-        layers = max(cut(configs.RELEASED_TEXT_ENCODER["num_hidden_layers"]),
-                     max(adapter_class(family).text_encoder_out_layers) + 1)
-    if family == "flux2-dev":  # Mistral Small 3.x: the language model, and its vision tower (never run)
-        ids = tokenizers["mistral"].convert_tokens_to_ids
-        text = {**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": layers,
-                "bos_token_id": ids("<s>"), "eos_token_id": ids("</s>"), "pad_token_id": ids("<pad>")}
-        vision = {**configs.RELEASED_VISION_ENCODER,
-                  "num_hidden_layers": cut(configs.RELEASED_VISION_ENCODER["num_hidden_layers"])}
-        mistral = Mistral3Config(**{**configs.RELEASED_TEXT_ENCODER_CONFIG, "text_config": text,
-                                    "vision_config": vision, "image_token_index": ids("[IMG]")})
-        return [lambda: Mistral3ForConditionalGeneration(mistral).eval()]
-    ids = tokenizers["qwen"].convert_tokens_to_ids
-    special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
-    if family == "flux2-klein":
-        qwen3 = Qwen3Config(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": layers}, **special)
-        return [lambda: Qwen3ForCausalLM(qwen3).eval()]
-    config = Qwen2_5_VLConfig(
-        text_config={**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": cut(28), **special},
-        vision_config={**configs.RELEASED_TEXT_ENCODER_VISION, "depth": cut(32)},
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), **special,
-    )
-    return [lambda: Qwen2_5_VLForConditionalGeneration(config).eval()]
-
-
-def _meta_bytes(builders: list[Callable[[], nn.Module]], dtype: torch.dtype) -> int:
-    total = 0
-    for build in builders:
-        with constructing("meta", dtype):
-            module = build()
-        total += sum(p.numel() for p in module.parameters()) * torch.finfo(dtype).bits // 8
-    return total
+def released_depths(cls: type[EditModelAdapter], depth: int | None) -> dict[str, int] | None:
+    """`--depth N`: N of the transformer's first kind of block and the released ratio of each other kind (FLUX.1
+    Kontext: N double + 2N single), N layers of each text encoder, none below a knob's fewest nor above the
+    released count; None (no `--depth`): the released depths."""
+    if depth is None:
+        return None
+    first = next(knob for knob in cls.depth_knobs if knob.module == "transformer")
+    ratio = {knob.name: knob.full // first.full if knob.module == "transformer" else 1 for knob in cls.depth_knobs}
+    return {knob.name: max(knob.minimum, min(knob.full, depth * ratio[knob.name])) for knob in cls.depth_knobs}
 
 
 def free_memory(device: torch.device) -> int:
@@ -708,113 +571,40 @@ def free_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def build_full(family: str, args, device: torch.device, dtype: torch.dtype):
-    """The full-size adapter (random weights on `device`) and its encode function (see the docstring)."""
-    from diffusers import AutoencoderKL, AutoencoderKLFlux2, AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+def build_full(family: str, args, device: torch.device, dtype: torch.dtype) -> EditModelAdapter:
+    """The full-size adapter, random weights on `device` (see the docstring), after counting its weights on the
+    meta device against `device`'s free memory."""
+    cls = adapter_class(family)
+    depths = released_depths(cls, args.depth)
 
-    from editr1.models.codecs import Flux2VaeCodec, ScaledVaeCodec, VaeCodec
-    from editr1.models.registry import adapter_class
+    def build(on: torch.device | str) -> EditModelAdapter:
+        return cls.build_released(depths, [PROMPT], on, dtype, text_encoders=args.with_text_encoder)
 
-    cls, config = transformer_config(family, args.depth)
-    if family == "flux-kontext":
-        from editr1.models.tiny_flux_kontext import (
-            BASE_CORPUS,
-            SCHEDULER_CONFIG,
-            build_tiny_clip_tokenizer,
-            build_tiny_t5_tokenizer,
-        )
-
-        corpus = [*BASE_CORPUS, PROMPT]
-        tokenizers = {"clip": build_tiny_clip_tokenizer(corpus), "t5": build_tiny_t5_tokenizer(corpus)}
-    elif family == "flux2-klein":
-        from editr1.models.tiny_flux2_klein import SCHEDULER_CONFIG, build_tiny_qwen3_tokenizer
-
-        tokenizers = {"qwen": build_tiny_qwen3_tokenizer([PROMPT])}
-    elif family == "flux2-dev":  # a tokenizer, as the tiny preset's (the release's is a PixtralProcessor around one)
-        from editr1.models.tiny_flux2_dev import SCHEDULER_CONFIG, build_tiny_mistral_tokenizer
-
-        tokenizers = {"mistral": build_tiny_mistral_tokenizer([PROMPT])}
-    else:
-        from editr1.models.qwen_image_edit import PROMPT_TEMPLATE
-        from editr1.models.qwen_image_edit_plus import MAX_REFERENCES, chat_text
-        from editr1.models.tiny_qwen_image_edit import SCHEDULER_CONFIG
-        from editr1.processing.tiny_tokenizer import build_tiny_qwen_tokenizer
-
-        tokenizers = {"qwen": build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, chat_text("", MAX_REFERENCES), PROMPT])}
-    encoders = text_encoder_builders(family, args.depth, tokenizers) if args.with_text_encoder else []
-    vae_config = released(family).RELEASED_VAE
-    if family == "flux-kontext":
-        vae_builder = lambda: AutoencoderKL(**vae_config)  # noqa: E731
-    elif family in FLUX2_FAMILIES:  # FLUX.2's VAE, [klein]'s and [dev]'s
-        vae_builder = lambda: AutoencoderKLFlux2(**vae_config)  # noqa: E731
-    else:
-        vae_builder = lambda: AutoencoderKLQwenImage(**vae_config)  # noqa: E731
-    needed = _meta_bytes([lambda: cls(**config), vae_builder, *encoders], dtype)
+    counted = build("meta")
+    modules = [counted.transformer, counted.codec.vae, *counted.text_encoders()]
+    needed = sum(p.numel() for module in modules for p in module.parameters()) * torch.finfo(dtype).bits // 8
     available = free_memory(device)
     if needed * 1.15 + 2 * GIB > available:
         raise BenchError(
-            f"the {family} weights{' with text encoders' if encoders else ''} "
+            f"the {family} weights{' with text encoders' if args.with_text_encoder else ''} "
             f"({'full depth' if args.depth is None else f'--depth {args.depth}'}, {str(dtype).removeprefix('torch.')}) "
             f"need {needed / GIB:.1f} GiB and {device} has {available / GIB:.1f} GiB free: pass --depth N to cut the "
             "transformer, or run on a larger device"
         )
-    with constructing(device, dtype):
-        transformer = cls(**config).eval()
-        vae = vae_builder().eval()
-        built = [build().to(dtype) for build in encoders]
-    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
-    if family == "flux-kontext":
-        text_encoder, text_encoder_2 = built if built else (None, None)
-        adapter = adapter_class(family)(transformer, ScaledVaeCodec(vae), text_encoder, tokenizers["clip"], text_encoder_2,
-                                        tokenizers["t5"], scheduler)
-    elif family in FLUX2_FAMILIES:  # [dev]'s adapter takes [klein]'s arguments
-        text_encoder = built[0] if built else None
-        tokenizer = tokenizers["mistral" if family == "flux2-dev" else "qwen"]
-        adapter = adapter_class(family)(transformer, Flux2VaeCodec(vae), text_encoder, tokenizer, scheduler)
-    else:
-        from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
-
-        processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizers["qwen"])
-        adapter = adapter_class(family)(transformer, VaeCodec(vae), built[0] if built else None, processor, scheduler)
-    return adapter
+    return build(device)
 
 
-def synthetic_encode(adapter, family: str, sources: list, size: int, seed: int) -> Callable[[], Any]:
+def synthetic_encode(adapter: EditModelAdapter, sources: list, size: int, seed: int) -> Callable[[], Any]:
     """`encode_conditions` without a text encoder: the sources through the VAE (timed), random prompt
-    embeddings of the released encoders' shapes (made here, untimed), in the adapter's `Conditions` layout."""
-    from editr1.models.base import Conditions
-
+    embeddings of the released encoders' shapes (`random_text_conditions`, made here, untimed)."""
     device, dtype = adapter.device, adapter.transformer.dtype
-    groups = len(sources)
-    generator = torch.Generator().manual_seed(seed)
     pixels = torch.stack([torch.frombuffer(bytearray(images[0].tobytes()), dtype=torch.uint8)
                           .view(size, size, 3).permute(2, 0, 1) for images in sources]).float() / 255
-    h, w = adapter._latent_hw(size, size)
-    grid = (h // 2, w // 2)
-    width = released(family).RELEASED_TRANSFORMER["joint_attention_dim"]  # the text encoder's output width
-    if family == "flux-kontext":
-        tensors = {"prompt_embeds": torch.randn(groups, FLUX_T5_TOKENS, width, generator=generator),
-                   "pooled_prompt_embeds": torch.randn(groups, FLUX_POOLED, generator=generator)}
-        shared = {"token_grids": (grid, grid)}
-    elif family in FLUX2_FAMILIES:  # one reference (the source) per sample, of the target's grid
-        tensors = {"prompt_embeds": torch.randn(groups, FLUX2_TEXT_TOKENS, width, generator=generator),
-                   "reference_grids": torch.tensor([[list(grid)]] * groups)}
-        shared = {"target_grid": grid}
-    else:
-        text = round(size / 28) ** 2 + QWEN_TEXT_OVERHEAD[family]  # the VL image tokens of the source, + the chat's
-        tensors = {"prompt_embeds": torch.randn(groups, text, width, generator=generator),
-                   "prompt_mask": torch.ones(groups, text, dtype=torch.long)}
-        if family == "qwen-image-edit":
-            shared = {"img_shapes": [(1, *grid), (1, *grid)]}
-        else:
-            tensors["reference_grids"] = torch.tensor([[list(grid)]] * groups)
-            shared = {"target_grid": grid}
-    tensors = {k: v.to(device, dtype) if v.is_floating_point() else (v if k == "reference_grids" else v.to(device))
-               for k, v in tensors.items()}
+    text = adapter.random_text_conditions(len(sources), size, INSTRUCTION_TOKENS, torch.Generator().manual_seed(seed))
 
     def encode():
-        return Conditions({**tensors, "image_tokens": adapter.encode_images(pixels.to(device, dtype))}, shared)
+        image_tokens = adapter.encode_images(pixels.to(device, dtype))
+        return Conditions({**text.tensors, "image_tokens": image_tokens}, text.shared)
 
     return encode
 
@@ -859,10 +649,10 @@ def run_family(family: str, args, device: torch.device, dtype: torch.dtype) -> d
     if args.tiny or args.with_text_encoder:
         encode = lambda: adapter.encode_conditions(sources, prompts, args.size, args.size)  # noqa: E731
     else:
-        encode = synthetic_encode(adapter, family, sources, args.size, args.seed)
+        encode = synthetic_encode(adapter, sources, args.size, args.seed)
     if args.gradient_checkpointing:
         adapter.transformer.enable_gradient_checkpointing()
-    workload = build_workload(adapter, family, encode, sources, prompts, args)
+    workload = build_workload(adapter, encode, sources, prompts, args)
     rank = args.lora_rank
     spec = LoraSpec(rank, args.lora_alpha if args.lora_alpha is not None else 2 * rank, tuple(adapter.lora_target_modules))
     with torch.no_grad():
@@ -936,7 +726,7 @@ def print_table(family: str, result: dict, rows: dict) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", action="append", choices=FAMILY_NAMES,
+    parser.add_argument("--family", action="append", choices=FAMILIES,
                         help="model family (repeatable); required at full size; --tiny: every family unless given")
     parser.add_argument("--tiny", action="store_true", help="the families' tiny presets (CPU, seconds)")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
@@ -988,9 +778,9 @@ def check_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, lis
         raise BenchError(f"--timestep-fraction must be in (0, 1], got {args.timestep_fraction}")
     if args.tiny and (args.depth is not None or args.with_text_encoder):
         raise BenchError("--depth and --with-text-encoder apply to the full-size models, not to --tiny")
-    families = list(dict.fromkeys(args.family or (FAMILY_NAMES if args.tiny else ())))
+    families = list(dict.fromkeys(args.family or (FAMILIES if args.tiny else ())))
     if not families:
-        raise BenchError(f"name a --family ({', '.join(FAMILY_NAMES)}), or pass --tiny")
+        raise BenchError(f"name a --family ({', '.join(FAMILIES)}), or pass --tiny")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -8,14 +8,16 @@
     .venv/bin/python bench/real_width.py --counts --family flux2-klein          # parameter counts only (seconds)
     .venv/bin/python bench/real_width.py --counts --family flux2-dev            # FLUX.2 [dev]: counts (a run needs > 39 GiB)
 
-What is built. For each family, the full-size configurations its adapter module holds (`RELEASED_TRANSFORMER`,
-`RELEASED_VAE`, `RELEASED_TEXT_ENCODER...` in editr1/models/qwen_image_edit.py, flux_kontext.py,
-flux2_klein.py and flux2_dev.py) with their depth cut (random weights, nothing downloaded), in `--dtype` (bf16):
+What is built. For each family of `editr1.models.registry.FAMILIES`, what its adapter class's `build_released`
+builds (editr1/models/base.py declares it; each adapter module, e.g. editr1/models/qwen_image_edit.py,
+flux_kontext.py, flux2_klein.py, flux2_dev.py, holds the full-size configurations, `RELEASED_TRANSFORMER`,
+`RELEASED_VAE`, `RELEASED_TEXT_ENCODER...`): random weights, nothing downloaded, in `--dtype` (bf16), each of
+the adapter's `depth_knobs` cut to its fewest + `--blocks` - 1, so that every added block adds one of each:
 - Qwen-Image-Edit(-2509): `QwenImageTransformer2DModel` with `--blocks` of its 60 blocks; Qwen2.5-VL-7B
   (`Qwen2_5_VLForConditionalGeneration`) with `--blocks` of its 28 decoder layers, the real 152064-token
-  embedding and LM head, and `--blocks` + 1 of its 32 vision blocks (the last one full attention, the
-  others windowed, as in the release: blocks 7, 15, 23, 31 are the full-attention ones); the real
-  `AutoencoderKLQwenImage`.
+  embedding and LM head, and `--blocks` + 1 of its 32 vision blocks (the last one full attention, as are
+  those of the release's 7, 15, 23 below it, the others windowed: in the release blocks 7, 15, 23, 31 are the
+  full-attention ones); the real `AutoencoderKLQwenImage`.
 - FLUX.1 Kontext: `FluxTransformer2DModel` with `--blocks` of its 19 double-stream and `--blocks` of its 38
   single-stream blocks; CLIP-L's text model and T5-XXL's encoder with `--blocks` layers each (real widths,
   heads and vocabularies); FLUX's 16-channel `AutoencoderKL`.
@@ -32,15 +34,14 @@ flux2_klein.py and flux2_dev.py) with their depth cut (random weights, nothing d
   and `--blocks` of its 24 Pixtral vision layers; the [klein] VAE in `Flux2VaeCodec`. At one block that is
   21.0 B parameters, 39.1 GiB in bf16 (31 Mistral layers of 0.56 B): on a machine with less memory a run
   is refused (`check_fits`; skipped when no `--family` is named); `--counts` runs anywhere.
-The tokenizers are editr1's offline tiny ones (`editr1.processing.tiny_tokenizer`,
-`editr1.models.tiny_flux_kontext`, `editr1.models.tiny_flux2_klein`, `editr1.models.tiny_flux2_dev`): their
+The tokenizers are editr1's offline tiny ones (those of the families' tiny presets, `editr1.models.tiny_*`): their
 ids are below the real vocabularies, so every embedding has its real size; token counts are exact where
 they are fixed (Qwen2.5-VL's image tokens, T5's, Qwen3's and Mistral's 512 padded positions, CLIP's 77) and
 approximate for the instruction and the chat template (Qwen-Image-Edit).
 
-What runs. The components are wrapped in editr1's adapter classes exactly as the tiny presets do it
-(`adapter_class(family)(transformer, codec, ...)`), saved with `adapter.save_pretrained(folder)` (one
-process), then a second process trains: `editr1.trainer.nft.NFTTrainer(config).run()` — what `run_nft`
+What runs. `build_released` wraps the components in the family's adapter class exactly as its tiny preset
+does (the preset module's `assemble`), saved with `adapter.save_pretrained(folder)` (one process), then a
+second process trains: `editr1.trainer.nft.NFTTrainer(config).run()` — what `run_nft`
 and `editr1 train` call — with `model.path` pointing at the folder and `model.dtype: bfloat16`, on 4
 synthetic images written as a JSONL dataset, for ONE iteration: 1 group of 2 edits, 2 DPM-Solver++
 rollout steps, LoRA rank 4 on the adapter's default targets, micro-batch 1, no evaluation, and
@@ -54,10 +55,12 @@ widths and token counts; the conditioning and latent shapes (asserted below); an
 for every module the targets match, and that every target matches at least one module.
 
 What it measures:
-- Parameters per component, exactly: `numel` and `numel * element_size` of the loaded modules. Per block:
-  exact counts of the block modules (the same configurations built on PyTorch's meta device), and the
-  full-depth extrapolation (non-block parameters + N x per block) beside docs/real_scale.md's totals
-  (`--counts`: these tables alone, in seconds, nothing run).
+- Parameters per component (the adapter's `parameter_parts`), exactly: `numel` and `numel * element_size`
+  of the loaded modules. Per block: exact counts (the same configurations built on PyTorch's meta device,
+  every depth knob at its fewest, then each raised by one alone), and the full-depth extrapolation (the
+  fewest + the missing blocks x per block) beside the published totals the adapters hold
+  (`published_totals`: docs/real_scale.md's, the model cards'; `--counts`: these tables alone, in seconds,
+  nothing run).
 - Memory, as the process's resident set (RSS, Linux): the RSS once the trainer has loaded the model and
   every weight has been read once (the loaders map the safetensors files, so an unread weight is not yet
   resident): the loaded-model baseline; then the peak RSS of the trainer's rollout and NFT-update phases
@@ -69,7 +72,8 @@ What it measures:
 - With `--blocks 1 2`, the difference between the two depths gives each of these per added block.
 - `--lora-dtype` (alone, no iteration): the bytes one transformer block saves for backward with the LoRA in
   bf16 (diffusers' `add_adapter` on a bf16 model, the page's naive baseline) and in float32 (editr1's
-  `PolicySet`): peft casts each LoRA input to the adapter's dtype, and each projection keeps its copy.
+  `PolicySet`): peft casts each LoRA input to the adapter's dtype, and each projection keeps its copy. The
+  transformer alone, called by `adapter.velocity` with random text embeddings (`random_text_conditions`).
 - Wall time of each process and phase.
 
 Where each published configuration comes from is noted beside it in the adapter module. They were checked
@@ -87,50 +91,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from editr1.models.base import constructing
+from editr1.models.base import PUBLISHED_LORA_RANK, Conditions, DepthKnob, EditModelAdapter
+from editr1.models.lora_io import lora_parameter_count
+from editr1.models.registry import FAMILIES, adapter_class
 from editr1.rewards.base import Reward, RewardBatch, check_batch
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus", "qwen-image-edit-2511", "flux-kontext", "flux2-klein",
-            "flux2-dev")
 GIB, MIB = 2**30, 2**20
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-
-#: docs/real_scale.md, "Parameter memory (bf16, 2 bytes per parameter)" and the LoRA paragraph: the page's
-#: numbers, in billions of parameters (LoRA: millions at rank 32 on the eight attention projections).
-PAGE = {
-    "qwen_transformer": 20.43, "qwen25_vl_7b": 8.29, "qwen25_vl_vision": 0.68, "qwen25_vl_lm_head": 0.55,
-    "qwen_vae": 0.13, "flux_transformer": 11.90, "t5_xxl": 4.76, "clip_l": 0.12, "flux_vae": 0.08,
-    "qwen_lora_m": 94.4, "flux_lora_m": 52.3,
-    # "FLUX.2 [klein] 4B on one GPU": the 4B's transformer and Qwen3-4B text encoder (B), its LoRA at rank 32
-    # on the adapter's targets (M); the 9B's transformer (B) and LoRA (M). (The VAE: "about 0.2 GiB", no count.)
-    "klein_transformer": 3.88, "qwen3_4b": 4.0, "klein_lora_m": 37.4,
-    "klein_9b_transformer": 9.08, "klein_9b_lora_m": 64,
-    # FLUX.2 [dev]: not on the page. The transformer: the FLUX.2 [dev] model card's "32 billion parameter"; the
-    # text encoder: Mistral Small 3.1 / 3.2's "24B" (its model cards). Whole billions, both.
-    "dev_transformer": 32, "mistral_small_24b": 24,
-    # Peaks beyond the weights of one NFT micro-step at B = 2 (GiB), checkpointing on / off, and its tokens
-    # ("Activations: from the baseline peaks").
-    "qwen_nft_on_gib": 3.0, "qwen_nft_off_gib": 29.0, "qwen_nft_tokens": 2248,
-    "flux_nft_on_gib": 2.3, "flux_nft_off_gib": 19.0, "flux_nft_tokens": 2176,
-}
 PROMPTS = ("Make the square blue.", "Remove the circle.", "Turn the background red.", "Add a yellow star.")
-
-
-# ---- published configurations (in the adapter modules) ---------------------------------------------
-def released(family: str):
-    """The module of `family`'s adapter: it holds the family's published configurations (`RELEASED_TRANSFORMER`,
-    `RELEASED_VAE`, `RELEASED_TEXT_ENCODER`, ...), the constructor arguments of the full-size components."""
-    import importlib
-
-    from editr1.models.registry import adapter_class
-
-    return importlib.import_module(adapter_class(family).__module__)
+#: Tokens of an instruction of PROMPTS with a released tokenizer ("Make the square blue.": 5), for the text
+#: stream's length where it grows with the instruction (`released_text_tokens`).
+INSTRUCTION_TOKENS = 5
 
 
 class BenchError(Exception):
@@ -149,213 +127,38 @@ class MeanBrightness(Reward):
 
 
 # ---- building ----------------------------------------------------------------------------------------
-def tokenizers_for(family: str) -> dict:
-    """editr1's offline tiny tokenizers, trained on the prompts and templates used here."""
-    if family == "flux-kontext":
-        from editr1.models.tiny_flux_kontext import BASE_CORPUS, build_tiny_clip_tokenizer, build_tiny_t5_tokenizer
-
-        corpus = [*BASE_CORPUS, *PROMPTS]
-        return {"clip": build_tiny_clip_tokenizer(corpus), "t5": build_tiny_t5_tokenizer(corpus)}
-    if family == "flux2-klein":
-        from editr1.models.tiny_flux2_klein import build_tiny_qwen3_tokenizer
-
-        return {"qwen": build_tiny_qwen3_tokenizer(PROMPTS)}
-    if family == "flux2-dev":  # a tokenizer, as the tiny preset's (the release's is a PixtralProcessor around one)
-        from editr1.models.tiny_flux2_dev import build_tiny_mistral_tokenizer
-
-        return {"mistral": build_tiny_mistral_tokenizer(PROMPTS)}
-    from editr1.models.qwen_image_edit import PROMPT_TEMPLATE
-    from editr1.models.qwen_image_edit_plus import MAX_REFERENCES, chat_text
-    from editr1.processing.tiny_tokenizer import build_tiny_qwen_tokenizer
-
-    return {"qwen": build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, chat_text("", MAX_REFERENCES), *PROMPTS])}
+def depths_at(cls: type[EditModelAdapter], blocks: int) -> dict[str, int]:
+    """`--blocks`: every depth knob at its fewest plus `blocks` - 1, so that each added block adds one of each
+    (a transformer block of each kind, a layer of each text encoder)."""
+    return {knob.name: knob.minimum + blocks - 1 for knob in cls.depth_knobs}
 
 
-def text_layers(family: str, blocks: int) -> int:
-    """FLUX.2's text-encoder layers at `blocks`: those up to the last one the pipeline reads, plus one per block
-    (it an inner one): [klein]'s Qwen3 28 (layer 27), [dev]'s Mistral 31 (layer 30), at one block."""
-    from editr1.models.registry import adapter_class
-
-    return max(adapter_class(family).text_encoder_out_layers) + blocks
-
-
-def component_configs(family: str, blocks: int, tokenizers: dict, single_blocks: int | None = None) -> dict:
-    """Constructors of every component at full width, depth cut to `blocks` (see the module docstring)."""
-    from diffusers import (
-        AutoencoderKL,
-        AutoencoderKLFlux2,
-        AutoencoderKLQwenImage,
-        Flux2Transformer2DModel,
-        FluxTransformer2DModel,
-        QwenImageTransformer2DModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        Mistral3Config,
-        Mistral3ForConditionalGeneration,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen3Config,
-        Qwen3ForCausalLM,
-        T5Config,
-        T5EncoderModel,
-    )
-
-    configs = released(family)
-    singles = blocks if single_blocks is None else single_blocks
-    if family == "flux-kontext":
-        clip, t5 = tokenizers["clip"], tokenizers["t5"]
-        transformer = {**configs.RELEASED_TRANSFORMER, "num_layers": blocks, "num_single_layers": singles}
-        clip_config = CLIPTextConfig(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": blocks},
-                                     bos_token_id=clip.bos_token_id, eos_token_id=clip.eos_token_id,
-                                     pad_token_id=clip.pad_token_id)
-        t5_config = T5Config(**{**configs.RELEASED_TEXT_ENCODER_2, "num_layers": blocks}, pad_token_id=t5.pad_token_id,
-                             eos_token_id=t5.eos_token_id, decoder_start_token_id=0)
-        return {
-            "transformer": lambda: FluxTransformer2DModel(**transformer),
-            "text_encoder": lambda: CLIPTextModel(clip_config),
-            "text_encoder_2": lambda: T5EncoderModel(t5_config),
-            "vae": lambda: AutoencoderKL(**configs.RELEASED_VAE),
-        }
-    if family == "flux2-dev":
-        ids = tokenizers["mistral"].convert_tokens_to_ids
-        transformer = {**configs.RELEASED_TRANSFORMER, "num_layers": blocks, "num_single_layers": singles}
-        text = {**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": text_layers(family, blocks),
-                "bos_token_id": ids("<s>"), "eos_token_id": ids("</s>"), "pad_token_id": ids("<pad>")}
-        vision = {**configs.RELEASED_VISION_ENCODER, "num_hidden_layers": blocks}
-        mistral = Mistral3Config(**{**configs.RELEASED_TEXT_ENCODER_CONFIG, "text_config": text,
-                                    "vision_config": vision, "image_token_index": ids("[IMG]")})
-        return {
-            "transformer": lambda: Flux2Transformer2DModel(**transformer),
-            "text_encoder": lambda: Mistral3ForConditionalGeneration(mistral),
-            "vae": lambda: AutoencoderKLFlux2(**configs.RELEASED_VAE),
-        }
-    ids = tokenizers["qwen"].convert_tokens_to_ids
-    if family == "flux2-klein":
-        transformer = {**configs.RELEASED_TRANSFORMER, "num_layers": blocks, "num_single_layers": singles}
-        qwen3 = Qwen3Config(**{**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": text_layers(family, blocks)},
-                            bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
-                            pad_token_id=ids("<|endoftext|>"))
-        return {
-            "transformer": lambda: Flux2Transformer2DModel(**transformer),
-            "text_encoder": lambda: Qwen3ForCausalLM(qwen3),
-            "vae": lambda: AutoencoderKLFlux2(**configs.RELEASED_VAE),
-        }
-    special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
-    vision_depth = blocks + 1
-    config = Qwen2_5_VLConfig(
-        text_config={**configs.RELEASED_TEXT_ENCODER, "num_hidden_layers": blocks, **special},
-        vision_config={**configs.RELEASED_TEXT_ENCODER_VISION, "depth": vision_depth,
-                       "fullatt_block_indexes": [vision_depth - 1]},
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"), **special,
-    )
-    transformer = {**configs.RELEASED_TRANSFORMER, "num_layers": blocks}
-    return {
-        "transformer": lambda: QwenImageTransformer2DModel(**transformer),
-        "text_encoder": lambda: Qwen2_5_VLForConditionalGeneration(config),
-        "vae": lambda: AutoencoderKLQwenImage(**configs.RELEASED_VAE),
-    }
-
-
-def build_adapter(family: str, blocks: int, dtype: torch.dtype, device: str = "cpu", single_blocks: int | None = None):
-    """The adapter over full-width components with random weights, assembled as the tiny presets do
-    (`device` "meta": no weights, for what the adapter says about its components)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from editr1.models.codecs import Flux2VaeCodec, ScaledVaeCodec, VaeCodec
-    from editr1.models.registry import adapter_class
-
+def build_adapter(family: str, blocks: int, dtype: torch.dtype, device: str = "cpu") -> EditModelAdapter:
+    """The family's released architecture at `blocks` (`depths_at`) with random weights, built and assembled by
+    its adapter class (`build_released`; `device` "meta": no weights, for what the adapter says about them)."""
     torch.manual_seed(0)
-    tokenizers = tokenizers_for(family)
-    builders = component_configs(family, blocks, tokenizers, single_blocks)
-    with constructing(device, dtype):
-        built = {name: build().eval() for name, build in builders.items()}
     cls = adapter_class(family)
-    if family == "flux-kontext":
-        from editr1.models.tiny_flux_kontext import SCHEDULER_CONFIG
-
-        return cls(built["transformer"], ScaledVaeCodec(built["vae"]), built["text_encoder"], tokenizers["clip"],
-                   built["text_encoder_2"], tokenizers["t5"], FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
-    if family == "flux2-klein":
-        from editr1.models.tiny_flux2_klein import SCHEDULER_CONFIG
-
-        return cls(built["transformer"], Flux2VaeCodec(built["vae"]), built["text_encoder"], tokenizers["qwen"],
-                   FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
-    if family == "flux2-dev":
-        from editr1.models.tiny_flux2_dev import SCHEDULER_CONFIG
-
-        return cls(built["transformer"], Flux2VaeCodec(built["vae"]), built["text_encoder"], tokenizers["mistral"],
-                   FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from editr1.models.tiny_qwen_image_edit import SCHEDULER_CONFIG
-    from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
-
-    processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizers["qwen"])
-    return cls(built["transformer"], VaeCodec(built["vae"]), built["text_encoder"], processor,
-               FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
-
-
-def lora_targets(family: str, single_blocks: int | None = None) -> tuple[str, ...]:
-    """The adapter's default LoRA targets. FLUX.2's ([klein]'s, inherited by [dev]) name each single-stream
-    block's output projection (an instance property): read from an adapter with `single_blocks` of them,
-    built on the meta device."""
-    from editr1.models.registry import adapter_class
-
-    if family not in ("flux2-klein", "flux2-dev"):
-        return tuple(adapter_class(family).lora_target_modules)
-    return build_adapter(family, 1, torch.bfloat16, "meta", single_blocks).lora_target_modules
+    return cls.build_released(depths_at(cls, blocks), PROMPTS, device, dtype)
 
 
 # ---- parameter accounting ----------------------------------------------------------------------------
-#: Per component: (module attribute of the adapter, parameter-name filter); the filters split the text
-#: encoders into their per-layer part and the rest.
-def _parts(family: str) -> dict[str, tuple[str, Any]]:
-    if family == "flux-kontext":
-        return {
-            "transformer": ("transformer", None),
-            "CLIP-L (layers)": ("text_encoder", lambda n: "encoder.layers." in n),
-            "CLIP-L (embeddings, final norm)": ("text_encoder", lambda n: "encoder.layers." not in n),
-            "T5-XXL (layers)": ("text_encoder_2", lambda n: n.startswith("encoder.block.")),
-            "T5-XXL (embedding, final norm)": ("text_encoder_2", lambda n: not n.startswith("encoder.block.")),
-            "VAE": ("vae", None),
-        }
-    if family == "flux2-klein":
-        return {
-            "transformer": ("transformer", None),
-            "Qwen3 layers": ("text_encoder", lambda n: ".layers." in n),
-            "Qwen3 embedding (tied LM head), final norm": ("text_encoder", lambda n: ".layers." not in n),
-            "VAE": ("vae", None),
-        }
-    if family == "flux2-dev":
-        return {
-            "transformer": ("transformer", None),
-            "Mistral decoder layers": ("text_encoder", lambda n: ".language_model.layers." in n),
-            "Mistral embedding, final norm": ("text_encoder", lambda n: ".language_model." in n and ".layers." not in n),
-            "Mistral LM head": ("text_encoder", lambda n: n.startswith("lm_head")),
-            "Pixtral vision tower, projector": ("text_encoder",
-                                                lambda n: ".vision_tower." in n or ".multi_modal_projector." in n),
-            "VAE": ("vae", None),
-        }
-    return {
-        "transformer": ("transformer", None),
-        "Qwen2.5-VL decoder layers": ("text_encoder", lambda n: ".language_model.layers." in n),
-        "Qwen2.5-VL embedding, final norm": ("text_encoder", lambda n: ".language_model." in n and ".layers." not in n),
-        "Qwen2.5-VL LM head": ("text_encoder", lambda n: n.startswith("lm_head")),
-        "Qwen2.5-VL vision tower": ("text_encoder", lambda n: ".visual." in n),
-        "VAE": ("vae", None),
-    }
+def adapter_modules(adapter: EditModelAdapter) -> dict[str, torch.nn.Module]:
+    """The modules whose parameters the adapter's `parameter_parts` count, by attribute ("codec.vae")."""
+    names = dict.fromkeys(part.module for part in adapter.parameter_parts.values())
+    return {name: attrgetter(name)(adapter) for name in names}
 
 
-def component_sizes(modules: dict[str, torch.nn.Module], family: str) -> dict[str, dict[str, int]]:
-    """`{part: {"params": numel, "bytes": numel * element_size}}` of the given modules (exact)."""
+def component_sizes(adapter: EditModelAdapter) -> dict[str, dict[str, Any]]:
+    """`{part: {"params": numel, "bytes": numel * element_size, "dtypes": [...]}}` of the adapter's
+    `parameter_parts` (exact)."""
+    modules = adapter_modules(adapter)
     sizes = {}
-    for part, (attribute, keep) in _parts(family).items():
+    for name, part in adapter.parameter_parts.items():
         # Not the LoRA layers peft added to the transformer: they are counted apart.
-        params = [p for n, p in modules[attribute].named_parameters() if "lora_" not in n and (keep is None or keep(n))]
-        sizes[part] = {"params": sum(p.numel() for p in params), "bytes": sum(p.numel() * p.element_size() for p in params),
+        params = [p for n, p in modules[part.module].named_parameters()
+                  if "lora_" not in n and (part.keep is None or part.keep(n))]
+        sizes[name] = {"params": sum(p.numel() for p in params),
+                       "bytes": sum(p.numel() * p.element_size() for p in params),
                        "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in params})}
     return sizes
 
@@ -368,155 +171,42 @@ def page_in(modules: dict[str, torch.nn.Module]) -> None:
             tensor.detach().reshape(-1)[:: max(1, 4096 // max(1, tensor.element_size()))].sum()
 
 
-def adapter_modules(adapter) -> dict[str, torch.nn.Module]:
-    modules = {"transformer": adapter.transformer, "text_encoder": adapter.text_encoder, "vae": adapter.codec.vae}
-    if hasattr(adapter, "text_encoder_2"):
-        modules["text_encoder_2"] = adapter.text_encoder_2
-    return modules
+def meta_counts(cls: type[EditModelAdapter], depths: dict[str, int]) -> tuple[dict[str, int], int]:
+    """Parameters per part of the configuration at `depths`, and of a LoRA of the published rank on its default
+    targets, built on the meta device: exact and free."""
+    adapter = cls.build_released(depths, PROMPTS, "meta")
+    parts = {part: size["params"] for part, size in component_sizes(adapter).items()}
+    return parts, lora_parameter_count(adapter.transformer, tuple(adapter.lora_target_modules), PUBLISHED_LORA_RANK)
 
 
-def meta_counts(family: str, blocks: int, single_blocks: int | None = None) -> dict[str, int]:
-    """Parameter counts per part of the configuration at `blocks` (FLUX: `single_blocks` single-stream
-    ones, default `blocks`), built on the meta device: exact and free."""
-    tokenizers = tokenizers_for(family)
-    with constructing("meta", torch.bfloat16):
-        built = {name: build() for name, build in component_configs(family, blocks, tokenizers, single_blocks).items()}
-    return {part: size["params"] for part, size in component_sizes(built, family).items()}
+def published_per_block(knob: DepthKnob) -> str:
+    """What the published sources say of one of `knob`'s blocks, divided down where they give enough."""
+    return knob.published if knob.published_params is None else knob.published.format(count(knob.published_params))
 
 
-def lora_params_per_module(module: torch.nn.Module, targets: tuple[str, ...], rank: int) -> int:
-    """LoRA parameters at `rank` on every `nn.Linear` of `module` that peft's `target_modules` matching
-    (the name, or a dotted suffix of it) selects."""
-    total = 0
-    for name, sub in module.named_modules():
-        if isinstance(sub, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
-            total += rank * (sub.in_features + sub.out_features)
-    return total
-
-
-def per_block(family: str) -> dict[str, dict[str, float]]:
-    """Exact per-block parameter counts and the full-depth extrapolation, from meta-device builds. The
-    extrapolated rows are (count, the page's count or None where it gives none)."""
-    configs = released(family)
-    full = configs.RELEASED_TRANSFORMER
-    one_block = {**full, "num_layers": 1}
-    one = meta_counts(family, 1)
-    two = meta_counts(family, 2)
-    delta = {part: two[part] - one[part] for part in one}
-    rows: dict[str, dict[str, float]] = {}
-    if family == "flux2-klein":
-        from diffusers import Flux2Transformer2DModel
-        from transformers import Qwen3Config, Qwen3ForCausalLM
-
-        singles = meta_counts(family, 1, single_blocks=2)
-        single = singles["transformer"] - one["transformer"]
-        double = delta["transformer"] - single
-        layers = configs.RELEASED_TEXT_ENCODER["num_hidden_layers"]
-        rows["double-stream block"] = {"params": double, "full_count": full["num_layers"]}
-        rows["single-stream block"] = {"params": single, "full_count": full["num_single_layers"]}
-        rows["Qwen3 layer"] = {"params": delta["Qwen3 layers"], "full_count": layers}
-        transformer_full = (one["transformer"] + (full["num_layers"] - 1) * double
-                            + (full["num_single_layers"] - 1) * single)
-        text_full = (one["Qwen3 layers"] + (layers - text_layers(family, 1)) * delta["Qwen3 layers"]
-                     + one["Qwen3 embedding (tied LM head), final norm"])
-        # The LoRA and the 9B: counted at full depth (meta device); [klein]'s targets name single blocks.
-        nine = configs.RELEASED_TRANSFORMER_9B
-        with constructing("meta", torch.bfloat16):
-            lora = {name: lora_params_per_module(Flux2Transformer2DModel(**config),
-                                                 lora_targets(family, config["num_single_layers"]), 32)
-                    for name, config in (("4B", full), ("9B", nine))}
-            nine_params = sum(p.numel() for p in Flux2Transformer2DModel(**nine).parameters())
-            qwen3_8b = Qwen3ForCausalLM(Qwen3Config(**configs.RELEASED_TEXT_ENCODER_9B))
-            qwen3_8b = sum(p.numel() for p in qwen3_8b.parameters())
-        extrapolated = {
-            f"FLUX.2 [klein] 4B transformer ({full['num_layers']} double + {full['num_single_layers']} single)":
-                (transformer_full, PAGE["klein_transformer"] * 1e9),
-            f"Qwen3-4B text encoder ({layers} layers, tied embedding)": (text_full, PAGE["qwen3_4b"] * 1e9),
-            "FLUX.2 VAE (built at full size)": (one["VAE"], None),
-            "LoRA rank 32, default targets": (lora["4B"], PAGE["klein_lora_m"] * 1e6),
-            f"9B transformer ({nine['num_layers']} double + {nine['num_single_layers']} single, built at full depth)":
-                (nine_params, PAGE["klein_9b_transformer"] * 1e9),
-            "9B: Qwen3-8B text encoder (built at full depth)": (qwen3_8b, None),
-            "9B: LoRA rank 32, default targets": (lora["9B"], PAGE["klein_9b_lora_m"] * 1e6),
-        }
-        return {"blocks": rows, "extrapolated": extrapolated, "one": one, "delta": delta}
-    if family == "flux2-dev":
-        from diffusers import Flux2Transformer2DModel
-
-        singles = meta_counts(family, 1, single_blocks=2)
-        single = singles["transformer"] - one["transformer"]
-        double = delta["transformer"] - single
-        layers = configs.RELEASED_TEXT_ENCODER["num_hidden_layers"]
-        vision_layers = configs.RELEASED_VISION_ENCODER["num_hidden_layers"]
-        rows["double-stream block"] = {"params": double, "full_count": full["num_layers"]}
-        rows["single-stream block"] = {"params": single, "full_count": full["num_single_layers"]}
-        rows["Mistral decoder layer"] = {"params": delta["Mistral decoder layers"], "full_count": layers}
-        rows["Pixtral vision layer"] = {"params": delta["Pixtral vision tower, projector"], "full_count": vision_layers}
-        transformer_full = (one["transformer"] + (full["num_layers"] - 1) * double
-                            + (full["num_single_layers"] - 1) * single)
-        vision_full = one["Pixtral vision tower, projector"] + (vision_layers - 1) * delta["Pixtral vision tower, projector"]
-        text_full = (one["Mistral decoder layers"] + (layers - text_layers(family, 1)) * delta["Mistral decoder layers"]
-                     + one["Mistral embedding, final norm"] + one["Mistral LM head"] + vision_full)
-        # The LoRA: counted at full depth (meta device); the targets name the 48 single blocks.
-        with constructing("meta", torch.bfloat16):
-            lora = lora_params_per_module(Flux2Transformer2DModel(**full), lora_targets(family, full["num_single_layers"]), 32)
-        extrapolated = {
-            f"FLUX.2 [dev] transformer ({full['num_layers']} double + {full['num_single_layers']} single)":
-                (transformer_full, PAGE["dev_transformer"] * 1e9),
-            f"Mistral Small 3.x 24B ({layers} layers, {vision_layers} vision layers, LM head)":
-                (text_full, PAGE["mistral_small_24b"] * 1e9),
-            "  of which Pixtral vision tower and projector": (vision_full, None),
-            "  of which LM head (untied)": (one["Mistral LM head"], None),
-            "FLUX.2 VAE (built at full size)": (one["VAE"], None),
-            "LoRA rank 32, default targets": (lora, None),
-        }
-        return {"blocks": rows, "extrapolated": extrapolated, "one": one, "delta": delta}
-    targets = lora_targets(family)
-    if family == "flux-kontext":
-        singles = meta_counts(family, 1, single_blocks=2)
-        single = singles["transformer"] - one["transformer"]
-        double = delta["transformer"] - single
-        rows["double-stream block"] = {"params": double, "full_count": 19}
-        rows["single-stream block"] = {"params": single, "full_count": 38}
-        rows["T5-XXL layer"] = {"params": delta["T5-XXL (layers)"], "full_count": 24}
-        rows["CLIP-L layer"] = {"params": delta["CLIP-L (layers)"], "full_count": 12}
-        transformer_full = one["transformer"] + 18 * double + 37 * single
-        t5_full = one["T5-XXL (layers)"] + 23 * delta["T5-XXL (layers)"] + one["T5-XXL (embedding, final norm)"]
-        clip_full = one["CLIP-L (layers)"] + 11 * delta["CLIP-L (layers)"] + one["CLIP-L (embeddings, final norm)"]
-        with constructing("meta", torch.bfloat16):
-            from diffusers import FluxTransformer2DModel
-
-            double_block = FluxTransformer2DModel(**{**one_block, "num_single_layers": 1})
-        lora_double = lora_params_per_module(double_block.transformer_blocks[0], targets, 32)
-        lora_single = lora_params_per_module(double_block.single_transformer_blocks[0], targets, 32)
-        extrapolated = {
-            "FLUX.1 transformer (19 double + 38 single)": (transformer_full, PAGE["flux_transformer"] * 1e9),
-            "T5-XXL encoder (24 layers)": (t5_full, PAGE["t5_xxl"] * 1e9),
-            "CLIP-L text encoder (12 layers)": (clip_full, PAGE["clip_l"] * 1e9),
-            "FLUX VAE (built at full size)": (one["VAE"], PAGE["flux_vae"] * 1e9),
-            "LoRA rank 32, default targets": (19 * lora_double + 38 * lora_single, PAGE["flux_lora_m"] * 1e6),
-        }
-    else:
-        rows["transformer block"] = {"params": delta["transformer"], "full_count": 60}
-        rows["Qwen2.5-VL decoder layer"] = {"params": delta["Qwen2.5-VL decoder layers"], "full_count": 28}
-        rows["Qwen2.5-VL vision block"] = {"params": delta["Qwen2.5-VL vision tower"], "full_count": 32}
-        transformer_full = one["transformer"] + 59 * delta["transformer"]
-        vision_full = one["Qwen2.5-VL vision tower"] + (32 - 2) * delta["Qwen2.5-VL vision tower"]  # 2 built at blocks 1
-        text_full = (one["Qwen2.5-VL decoder layers"] + 27 * delta["Qwen2.5-VL decoder layers"]
-                     + one["Qwen2.5-VL embedding, final norm"] + one["Qwen2.5-VL LM head"] + vision_full)
-        with constructing("meta", torch.bfloat16):
-            from diffusers import QwenImageTransformer2DModel
-
-            block = QwenImageTransformer2DModel(**one_block).transformer_blocks[0]
-        extrapolated = {
-            "Qwen-Image transformer (60 blocks)": (transformer_full, PAGE["qwen_transformer"] * 1e9),
-            "Qwen2.5-VL-7B (28 layers, 32 vision blocks, LM head)": (text_full, PAGE["qwen25_vl_7b"] * 1e9),
-            "  of which vision tower": (vision_full, PAGE["qwen25_vl_vision"] * 1e9),
-            "  of which LM head": (one["Qwen2.5-VL LM head"], PAGE["qwen25_vl_lm_head"] * 1e9),
-            "Qwen-Image VAE (built at full size)": (one["VAE"], PAGE["qwen_vae"] * 1e9),
-            "LoRA rank 32, default targets": (60 * lora_params_per_module(block, targets, 32), PAGE["qwen_lora_m"] * 1e6),
-        }
-    return {"blocks": rows, "extrapolated": extrapolated, "one": one, "delta": delta}
+def per_block(family: str) -> dict[str, Any]:
+    """Exact parameter counts per block of each depth knob, from meta-device builds: the configuration with every
+    knob at its fewest, and with one knob raised by one. The full-depth extrapolation: per part (and for the
+    LoRA of the published rank), its count at the fewest plus, per knob, the blocks it lacks times what one adds.
+    The extrapolated rows are (count, the published count or None where none is published)."""
+    cls = adapter_class(family)
+    fewest = {knob.name: knob.minimum for knob in cls.depth_knobs}
+    parts, lora = meta_counts(cls, fewest)
+    full_parts, full_lora, blocks = dict(parts), lora, {}
+    for knob in cls.depth_knobs:
+        more_parts, more_lora = meta_counts(cls, {**fewest, knob.name: knob.minimum + 1})
+        added = {part: more_parts[part] - parts[part] for part in parts}
+        blocks[knob.name] = {"params": sum(added.values()), "full_count": knob.full,
+                             "published": published_per_block(knob)}
+        lacking = knob.full - knob.minimum
+        full_parts = {part: full_parts[part] + lacking * added[part] for part in parts}
+        full_lora += lacking * (more_lora - lora)
+    extrapolated = {total.label: (sum(full_parts[part] for part in total.parts), total.published)
+                    for total in cls.published_totals}
+    extrapolated[f"LoRA rank {PUBLISHED_LORA_RANK}, default targets"] = (full_lora, cls.published_lora_params)
+    extrapolated.update(cls.other_released_totals())
+    return {"blocks": blocks, "extrapolated": extrapolated,
+            "one_more_of_each": sum(row["params"] for row in blocks.values())}
 
 
 # ---- memory ------------------------------------------------------------------------------------------
@@ -560,7 +250,8 @@ def check_fits(family: str, blocks: int, dtype: str) -> None:
             total = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:"))
     except (OSError, StopIteration):
         return
-    weights = sum(meta_counts(family, blocks).values()) * DTYPES[dtype].itemsize
+    cls = adapter_class(family)
+    weights = sum(meta_counts(cls, depths_at(cls, blocks))[0].values()) * DTYPES[dtype].itemsize
     if weights > total:
         raise BenchError(f"{family} --blocks {blocks}: its weights alone are {gib(weights)} in {dtype}, more than "
                          f"this machine's {gib(total)} of memory (see --counts for the parts)")
@@ -573,7 +264,7 @@ def stage_build(args) -> dict:
     built = time.monotonic()
     adapter.save_pretrained(args.model_dir)
     return {"seconds_build": built - start, "seconds_save": time.monotonic() - built, "max_rss": max_rss(),
-            "sizes": component_sizes(adapter_modules(adapter), args.family)}
+            "sizes": component_sizes(adapter)}
 
 
 def write_dataset(folder: Path, size: int) -> Path:
@@ -631,19 +322,25 @@ logging:
 """
 
 
-def expected_shapes(family: str, size: int) -> dict[str, Any]:
-    tokens = (size // 16) ** 2  # 8x VAE downsampling, 2x2 patches
-    if family == "flux-kontext":
-        return {"latents": (2, tokens, 64), "image_tokens": (1, tokens, 64), "prompt_embeds": (1, 512, 4096),
-                "pooled_prompt_embeds": (1, 768)}
-    if family == "flux2-klein":  # 32 latent channels x 2x2 patches; Qwen3's 512 positions, layers 9, 18, 27 stacked
-        return {"latents": (2, tokens, 128), "image_tokens": (1, tokens, 128), "prompt_embeds": (1, 512, 3 * 2560)}
-    if family == "flux2-dev":  # the same latents; Mistral's 512 positions, layers 10, 20, 30 stacked
-        return {"latents": (2, tokens, 128), "image_tokens": (1, tokens, 128), "prompt_embeds": (1, 512, 3 * 5120)}
-    # Qwen2.5-VL's image tokens: the processor's 28-px grid (smart_resize), merged 2x2.
-    vl_tokens = (round(size / 28)) ** 2
-    return {"latents": (2, tokens, 64), "image_tokens": (1, tokens, 64), "prompt_embeds_width": 3584,
-            "prompt_embeds_min_length": vl_tokens}
+def check_conditions(adapter: EditModelAdapter, shapes: dict[str, tuple[int, ...]], size: int) -> None:
+    """The rollout's latents and conditions have the released models' shapes: the target's and the source's 2x2
+    latent patches, and the text tensors of the adapter's `random_text_conditions`; a text length that grows
+    with the instruction (Qwen's chat) is at least the empty instruction's."""
+    tokens, channels = adapter.latent_token_shape(size, size)
+    for name, expected in {"latents": (2, tokens, channels), "image_tokens": (1, tokens, channels)}.items():
+        if shapes.get(name) != expected:
+            raise AssertionError(f"{name}: expected shape {expected}, got {shapes.get(name)}")
+    generator = torch.Generator()
+    empty, longer = (adapter.random_text_conditions(1, size, words, generator).tensors for words in (0, 1))
+    for name, tensor in empty.items():
+        expected, got = tuple(tensor.shape), shapes.get(name)
+        grows = tensor.shape != longer[name].shape  # its length (dimension 1) grows with the instruction
+        if grows:
+            matches = got is not None and got[1] >= expected[1] and got[:1] + got[2:] == expected[:1] + expected[2:]
+        else:
+            matches = got == expected
+        if not matches:
+            raise AssertionError(f"{name}: expected shape {expected}{' or longer' if grows else ''}, got {got}")
 
 
 def check_lora(final: Path, transformer: torch.nn.Module, targets: tuple[str, ...]) -> dict:
@@ -704,20 +401,29 @@ class SavedForBackward:
 def saved_by_lora_dtype(family: str, size: int) -> dict[str, dict[str, int]]:
     """Bytes saved for backward per block and sample by one transformer forward with grad, with the LoRA
     (rank 4, default targets) in bf16, as diffusers' `add_adapter` leaves it on a bf16 model (the page's
-    naive baseline), and in float32, as editr1's `PolicySet` keeps it. The transformer alone, at this run's
-    token counts (Qwen: the 2 x 1024 image tokens at 512^2 and a 336-token text; FLUX: 2 x 1024 + 512 T5;
-    FLUX.2 [klein] / [dev]: 2 x 1024 + 512 Qwen3 / Mistral)."""
-    from diffusers import Flux2Transformer2DModel, FluxTransformer2DModel, QwenImageTransformer2DModel
+    naive baseline), and in float32, as editr1's `PolicySet` keeps it. The transformer alone (built without
+    text encoders), called as `adapter.velocity` calls it, at this run's token counts: the target's and the
+    source's (size / 16)^2 each, and random text embeddings of the released text stream's length for PROMPTS'
+    instructions (`random_text_conditions`: Qwen-Image-Edit's 336 tokens at 512^2, 2509's 340, T5's, Qwen3's
+    and Mistral's 512). A transformer with several kinds of block is built with one of each, then with one more
+    of each kind but the first; the first kind's row includes the non-block part."""
     from peft import LoraConfig
 
-    targets = list(lora_targets(family, 2))
-    one_block = {**released(family).RELEASED_TRANSFORMER, "num_layers": 1}
-    grid = size // 16
+    cls = adapter_class(family)
+    kinds = [knob for knob in cls.depth_knobs if knob.module == "transformer"]
+    fewest = {knob.name: knob.minimum for knob in kinds}
     generator = torch.Generator().manual_seed(0)
 
-    def measure(model, call) -> dict[str, int]:
+    def measure(depths: dict[str, int]) -> dict[str, int]:
+        adapter = cls.build_released(depths, PROMPTS, "cpu", torch.bfloat16, text_encoders=False)
+        model = adapter.transformer
         model.requires_grad_(False)
-        model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets))
+        model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(adapter.lora_target_modules)))
+        tokens, channels = adapter.latent_token_shape(size, size)
+        text = adapter.random_text_conditions(1, size, INSTRUCTION_TOKENS, generator)
+        source = torch.randn(1, tokens, channels, generator=generator).to(torch.bfloat16)
+        conditions = Conditions({**text.tensors, "image_tokens": source}, text.shared)
+        target = torch.randn(1, tokens, channels, generator=generator).to(torch.bfloat16)
         result = {}
         for dtype in (torch.bfloat16, torch.float32):
             for name, p in model.named_parameters():
@@ -726,54 +432,17 @@ def saved_by_lora_dtype(family: str, size: int) -> dict[str, dict[str, int]]:
                     p.requires_grad_(True)
             saved = SavedForBackward(list(model.parameters()))
             with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-                call(model)
+                adapter.velocity(target, torch.tensor([0.5]), conditions)
             result[str(dtype).removeprefix("torch.")] = sum(saved.current.values())
         return result
 
-    bf16 = dict(dtype=torch.bfloat16)
-    if family in ("flux-kontext", "flux2-klein", "flux2-dev"):
-        tokens, text = 2 * grid * grid, 512
-        if family == "flux-kontext":
-            cls = FluxTransformer2DModel
-
-            def call(model):
-                model(hidden_states=torch.randn(1, tokens, 64, generator=generator).to(**bf16),
-                      timestep=torch.tensor([0.5], **bf16), guidance=torch.tensor([2.5]),
-                      pooled_projections=torch.randn(1, 768, generator=generator).to(**bf16),
-                      encoder_hidden_states=torch.randn(1, text, 4096, generator=generator).to(**bf16),
-                      txt_ids=torch.zeros(text, 3), img_ids=torch.zeros(tokens, 3), return_dict=False)
-        else:
-            cls = Flux2Transformer2DModel
-            # [dev]'s guidance embedding takes its default 4.0; [klein] has none.
-            guidance = torch.tensor([4.0]) if one_block.get("guidance_embeds") else None
-
-            def call(model):  # 4-D position ids, no pooled text
-                model(hidden_states=torch.randn(1, tokens, one_block["in_channels"], generator=generator).to(**bf16),
-                      timestep=torch.tensor([0.5], **bf16), guidance=guidance,
-                      encoder_hidden_states=torch.randn(1, text, one_block["joint_attention_dim"],
-                                                        generator=generator).to(**bf16),
-                      txt_ids=torch.zeros(1, text, 4), img_ids=torch.zeros(1, tokens, 4), return_dict=False)
-
-        measured = {}
-        for singles in (1, 2):
-            with constructing("cpu", torch.bfloat16):
-                model = cls(**{**one_block, "num_single_layers": singles})
-            measured[singles] = measure(model, call)
-            del model
-        single = {k: measured[2][k] - measured[1][k] for k in measured[1]}
-        return {"double-stream block (+ non-block)": {k: measured[1][k] - single[k] for k in single},
-                "single-stream block": single}
-    text = round(size / 28) ** 2 + 12
-
-    def call(model):
-        model(hidden_states=torch.randn(1, 2 * grid * grid, 64, generator=generator).to(**bf16),
-              timestep=torch.tensor([0.5], **bf16),
-              encoder_hidden_states=torch.randn(1, text, 3584, generator=generator).to(**bf16),
-              img_shapes=[[(1, grid, grid), (1, grid, grid)]], return_dict=False)
-
-    with constructing("cpu", torch.bfloat16):
-        model = QwenImageTransformer2DModel(**one_block)
-    return {"transformer block (+ non-block)": measure(model, call)}
+    first = measure(fewest)
+    added = {}
+    for knob in kinds[1:]:
+        more = measure({**fewest, knob.name: knob.minimum + 1})
+        added[knob.name] = {dtype: more[dtype] - first[dtype] for dtype in first}
+    first_kind = {dtype: first[dtype] - sum(kind[dtype] for kind in added.values()) for dtype in first}
+    return {f"{kinds[0].name} (+ non-block)": first_kind, **added}
 
 
 def stage_train(args) -> dict:
@@ -821,7 +490,7 @@ def stage_train(args) -> dict:
     page_in(adapter_modules(adapter))
     loaded = time.monotonic()
     baseline, baseline_file = rss(), _status_kib("RssFile") * 1024
-    sizes = component_sizes(adapter_modules(adapter), args.family)
+    sizes = component_sizes(adapter)
     lora = trainer.policies.trainable_parameters()
     sizes["LoRA trained + old (float32)"] = {
         "params": 2 * sum(p.numel() for p in lora), "bytes": 2 * sum(p.numel() * p.element_size() for p in lora),
@@ -837,15 +506,7 @@ def stage_train(args) -> dict:
     iteration = next(m for m in metrics if "seconds_total" in m)
     if iteration.get("skipped_update"):
         raise AssertionError("the NFT update was skipped (every group filtered)")
-    expected = expected_shapes(args.family, args.size)
-    for key in ("latents", "image_tokens", "prompt_embeds", "pooled_prompt_embeds"):
-        if key in expected and shapes.get(key) != expected[key]:
-            raise AssertionError(f"{key}: expected shape {expected[key]}, got {shapes.get(key)}")
-    if "prompt_embeds_width" in expected:
-        width, length = shapes["prompt_embeds"][-1], shapes["prompt_embeds"][1]
-        if width != expected["prompt_embeds_width"] or length < expected["prompt_embeds_min_length"]:
-            raise AssertionError(f"prompt_embeds {shapes['prompt_embeds']}: expected width 3584 and at least "
-                                 f"{expected['prompt_embeds_min_length']} tokens (the source's image tokens)")
+    check_conditions(adapter, shapes, args.size)
     lora_check = check_lora(work / "run" / "final", adapter.transformer, adapter.lora_target_modules)
     # The rollout's decode again, alone: how much of the rollout's peak is the VAE's (it does not grow with depth).
     reset_peak()
@@ -913,56 +574,28 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 
 
-def page_block_estimate(family: str, row: str) -> str:
-    """The page's numbers divided down to one block, where it gives enough to do so."""
-    if family == "flux-kontext":
-        return {
-            "double-stream block": "page: 11.90 B in all, no split by block type",
-            "single-stream block": "page: 11.90 B in all, no split by block type",
-            "T5-XXL layer": f"4.76 B / 24 = {count(PAGE['t5_xxl'] * 1e9 / 24)} (incl. embedding)",
-            "CLIP-L layer": f"0.12 B / 12 = {count(PAGE['clip_l'] * 1e9 / 12)} (incl. embeddings)",
-        }[row]
-    if family == "flux2-klein":
-        return {
-            "double-stream block": "page: 3.88 B in all, no split by block type",
-            "single-stream block": "page: 3.88 B in all, no split by block type",
-            "Qwen3 layer": f"4.0 B / 36 = {count(PAGE['qwen3_4b'] * 1e9 / 36)} (incl. embedding)",
-        }[row]
-    if family == "flux2-dev":  # the model cards' whole billions
-        return {
-            "double-stream block": "model card: 32 B in all, no split by block type",
-            "single-stream block": "model card: 32 B in all, no split by block type",
-            "Mistral decoder layer": f"24 B / 40 = {count(PAGE['mistral_small_24b'] * 1e9 / 40)} (incl. embeddings, "
-                                     "LM head, vision tower)",
-            "Pixtral vision layer": "24 B in all, no split",
-        }[row]
-    layers = (PAGE["qwen25_vl_7b"] - PAGE["qwen25_vl_vision"] - 2 * PAGE["qwen25_vl_lm_head"]) * 1e9 / 28
-    return {
-        "transformer block": f"20.43 B / 60 = {count(PAGE['qwen_transformer'] * 1e9 / 60)} (incl. non-block)",
-        "Qwen2.5-VL decoder layer": f"(8.29 − 0.68 − 2 × 0.55) B / 28 = {count(layers)}",
-        "Qwen2.5-VL vision block": f"0.68 B / 32 = {count(PAGE['qwen25_vl_vision'] * 1e9 / 32)} (incl. patch embed, merger)",
-    }[row]
+def page_weights_per_block(family: str) -> str:
+    """The published weights of one more of each block, where the published sources split them by block."""
+    knobs = adapter_class(family).depth_knobs
+    if any(knob.published_params is None for knob in knobs):
+        return "page: no per-block split"
+    return "≈ " + mib(2 * sum(knob.published_params for knob in knobs))
 
 
 def activation_estimate(family: str, size: int, checkpointing: bool) -> str:
-    """The page's NFT micro-step peak beyond the weights (B = 2; checkpointing on or off as in this run),
-    divided by its blocks and samples and scaled to this run's token count: an extrapolation from GPU
-    measurements of the naive path. FLUX.2 [klein] (the same width, Qwen3's 512 text tokens for T5's): FLUX.1's,
-    as the page scales it."""
-    tokens = 2 * (size // 16) ** 2
-    mode = "on" if checkpointing else "off"
-    if family == "flux2-dev":
-        return "page: none at [dev]'s 6144 width"
-    if family in ("flux-kontext", "flux2-klein"):
-        tokens += 512
-        total = PAGE[f"flux_nft_{mode}_gib"]
-        per = total / 57 / 2 * tokens / PAGE["flux_nft_tokens"]
-        return (f"~{2 * per * 1024:,.0f} MiB for the two blocks ({total:g} GiB / 57 blocks / B=2, "
-                f"at {tokens} tokens)")
-    tokens += round(size / 28) ** 2 + 17
-    total = PAGE[f"qwen_nft_{mode}_gib"]
-    per = total / 60 / 2 * tokens / PAGE["qwen_nft_tokens"]
-    return f"~{per * 1024:,.0f} MiB ({total:g} GiB / 60 blocks / B=2, at {tokens} tokens)"
+    """The published NFT micro-step peak beyond the weights (B = 2; checkpointing on or off as in this run),
+    divided by its model's blocks and samples and scaled to this run's token count, for the transformer blocks
+    one more `--blocks` adds (one of each kind): an extrapolation from GPU measurements of the naive path."""
+    cls = adapter_class(family)
+    peaks = cls.published_activations
+    if peaks is None:
+        return "page: none at this width"
+    tokens = 2 * (size // 16) ** 2 + cls.released_text_tokens(size, INSTRUCTION_TOKENS)
+    total = peaks.checkpointing_on_gib if checkpointing else peaks.checkpointing_off_gib
+    per = total / peaks.blocks / 2 * tokens / peaks.tokens
+    kinds = sum(knob.module == "transformer" for knob in cls.depth_knobs)
+    blocks = "" if kinds == 1 else f" for the {'two' if kinds == 2 else kinds} blocks"
+    return f"~{kinds * per * 1024:,.0f} MiB{blocks} ({total:g} GiB / {peaks.blocks} blocks / B=2, at {tokens} tokens)"
 
 
 def _phase(run: dict, name: str, key: str = "peak_rss"):
@@ -1016,12 +649,10 @@ def report(runs: list[dict]) -> str:
 
         exact = per_block(family)
         out.append("\nPer block:\n")
-        rows = [[family, name, count(v["params"]), mib(v["params"] * 2), "—", page_block_estimate(family, name)]
+        rows = [[family, name, count(v["params"]), mib(v["params"] * 2), "—", v["published"]]
                 for name, v in exact["blocks"].items()]
-        total_delta = sum(exact["delta"].values())
-        page_weights = ("page: no per-block split" if family in ("flux-kontext", "flux2-klein", "flux2-dev") else
-                        "≈ " + mib(2e9 * (PAGE["qwen_transformer"] / 60 + PAGE["qwen25_vl_vision"] / 32
-                                          + (PAGE["qwen25_vl_7b"] - PAGE["qwen25_vl_vision"] - 2 * PAGE["qwen25_vl_lm_head"]) / 28)))
+        total_delta = exact["one_more_of_each"]
+        page_weights = page_weights_per_block(family)
         pairs = [(a, b) for a, b in zip(mine, mine[1:]) if b["blocks"] > a["blocks"]]
         if not pairs:
             rows.append([family, "all weights, one more of each", count(total_delta), mib(total_delta * 2),
@@ -1061,8 +692,8 @@ def full_depth_table(exact: dict) -> str:
 def counts_report(family: str) -> str:
     """`--counts`: the exact per-block counts and the full-depth totals alone (meta device, nothing run)."""
     exact = per_block(family)
-    rows = [[family, name, count(v["params"]), mib(v["params"] * 2), str(v["full_count"]),
-             page_block_estimate(family, name)] for name, v in exact["blocks"].items()]
+    rows = [[family, name, count(v["params"]), mib(v["params"] * 2), str(v["full_count"]), v["published"]]
+            for name, v in exact["blocks"].items()]
     return "\n".join([f"\n## {family}: parameters (meta device, exact)\n",
                       table(["family", "component", "params per block", "bytes per block (bf16)", "in the release",
                              "docs estimate"], rows),

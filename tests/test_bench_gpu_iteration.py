@@ -138,9 +138,9 @@ def test_full_size_flux2_dev_builds_on_the_meta_device(bench, monkeypatch, capsy
     assert text_encoder.config.vision_config.num_hidden_layers == 2
     assert transformer.config.joint_attention_dim == 3 * text_encoder.config.text_config.hidden_size
     assert next(transformer.parameters()).is_meta and next(text_encoder.parameters()).is_meta
-    config = bench.transformer_config("flux2-dev", None)[1]
-    assert (config["num_layers"], config["num_single_layers"]) == (8, 48)
-    assert bench.transformer_config("flux2-dev", 20)[1]["num_single_layers"] == 48
+    released = {knob.name: knob.full for knob in type(adapter).depth_knobs}
+    assert (released["double-stream block"], released["single-stream block"]) == (8, 48)
+    assert bench.released_depths(type(adapter), 20)["single-stream block"] == 48
 
     # Full depth, transformer and VAE (32.2 B + 0.08 B parameters in bf16) against 8 GiB free: refused.
     monkeypatch.setattr(bench, "free_memory", lambda device: 8 * bench.GIB)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +85,62 @@ class InferenceDefaults:
     guidance: float | None = None
     #: Source images a sample may have (1: the source only).
     max_references: int = 1
+
+
+# ---- the released architecture, as the benchmarks build and count it (bench/real_width.py, gpu_iteration.py) ----
+#: The LoRA rank of the published LoRA parameter counts (docs/real_scale.md's, at rank 32).
+PUBLISHED_LORA_RANK = 32
+
+
+@dataclass(frozen=True)
+class DepthKnob:
+    """A repeated part of a family's released architecture whose count `build_released` can cut: the
+    transformer blocks of one kind, the layers of a text encoder."""
+
+    #: Its name in `build_released`'s `depths` and in the benchmarks' tables ("double-stream block").
+    name: str
+    #: How many the released model has.
+    full: int
+    #: The fewest a build may have (FLUX.2's text encoders: up to the last layer the pipeline reads).
+    minimum: int = 1
+    #: The adapter attribute of the module it repeats in ("transformer", "text_encoder", ...).
+    module: str = "transformer"
+    #: What the published sources say of one of them: a text, `{}` in it where `published_params`
+    #: (parameters per one) goes, formatted by the benchmark.
+    published: str = ""
+    published_params: float | None = None
+
+
+@dataclass(frozen=True)
+class ParameterPart:
+    """Parameters of one of an adapter's modules that the benchmarks count apart (`parameter_parts`)."""
+
+    #: The adapter attribute of the module ("transformer", "text_encoder", "codec.vae").
+    module: str
+    #: Which of its parameters, by name; None: all of them.
+    keep: Callable[[str], bool] | None = None
+
+
+@dataclass(frozen=True)
+class PublishedTotal:
+    """A row of the benchmarks' full-depth parameter table: parts of `parameter_parts` added up, beside the
+    count published for them (docs/real_scale.md's or a model card's; None where none is)."""
+
+    label: str
+    parts: tuple[str, ...]
+    published: float | None = None
+
+
+@dataclass(frozen=True)
+class PublishedActivations:
+    """A measured peak beyond the weights of one NFT micro-step at B = 2 on the GPU (the naive path;
+    docs/real_scale.md, "Activations"), with gradient checkpointing on and off, and the tokens per sample
+    and transformer blocks of the model it was measured on: the benchmarks scale it to one block."""
+
+    checkpointing_on_gib: float
+    checkpointing_off_gib: float
+    tokens: int
+    blocks: int
 
 
 def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -561,3 +617,72 @@ class EditModelAdapter(ABC):
         if self._encoding_device is not None:
             return self._encoding_device
         return next(self.transformer.parameters()).device
+
+    # ---- the released architecture, for the benchmarks (bench/real_width.py, bench/gpu_iteration.py) ----
+    # Optional, as `build_tiny`: what a family's published model is, which the benchmarks build at full width
+    # with random weights (nothing downloaded) and count against the published numbers, naming no family.
+
+    #: The repeated parts `build_released` can cut, the transformer's first (its kinds of blocks in order).
+    depth_knobs: tuple[DepthKnob, ...]
+    #: The parts the benchmarks count parameters of, by name, in their tables' order; together every
+    #: parameter of the transformer, the text encoders and the VAE.
+    parameter_parts: dict[str, ParameterPart]
+    #: The full-depth parameter table: the released components, each beside its published count.
+    published_totals: tuple[PublishedTotal, ...]
+    #: Parameters of a `PUBLISHED_LORA_RANK` LoRA on `lora_target_modules` as published; None: not published.
+    published_lora_params: float | None = None
+    #: The published activation peak the benchmarks scale per block; None: none at this family's width.
+    published_activations: PublishedActivations | None = None
+
+    @classmethod
+    def build_released(cls, depths: Mapping[str, int] | None = None, corpus: Iterable[str] = (),
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                       text_encoders: bool = True) -> "EditModelAdapter":
+        """The released architecture at full width with random weights: each depth knob cut to
+        `depths[knob.name]` (the released count where not given), built on `device` in `dtype`
+        (`constructing`; "meta": nothing allocated), over editr1's offline tiny tokenizers learned from
+        `corpus` (their ids are below the released vocabularies, so every embedding has its real size), and
+        assembled as the tiny preset assembles its components. `text_encoders` False: none is built (None in
+        their place), for runs that give the transformer random text embeddings (`random_text_conditions`).
+        Optional: a family without one raises this."""
+        raise NotImplementedError
+
+    @classmethod
+    def _released_depths(cls, depths: Mapping[str, int] | None) -> dict[str, int]:
+        """Every depth knob's count for `build_released`: the given one, else the released one."""
+        knobs = {knob.name: knob for knob in cls.depth_knobs}
+        depths = dict(depths or {})
+        for name, count in depths.items():
+            if name not in knobs:
+                raise EditR1Error(f"{cls.__name__}: no depth knob {name!r}; its knobs: {list(knobs)}")
+            if count < knobs[name].minimum:
+                raise EditR1Error(f"{cls.__name__}: {name} {count}: at least {knobs[name].minimum}")
+        return {name: depths.get(name, knob.full) for name, knob in knobs.items()}
+
+    @classmethod
+    def released_text_tokens(cls, size: int, instruction_tokens: int) -> int:
+        """Tokens per sample of the text stream (`prompt_embeds`) that the released text encoder gives for one
+        source image of `size`^2 and an instruction of `instruction_tokens` tokens."""
+        raise NotImplementedError
+
+    def random_text_conditions(self, batch: int, size: int, instruction_tokens: int,
+                               generator: torch.Generator) -> Conditions:
+        """`encode_conditions`'s result for `batch` samples of one `size`^2 source each, without the sources'
+        latents (`image_tokens`: the caller's) and with random text embeddings (from `generator`, of the
+        length `released_text_tokens` gives and the transformer's text width) in place of the text encoders':
+        for benchmarks that run the transformer without building the text encoders."""
+        raise NotImplementedError
+
+    def pipeline_velocity(self, tokens: torch.Tensor, sigma: torch.Tensor, conditions: Conditions,
+                          guidance: float | None = None, transformer: nn.Module | None = None) -> torch.Tensor:
+        """`velocity` as the family's diffusers pipeline computes it: one transformer call for the whole batch
+        with the inputs the pipeline builds, where `velocity` builds them otherwise (drops an all-ones text
+        mask, runs each reference layout apart). The benchmarks' naive path. Default: `velocity`, for a
+        family whose `velocity` is that call."""
+        return self.velocity(tokens, sigma, conditions, guidance, transformer)
+
+    @classmethod
+    def other_released_totals(cls) -> dict[str, tuple[int, float | None]]:
+        """Full-depth parameter counts of the family's other released sizes, which the benchmarks count but
+        do not build: label -> (count, the published count or None). Default: none."""
+        return {}

@@ -13,15 +13,16 @@ per-row references run one call per reference layout, the LoRA targets) is [klei
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from diffusers import Flux2Pipeline
+from diffusers import AutoencoderKLFlux2, Flux2Pipeline, Flux2Transformer2DModel
 from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
-from transformers import AutoProcessor, Mistral3ForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import AutoProcessor, Mistral3Config, Mistral3ForConditionalGeneration, PreTrainedTokenizerBase
 
-from editr1.models.base import InferenceDefaults
+from editr1.models.base import DepthKnob, InferenceDefaults, ParameterPart, PublishedTotal, constructing
 from editr1.models.codecs import Flux2VaeCodec, PixelUnshuffleCodec
 from editr1.models.flux2_klein import RELEASED_VAE, Flux2KleinAdapter
 
@@ -34,7 +35,7 @@ __all__ = ["Flux2DevAdapter", "INFERENCE", "MAX_REFERENCES", "RELEASED_TRANSFORM
 MAX_REFERENCES = 6
 
 # ---- the released architecture (FLUX.2 [dev]) --------------------------------------------------------------
-# Constructor arguments of the full-size components, for building them with random weights (bench/):
+# Constructor arguments of the full-size components, which `build_released` builds with random weights (bench/):
 # `Flux2Transformer2DModel(**RELEASED_TRANSFORMER)`, `AutoencoderKLFlux2(**RELEASED_VAE)` (the VAE every
 # FLUX.2 shares: imported from `flux2_klein`), `Mistral3ForConditionalGeneration(Mistral3Config(
 # **RELEASED_TEXT_ENCODER_CONFIG))`. The Hub's config.json files of
@@ -159,3 +160,69 @@ class Flux2DevAdapter(Flux2KleinAdapter):
         when the caller gives none."""
         value = self.inference.guidance if guidance is None else guidance
         return torch.full((tokens.shape[0],), float(value), device=tokens.device, dtype=torch.float32)
+
+    # ---- the released architecture, for the benchmarks --------------------------------------------
+    # Not on docs/real_scale.md: the published counts are the model cards' whole billions (the transformer:
+    # FLUX.2 [dev]'s "32 billion parameter"; the text encoder: Mistral Small 3.1 / 3.2's "24B").
+    depth_knobs = (
+        DepthKnob("double-stream block", RELEASED_TRANSFORMER["num_layers"],
+                  published="model card: 32 B in all, no split by block type"),
+        DepthKnob("single-stream block", RELEASED_TRANSFORMER["num_single_layers"],
+                  published="model card: 32 B in all, no split by block type"),
+        # No fewer than the layers up to the last one the pipeline reads, that one an inner layer as released.
+        DepthKnob("Mistral decoder layer", RELEASED_TEXT_ENCODER["num_hidden_layers"],
+                  minimum=max(text_encoder_out_layers) + 1, module="text_encoder",
+                  published="24 B / 40 = {} (incl. embeddings, LM head, vision tower)", published_params=24e9 / 40),
+        # Part of the checkpoint, never run by the pipeline's text encoding.
+        DepthKnob("Pixtral vision layer", RELEASED_VISION_ENCODER["num_hidden_layers"], module="text_encoder",
+                  published="24 B in all, no split"),
+    )
+    parameter_parts = {
+        "transformer": ParameterPart("transformer"),
+        "Mistral decoder layers": ParameterPart("text_encoder", lambda name: ".language_model.layers." in name),
+        "Mistral embedding, final norm": ParameterPart(
+            "text_encoder", lambda name: ".language_model." in name and ".layers." not in name),
+        "Mistral LM head": ParameterPart("text_encoder", lambda name: name.startswith("lm_head")),
+        "Pixtral vision tower, projector": ParameterPart(
+            "text_encoder", lambda name: ".vision_tower." in name or ".multi_modal_projector." in name),
+        "VAE": ParameterPart("codec.vae"),
+    }
+    published_totals = (
+        PublishedTotal("FLUX.2 [dev] transformer (8 double + 48 single)", ("transformer",), 32e9),
+        PublishedTotal("Mistral Small 3.x 24B (40 layers, 24 vision layers, LM head)",
+                       ("Mistral decoder layers", "Mistral embedding, final norm", "Mistral LM head",
+                        "Pixtral vision tower, projector"), 24e9),
+        PublishedTotal("  of which Pixtral vision tower and projector", ("Pixtral vision tower, projector",)),
+        PublishedTotal("  of which LM head (untied)", ("Mistral LM head",)),
+        PublishedTotal("FLUX.2 VAE (built at full size)", ("VAE",)),
+    )
+    published_lora_params = None
+    #: None: the page measured none at [dev]'s 6144 width.
+    published_activations = None
+
+    @classmethod
+    def build_released(cls, depths: Mapping[str, int] | None = None, corpus: Iterable[str] = (),
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                       text_encoders: bool = True) -> "Flux2DevAdapter":
+        """[dev]'s transformer (6144 wide, with the guidance embedding), Mistral Small 3.x 24B with its real
+        131072-token embedding and untied LM head, and the [klein] VAE."""
+        from editr1.models.tiny_flux2_dev import assemble, build_tiny_mistral_tokenizer  # it imports this module
+
+        depth = cls._released_depths(depths)
+        tokenizer = build_tiny_mistral_tokenizer(corpus)  # a tokenizer, as the tiny preset's: see there
+        ids = tokenizer.convert_tokens_to_ids
+        text = {**RELEASED_TEXT_ENCODER, "num_hidden_layers": depth["Mistral decoder layer"],
+                "bos_token_id": ids("<s>"), "eos_token_id": ids("</s>"), "pad_token_id": ids("<pad>")}
+        vision = {**RELEASED_VISION_ENCODER, "num_hidden_layers": depth["Pixtral vision layer"]}
+        config = Mistral3Config(**{**RELEASED_TEXT_ENCODER_CONFIG, "text_config": text, "vision_config": vision,
+                                   "image_token_index": ids("[IMG]")})
+        with constructing(device, dtype):
+            transformer = Flux2Transformer2DModel(**{**RELEASED_TRANSFORMER, "num_layers": depth["double-stream block"],
+                                                     "num_single_layers": depth["single-stream block"]}).eval()
+            text_encoder = Mistral3ForConditionalGeneration(config).eval() if text_encoders else None
+            vae = AutoencoderKLFlux2(**RELEASED_VAE).eval()
+        return assemble(cls, transformer, Flux2VaeCodec(vae), text_encoder, tokenizer)
+
+    @classmethod
+    def other_released_totals(cls) -> dict[str, tuple[int, float | None]]:
+        return {}  # one size

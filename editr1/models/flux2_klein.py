@@ -22,30 +22,39 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import diffusers
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
 from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
 from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 from PIL import Image
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3ForCausalLM
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
 from editr1.models.base import (
+    PUBLISHED_LORA_RANK,
     Conditions,
+    DepthKnob,
     EditModelAdapter,
     InferenceDefaults,
+    ParameterPart,
+    PublishedTotal,
     awaiting_weights,
+    constructing,
     uneven_layout_calls,
     velocity_by_layout,
     without_reference_padding,
     without_weights,
 )
 from editr1.models.codecs import Flux2VaeCodec, PixelUnshuffleCodec, load_codec
+from editr1.models.flux_kontext import FLUX1_ACTIVATIONS
+from editr1.models.lora_io import lora_parameter_count
 
 #: `Flux2KleinPipeline.__call__` shrinks a reference image above this many pixels to it (aspect kept); smaller
 #: ones keep their size. Either way each side is then cut (centre crop) to a multiple of the token size.
@@ -56,7 +65,7 @@ PIPELINE_CONDITION_AREA = 1024 * 1024
 MAX_REFERENCES = 4
 
 # ---- the released architecture (FLUX.2 [klein] 4B) ------------------------------------------------------
-# Constructor arguments of the full-size components, for building them with random weights (bench/):
+# Constructor arguments of the full-size components, which `build_released` builds with random weights (bench/):
 # `Flux2Transformer2DModel(**RELEASED_TRANSFORMER)`, `AutoencoderKLFlux2(**RELEASED_VAE)`,
 # `Qwen3ForCausalLM(Qwen3Config(**RELEASED_TEXT_ENCODER))`. Where each value comes from is said per value
 # (checked against public sources; the Hub's config.json files themselves were not read).
@@ -180,10 +189,14 @@ class Flux2KleinAdapter(EditModelAdapter):
 
     @property
     def lora_target_modules(self) -> tuple[str, ...]:
+        return self._lora_targets(self.transformer.config.num_single_layers)
+
+    @classmethod
+    def _lora_targets(cls, single_blocks: int) -> tuple[str, ...]:
         # The single-stream blocks' `to_out` by its full name: the double-stream blocks' `to_out` is a
         # ModuleList, which peft cannot wrap, and a target matches any module whose name ends with it.
-        singles = self.transformer.config.num_single_layers
-        return self.ATTENTION_PROJECTIONS + tuple(f"single_transformer_blocks.{i}.attn.to_out" for i in range(singles))
+        singles = tuple(f"single_transformer_blocks.{i}.attn.to_out" for i in range(single_blocks))
+        return cls.ATTENTION_PROJECTIONS + singles
 
     def use_pipeline_sizing(self) -> "Flux2KleinAdapter":
         self.condition_area = round(PIPELINE_CONDITION_AREA * self.codec.area_scale)
@@ -421,3 +434,104 @@ class Flux2KleinAdapter(EditModelAdapter):
     def _guidance_input(self, guidance: float | None, tokens: torch.Tensor) -> torch.Tensor | None:
         """The transformer's `guidance` input: none for [klein] (no guidance embedding)."""
         return None
+
+    # ---- the released architecture (the 4B), for the benchmarks -------------------------------------
+    # The published counts are docs/real_scale.md's ("the page": "FLUX.2 [klein] 4B on one GPU").
+    depth_knobs = (
+        DepthKnob("double-stream block", RELEASED_TRANSFORMER["num_layers"],
+                  published="page: 3.88 B in all, no split by block type"),
+        DepthKnob("single-stream block", RELEASED_TRANSFORMER["num_single_layers"],
+                  published="page: 3.88 B in all, no split by block type"),
+        # No fewer than the layers up to the last one the pipeline reads, that one an inner layer as released.
+        DepthKnob("Qwen3 layer", RELEASED_TEXT_ENCODER["num_hidden_layers"], minimum=max(text_encoder_out_layers) + 1,
+                  module="text_encoder", published="4.0 B / 36 = {} (incl. embedding)", published_params=4.0e9 / 36),
+    )
+    parameter_parts = {
+        "transformer": ParameterPart("transformer"),
+        "Qwen3 layers": ParameterPart("text_encoder", lambda name: ".layers." in name),
+        "Qwen3 embedding (tied LM head), final norm": ParameterPart(
+            "text_encoder", lambda name: ".layers." not in name),
+        "VAE": ParameterPart("codec.vae"),
+    }
+    published_totals = (
+        PublishedTotal("FLUX.2 [klein] 4B transformer (5 double + 20 single)", ("transformer",), 3.88e9),
+        PublishedTotal("Qwen3-4B text encoder (36 layers, tied embedding)",
+                       ("Qwen3 layers", "Qwen3 embedding (tied LM head), final norm"), 4.0e9),
+        PublishedTotal("FLUX.2 VAE (built at full size)", ("VAE",)),  # the page: "about 0.2 GiB", no count
+    )
+    published_lora_params = 37.4e6
+    #: FLUX.1's, as the page scales them: the same width, Qwen3's 512 text tokens for T5's.
+    published_activations = FLUX1_ACTIVATIONS
+
+    @classmethod
+    def build_released(cls, depths: Mapping[str, int] | None = None, corpus: Iterable[str] = (),
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                       text_encoders: bool = True) -> "Flux2KleinAdapter":
+        """The 4B's transformer, Qwen3-4B with its real 151936-token tied embedding, and FLUX.2's 32-channel VAE."""
+        from editr1.models.tiny_flux2_klein import assemble, build_tiny_qwen3_tokenizer  # it imports this module
+
+        depth = cls._released_depths(depths)
+        tokenizer = build_tiny_qwen3_tokenizer(corpus)
+        ids = tokenizer.convert_tokens_to_ids
+        config = Qwen3Config(**{**RELEASED_TEXT_ENCODER, "num_hidden_layers": depth["Qwen3 layer"]},
+                             bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                             pad_token_id=ids("<|endoftext|>"))
+        with constructing(device, dtype):
+            transformer = Flux2Transformer2DModel(**{**RELEASED_TRANSFORMER, "num_layers": depth["double-stream block"],
+                                                     "num_single_layers": depth["single-stream block"]}).eval()
+            text_encoder = Qwen3ForCausalLM(config).eval() if text_encoders else None
+            vae = AutoencoderKLFlux2(**RELEASED_VAE).eval()
+        return assemble(cls, transformer, Flux2VaeCodec(vae), text_encoder, tokenizer)
+
+    @classmethod
+    def other_released_totals(cls) -> dict[str, tuple[int, float | None]]:
+        """The 9B, built at full depth on the meta device: its transformer and LoRA (the page: 9.08 B and 64 M)
+        and its Qwen3-8B text encoder (no count on the page)."""
+        with constructing("meta", torch.bfloat16):
+            transformer = Flux2Transformer2DModel(**RELEASED_TRANSFORMER_9B)
+            text_encoder = Qwen3ForCausalLM(Qwen3Config(**RELEASED_TEXT_ENCODER_9B))
+        double, single = RELEASED_TRANSFORMER_9B["num_layers"], RELEASED_TRANSFORMER_9B["num_single_layers"]
+        lora = lora_parameter_count(transformer, cls._lora_targets(single), PUBLISHED_LORA_RANK)
+        return {
+            f"9B transformer ({double} double + {single} single, built at full depth)":
+                (sum(p.numel() for p in transformer.parameters()), 9.08e9),
+            "9B: Qwen3-8B text encoder (built at full depth)":
+                (sum(p.numel() for p in text_encoder.parameters()), None),
+            f"9B: LoRA rank {PUBLISHED_LORA_RANK}, default targets": (lora, 64e6),
+        }
+
+    @classmethod
+    def released_text_tokens(cls, size: int, instruction_tokens: int) -> int:
+        """The chat's: every instruction's chat padded to `max_sequence_length`."""
+        return cls.max_sequence_length
+
+    def random_text_conditions(self, batch: int, size: int, instruction_tokens: int,
+                               generator: torch.Generator) -> Conditions:
+        h, w = self._latent_hw(size, size)
+        grid = (h // 2, w // 2)
+        embeds = torch.randn(batch, self.released_text_tokens(size, instruction_tokens),
+                             self.transformer.config.joint_attention_dim, generator=generator)
+        # One reference (the source) per sample, of the target's grid; the grids stay on the CPU, as
+        # `encode_conditions` keeps them.
+        return Conditions({"prompt_embeds": embeds.to(self.device, self.transformer.dtype),
+                           "reference_grids": torch.tensor([[list(grid)]] * batch)}, {"target_grid": grid})
+
+    def pipeline_velocity(self, tokens: torch.Tensor, sigma: torch.Tensor, conditions: Conditions,
+                          guidance: float | None = None, transformer: nn.Module | None = None) -> torch.Tensor:
+        """With the pipeline's own helpers' position ids for every row (the first row's references for all)."""
+        model = self.transformer if transformer is None else transformer
+        pipeline = getattr(diffusers, self.pipeline_class)  # [klein]'s or [dev]'s
+        c, dtype, batch, device = conditions.tensors, self.transformer.dtype, tokens.shape[0], tokens.device
+        references = [torch.empty(1, 0, rows, cols) for rows, cols in c["reference_grids"][0].tolist() if rows > 0]
+        target_ids = pipeline._prepare_latent_ids(torch.empty(batch, 0, *conditions.shared["target_grid"]))
+        reference_ids = pipeline._prepare_image_ids(references).expand(batch, -1, -1)
+        out = model(
+            hidden_states=torch.cat([tokens.to(dtype), c["image_tokens"].to(dtype)], dim=1),
+            timestep=sigma.to(dtype).expand(batch),
+            guidance=self._guidance_input(guidance, tokens),
+            encoder_hidden_states=c["prompt_embeds"].to(dtype),
+            txt_ids=pipeline._prepare_text_ids(c["prompt_embeds"]).to(device),
+            img_ids=torch.cat([target_ids, reference_ids], dim=1).to(device),
+            return_dict=False,
+        )[0]
+        return out[:, : tokens.shape[1]].to(tokens.dtype)

@@ -11,10 +11,12 @@ the transformer (one forward per step), not classifier-free guidance.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     FluxKontextPipeline,
     FluxTransformer2DModel,
@@ -23,18 +25,29 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.flux import pipeline_flux_kontext
 from PIL import Image
 from torch import nn
-from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
-from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, awaiting_weights, without_weights
+from editr1.models.base import (
+    Conditions,
+    DepthKnob,
+    EditModelAdapter,
+    InferenceDefaults,
+    ParameterPart,
+    PublishedActivations,
+    PublishedTotal,
+    awaiting_weights,
+    constructing,
+    without_weights,
+)
 from editr1.models.codecs import PixelUnshuffleCodec, ScaledVaeCodec, load_codec
 
 #: `FluxKontextPipeline`'s preferred resolutions all have this area.
 PREFERRED_AREA = 1024 * 1024
 
 # ---- the released architecture (FLUX.1 Kontext [dev]) -----------------------------------------------
-# Constructor arguments of the full-size components, for building them with random weights (bench/):
+# Constructor arguments of the full-size components, which `build_released` builds with random weights (bench/):
 # `FluxTransformer2DModel(**RELEASED_TRANSFORMER)`, `AutoencoderKL(**RELEASED_VAE)`,
 # `CLIPTextModel(CLIPTextConfig(**RELEASED_TEXT_ENCODER))`, `T5EncoderModel(T5Config(**RELEASED_TEXT_ENCODER_2))`.
 #: black-forest-labs/FLUX.1-Kontext-dev transformer/config.json (FLUX.1-dev's); `FluxTransformer2DModel`'s
@@ -64,6 +77,11 @@ RELEASED_TEXT_ENCODER_2 = dict(
     vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
     relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
 )
+#: docs/real_scale.md's activation peaks of FLUX.1 (19 + 38 blocks, 3072 wide), which the page also scales
+#: to FLUX.2 [klein] (the same width).
+FLUX1_ACTIVATIONS = PublishedActivations(
+    checkpointing_on_gib=2.3, checkpointing_off_gib=19.0, tokens=2176,
+    blocks=RELEASED_TRANSFORMER["num_layers"] + RELEASED_TRANSFORMER["num_single_layers"])
 
 
 class FluxKontextAdapter(EditModelAdapter):
@@ -285,3 +303,82 @@ class FluxKontextAdapter(EditModelAdapter):
             return_dict=False,
         )[0]
         return out[:, : tokens.shape[1]].to(tokens.dtype)  # as every adapter: the dtype of the latents given
+
+    # ---- the released architecture, for the benchmarks --------------------------------------------
+    # The published counts are docs/real_scale.md's ("the page": its parameter table and LoRA paragraph).
+    depth_knobs = (
+        DepthKnob("double-stream block", RELEASED_TRANSFORMER["num_layers"],
+                  published="page: 11.90 B in all, no split by block type"),
+        DepthKnob("single-stream block", RELEASED_TRANSFORMER["num_single_layers"],
+                  published="page: 11.90 B in all, no split by block type"),
+        DepthKnob("T5-XXL layer", RELEASED_TEXT_ENCODER_2["num_layers"], module="text_encoder_2",
+                  published="4.76 B / 24 = {} (incl. embedding)", published_params=4.76e9 / 24),
+        DepthKnob("CLIP-L layer", RELEASED_TEXT_ENCODER["num_hidden_layers"], module="text_encoder",
+                  published="0.12 B / 12 = {} (incl. embeddings)", published_params=0.12e9 / 12),
+    )
+    parameter_parts = {
+        "transformer": ParameterPart("transformer"),
+        "CLIP-L (layers)": ParameterPart("text_encoder", lambda name: "encoder.layers." in name),
+        "CLIP-L (embeddings, final norm)": ParameterPart("text_encoder", lambda name: "encoder.layers." not in name),
+        "T5-XXL (layers)": ParameterPart("text_encoder_2", lambda name: name.startswith("encoder.block.")),
+        "T5-XXL (embedding, final norm)": ParameterPart(
+            "text_encoder_2", lambda name: not name.startswith("encoder.block.")),
+        "VAE": ParameterPart("codec.vae"),
+    }
+    published_totals = (
+        PublishedTotal("FLUX.1 transformer (19 double + 38 single)", ("transformer",), 11.90e9),
+        PublishedTotal("T5-XXL encoder (24 layers)", ("T5-XXL (layers)", "T5-XXL (embedding, final norm)"), 4.76e9),
+        PublishedTotal("CLIP-L text encoder (12 layers)", ("CLIP-L (layers)", "CLIP-L (embeddings, final norm)"),
+                       0.12e9),
+        PublishedTotal("FLUX VAE (built at full size)", ("VAE",), 0.08e9),
+    )
+    published_lora_params = 52.3e6
+    published_activations = FLUX1_ACTIVATIONS
+
+    @classmethod
+    def build_released(cls, depths: Mapping[str, int] | None = None, corpus: Iterable[str] = (),
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                       text_encoders: bool = True) -> "FluxKontextAdapter":
+        """FLUX.1's transformer, CLIP-L's text model and T5-XXL's encoder (their real vocabularies), and
+        FLUX's 16-channel VAE."""
+        from editr1.models.tiny_flux_kontext import (  # it imports this module
+            BASE_CORPUS,
+            assemble,
+            build_tiny_clip_tokenizer,
+            build_tiny_t5_tokenizer,
+        )
+
+        depth = cls._released_depths(depths)
+        texts = [*BASE_CORPUS, *corpus]
+        tokenizer, tokenizer_2 = build_tiny_clip_tokenizer(texts), build_tiny_t5_tokenizer(texts)
+        clip = CLIPTextConfig(**{**RELEASED_TEXT_ENCODER, "num_hidden_layers": depth["CLIP-L layer"]},
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
+        t5 = T5Config(**{**RELEASED_TEXT_ENCODER_2, "num_layers": depth["T5-XXL layer"]},
+                      pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id,
+                      decoder_start_token_id=0)
+        with constructing(device, dtype):
+            transformer = FluxTransformer2DModel(**{**RELEASED_TRANSFORMER, "num_layers": depth["double-stream block"],
+                                                    "num_single_layers": depth["single-stream block"]}).eval()
+            text_encoder = CLIPTextModel(clip).eval() if text_encoders else None
+            text_encoder_2 = T5EncoderModel(t5).eval() if text_encoders else None
+            vae = AutoencoderKL(**RELEASED_VAE).eval()
+        return assemble(cls, transformer, ScaledVaeCodec(vae), text_encoder, tokenizer, text_encoder_2, tokenizer_2)
+
+    @classmethod
+    def released_text_tokens(cls, size: int, instruction_tokens: int) -> int:
+        """T5's: every instruction padded to `max_sequence_length`."""
+        return cls.max_sequence_length
+
+    def random_text_conditions(self, batch: int, size: int, instruction_tokens: int,
+                               generator: torch.Generator) -> Conditions:
+        h, w = self._latent_hw(size, size)
+        grid = (h // 2, w // 2)
+        config = self.transformer.config
+        tensors = {
+            "prompt_embeds": torch.randn(batch, self.released_text_tokens(size, instruction_tokens),
+                                         config.joint_attention_dim, generator=generator),
+            "pooled_prompt_embeds": torch.randn(batch, config.pooled_projection_dim, generator=generator),
+        }
+        return Conditions({name: t.to(self.device, self.transformer.dtype) for name, t in tensors.items()},
+                          {"token_grids": (grid, grid)})

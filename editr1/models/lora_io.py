@@ -87,6 +87,13 @@ class LoraSpec:
         return LoraConfig(**self.lora_config_kwargs())
 
 
+def lora_parameter_count(module: nn.Module, targets: tuple[str, ...], rank: int) -> int:
+    """Parameters of a LoRA of `rank` on `module`: rank x (in + out) on every `nn.Linear` that peft's
+    `target_modules` matching (the name, or a dotted suffix of it) selects."""
+    return sum(rank * (sub.in_features + sub.out_features) for name, sub in module.named_modules()
+               if isinstance(sub, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets))
+
+
 # ---- export --------------------------------------------------------------------------------------
 
 

@@ -9,10 +9,12 @@ system-prompt tokens are dropped as `QwenImageEditPipeline` does.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
     QwenImageEditPipeline,
     QwenImageTransformer2DModel,
@@ -26,6 +28,7 @@ from torch import nn
 from transformers import (
     AutoTokenizer,
     PreTrainedTokenizerBase,
+    Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
@@ -34,9 +37,21 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
 
 from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
-from editr1.models.base import Conditions, EditModelAdapter, InferenceDefaults, awaiting_weights, without_weights
+from editr1.models.base import (
+    Conditions,
+    DepthKnob,
+    EditModelAdapter,
+    InferenceDefaults,
+    ParameterPart,
+    PublishedActivations,
+    PublishedTotal,
+    awaiting_weights,
+    constructing,
+    without_weights,
+)
 from editr1.models.codecs import PixelUnshuffleCodec, VaeCodec, load_codec
 from editr1.processing.qwen2vl_image_only import ImageOnlyQwen2VLProcessor
+from editr1.processing.tiny_tokenizer import build_tiny_qwen_tokenizer
 
 # The chat template of QwenImageEditPipeline; the adapter must encode exactly as the pipeline does.
 PROMPT_TEMPLATE = (
@@ -48,7 +63,7 @@ PROMPT_TEMPLATE = (
 )
 
 # ---- the released architecture (Qwen-Image's; Qwen-Image-Edit and -Edit-2509 share it) ----------------
-# Constructor arguments of the full-size components, for building them with random weights (bench/):
+# Constructor arguments of the full-size components, which `build_released` builds with random weights (bench/):
 # `QwenImageTransformer2DModel(**RELEASED_TRANSFORMER)`, `AutoencoderKLQwenImage(**RELEASED_VAE)`,
 # `Qwen2_5_VLConfig(text_config=RELEASED_TEXT_ENCODER, vision_config=RELEASED_TEXT_ENCODER_VISION)`.
 #: Qwen/Qwen-Image-Edit transformer/config.json (Qwen-Image's and -Edit-2509's are the same); also the
@@ -102,6 +117,9 @@ class QwenImageEditAdapter(EditModelAdapter):
     inference = InferenceDefaults(steps=28, cfg_scale=4.0, negative_prompt=" ", cfg_renorm=True, max_references=1)
     #: The pixel area the pipeline resizes the source to for conditioning.
     PIPELINE_CONDITION_AREA = 1024 * 1024
+    #: The transformer's `zero_cond_t` (reference tokens modulated at t = 0): on in Qwen-Image-Edit-2511 only,
+    #: which shares 2509's pipeline class; it tells the two apart in a saved model.
+    zero_cond_t = False
 
     def __init__(
         self,
@@ -332,3 +350,111 @@ class QwenImageEditAdapter(EditModelAdapter):
             return_dict=False,
         )[0]
         return out[:, : tokens.shape[1]].to(tokens.dtype)
+
+    # ---- the released architecture, for the benchmarks --------------------------------------------
+    # The published counts are docs/real_scale.md's ("the page": its parameter table, LoRA paragraph and
+    # activation peaks), in billions of parameters.
+    depth_knobs = (
+        DepthKnob("transformer block", RELEASED_TRANSFORMER["num_layers"],
+                  published="20.43 B / 60 = {} (incl. non-block)", published_params=20.43e9 / 60),
+        DepthKnob("Qwen2.5-VL decoder layer", RELEASED_TEXT_ENCODER["num_hidden_layers"], module="text_encoder",
+                  published="(8.29 − 0.68 − 2 × 0.55) B / 28 = {}",
+                  published_params=(8.29 - 0.68 - 2 * 0.55) * 1e9 / 28),
+        # At least one windowed and one full-attention block, as the release has them.
+        DepthKnob("Qwen2.5-VL vision block", RELEASED_TEXT_ENCODER_VISION["depth"], minimum=2, module="text_encoder",
+                  published="0.68 B / 32 = {} (incl. patch embed, merger)", published_params=0.68e9 / 32),
+    )
+    parameter_parts = {
+        "transformer": ParameterPart("transformer"),
+        "Qwen2.5-VL decoder layers": ParameterPart("text_encoder", lambda name: ".language_model.layers." in name),
+        "Qwen2.5-VL embedding, final norm": ParameterPart(
+            "text_encoder", lambda name: ".language_model." in name and ".layers." not in name),
+        "Qwen2.5-VL LM head": ParameterPart("text_encoder", lambda name: name.startswith("lm_head")),
+        "Qwen2.5-VL vision tower": ParameterPart("text_encoder", lambda name: ".visual." in name),
+        "VAE": ParameterPart("codec.vae"),
+    }
+    published_totals = (
+        PublishedTotal("Qwen-Image transformer (60 blocks)", ("transformer",), 20.43e9),
+        PublishedTotal("Qwen2.5-VL-7B (28 layers, 32 vision blocks, LM head)",
+                       ("Qwen2.5-VL decoder layers", "Qwen2.5-VL embedding, final norm", "Qwen2.5-VL LM head",
+                        "Qwen2.5-VL vision tower"), 8.29e9),
+        PublishedTotal("  of which vision tower", ("Qwen2.5-VL vision tower",), 0.68e9),
+        PublishedTotal("  of which LM head", ("Qwen2.5-VL LM head",), 0.55e9),
+        PublishedTotal("Qwen-Image VAE (built at full size)", ("VAE",), 0.13e9),
+    )
+    published_lora_params = 94.4e6
+    published_activations = PublishedActivations(checkpointing_on_gib=3.0, checkpointing_off_gib=29.0, tokens=2248,
+                                                 blocks=RELEASED_TRANSFORMER["num_layers"])
+    #: Text-stream tokens past the dropped system prompt besides the source's image tokens and the
+    #: instruction's: <|vision_start|>, <|vision_end|>, then <|im_end|> \n <|im_start|> assistant \n.
+    chat_tokens = 7
+
+    @classmethod
+    def build_released(cls, depths: Mapping[str, int] | None = None, corpus: Iterable[str] = (),
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                       text_encoders: bool = True) -> "QwenImageEditAdapter":
+        """Qwen-Image's transformer, Qwen2.5-VL-7B with its real 152064-token embedding and LM head (its cut
+        vision tower ends in a full-attention block, as the release's 32 do), and the Qwen-Image VAE."""
+        from editr1.models.qwen_image_edit_plus import MAX_REFERENCES, chat_text
+        from editr1.models.tiny_qwen_image_edit import assemble  # it imports this module
+
+        depth = cls._released_depths(depths)
+        # Both pipelines' chats: one vocabulary for the Qwen families, as one tokenizer serves them all.
+        tokenizer = build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, chat_text("", MAX_REFERENCES), *corpus])
+        ids = tokenizer.convert_tokens_to_ids
+        special = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                       pad_token_id=ids("<|endoftext|>"))
+        vision = depth["Qwen2.5-VL vision block"]
+        full_attention = [i for i in RELEASED_TEXT_ENCODER_VISION["fullatt_block_indexes"] if i < vision - 1]
+        full_attention.append(vision - 1)
+        config = Qwen2_5_VLConfig(
+            text_config={**RELEASED_TEXT_ENCODER, "num_hidden_layers": depth["Qwen2.5-VL decoder layer"], **special},
+            vision_config={**RELEASED_TEXT_ENCODER_VISION, "depth": vision, "fullatt_block_indexes": full_attention},
+            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"), **special,
+        )
+        with constructing(device, dtype):
+            transformer = QwenImageTransformer2DModel(**{**RELEASED_TRANSFORMER, "zero_cond_t": cls.zero_cond_t,
+                                                         "num_layers": depth["transformer block"]}).eval()
+            text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval() if text_encoders else None
+            vae = AutoencoderKLQwenImage(**RELEASED_VAE).eval()
+        return assemble(cls, transformer, VaeCodec(vae), text_encoder, tokenizer)
+
+    @classmethod
+    def released_text_tokens(cls, size: int, instruction_tokens: int) -> int:
+        """The chat's tokens past the dropped system prompt: the source's Qwen2.5-VL image tokens (the
+        processor's 28-pixel grid, 2x2 merged), the instruction's and `chat_tokens`."""
+        return round(size / 28) ** 2 + cls.chat_tokens + instruction_tokens
+
+    def random_text_conditions(self, batch: int, size: int, instruction_tokens: int,
+                               generator: torch.Generator) -> Conditions:
+        h, w = self._latent_hw(size, size)
+        grid = (h // 2, w // 2)
+        text = self.released_text_tokens(size, instruction_tokens)
+        embeds = torch.randn(batch, text, self.transformer.config.joint_attention_dim, generator=generator)
+        return Conditions({"prompt_embeds": embeds.to(self.device, self.transformer.dtype),
+                           "prompt_mask": torch.ones(batch, text, dtype=torch.long, device=self.device)},
+                          {"img_shapes": [(1, *grid), (1, *grid)]})
+
+    def pipeline_velocity(self, tokens: torch.Tensor, sigma: torch.Tensor, conditions: Conditions,
+                          guidance: float | None = None, transformer: nn.Module | None = None) -> torch.Tensor:
+        """With the text mask the pipeline passes, all ones or not, and one token layout for every row."""
+        model = self.transformer if transformer is None else transformer
+        c, batch, dtype = conditions.tensors, tokens.shape[0], self.transformer.dtype
+        guidance_tensor = None
+        if self.transformer.config.guidance_embeds:
+            guidance_tensor = torch.full((batch,), float(guidance), device=tokens.device, dtype=torch.float32)
+        out = model(
+            hidden_states=torch.cat([tokens.to(dtype), c["image_tokens"].to(dtype)], dim=1),
+            timestep=sigma.to(dtype).expand(batch),
+            guidance=guidance_tensor,
+            encoder_hidden_states=c["prompt_embeds"],
+            encoder_hidden_states_mask=c["prompt_mask"],
+            img_shapes=[self._pipeline_img_shapes(conditions)] * batch,
+            return_dict=False,
+        )[0]
+        return out[:, : tokens.shape[1]].to(tokens.dtype)
+
+    def _pipeline_img_shapes(self, conditions: Conditions) -> list[tuple[int, int, int]]:
+        """The token grids of the target and the reference(s) that the pipeline passes for every row."""
+        return conditions.shared["img_shapes"]

@@ -10,19 +10,14 @@ the transformer config, which detection reads (`recognizes`), and the published 
 
 from __future__ import annotations
 
-from editr1.models import qwen_image_edit_plus
 from editr1.models.base import InferenceDefaults
 from editr1.models.qwen_image_edit_plus import QwenImageEditPlusAdapter
-
-#: Qwen/Qwen-Image-Edit-2511 transformer/config.json: 2509's architecture with `zero_cond_t` on.
-RELEASED_TRANSFORMER = {**qwen_image_edit_plus.RELEASED_TRANSFORMER, "zero_cond_t": True}
-RELEASED_VAE = qwen_image_edit_plus.RELEASED_VAE
-RELEASED_TEXT_ENCODER = qwen_image_edit_plus.RELEASED_TEXT_ENCODER
-RELEASED_TEXT_ENCODER_VISION = qwen_image_edit_plus.RELEASED_TEXT_ENCODER_VISION
 
 
 class QwenImageEdit2511Adapter(QwenImageEditPlusAdapter):
     family = "qwen-image-edit-2511"
+    #: Qwen/Qwen-Image-Edit-2511 transformer/config.json: 2509's architecture with `zero_cond_t` on (and so
+    #: its released build, `build_released`).
     zero_cond_t = True
     #: The model card's settings: 40 steps, true CFG 4.0 with a " " negative prompt, up to 3 references.
     inference = InferenceDefaults(steps=40, cfg_scale=4.0, negative_prompt=" ", cfg_renorm=True, max_references=3)

@@ -39,7 +39,6 @@ from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from editr1.errors import EditR1Error
-from editr1.models import qwen_image_edit
 from editr1.models.base import (
     Conditions,
     InferenceDefaults,
@@ -62,12 +61,6 @@ PICTURE_TEMPLATE = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"
 #: Qwen-Image-Edit-2509 is trained for one to three reference images.
 MAX_REFERENCES = 3
 
-# The released architecture is Qwen-Image-Edit's (the same objects, see editr1.models.qwen_image_edit).
-RELEASED_TRANSFORMER = qwen_image_edit.RELEASED_TRANSFORMER
-RELEASED_VAE = qwen_image_edit.RELEASED_VAE
-RELEASED_TEXT_ENCODER = qwen_image_edit.RELEASED_TEXT_ENCODER
-RELEASED_TEXT_ENCODER_VISION = qwen_image_edit.RELEASED_TEXT_ENCODER_VISION
-
 
 def chat_text(prompt: str, num_references: int) -> str:
     """The text the pipeline gives the VL encoder for one prompt and its references."""
@@ -81,9 +74,8 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
     lora_pipeline = QwenImageEditPlusPipeline
     #: As Qwen-Image-Edit's, with up to 3 reference images ("Picture 1".."Picture 3").
     inference = InferenceDefaults(steps=28, cfg_scale=4.0, negative_prompt=" ", cfg_renorm=True, max_references=3)
-    #: The transformer's `zero_cond_t` (reference tokens modulated at t = 0): off in 2509, on in 2511, which
-    #: shares this pipeline class; it tells the two apart in a saved model.
-    zero_cond_t = False
+    #: As Qwen-Image-Edit's, and "Picture 1: " (about 4 tokens) before the instruction.
+    chat_tokens = 11
 
     @classmethod
     def recognizes(cls, pipeline: str, transformer_config: dict) -> bool:
@@ -258,3 +250,17 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
             return_dict=False,
         )[0]
         return out[:, : tokens.shape[1]].to(tokens.dtype)
+
+    # ---- the released architecture, for the benchmarks: Qwen-Image-Edit's, one reference per sample ----
+    def random_text_conditions(self, batch: int, size: int, instruction_tokens: int,
+                               generator: torch.Generator) -> Conditions:
+        conditions = super().random_text_conditions(batch, size, instruction_tokens, generator)
+        grid = conditions.shared["img_shapes"][0][1:]
+        # One reference (the source) of the target's grid; the grids stay on the CPU, as `encode_conditions`
+        # keeps them.
+        return Conditions({**conditions.tensors, "reference_grids": torch.tensor([[list(grid)]] * batch)},
+                          {"target_grid": grid})
+
+    def _pipeline_img_shapes(self, conditions: Conditions) -> list[tuple[int, int, int]]:
+        grids = conditions.tensors["reference_grids"][0].tolist()
+        return [(1, *conditions.shared["target_grid"]), *((1, rows, cols) for rows, cols in grids if rows > 0)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
 from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from editr1.models.codecs import Flux2VaeCodec, PixelUnshuffleCodec
 from editr1.models.flux2_dev import Flux2DevAdapter
 from editr1.models.tiny_flux2_klein import make_codec, tiny_transformer
 from editr1.processing.tiny_tokenizer import QWEN2_SPLIT_PATTERN
@@ -97,6 +98,14 @@ def tiny_text_encoder(tokenizer: PreTrainedTokenizerFast) -> Mistral3ForConditio
     return Mistral3ForConditionalGeneration(config).eval()
 
 
+def assemble(adapter: type[Flux2DevAdapter], transformer: Flux2Transformer2DModel,
+             codec: Flux2VaeCodec | PixelUnshuffleCodec, text_encoder: Mistral3ForConditionalGeneration | None,
+             tokenizer: PreTrainedTokenizerFast) -> Flux2DevAdapter:
+    """The adapter over built components, as this preset and the full-size `build_released` assemble them:
+    with [dev]'s scheduler."""
+    return adapter(transformer, codec, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
+
+
 def build_tiny_flux2_dev(
     corpus: Iterable[str] = (),
     seed: int = 0,
@@ -114,5 +123,4 @@ def build_tiny_flux2_dev(
     latent_codec = make_codec(codec)
     transformer = tiny_transformer(latent_codec, num_layers, num_single_layers, num_heads, head_dim,
                                    len(Flux2DevAdapter.text_encoder_out_layers) * TEXT_HIDDEN, guidance_embeds=True)
-    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
-    return adapter(transformer, latent_codec, tiny_text_encoder(tokenizer), tokenizer, scheduler)
+    return assemble(adapter, transformer, latent_codec, tiny_text_encoder(tokenizer), tokenizer)

@@ -109,6 +109,15 @@ def tiny_transformer(latent_codec, num_layers: int, num_single_layers: int, num_
     ).eval()
 
 
+def assemble(adapter: type[Flux2KleinAdapter], transformer: Flux2Transformer2DModel,
+             codec: Flux2VaeCodec | PixelUnshuffleCodec, text_encoder: Qwen3ForCausalLM | None,
+             tokenizer: Qwen2TokenizerFast, **options: bool) -> Flux2KleinAdapter:
+    """The adapter over built components, as this preset and the full-size `build_released` assemble them:
+    with [klein]'s scheduler; `options`: the adapter's (`is_distilled`)."""
+    return adapter(transformer, codec, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+                   **options)
+
+
 def build_tiny_flux2_klein(
     corpus: Iterable[str] = (),
     seed: int = 0,
@@ -128,5 +137,5 @@ def build_tiny_flux2_klein(
     latent_codec = make_codec(codec)
     transformer = tiny_transformer(latent_codec, num_layers, num_single_layers, num_heads, head_dim,
                                    len(Flux2KleinAdapter.text_encoder_out_layers) * TEXT_HIDDEN, guidance_embeds=False)
-    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
-    return adapter(transformer, latent_codec, tiny_text_encoder(tokenizer), tokenizer, scheduler, is_distilled=is_distilled)
+    return assemble(adapter, transformer, latent_codec, tiny_text_encoder(tokenizer), tokenizer,
+                    is_distilled=is_distilled)

@@ -154,6 +154,15 @@ def tiny_t5_encoder(tokenizer: T5TokenizerFast) -> T5EncoderModel:
     return T5EncoderModel(config).eval()
 
 
+def assemble(adapter: type[FluxKontextAdapter], transformer: FluxTransformer2DModel,
+             codec: ScaledVaeCodec | PixelUnshuffleCodec, text_encoder: CLIPTextModel | None, tokenizer: CLIPTokenizer,
+             text_encoder_2: T5EncoderModel | None, tokenizer_2: T5TokenizerFast) -> FluxKontextAdapter:
+    """The adapter over built components, as this preset and the full-size `build_released` assemble them:
+    with FLUX.1's scheduler."""
+    return adapter(transformer, codec, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
+                   FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
+
+
 def build_tiny_flux_kontext(
     corpus: Iterable[str] = (),
     seed: int = 0,
@@ -194,8 +203,5 @@ def build_tiny_flux_kontext(
         guidance_embeds=True,
         axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8),  # sums to head_dim
     ).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
-    return adapter(
-        transformer, latent_codec, tiny_clip_text_encoder(tokenizer), tokenizer,
-        tiny_t5_encoder(tokenizer_2), tokenizer_2, scheduler,
-    )
+    return assemble(adapter, transformer, latent_codec, tiny_clip_text_encoder(tokenizer), tokenizer,
+                    tiny_t5_encoder(tokenizer_2), tokenizer_2)

@@ -16,7 +16,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     QwenImageTransformer2DModel,
 )
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
     Qwen2VLImageProcessorPil,
 )
@@ -72,6 +72,15 @@ def tiny_text_encoder(tokenizer) -> Qwen2_5_VLForConditionalGeneration:
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
+def assemble(adapter: type[QwenImageEditAdapter], transformer: QwenImageTransformer2DModel,
+             codec: VaeCodec | PixelUnshuffleCodec, text_encoder: Qwen2_5_VLForConditionalGeneration | None,
+             tokenizer: Qwen2TokenizerFast) -> QwenImageEditAdapter:
+    """The adapter over built components, as this preset and the full-size `build_released` assemble them:
+    the tokenizer in the image-only Qwen2-VL processor, Qwen-Image's scheduler."""
+    processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer)
+    return adapter(transformer, codec, text_encoder, processor, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
+
+
 def build_tiny_qwen_image_edit(
     corpus: Iterable[str] = (),
     codec: str = "pixel",
@@ -87,7 +96,6 @@ def build_tiny_qwen_image_edit(
     transformer's option of that name (Qwen-Image-Edit-2511's)."""
     torch.manual_seed(seed)
     tokenizer = build_tiny_qwen_tokenizer([PROMPT_TEMPLATE, *corpus])
-    processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer)
     if codec == "pixel":
         latent_codec = PixelUnshuffleCodec(factor=2)
     elif codec == "vae":
@@ -109,5 +117,4 @@ def build_tiny_qwen_image_edit(
         axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8),
         zero_cond_t=zero_cond_t,
     ).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
-    return adapter(transformer, latent_codec, tiny_text_encoder(tokenizer), processor, scheduler)
+    return assemble(adapter, transformer, latent_codec, tiny_text_encoder(tokenizer), tokenizer)
