@@ -143,7 +143,7 @@ def test_the_offloaded_encoder_is_on_the_cpu_during_the_nft_update(family, shape
     assert encoder_devices(trainer.adapter) == ["meta"] * len(trainer.adapter.text_encoders())  # `to` left them off
     velocity = type(trainer.adapter).velocity
     monkeypatch.setattr(type(trainer.adapter), "velocity", recording_velocity)
-    trainer.loss_fn = recording_loss
+    trainer.algorithm.loss_fn = recording_loss
     trainer.run()
     count = len(built["adapter"].text_encoders())
     assert seen["update"] and all(devices == ["meta"] * count for devices in seen["update"])

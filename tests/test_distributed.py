@@ -32,9 +32,9 @@ def _overrides(shapes_data, out, groups, extra=()):
     ]
 
 
-# NFT under FSDP: test_fsdp.py.
-@pytest.mark.parametrize("launch, extra", [("ddp_1node.yaml", ()), ("ddp_1node.yaml", GRPO), ("fsdp_1node.yaml", GRPO)],
-                         ids=["nft-ddp", "grpo-ddp", "grpo-fsdp"])
+# NFT under FSDP: test_fsdp.py. GRPO under FSDP, the stricter path (every process makes the same transformer calls,
+# and the frozen copies are sharded); under DDP it shares NFT's path, algorithm aside.
+@pytest.mark.parametrize("launch, extra", [("ddp_1node.yaml", ()), ("fsdp_1node.yaml", GRPO)], ids=["nft-ddp", "grpo-fsdp"])
 def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tmp_path, launch, extra):
     two, one = tmp_path / "two", tmp_path / "one"
     # The shipped one-node configs, with two processes on the CPU instead of eight GPUs.
