@@ -10,10 +10,10 @@ diffusers folder. Then, for each `--mode` (LoRA, and full fine-tuning with the K
 reference copies are frozen transformers), two launches of `--processes` CPU processes run the trainer
 under the shipped `configs/accelerate/fsdp_1node.yaml` (gloo, through `tests/fsdp_on_cpu.py`, as the FSDP
 tests do):
-- *fresh*: `NFTTrainer(config).run()` for one iteration (2 groups of 2 edits at `--size`, 2 rollout
+- *fresh*: `RLTrainer(config).run()` for one iteration (2 groups of 2 edits at `--size`, 2 rollout
   steps, the `MeanBrightness` reward of `bench/real_width.py`), which writes a checkpoint with the
   AdamW moments, as any trained run's;
-- *resume*: `NFTTrainer(config, resume=True).run()` on that folder, which reads the checkpoint back
+- *resume*: `RLTrainer(config, resume=True).run()` on that folder, which reads the checkpoint back
   (`_restore`) and, with no iteration left, exports the final weights again.
 
 What it measures, in every process, from /proc/self/status: the kernel's peak resident set (`VmHWM`,
@@ -113,15 +113,15 @@ def stage_worker(args) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     import fsdp_on_cpu  # noqa: F401  (accelerate's FSDP on CPU processes: see that file)
 
-    from editr1.config import NFTConfig, load_config
-    from editr1.trainer.nft import NFTTrainer
+    from editr1.config import TrainConfig, load_config
+    from editr1.trainer.rl_trainer import RLTrainer
 
-    if not callable(getattr(NFTTrainer, "_restore", None)):
-        raise BenchError("NFTTrainer has no _restore any more: update bench/fsdp_memory.py")
+    if not callable(getattr(RLTrainer, "_restore", None)):
+        raise BenchError("RLTrainer has no _restore any more: update bench/fsdp_memory.py")
     resume = args.launch == "resume"
     measured: dict[str, dict] = {}
 
-    class MeasuredNFTTrainer(NFTTrainer):
+    class MeasuredTrainer(RLTrainer):
         def _restore(self, checkpoint):
             measured["load"] = memory()
             if not reset_peak():
@@ -129,8 +129,8 @@ def stage_worker(args) -> None:
             super()._restore(checkpoint)
             measured["resume"] = memory()
 
-    config = load_config(NFTConfig, Path(args.work) / f"{args.mode}.yaml")
-    trainer = MeasuredNFTTrainer(config, resume=resume)
+    config = load_config(TrainConfig, Path(args.work) / f"{args.mode}.yaml")
+    trainer = MeasuredTrainer(config, resume=resume)
     if not resume:
         measured["load"] = memory()
     # The base transformer's weights over all shards (a DTensor's `shape` is the whole parameter's).

@@ -15,7 +15,7 @@ same base transformer (editr1's first, then its adapters are deleted and the nai
 with the same noise, rows, timesteps and advantages; each path runs one warm-up iteration (in which the
 FLOPs are counted) and `--repeats` timed iterations, whose median is reported.
 
-The editr1 path is what `editr1.trainer.nft.NFTTrainer` calls, through editr1's own functions:
+The editr1 path is what `editr1.trainer.rl_trainer.RLTrainer` calls, through editr1's own functions:
 - LoRA: `PolicySet` (trained and old peft adapters on one transformer, float32 LoRA weights over the
   bf16 base, reference = adapters disabled).
 - Rollout: `edit_batch(..., transformer=old, conditions=...)` inside `PolicySet.use("old")`, which calls

@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 
 from editr1.cli.demo import run_demo
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.tasks.shapes import DEMO_CONFIG, SHIPPED_BASE
 from editr1.tasks.shapes.scenes import write_shapes_dataset
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 PHASES = ("seconds_rollout_and_reward", "seconds_reward_compute", "seconds_train", "seconds_total")
 
@@ -31,12 +31,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_shapes_dataset(root / "data", 200, 16, seed=0)
-        config = load_config(NFTConfig, DEMO_CONFIG, [
+        config = load_config(TrainConfig, DEMO_CONFIG, [
             f"data.train={root / 'data/train.jsonl'}", "data.heldout=null", f"model.path={SHIPPED_BASE}",
             f"output_dir={root / 'run'}", f"iterations={args.iterations}", "logging.progress=false",
             "logging.tensorboard=false", "logging.grid_every=0", f"logging.checkpoint_every={args.iterations + 1}",
         ])
-        run_nft(config)
+        run_rl(config)
         rows = [r for r in read_metrics(root / "run") if "seconds_total" in r]
     print(f"\nNFT iteration phases, demo config ({config.rollout.groups_per_iteration} groups x {config.rollout.group_size} "
           f"edits, {config.rollout.steps} {config.rollout.sampler} steps), seconds")

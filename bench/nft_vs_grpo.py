@@ -57,24 +57,24 @@ STABILITY = {
 
 def train(folder: Path, config_name: str, overrides: list[str]) -> Path:
     """One training run in `folder` (reused when it finished before)."""
-    from editr1.config import NFTConfig, load_config
+    from editr1.config import TrainConfig, load_config
     from editr1.tasks.shapes import SHIPPED_BASE, TASK_DIR
-    from editr1.trainer.nft import run_nft
+    from editr1.trainer.rl_trainer import run_rl
 
     if not (folder / "summary.json").is_file():
-        config = load_config(NFTConfig, TASK_DIR / "configs" / config_name,
+        config = load_config(TrainConfig, TASK_DIR / "configs" / config_name,
                              [f"model.path={SHIPPED_BASE}", f"output_dir={folder}", "logging.progress=false",
                               "logging.grid_every=0", *overrides])
-        run_nft(config)
+        run_rl(config)
     return folder
 
 
 def curve(run: Path) -> dict:
     """A run's held-out evaluations: step, training seconds and images generated before it, reward, gain."""
-    from editr1.config import NFTConfig, load_config
+    from editr1.config import TrainConfig, load_config
     from editr1.trainer.metrics_log import read_metrics
 
-    config = load_config(NFTConfig, run / "config.yaml")
+    config = load_config(TrainConfig, run / "config.yaml")
     per_iteration = config.rollout.groups_per_iteration * config.rollout.group_size
     rows = read_metrics(run)
     seconds = {0: 0.0}

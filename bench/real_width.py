@@ -41,7 +41,7 @@ approximate for the instruction and the chat template (Qwen-Image-Edit).
 
 What runs. `build_released` wraps the components in the family's adapter class exactly as its tiny preset
 does (the preset module's `assemble`), saved with `adapter.save_pretrained(folder)` (one process), then a
-second process trains: `editr1.trainer.nft.NFTTrainer(config).run()` — what `run_nft`
+second process trains: `editr1.trainer.rl_trainer.RLTrainer(config).run()` — what `run_rl`
 and `editr1 train` call — with `model.path` pointing at the folder and `model.dtype: bfloat16`, on 4
 synthetic images written as a JSONL dataset, for ONE iteration: 1 group of 2 edits, 2 DPM-Solver++
 rollout steps, LoRA rank 4 on the adapter's default targets, micro-batch 1, no evaluation, and
@@ -447,20 +447,20 @@ def saved_by_lora_dtype(family: str, size: int) -> dict[str, dict[str, int]]:
 
 def stage_train(args) -> dict:
     sys.path.insert(0, str(ROOT))  # the reward's dotted path `bench.real_width:MeanBrightness`
-    from editr1.config import NFTConfig, load_config
-    from editr1.trainer.nft import NFTTrainer
+    from editr1.config import TrainConfig, load_config
+    from editr1.trainer.rl_trainer import RLTrainer
 
     work = Path(args.work_dir)
     train = write_dataset(work / "data", args.size)
     config_path = work / "nft.yaml"
     config_path.write_text(nft_config_yaml(args, train, work / "run"))
-    config = load_config(NFTConfig, config_path)
+    config = load_config(TrainConfig, config_path)
     phases: dict[str, dict] = {}
     shapes: dict[str, Any] = {}
     latents: list[torch.Tensor] = []
     can_reset = reset_peak()
 
-    class MeasuredNFTTrainer(NFTTrainer):
+    class MeasuredTrainer(RLTrainer):
         """The trainer, unchanged, with the RSS peak and wall time of its rollout and update phases read."""
 
         def _measured(self, name, call):
@@ -471,7 +471,7 @@ def stage_train(args) -> dict:
             return result
 
         def _rollout(self, *a, **k):
-            rollout = self._measured("rollout", lambda: super(MeasuredNFTTrainer, self)._rollout(*a, **k))
+            rollout = self._measured("rollout", lambda: super(MeasuredTrainer, self)._rollout(*a, **k))
             shapes["latents"] = tuple(rollout.latents.shape)
             latents.append(rollout.latents)
             shapes.update({name: tuple(t.shape) for name, t in rollout.conditions.tensors.items() if t is not None})
@@ -480,12 +480,12 @@ def stage_train(args) -> dict:
         def _train(self, *a, **k):
             saved = SavedForBackward(list(self.adapter.transformer.parameters()))
             with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-                result = self._measured("train", lambda: super(MeasuredNFTTrainer, self)._train(*a, **k))
+                result = self._measured("train", lambda: super(MeasuredTrainer, self)._train(*a, **k))
             phases["train"]["saved_for_backward"] = saved.forwards
             return result
 
     start = time.monotonic()
-    trainer = MeasuredNFTTrainer(config)
+    trainer = MeasuredTrainer(config)
     adapter = trainer.adapter
     page_in(adapter_modules(adapter))
     loaded = time.monotonic()
@@ -496,8 +496,8 @@ def stage_train(args) -> dict:
         "params": 2 * sum(p.numel() for p in lora), "bytes": 2 * sum(p.numel() * p.element_size() for p in lora),
         "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in lora})}
     for method in ("_rollout", "_train"):
-        if not callable(getattr(NFTTrainer, method, None)):
-            raise AssertionError(f"NFTTrainer has no {method} any more: update the phase measurements of bench/real_width.py")
+        if not callable(getattr(RLTrainer, method, None)):
+            raise AssertionError(f"RLTrainer has no {method} any more: update the phase measurements of bench/real_width.py")
     summary = trainer.run()
     done = time.monotonic()
     if set(phases) != {"rollout", "train"}:

@@ -18,16 +18,16 @@ from pathlib import Path
 
 from reward_throughput import start_server
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.tasks.shapes import DEMO_CONFIG, SHIPPED_BASE, SHIPPED_JUDGE
 from editr1.tasks.shapes.scenes import write_shapes_dataset
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 
 def measure(root: Path, name: str, reward: list[str], overlap: bool, iterations: int) -> tuple[float, float]:
     out = root / name
-    run_nft(load_config(NFTConfig, DEMO_CONFIG, [
+    run_rl(load_config(TrainConfig, DEMO_CONFIG, [
         f"data.train={root / 'data/train.jsonl'}", "data.heldout=null", f"model.path={SHIPPED_BASE}", f"output_dir={out}",
         f"iterations={iterations}", "rollout.batch_size=16", f"reward.overlap={str(overlap).lower()}", *reward,
         "logging.progress=false", "logging.tensorboard=false", "logging.grid_every=0", f"logging.checkpoint_every={iterations + 1}",

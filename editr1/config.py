@@ -202,8 +202,8 @@ class LoggingConfig:
 
 
 @dataclass
-class NFTConfig:
-    """`editr1 train`: DiffusionNFT post-training."""
+class TrainConfig:
+    """`editr1 train`: online RL post-training (`rl.algorithm`: DiffusionNFT or Flow-GRPO)."""
 
     seed: int = 0
     output_dir: str = "runs/nft"
@@ -256,7 +256,7 @@ register_bounds("OptimConfig", lr=(0, None, True), eps=(0, None, True), weight_d
 register_bounds("EvalConfig", every=(0, None), samples=(2, None), steps=(1, None), cfg_scale=(1.0, None),
                 batch_size=(1, None))
 register_bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint_every=(1, None), keep_checkpoints=(0, None))
-register_bounds("NFTConfig", iterations=(0, None), time_budget_s=(0, None))
+register_bounds("TrainConfig", iterations=(0, None), time_budget_s=(0, None))
 register_bounds("SFTConfig", steps=(1, None), time_budget_s=(0, None), batch_size=(1, None), lr=(0, None, True),
         warmup_steps=(0, None), weight_decay=(0, None), grad_clip=(0, None, True), ema_decay=(0, 0.99999))
 

@@ -267,20 +267,20 @@ def test_bad_input_is_a_one_line_error(models, benchmarks, tmp_path, capsys):
 
 
 def test_a_training_run_judges_a_benchmark_subset_with_the_viescore_reward(benchmarks, shapes_data, tmp_path):
-    from editr1.config import NFTConfig, load_config
+    from editr1.config import TrainConfig, load_config
     from editr1.trainer.metrics_log import read_metrics
-    from editr1.trainer.nft import run_nft
+    from editr1.trainer.rl_trainer import run_rl
 
     subset = tmp_path / "subset"
     assert main(["data", "benchmark", "gedit", "--data", str(benchmarks["gedit"]), "--out", str(subset), "--limit", "8"]) == 0
     with ScriptedJudgeServer(Script(viescore_reply)) as server:
         judge = {"kind": "openai", "base_url": server.base_url, "model": "scripted-judge", "timeout_s": 1.0,
                  "retries": 1, "backoff_s": 0.01}
-        config = load_config(NFTConfig, overrides=[
+        config = load_config(TrainConfig, overrides=[
             *tiny_nft_overrides(shapes_data, tmp_path / "run", iterations=2), f"data.heldout={subset / 'samples.jsonl'}",
             "eval.every=1", "eval.reward.name=viescore", f"eval.reward.options={json.dumps({'judge': judge})}",
         ])
-        run_nft(config)
+        run_rl(config)
     evaluated = {row["step"]: row for row in read_metrics(tmp_path / "run") if "heldout_reward" in row}
     assert sorted(evaluated) == [0, 1, 2]
     for row in evaluated.values():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from editr1.cli.main import main, silence_known_warnings
-from editr1.config import ModelConfig, NFTConfig, RewardConfig, SFTConfig, load_config
+from editr1.config import ModelConfig, TrainConfig, RewardConfig, SFTConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.serve.config import ServeConfig
 from editr1.tasks.shapes import SHIPPED_BASE
@@ -118,7 +118,7 @@ def test_only_the_known_harmless_messages_are_filtered():
 
 HELP_CONFIGS = {
     ("sft",): SFTConfig,
-    ("train",): NFTConfig,
+    ("train",): TrainConfig,
     ("judge", "distill"): JudgeDistillConfig,
     ("serve-reward",): ServeConfig,
     ("eval", "reward-alignment"): RewardConfig,

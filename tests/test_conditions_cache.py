@@ -20,9 +20,9 @@ from tiny_runs import tiny_nft_overrides, tiny_presets
 from torch import nn
 
 import editr1.trainer.conditions_cache as cache_module
-import editr1.trainer.nft as nft_module
+import editr1.trainer.rl_trainer as trainer_module
 from editr1.cli.main import main
-from editr1.config import NFTConfig, SFTConfig, load_config
+from editr1.config import TrainConfig, SFTConfig, load_config
 from editr1.data.batching import source_images
 from editr1.data.jsonl import read_edit_jsonl
 from editr1.errors import EditR1Error
@@ -35,7 +35,7 @@ from editr1.tasks.shapes.scenes import write_shapes_dataset
 from editr1.trainer.conditions_cache import MANIFEST, open_for_run, precompute_conditions
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model
-from editr1.trainer.nft import NFTTrainer, run_nft
+from editr1.trainer.rl_trainer import RLTrainer, run_rl
 from editr1.trainer.sft import run_sft
 
 
@@ -74,7 +74,7 @@ def baseline(shapes_data, tmp_path_factory):
     def run(family):
         if family not in runs:
             out = tmp_path_factory.mktemp(f"baseline-{family}") / "run"
-            run_nft(load_config(NFTConfig, None, _overrides(shapes_data, out, family)))
+            run_rl(load_config(TrainConfig, None, _overrides(shapes_data, out, family)))
             runs[family] = out
         return runs[family]
 
@@ -95,7 +95,7 @@ def test_the_precompute_cache_gives_the_same_trained_weights_as_encoding_on_the_
     reference = baseline(family)  # before the patches below
     cache, out = tmp_path / "cache", tmp_path / "run"
     overrides = _overrides(shapes_data, out, family, f"data.conditions_cache={cache}")
-    counts = precompute_conditions(load_config(NFTConfig, None, overrides))
+    counts = precompute_conditions(load_config(TrainConfig, None, overrides))
     negatives = 40 + 16 if family == "flux-kontext" else 16  # rollouts with true CFG / evaluation only
     assert counts == {"conditions_cache": str(cache), "samples": 56, "encoded": 56 + negatives, "reused": 0}
 
@@ -103,7 +103,7 @@ def test_the_precompute_cache_gives_the_same_trained_weights_as_encoding_on_the_
         raise AssertionError("a run from the conditions cache ran encode_conditions")
 
     monkeypatch.setattr(EditModelAdapter, "_bring_text_encoders", no_encoding)
-    run_nft(load_config(NFTConfig, None, overrides))
+    run_rl(load_config(TrainConfig, None, overrides))
     _assert_same_run(reference, out)
 
 
@@ -116,7 +116,7 @@ def test_the_offloaded_encoder_is_on_the_cpu_during_the_nft_update(family, shape
     monkeypatch.setattr(EditModelAdapter, "offload_device", torch.device("meta"))
     seen = {"update": [], "velocity": [], "encoding": []}
     built = {}
-    build_model = nft_module.build_model
+    build_model = trainer_module.build_model
 
     def building(*args, **kwargs):
         adapter = build_model(*args, **kwargs)
@@ -130,7 +130,7 @@ def test_the_offloaded_encoder_is_on_the_cpu_during_the_nft_update(family, shape
         seen["update"].append(encoder_devices(built["adapter"]))
         return nft(**kwargs)
 
-    monkeypatch.setattr(nft_module, "build_model", building)
+    monkeypatch.setattr(trainer_module, "build_model", building)
     velocity = None
 
     def recording_velocity(self, *args, **kwargs):
@@ -138,8 +138,8 @@ def test_the_offloaded_encoder_is_on_the_cpu_during_the_nft_update(family, shape
         return velocity(self, *args, **kwargs)
 
     out = tmp_path / "run"
-    config = load_config(NFTConfig, None, _overrides(shapes_data, out, family, "model.offload_text_encoder=true"))
-    trainer = NFTTrainer(config)
+    config = load_config(TrainConfig, None, _overrides(shapes_data, out, family, "model.offload_text_encoder=true"))
+    trainer = RLTrainer(config)
     assert encoder_devices(trainer.adapter) == ["meta"] * len(trainer.adapter.text_encoders())  # `to` left them off
     velocity = type(trainer.adapter).velocity
     monkeypatch.setattr(type(trainer.adapter), "velocity", recording_velocity)
@@ -193,7 +193,7 @@ def test_precompute_puts_only_the_text_encoders_and_the_codec_on_the_device(pres
 
     monkeypatch.setattr(cache_module, "build_model", building)
     data = small / "data"
-    config = load_config(NFTConfig, None, tiny_nft_overrides(data, tmp_path / "run", iterations=1) + [
+    config = load_config(TrainConfig, None, tiny_nft_overrides(data, tmp_path / "run", iterations=1) + [
         f"model.path={preset}", "eval.samples=4", "eval.cfg_scale=2.0", f"data.conditions_cache={tmp_path / 'cache'}"])
     precompute_conditions(config)
     has_codec_weights = bool(codec_modules(built["adapter"]))
@@ -222,7 +222,7 @@ def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     write_shapes_dataset(root / "data", n_train=6, n_test=4, seed=2)
     for name, model in (("base", str(SHIPPED_BASE)), ("tiny", "tiny:qwen-image-edit")):
-        precompute_conditions(load_config(NFTConfig, None, _small_overrides(root, root / "unused", name, model)))
+        precompute_conditions(load_config(TrainConfig, None, _small_overrides(root, root / "unused", name, model)))
     return root
 
 
@@ -234,9 +234,9 @@ def _small_overrides(root, out, cache="base", model=str(SHIPPED_BASE), data=None
 
 def _refused(root, tmp_path, pattern, *extra, cache="base", model=str(SHIPPED_BASE), data=None):
     out = tmp_path / "run"
-    config = load_config(NFTConfig, None, _small_overrides(root, out, cache, model, data) + list(extra))
+    config = load_config(TrainConfig, None, _small_overrides(root, out, cache, model, data) + list(extra))
     with pytest.raises(EditR1Error, match=pattern) as error:
-        NFTTrainer(config)
+        RLTrainer(config)
     assert "\n" not in str(error.value)
     assert not out.exists(), "a refused cache must stop the run before it writes anything"
     return str(error.value)
@@ -261,14 +261,14 @@ def test_a_matching_cache_is_accepted_and_the_text_encoder_is_not_loaded(small, 
         raise AssertionError("a LoRA run from a conditions cache read the text encoder's weights")
 
     monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "from_pretrained", no_weights_read)
-    trainer = NFTTrainer(load_config(NFTConfig, None, _small_overrides(small, tmp_path / "run")))
+    trainer = RLTrainer(load_config(TrainConfig, None, _small_overrides(small, tmp_path / "run")))
     assert trainer.cache is not None and not trainer.adapter.text_encoders_loaded
     assert encoder_devices(trainer.adapter) == ["meta"]
     with pytest.raises(EditR1Error, match="cannot encode"):
         trainer.adapter.encode_conditions([[source_images(trainer.train_samples[0], 32)[0]]], ["edit"], 32, 32)
     # Full fine-tuning exports a whole model folder, text encoder included: it is loaded (and stays on the CPU).
     monkeypatch.undo()
-    full = NFTTrainer(load_config(NFTConfig, None, _small_overrides(small, tmp_path / "full") + ["model.train_mode=full"]))
+    full = RLTrainer(load_config(TrainConfig, None, _small_overrides(small, tmp_path / "full") + ["model.train_mode=full"]))
     assert full.adapter.text_encoders_loaded and encoder_devices(full.adapter) == ["cpu"]
 
 
@@ -332,13 +332,13 @@ def test_precompute_reuses_unchanged_entries_and_drops_stale_shards(small, tmp_p
     overrides = tiny_nft_overrides(data, tmp_path / "run", iterations=1) + [
         f"model.path={SHIPPED_BASE}", "eval.samples=4", f"data.conditions_cache={cache}"]
     old_shards = set(cache.glob("shard-*"))
-    counts = precompute_conditions(load_config(NFTConfig, None, overrides))
+    counts = precompute_conditions(load_config(TrainConfig, None, overrides))
     assert counts["encoded"] == 1 and counts["reused"] == 9
     manifest = json.loads((cache / MANIFEST).read_text())
     used = {entry["shard"] for entry in manifest["entries"].values()}
     assert {p.name for p in cache.glob("shard-*")} == used and len(manifest["entries"]) == 10
     assert used & {p.name for p in old_shards}  # the unchanged samples stay where they were
-    NFTTrainer(load_config(NFTConfig, None, overrides))  # and the updated cache is accepted
+    RLTrainer(load_config(TrainConfig, None, overrides))  # and the updated cache is accepted
 
 
 def test_the_command_line(small, tmp_path, capsys):

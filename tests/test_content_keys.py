@@ -19,7 +19,7 @@ from tiny_runs import tiny_nft_overrides
 
 from editr1.cli.heldout import add_heldout_arguments, run_heldout
 from editr1.cli.main import main
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.fingerprint import BLOCK_BYTES, SAMPLED_BLOCKS, file_fingerprint, folder_fingerprint
 from editr1.models.lora_io import LoraSpec
@@ -27,7 +27,7 @@ from editr1.models.registry import build_tiny, load_adapter
 from editr1.tasks.shapes import SHIPPED_BASE
 from editr1.tasks.shapes.scenes import write_shapes_dataset
 from editr1.trainer.conditions_cache import precompute_conditions
-from editr1.trainer.nft import NFTTrainer
+from editr1.trainer.rl_trainer import RLTrainer
 
 
 def _rewrite_in_place(path, scale=1.5):
@@ -190,8 +190,8 @@ def test_a_conditions_cache_refuses_a_text_encoder_rewritten_under_its_path(tmp_
     write_shapes_dataset(tmp_path / "data", n_train=4, n_test=2, seed=2)
     overrides = tiny_nft_overrides(tmp_path / "data", tmp_path / "run", iterations=1) + [
         f"model.path={model}", "eval.samples=2", f"data.conditions_cache={tmp_path / 'cache'}"]
-    precompute_conditions(load_config(NFTConfig, None, overrides))
+    precompute_conditions(load_config(TrainConfig, None, overrides))
     _rewrite_in_place(model / "text_encoder" / "model.safetensors")
     with pytest.raises(EditR1Error, match=r"was built for another model \(model files outside transformer/ \(fingerprint\)"):
-        NFTTrainer(load_config(NFTConfig, None, overrides))
+        RLTrainer(load_config(TrainConfig, None, overrides))
     assert not (tmp_path / "run").exists()

@@ -16,8 +16,8 @@ from equivalence import (
 )
 from tiny_runs import launch_train, tiny_nft_overrides
 
-from editr1.config import NFTConfig, load_config
-from editr1.trainer.nft import run_nft
+from editr1.config import TrainConfig, load_config
+from editr1.trainer.rl_trainer import run_rl
 
 
 #: Flow-GRPO's settings: its SDE sampler, a noise level and KL term (test_train_grpo.py).
@@ -39,8 +39,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(shapes_data, tm
     two, one = tmp_path / "two", tmp_path / "one"
     # The shipped one-node configs, with two processes on the CPU instead of eight GPUs.
     launch_train(launch, _overrides(shapes_data, two, 2, extra), fsdp_on_cpu=launch.startswith("fsdp"))
-    config = load_config(NFTConfig, None, _overrides(shapes_data, one, 2, extra))
-    run_nft(config)
+    config = load_config(TrainConfig, None, _overrides(shapes_data, one, 2, extra))
+    run_rl(config)
 
     # Same global draw of groups and noise, split over ranks: the same edits, so the same rewards.
     assert_same_first_rollouts(two, one)

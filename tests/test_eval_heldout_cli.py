@@ -8,7 +8,7 @@ import torch
 from tiny_runs import tiny_nft_overrides
 
 from editr1.cli.heldout import add_heldout_arguments, run_heldout
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.tasks.shapes import SHIPPED_BASE
@@ -91,10 +91,10 @@ def test_same_model_against_itself_gains_exactly_zero(shapes_data, reward_yaml, 
 @pytest.fixture(scope="module")
 def nft_run(shapes_data, tmp_path_factory):
     """A finished one-iteration NFT run (a LoRA on the shipped base), without held-out evaluations."""
-    from editr1.trainer.nft import run_nft
+    from editr1.trainer.rl_trainer import run_rl
 
     out = tmp_path_factory.mktemp("nft") / "run"
-    run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, out, iterations=1) + ["eval.every=0"]))
+    run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, out, iterations=1) + ["eval.every=0"]))
     return out
 
 

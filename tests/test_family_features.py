@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 from tiny_runs import run_killed, tiny_nft_overrides, tiny_presets
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 STATE = ("checkpoints/step_000002/trained.safetensors", "checkpoints/step_000002/optimizer.safetensors",
          "eval/step_000002.safetensors")
@@ -25,17 +25,17 @@ def _overrides(preset, data, out, *extra):
 
 
 def _config(preset, data, out, *extra):
-    return load_config(NFTConfig, None, _overrides(preset, data, out, *extra))
+    return load_config(TrainConfig, None, _overrides(preset, data, out, *extra))
 
 
 @pytest.mark.parametrize("preset", tiny_presets())
 def test_a_killed_and_resumed_lora_run_ends_where_a_straight_run_ends(preset, shapes_data, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_nft(_config(preset, shapes_data, straight))
+    run_rl(_config(preset, shapes_data, straight))
     # SIGKILL in the second iteration's update, after the first iteration's checkpoint.
     killed = run_killed(_overrides(preset, shapes_data, resumed), ("trainer", "_train", 2))
     assert killed.returncode == -9, killed.stderr[-3000:]
-    run_nft(_config(preset, shapes_data, resumed), resume=True)
+    run_rl(_config(preset, shapes_data, resumed), resume=True)
     for name in STATE:
         first, second = load_file(straight / name), load_file(resumed / name)
         assert first.keys() == second.keys(), name
@@ -49,7 +49,7 @@ def test_a_killed_and_resumed_lora_run_ends_where_a_straight_run_ends(preset, sh
 @pytest.mark.parametrize("preset", tiny_presets())
 def test_full_fine_tuning_trains_every_family(preset, shapes_data, tmp_path):
     out = tmp_path / "run"
-    run_nft(_config(preset, shapes_data, out, "model.train_mode=full", "iterations=1", "optim.lr=1e-4"))
+    run_rl(_config(preset, shapes_data, out, "model.train_mode=full", "iterations=1", "optim.lr=1e-4"))
     trained = load_file(out / "checkpoints/step_000001/trained.safetensors")
     assert trained and all(torch.isfinite(t).all() for t in trained.values())
     assert [r["grad_norm"] > 0 for r in read_metrics(out) if "grad_norm" in r] == [True]

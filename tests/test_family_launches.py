@@ -21,11 +21,11 @@ from equivalence import (
 from PIL import Image
 from tiny_runs import launch_train, tiny_nft_overrides, tiny_presets
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.data.images import image_to_tensor
 from editr1.models.registry import adapter_class
 from editr1.tasks.shapes import SHIPPED_BASE
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 SHIPPED_FAMILY = json.loads((SHIPPED_BASE / "model_index.json").read_text())["_class_name"]
 PRESETS = [p for p in tiny_presets() if adapter_class(p.removeprefix("tiny:")).pipeline_class != SHIPPED_FAMILY]
@@ -65,8 +65,8 @@ def test_ddp_and_fsdp_train_like_one_process_and_the_reward_sees_every_reference
                                                                                  two_reference_data, tmp_path):
     data = two_reference_data if _references_per_row(preset) == 2 else shapes_data
     runs = {name: (tmp_path / name, tmp_path / f"seen_{name}") for name in ("one", "ddp", "fsdp")}
-    config = load_config(NFTConfig, None, _overrides(preset, data, *runs["one"]))
-    run_nft(config)
+    config = load_config(TrainConfig, None, _overrides(preset, data, *runs["one"]))
+    run_rl(config)
     launch_train("ddp_1node.yaml", _overrides(preset, data, *runs["ddp"]))
     launch_train("fsdp_1node.yaml", _overrides(preset, data, *runs["fsdp"]), fsdp_on_cpu=True)
 

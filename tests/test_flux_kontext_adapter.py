@@ -13,14 +13,14 @@ from safetensors.torch import load_file
 from tiny_runs import tiny_nft_overrides
 from torch import nn
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.models.flux_kontext import FluxKontextAdapter
 from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import load_adapter
 from editr1.models.tiny_flux_kontext import build_tiny_flux_kontext
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 PROMPTS = ["Remove the red circle", "Add a blue square"]
 
@@ -135,7 +135,7 @@ def test_one_nft_iteration_on_the_tiny_preset(shapes_data, tmp_path):
         "model.path=tiny:flux-kontext", "rollout.guidance=2.5", "eval.every=0", "data.heldout=null",
         "reward.name=test_flux_kontext_adapter:Brightness",
     ]
-    summary = run_nft(load_config(NFTConfig, None, overrides))
+    summary = run_rl(load_config(TrainConfig, None, overrides))
     assert summary["iterations"] == 1
     rows = [r for r in read_metrics(out) if "reward_mean" in r]
     assert [r["step"] for r in rows] == [1] and rows[0]["reward_std"] > 0

@@ -13,14 +13,14 @@ from tiny_runs import tiny_nft_overrides
 from editr1.cli.demo import run_demo
 from editr1.cli.heldout import add_heldout_arguments, run_heldout
 from editr1.cli.main import main
-from editr1.config import NFTConfig, SFTConfig, load_config
+from editr1.config import TrainConfig, SFTConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.eval.benchmarks.harness import RESULTS_FOLDER_ENTRIES
 from editr1.fileio import foreign_entries
 from editr1.tasks.shapes import SHIPPED_BASE
 from editr1.tasks.shapes.scenes import write_shapes_dataset
 from editr1.trainer.conditions_cache import precompute_conditions
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 from editr1.trainer.sft import run_sft
 
 DOCUMENTS = ("letter.docx", "photos", "taxes.pdf", "notes.txt")
@@ -50,12 +50,12 @@ def test_train_and_sft_refuse_a_folder_of_documents_and_each_other_s_runs(shapes
     for resume in (False, True):
         with pytest.raises(EditR1Error, match=r"Documents: holds files that editr1 train did not write "
                                               r"\(letter\.docx, notes\.txt, photos and 1 more\); choose a new or empty"):
-            run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, documents, iterations=1)), resume=resume)
+            run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, documents, iterations=1)), resume=resume)
     _untouched(documents, before)
 
     # A finished training run is no place for an SFT run, nor an evaluation's folder for a training run.
     run = tmp_path / "nft"
-    run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, run, iterations=1)))
+    run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, run, iterations=1)))
     sft = [f"model.path={SHIPPED_BASE}", f"data.train={shapes_data / 'train.jsonl'}", "data.heldout=null",
            f"output_dir={run}", "steps=1", "logging.progress=false"]
     with pytest.raises(EditR1Error, match="holds files that editr1 sft did not write .*final"):
@@ -64,7 +64,7 @@ def test_train_and_sft_refuse_a_folder_of_documents_and_each_other_s_runs(shapes
     evaluation.mkdir()
     (evaluation / "results.json").write_text("{}")
     with pytest.raises(EditR1Error, match=r"holds files that editr1 train did not write \(results\.json\)"):
-        run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, evaluation, iterations=1)))
+        run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, evaluation, iterations=1)))
 
 
 def test_an_evaluation_refuses_a_training_run_and_a_folder_of_documents(shapes_data, tmp_path):
@@ -94,7 +94,7 @@ def test_data_precompute_and_demo_refuse_a_folder_of_documents(tmp_path):
     with pytest.raises(EditR1Error, match="holds files that editr1 demo did not write"):
         run_demo(documents)
     write_shapes_dataset(tmp_path / "data", 4, 2, seed=0)
-    config = load_config(NFTConfig, None, tiny_nft_overrides(tmp_path / "data", tmp_path / "run", iterations=1)
+    config = load_config(TrainConfig, None, tiny_nft_overrides(tmp_path / "data", tmp_path / "run", iterations=1)
                          + [f"data.conditions_cache={documents}", "eval.samples=2"])
     with pytest.raises(EditR1Error, match="holds files that editr1 precompute did not write"):
         precompute_conditions(config)

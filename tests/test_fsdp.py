@@ -22,8 +22,8 @@ from equivalence import (
 from safetensors.torch import load_file
 from tiny_runs import launch_train, tiny_nft_overrides
 
-from editr1.config import NFTConfig, load_config
-from editr1.trainer.nft import run_nft
+from editr1.config import TrainConfig, load_config
+from editr1.trainer.rl_trainer import run_rl
 
 
 
@@ -43,8 +43,8 @@ def test_fsdp_lora_trains_like_one_process_evaluates_exports_and_resumes(shapes_
     sharded, single = tmp_path / "fsdp", tmp_path / "one"
     launched = _launch_fsdp(_overrides(shapes_data, sharded))
     assert "DistributedDataParallel" not in launched.stderr
-    config = load_config(NFTConfig, None, _overrides(shapes_data, single))
-    run_nft(config)
+    config = load_config(TrainConfig, None, _overrides(shapes_data, single))
+    run_rl(config)
 
     # The same rollouts and held-out edits, the same first gradients, and weights that agree up to the order of
     # float sums (as with DDP: see test_distributed.py).
@@ -77,7 +77,7 @@ def test_fsdp_lora_trains_like_one_process_evaluates_exports_and_resumes(shapes_
     alone = tmp_path / "alone"
     shutil.copytree(resumed, alone, ignore=shutil.ignore_patterns("step_000002", "final", "summary.json"))
     (alone / "checkpoints" / "latest").write_text("step_000001")
-    run_nft(load_config(NFTConfig, None, _overrides(shapes_data, alone)), resume=True)
+    run_rl(load_config(TrainConfig, None, _overrides(shapes_data, alone)), resume=True)
     assert_close(tensors(alone, 2, "trained"), tensors(sharded, 2, "trained"), weight_tolerance(single, 1, config.optim.lr))
 
 
@@ -89,8 +89,8 @@ def test_fsdp_full_fine_tuning_with_a_reference_trains_like_one_process(shapes_d
              "logging.checkpoint_every=1")
     sharded, single = tmp_path / "fsdp", tmp_path / "one"
     _launch_fsdp(_overrides(shapes_data, sharded, extra=extra))
-    config = load_config(NFTConfig, None, _overrides(shapes_data, single, extra=extra))
-    run_nft(config)
+    config = load_config(TrainConfig, None, _overrides(shapes_data, single, extra=extra))
+    run_rl(config)
     assert_same_first_rollouts(sharded, single)
     assert_same_gradients(gradients(sharded, 1), gradients(single, 1))
     for name in ("trained", "old"):
@@ -115,9 +115,9 @@ def test_a_sharded_run_refuses_what_it_cannot_do(shapes_data, tmp_path):
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
 
     from editr1.errors import EditR1Error
-    from editr1.trainer.nft import check_sharding
+    from editr1.trainer.rl_trainer import check_sharding
 
-    config = load_config(NFTConfig, None, _overrides(shapes_data, tmp_path / "x"))
+    config = load_config(TrainConfig, None, _overrides(shapes_data, tmp_path / "x"))
     shipped = dict(fsdp_version=2, activation_checkpointing=False, cpu_offload=OffloadPolicy(),
                    cpu_ram_efficient_loading=False, reshard_after_forward=True)
     check_sharding(config, SimpleNamespace(**shipped), "no", "NO")
@@ -154,7 +154,7 @@ def test_sharded_training_refuses_data_that_would_make_uneven_transformer_calls(
     from editr1.data.jsonl import EditSample
     from editr1.errors import EditR1Error
     from editr1.models.registry import build_tiny
-    from editr1.trainer.nft import check_sharded_data
+    from editr1.trainer.rl_trainer import check_sharded_data
 
     def samples(*counts):
         return [EditSample(str(i), tuple(Path(f"{i}_{r}.png") for r in range(n)), "edit", None, None, i + 1)

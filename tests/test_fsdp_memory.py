@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tiny_runs import run_launch, tiny_nft_overrides
 from torch import nn
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.trainer.checkpoint import TensorFile
 from editr1.trainer.conditions_cache import precompute_conditions
 from editr1.trainer.policies import PolicySet
@@ -153,7 +153,7 @@ def test_only_the_main_process_reads_the_model_and_a_resume_reads_each_process_r
             "rollout.groups_per_iteration=2", "data.heldout=null", "eval.every=0", "logging.checkpoint_every=1",
             "model.train_mode=full", "optim.lr=1e-4", "rl.kl_coef=0.1", f"data.conditions_cache={cache}"]
 
-    precompute_conditions(load_config(NFTConfig, None, overrides(run)))
+    precompute_conditions(load_config(TrainConfig, None, overrides(run)))
     loads = _launch(overrides(run), tmp_path / "reads", monkeypatch)
     loaded = {rank: {Path(entry["path"]).name for entry in entries if entry["kind"] == "from_pretrained"}
               for rank, entries in loads.items()}

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 from tiny_runs import run_killed, tiny_nft_overrides
 
-from editr1.config import NFTConfig, SFTConfig, load_config
+from editr1.config import TrainConfig, SFTConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 from editr1.trainer.sft import run_sft
 
 # (where, which call): each run is killed there, then the next one resumes.
@@ -18,8 +18,8 @@ KILLS = [
     # (Killed during an iteration after a checkpoint: every family, test_family_features.py; before any checkpoint,
     # a run starts again: test_run_folder.py.)
     ("checkpoint", "save_safetensors", 6),  # while writing the checkpoint of iteration 4 (the 4 files of 2 are whole)
-    ("nft", "reward_curve", 1),  # at the start of the final save, after every checkpoint
-    ("nft", "write_report", 1),  # at the end of the final save (final weights and summary written)
+    ("rl_trainer", "reward_curve", 1),  # at the start of the final save, after every checkpoint
+    ("rl_trainer", "write_report", 1),  # at the end of the final save (final weights and summary written)
 ]
 
 
@@ -33,13 +33,13 @@ def test_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data, tm
         return tiny_nft_overrides(shapes_data, out, iterations=4) + ["logging.keep_checkpoints=2", "eval.every=3"]
 
     straight = tmp_path / "straight"
-    run_nft(load_config(NFTConfig, None, overrides(straight)))
+    run_rl(load_config(TrainConfig, None, overrides(straight)))
 
     killed = tmp_path / "killed"
     for kill in KILLS:
         result = run_killed(overrides(killed), kill)
         assert result.returncode == -9, f"{kill}: expected SIGKILL, got {result.returncode}\n{result.stderr[-3000:]}"
-    run_nft(load_config(NFTConfig, None, overrides(killed)), resume=True)
+    run_rl(load_config(TrainConfig, None, overrides(killed)), resume=True)
     assert "resumed from" in capsys.readouterr().out
 
     for name in ("trained.safetensors", "old.safetensors", "optimizer.safetensors"):

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from tiny_runs import tiny_nft_overrides
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.models import flux2_klein
 from editr1.models.base import constructing
@@ -27,7 +27,7 @@ from editr1.models.tiny_flux2_klein import build_tiny_flux2_klein
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.sampling.generate import generate
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 SIZE = 32
 PROMPTS = ["Change the red circle to blue", "Remove the square and add a star"]
@@ -300,7 +300,7 @@ def test_one_nft_iteration_on_the_tiny_preset(shapes_data, tmp_path):
         "model.path=tiny:flux2-klein", "eval.every=0", "data.heldout=null",
         "reward.name=test_parity_flux2_klein:Brightness",
     ]
-    summary = run_nft(load_config(NFTConfig, None, overrides))
+    summary = run_rl(load_config(TrainConfig, None, overrides))
     assert summary["iterations"] == 1
     rows = [r for r in read_metrics(out) if "reward_mean" in r]
     assert [r["step"] for r in rows] == [1] and rows[0]["reward_std"] > 0

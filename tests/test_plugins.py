@@ -8,12 +8,12 @@ from tiny_runs import tiny_nft_overrides
 from toy_plugin import Brightness, ToyEditAdapter
 
 from editr1.cli.main import main
-from editr1.config import ModelConfig, NFTConfig, load_config
+from editr1.config import ModelConfig, TrainConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.models.registry import load_adapter
 from editr1.rewards.registry import build_reward
 from editr1.trainer.model_loading import build_model
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 FAMILY, REWARD = "toy_plugin:ToyEditAdapter", "toy_plugin:Brightness"
 
@@ -24,7 +24,7 @@ def test_an_out_of_tree_family_and_reward_train_and_edit(shapes_data, tmp_path):
         f"model.path=tiny:{FAMILY}", f"model.family={FAMILY}", f"reward.name={REWARD}",
         "reward.options={target: 0.4}",
     ]
-    assert run_nft(load_config(NFTConfig, None, overrides))["iterations"] == 1
+    assert run_rl(load_config(TrainConfig, None, overrides))["iterations"] == 1
     # The run records the family by its dotted path; the saved base names the plugin's pipeline class.
     assert json.loads((out / "model.json").read_text())["family"] == FAMILY
     assert json.loads((out / "base_model" / "model_index.json").read_text())["_class_name"] == "ToyEditPipeline"
@@ -42,7 +42,7 @@ def test_an_out_of_tree_loss_is_used_by_its_dotted_path(shapes_data, tmp_path):
 
     out = tmp_path / "run"
     overrides = tiny_nft_overrides(shapes_data, out, iterations=1) + ["rl.loss=toy_plugin:nft_with_velocity_penalty"]
-    run_nft(load_config(NFTConfig, None, overrides))
+    run_rl(load_config(TrainConfig, None, overrides))
     row = next(row for row in read_metrics(out) if "loss" in row)
     assert row["velocity_magnitude"] > 0 and "policy_loss" in row
 
@@ -50,7 +50,7 @@ def test_an_out_of_tree_loss_is_used_by_its_dotted_path(shapes_data, tmp_path):
 def test_an_unknown_loss_is_a_one_line_error(shapes_data, tmp_path):
     overrides = tiny_nft_overrides(shapes_data, tmp_path / "run", iterations=1) + ["rl.loss=nfd"]
     with pytest.raises(EditR1Error, match=r"rl.loss: unknown loss 'nfd'; known: \['flow_matching', 'nft'\]"):
-        run_nft(load_config(NFTConfig, None, overrides))
+        run_rl(load_config(TrainConfig, None, overrides))
     assert not (tmp_path / "run").exists()
 
 

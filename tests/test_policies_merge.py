@@ -69,15 +69,15 @@ def test_a_run_with_merged_rollouts_trains_like_one_without(shapes_data, tmp_pat
     from safetensors.torch import load_file
     from tiny_runs import tiny_nft_overrides
 
-    from editr1.config import NFTConfig, load_config
-    from editr1.trainer.nft import run_nft
+    from editr1.config import TrainConfig, load_config
+    from editr1.trainer.rl_trainer import run_rl
 
     weights = {}
     for merged in (False, True):
         out = tmp_path / f"merged_{merged}"
         overrides = tiny_nft_overrides(shapes_data, out, iterations=2) + [
             "eval.every=0", "data.heldout=null", f"rollout.merge_old_adapter={str(merged).lower()}"]
-        run_nft(load_config(NFTConfig, None, overrides))
+        run_rl(load_config(TrainConfig, None, overrides))
         weights[merged] = load_file(out / "checkpoints" / "step_000002" / "trained.safetensors")
     for name, value in weights[False].items():  # float32: merged and unmerged rollouts agree to rounding
         assert torch.allclose(weights[True][name], value, atol=1e-5), name

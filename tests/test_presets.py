@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from editr1.config import FAMILY, NFTConfig, load_config
+from editr1.config import FAMILY, TrainConfig, load_config
 from editr1.models.lora_io import read_lora
 from editr1.models.registry import adapter_class, build_tiny
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.rewards.registry import build_reward
 from editr1.trainer import nft
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = {
@@ -43,7 +43,7 @@ class Brightness(Reward):
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_preset_holds_the_published_defaults(preset, monkeypatch):
-    config = load_config(NFTConfig, CONFIGS / preset)
+    config = load_config(TrainConfig, CONFIGS / preset)
     hub_id = PRESETS[preset][0]
     model = config.model
     # Nothing the model decides is written: the family, its LoRA targets, its guidance and evaluation settings.
@@ -89,11 +89,11 @@ def test_a_preset_trains_any_family_with_only_model_path_changed(preset, family,
         "eval.reward.name=test_presets:Brightness", "eval.reward.options={}", "eval.samples=2",
         "eval.every=1", "logging.progress=false", "logging.tensorboard=false", "logging.grid_every=0",
     ]
-    config = load_config(NFTConfig, CONFIGS / preset, overrides)
+    config = load_config(TrainConfig, CONFIGS / preset, overrides)
     # Everything else is the preset's: bf16 base, gradient checkpointing, rank 32 / alpha 64, KL on; and the
     # evaluation settings are the family's (sizes and the reward aside, only model.path names the model).
     assert config.model.dtype == "bfloat16" and config.model.gradient_checkpointing and config.rl.kl_coef > 0
-    summary = run_nft(config)
+    summary = run_rl(config)
     assert summary["iterations"] == 1
     rows = read_metrics(out)
     trained = [r for r in rows if "reward_mean" in r]

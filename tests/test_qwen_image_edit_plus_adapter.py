@@ -14,14 +14,14 @@ from safetensors.torch import load_file
 from tiny_runs import tiny_nft_overrides
 from torch.nn.parallel import DistributedDataParallel
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.models.qwen_image_edit_plus import QwenImageEditPlusAdapter, chat_text
 from editr1.models.registry import load_adapter
 from editr1.models.tiny_qwen_image_edit_plus import build_tiny_qwen_image_edit_plus
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 PROMPTS = ["Remove the red circle", "Put the blue square on the left"]
 
@@ -135,7 +135,7 @@ def test_one_nft_iteration_with_one_and_two_source_images(tmp_path, monkeypatch)
         "reward.name=test_qwen_image_edit_plus_adapter:Brightness",
         "rollout.batch_size=3", "optim.micro_batch=3",
     ]
-    summary = run_nft(load_config(NFTConfig, None, overrides))
+    summary = run_rl(load_config(TrainConfig, None, overrides))
     assert summary["iterations"] == 1
     assert max(layouts_per_call) == 2, "no batch mixed one- and two-reference samples"
     metrics = [r for r in read_metrics(out) if "reward_mean" in r]

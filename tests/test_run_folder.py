@@ -10,12 +10,12 @@ import torch
 import yaml
 from tiny_runs import tiny_nft_overrides
 
-from editr1.config import ConfigError, NFTConfig, SFTConfig, load_config, package_path
+from editr1.config import ConfigError, TrainConfig, SFTConfig, load_config, package_path
 from editr1.errors import DataError, EditR1Error
 from editr1.eval.heldout import HeldoutSet, evaluate
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import NFTTrainer, run_nft
+from editr1.trainer.rl_trainer import RLTrainer, run_rl
 from editr1.trainer.sft import run_sft
 
 
@@ -41,21 +41,21 @@ class NeverScores(Reward):
 
 
 def _config(data, out, *extra, iterations=2):
-    return load_config(NFTConfig, None, tiny_nft_overrides(data, out, iterations) + list(extra))
+    return load_config(TrainConfig, None, tiny_nft_overrides(data, out, iterations) + list(extra))
 
 
 def test_a_run_that_stopped_before_its_first_checkpoint_resumes_from_the_beginning(shapes_data, tmp_path, capsys):
     out = tmp_path / "run"
     # A crash inside the first iteration leaves logs and no checkpoint.
     with pytest.raises(EditR1Error, match="iteration 1: 8 of 8 samples could not be scored"):
-        run_nft(_config(shapes_data, out, "reward.name=test_run_folder:NeverScores",
+        run_rl(_config(shapes_data, out, "reward.name=test_run_folder:NeverScores",
                         "eval.reward.name=shapes_verifier"))
     assert (out / "metrics.jsonl").exists() and not list(out.glob("checkpoints/step_*"))
     with pytest.raises(EditR1Error, match="already holds a run; pass --resume"):
-        run_nft(_config(shapes_data, out))
-    summary = run_nft(_config(shapes_data, out), resume=True)
+        run_rl(_config(shapes_data, out))
+    summary = run_rl(_config(shapes_data, out), resume=True)
     assert "stopped before its first checkpoint; starting it again from the beginning" in capsys.readouterr().out
-    fresh = run_nft(_config(shapes_data, tmp_path / "fresh"))
+    fresh = run_rl(_config(shapes_data, tmp_path / "fresh"))
     summary.pop("train_seconds"), fresh.pop("train_seconds")
     assert summary == fresh
     assert [r["step"] for r in read_metrics(out) if "reward_mean" in r] == [1, 2]
@@ -63,18 +63,18 @@ def test_a_run_that_stopped_before_its_first_checkpoint_resumes_from_the_beginni
 
 def test_resume_refuses_changes_to_what_is_learned_and_records_the_rest(shapes_data, tmp_path, capsys):
     out = tmp_path / "run"
-    run_nft(_config(shapes_data, out))
+    run_rl(_config(shapes_data, out))
     with pytest.raises(EditR1Error) as error:
-        NFTTrainer(_config(shapes_data, out, "optim.lr=5e-4", "model.resolution=64", iterations=4), resume=True)
+        RLTrainer(_config(shapes_data, out, "optim.lr=5e-4", "model.resolution=64", iterations=4), resume=True)
     message = str(error.value)
     assert "optim.lr: 0.001 -> 0.0005" in message and "model.resolution: 32 -> 64" in message
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 1e-3
 
     with pytest.raises(EditR1Error, match="reward.options.colour: None -> 'red'"):
-        NFTTrainer(_config(shapes_data, out, "reward.options={colour: red}", iterations=4), resume=True)
+        RLTrainer(_config(shapes_data, out, "reward.options={colour: red}", iterations=4), resume=True)
 
     # Out of memory: smaller batches change how much is computed at once, not what.
-    run_nft(_config(shapes_data, out, "eval.every=1", "optim.micro_batch=2", iterations=3), resume=True)
+    run_rl(_config(shapes_data, out, "eval.every=1", "optim.micro_batch=2", iterations=3), resume=True)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["iterations"] == 3 and saved["eval"]["every"] == 1
     record = json.loads((out / "config_changes.jsonl").read_text().splitlines()[-1])
@@ -89,14 +89,14 @@ def test_resume_refuses_folders_it_cannot_continue(shapes_data, tmp_path):
     (foreign / "eval").mkdir(parents=True)
     (foreign / "eval" / "mine.txt").write_text("a user's file")
     with pytest.raises(EditR1Error, match="holds files but no config.yaml of this command that loads .*config file not found"):
-        NFTTrainer(_config(shapes_data, foreign), resume=True)
+        RLTrainer(_config(shapes_data, foreign), resume=True)
     assert (foreign / "eval" / "mine.txt").exists()
 
     finished = tmp_path / "finished"
-    run_nft(_config(shapes_data, finished, "eval.every=0", "data.heldout=null", iterations=1))
+    run_rl(_config(shapes_data, finished, "eval.every=0", "data.heldout=null", iterations=1))
     shutil.rmtree(finished / "checkpoints")  # to save space
     with pytest.raises(EditR1Error, match="the run finished .* but it has no checkpoint left"):
-        NFTTrainer(_config(shapes_data, finished, "eval.every=0", "data.heldout=null", iterations=2), resume=True)
+        RLTrainer(_config(shapes_data, finished, "eval.every=0", "data.heldout=null", iterations=2), resume=True)
     assert (finished / "final").is_dir()
 
     sft_overrides = [f"data.train={shapes_data / 'train.jsonl'}", "data.heldout=null", "steps=2", "batch_size=2",
@@ -117,14 +117,14 @@ def test_resume_refuses_folders_it_cannot_continue(shapes_data, tmp_path):
     assert (nft_started / "metrics.jsonl").exists()
 
     without_eval = tmp_path / "without_eval"
-    run_nft(_config(shapes_data, without_eval, "eval.every=0", iterations=2))
+    run_rl(_config(shapes_data, without_eval, "eval.every=0", iterations=2))
     with pytest.raises(EditR1Error, match="eval.every: .* no step-0 baseline"):
-        NFTTrainer(_config(shapes_data, without_eval, "eval.every=1", iterations=3), resume=True)
+        RLTrainer(_config(shapes_data, without_eval, "eval.every=1", iterations=3), resume=True)
 
 
 def test_resume_of_an_empty_folder_starts_the_run(shapes_data, tmp_path):
     out = tmp_path / "new"
-    assert run_nft(_config(shapes_data, out, iterations=1), resume=True)["iterations"] == 1
+    assert run_rl(_config(shapes_data, out, iterations=1), resume=True)["iterations"] == 1
 
 
 def test_rejected_input_writes_nothing(shapes_data, tmp_path):
@@ -141,7 +141,7 @@ def test_rejected_input_writes_nothing(shapes_data, tmp_path):
     with pytest.raises(EditR1Error, match="already holds a run"):
         run_sft(load_config(SFTConfig, None, [f"data.train={shapes_data / 'train.jsonl'}", f"output_dir={out}", *sft]))
     with pytest.raises(DataError):
-        NFTTrainer(_config(shapes_data, tmp_path / "nft", f"data.train={bad}"))
+        RLTrainer(_config(shapes_data, tmp_path / "nft", f"data.train={bad}"))
     assert not (tmp_path / "nft").exists()
     from editr1.tasks.shapes.config import JudgeDistillConfig
     from editr1.tasks.shapes.judge_distill import run_judge_distill
@@ -162,13 +162,13 @@ def test_sft_needs_a_held_out_reward(shapes_data, tmp_path):
 
 
 def test_held_out_reward_defaults_to_the_training_reward(shapes_data, tmp_path):
-    trainer = NFTTrainer(_config(shapes_data, tmp_path / "run", "reward.name=test_run_folder:UnscorableOdd"))
+    trainer = RLTrainer(_config(shapes_data, tmp_path / "run", "reward.name=test_run_folder:UnscorableOdd"))
     assert trainer.eval_reward is trainer.reward
 
 
 def test_unscored_samples_are_reported_once_and_an_unscorable_evaluation_is_an_error(shapes_data, tmp_path, capsys):
     out = tmp_path / "run"
-    summary = run_nft(_config(shapes_data, out, "eval.reward.name=test_run_folder:UnscorableOdd", "eval.every=1",
+    summary = run_rl(_config(shapes_data, out, "eval.reward.name=test_run_folder:UnscorableOdd", "eval.every=1",
                               "rl.max_unscored_fraction=0.6", "reward.name=test_run_folder:UnscorableOdd"))
     printed = capsys.readouterr().out
     assert printed.count("could not score 4 of 8 samples in the held-out evaluation") == 1
@@ -177,14 +177,14 @@ def test_unscored_samples_are_reported_once_and_an_unscorable_evaluation_is_an_e
     rows = [r for r in read_metrics(out) if "reward_mean" in r]
     assert all(r["unscored"] == 4 for r in rows)
 
-    trainer = NFTTrainer(_config(shapes_data, tmp_path / "other"))
+    trainer = RLTrainer(_config(shapes_data, tmp_path / "other"))
     heldout = HeldoutSet(trainer.heldout.samples[:2], 32, trainer.heldout.noise[:2])
     with pytest.raises(EditR1Error, match="could not score any of the 2 samples; first reason: sample .* outside the grammar"):
         evaluate(trainer.adapter, heldout, NeverScores(), 2, "euler")
 
 
 def test_without_a_terminal_each_iteration_prints_one_line(shapes_data, tmp_path, capsys):
-    run_nft(_config(shapes_data, tmp_path / "run"))
+    run_rl(_config(shapes_data, tmp_path / "run"))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iteration ")]
     assert [line.split(":")[0] for line in lines] == ["iteration 1/2", "iteration 2/2"]
     assert all("reward" in line and "filtered" in line and "train" in line for line in lines)
@@ -199,7 +199,7 @@ def test_an_over_long_instruction_is_refused_with_its_line(shapes_data, tmp_path
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DataError, match=rf"{data}:3: field 'prompt': \d+ tokens; the limit is 1024"):
-        NFTTrainer(_config(shapes_data, tmp_path / "run", f"data.train={data}", "model.path=tiny:qwen-image-edit"))
+        RLTrainer(_config(shapes_data, tmp_path / "run", f"data.train={data}", "model.path=tiny:qwen-image-edit"))
     assert not (tmp_path / "run").exists()
 
 
@@ -213,19 +213,19 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
         "reward: {name: mllm, options: {model: judge, dtype: float32}}\n"
     )
     monkeypatch.chdir(tmp_path)
-    config = load_config(NFTConfig, "project/configs/run.yaml", ["data.heldout=held.jsonl"])
+    config = load_config(TrainConfig, "project/configs/run.yaml", ["data.heldout=held.jsonl"])
     assert config.data.train == str(folder / "../data/train.jsonl")
     assert config.data.heldout == str(tmp_path / "held.jsonl")  # a --set path: relative to the working directory
     assert Path(config.model.path) == package_path("tasks/shapes/assets/shapes_base") and Path(config.model.path).is_dir()
     assert config.reward.options == {"model": str(folder / "judge"), "dtype": "float32"}
-    assert load_config(NFTConfig, None, ["model.path=Qwen/Qwen-Image-Edit"]).model.path == "Qwen/Qwen-Image-Edit"
+    assert load_config(TrainConfig, None, ["model.path=Qwen/Qwen-Image-Edit"]).model.path == "Qwen/Qwen-Image-Edit"
 
 
 def test_edit_with_a_run_trained_on_a_tiny_preset(shapes_data, tmp_path):
     from editr1.cli.main import main
 
     out = tmp_path / "run"
-    run_nft(_config(shapes_data, out, "model.path=tiny:qwen-image-edit", iterations=1))
+    run_rl(_config(shapes_data, out, "model.path=tiny:qwen-image-edit", iterations=1))
     record = json.loads((out / "model.json").read_text())
     assert record["base"] == "base_model" and record["family"] == "qwen-image-edit" and record["final"] == "final"
     source = next(shapes_data.glob("test_images/*.png"), None) or next(shapes_data.rglob("*.png"))
@@ -243,7 +243,7 @@ def test_a_judge_that_does_not_come_up_stops_the_run_at_start_up(shapes_data, tm
         port = probe.getsockname()[1]
     remote = f"reward.options={{url: 'http://127.0.0.1:{port}/v1', model: judge, wait_ready_s: 0.5}}"
     with pytest.raises(EditR1Error, match=rf"judge server at http://127.0.0.1:{port}/health was not ready within 0.5s"):
-        NFTTrainer(_config(shapes_data, tmp_path / "run", "reward.name=mllm_remote", remote))
+        RLTrainer(_config(shapes_data, tmp_path / "run", "reward.name=mllm_remote", remote))
     assert f"waiting up to 0.5s (reward.options.wait_ready_s) for the judge server at http://127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 

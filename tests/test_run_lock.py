@@ -18,7 +18,7 @@ import pytest
 import torch
 from tiny_runs import tiny_nft_overrides
 
-from editr1.config import NFTConfig, SFTConfig, load_config, package_path, save_config
+from editr1.config import TrainConfig, SFTConfig, load_config, package_path, save_config
 from editr1.errors import EditR1Error
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.trainer import run_lock
@@ -83,7 +83,7 @@ def _record(folder):
 
 def test_a_live_jobs_folder_is_refused_without_a_trace_and_a_killed_jobs_lock_does_not_block(shapes_data, tmp_path):
     out = tmp_path / "run"
-    config = load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, out))
+    config = load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, out))
     out.mkdir()
     save_config(config, out / "config.yaml")  # a run that stopped before its first checkpoint
     holder = _hold(out)
@@ -109,7 +109,7 @@ def test_a_live_jobs_folder_is_refused_without_a_trace_and_a_killed_jobs_lock_do
 def test_train_sft_and_judge_distillation_refuse_a_held_folder_before_writing(shapes_data, tmp_path):
     from editr1.tasks.shapes.config import JudgeDistillConfig
     from editr1.tasks.shapes.judge_distill import run_judge_distill
-    from editr1.trainer.nft import NFTTrainer
+    from editr1.trainer.rl_trainer import RLTrainer
     from editr1.trainer.sft import run_sft
 
     out = tmp_path / "run"
@@ -117,7 +117,7 @@ def test_train_sft_and_judge_distillation_refuse_a_held_folder_before_writing(sh
     holder = _hold(out)
     try:
         with pytest.raises(EditR1Error, match=f"{BUSY} \\(host .*, process {holder.pid},"):
-            NFTTrainer(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, out)), resume=True)
+            RLTrainer(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, out)), resume=True)
         with pytest.raises(EditR1Error, match=f"{BUSY} \\(host .*, process {holder.pid},"):
             run_sft(load_config(SFTConfig, None, [train, "data.heldout=null", f"output_dir={out}"]), resume=True)
         with pytest.raises(EditR1Error, match=f"{BUSY} \\(host .*, process {holder.pid},"):
@@ -147,7 +147,7 @@ print("held", flush=True)""")
         assert len(children) == 2
         job.kill()
         job.wait()  # not communicate: the children hold its output open
-        config = load_config(NFTConfig, None, [f"output_dir={out}"])
+        config = load_config(TrainConfig, None, [f"output_dir={out}"])
         assert RunFolder(out, (), (), ()).prepare(config, resume=True) is None
     finally:
         job.kill()
@@ -170,7 +170,7 @@ def test_a_lock_file_deleted_by_its_ending_holder_is_not_taken(tmp_path, monkeyp
 
     monkeypatch.setattr(run_lock.fcntl, "flock", holder_ends_first)
     run_lock.lock_file(out).write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "then"}))
-    assert RunFolder(out, (), (), ()).prepare(load_config(NFTConfig, None, [f"output_dir={out}"]), resume=True) is None
+    assert RunFolder(out, (), (), ()).prepare(load_config(TrainConfig, None, [f"output_dir={out}"]), resume=True) is None
     assert len(calls) == 2 and _record(out)["pid"] == os.getpid()
 
 
@@ -180,7 +180,7 @@ def test_a_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
     out = tmp_path / "run"
-    assert RunFolder(out, (), (), ()).prepare(load_config(NFTConfig, None, [f"output_dir={out}"]), resume=True) is None
+    assert RunFolder(out, (), (), ()).prepare(load_config(TrainConfig, None, [f"output_dir={out}"]), resume=True) is None
     assert "cannot lock this run folder (No locks available); nothing stops a second job" in capsys.readouterr().out
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from tiny_runs import tiny_nft_overrides
 
-from editr1.config import ModelConfig, NFTConfig, load_config
+from editr1.config import ModelConfig, TrainConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 
 def test_checkpointing_turns_cudnn_attention_off_and_compile_is_in_place():
@@ -29,6 +29,6 @@ def test_the_evaluation_batch_size_changes_how_many_edits_run_at_once_not_the_re
     rewards = {}
     for batch in (64, 3):
         out = tmp_path / f"batch{batch}"
-        run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, out, iterations=0) + [f"eval.batch_size={batch}"]))
+        run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, out, iterations=0) + [f"eval.batch_size={batch}"]))
         rewards[batch] = next(row["heldout_reward"] for row in read_metrics(out) if "heldout_reward" in row)
     assert rewards[3] == pytest.approx(rewards[64], abs=1e-5)

@@ -5,10 +5,10 @@ does not."""
 import pytest
 from tiny_runs import tiny_nft_overrides
 
-from editr1.config import NFTConfig, SFTConfig, load_config
+from editr1.config import TrainConfig, SFTConfig, load_config
 from editr1.models.registry import tiny_preset_note
 from editr1.tasks.shapes import SHIPPED_BASE
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 from editr1.trainer.sft import run_sft
 
 TINY = "tiny:qwen-image-edit"
@@ -27,7 +27,7 @@ def test_a_tiny_nft_run_prints_and_reports_the_note(shapes_data, tmp_path, capsy
     overrides = tiny_nft_overrides(shapes_data, out, iterations=1) + [
         f"model.path={TINY}", "eval.every=0", "data.heldout=null", "rollout.groups_per_iteration=1",
         "rollout.group_size=2", "rollout.steps=2", "optim.micro_batch=2"]
-    run_nft(load_config(NFTConfig, None, overrides))
+    run_rl(load_config(TrainConfig, None, overrides))
     assert tiny_preset_note(TINY) in capsys.readouterr().out
     report = (out / "report.md").read_text()
     assert "## Tiny preset" in report and tiny_preset_note(TINY) in report

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 from tiny_runs import run_killed, tiny_nft_overrides
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.trainer.algorithms import build_algorithm
 from editr1.trainer.conditions_cache import precompute_conditions
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 #: Per mode, its SDE.
 SAMPLERS = {"lora": "flow_grpo_sde", "full": "cps_sde"}
@@ -40,7 +40,7 @@ def _untimed(rows):
 @pytest.mark.parametrize("mode", list(SAMPLERS))
 def test_grpo_is_on_policy_and_its_kl_term_zero_until_the_policy_moves(shapes_data, tmp_path, mode):
     run = tmp_path / "run"
-    run_nft(load_config(NFTConfig, None, _overrides(shapes_data, run, mode)))
+    run_rl(load_config(TrainConfig, None, _overrides(shapes_data, run, mode)))
     rows = [row for row in read_metrics(run) if "loss" in row]
     first, second = rows[0], rows[1]
     # The rollout's policy is the trained one: the ratio is 1 up to float rounding of the recomputed velocities
@@ -55,11 +55,11 @@ def test_grpo_is_on_policy_and_its_kl_term_zero_until_the_policy_moves(shapes_da
     # Killed mid-update and resumed, from the conditions cache: the run above, bit for bit.
     killed = tmp_path / "killed"
     cached = _overrides(shapes_data, killed, mode, f"data.conditions_cache={tmp_path / 'cache'}")
-    precompute_conditions(load_config(NFTConfig, None, cached))
+    precompute_conditions(load_config(TrainConfig, None, cached))
     result = run_killed(cached, KILL)
     assert result.returncode == -9, result.stderr[-3000:]
     assert (killed / "checkpoints/step_000002").is_dir() and not (killed / "checkpoints/step_000003").exists()
-    run_nft(load_config(NFTConfig, None, cached), resume=True)
+    run_rl(load_config(TrainConfig, None, cached), resume=True)
     for name in ("checkpoints/step_000003/trained.safetensors", "checkpoints/step_000003/optimizer.safetensors",
                  "eval/step_000003.safetensors"):
         a, b = (load_file(folder / name) for folder in (run, killed))
@@ -83,6 +83,6 @@ def test_grpo_is_on_policy_and_its_kl_term_zero_until_the_policy_moves(shapes_da
 ])
 def test_settings_an_algorithm_cannot_train_with_are_one_line_errors(overrides, message):
     with pytest.raises(EditR1Error) as error:
-        build_algorithm(load_config(NFTConfig, None, overrides))
+        build_algorithm(load_config(TrainConfig, None, overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
 

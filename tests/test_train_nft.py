@@ -6,14 +6,14 @@ import torch
 from safetensors.torch import load_file
 from tiny_runs import tiny_nft_overrides
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 
 def test_three_iteration_run_writes_everything(shapes_data, tmp_path):
     out = tmp_path / "run"
-    summary = run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, out)))
+    summary = run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, out)))
     assert summary["iterations"] == 3
     assert summary["heldout_n"] == 8
     for name in ("summary.json", "report.md", "reward_curve.png", "before_after.png", "metrics.jsonl",
@@ -37,11 +37,11 @@ def test_three_iteration_run_writes_everything(shapes_data, tmp_path):
 
 def test_resume_continues_exactly(shapes_data, tmp_path):
     straight = tmp_path / "straight"
-    run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, straight, iterations=4)))
+    run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, straight, iterations=4)))
 
     split = tmp_path / "split"
-    run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, split, iterations=2)))
-    run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, split, iterations=4)), resume=True)
+    run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, split, iterations=2)))
+    run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, split, iterations=4)), resume=True)
 
     for name in ("trained.safetensors", "old.safetensors", "optimizer.safetensors"):
         a = load_file(straight / "checkpoints/step_000004" / name)
@@ -62,7 +62,7 @@ def test_full_fine_tuning_with_kl_reference(shapes_data, tmp_path):
     overrides = tiny_nft_overrides(shapes_data, out, iterations=2) + [
         "model.train_mode=full", "rl.kl_coef=0.01", "eval.every=0", "data.heldout=null", "optim.lr=1e-4",
     ]
-    summary = run_nft(load_config(NFTConfig, None, overrides))
+    summary = run_rl(load_config(TrainConfig, None, overrides))
     assert summary == {"iterations": 2, "train_seconds": summary["train_seconds"]}
     rows = [r for r in read_metrics(out) if "reward_mean" in r]
     assert all(r["kl_loss"] >= 0 for r in rows) and rows[1]["kl_loss"] > 0

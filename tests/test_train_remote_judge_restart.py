@@ -9,9 +9,9 @@ import threading
 from reward_serving import ServerProcess, save_test_judge
 from tiny_runs import tiny_nft_overrides
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 SAMPLES_PER_ITERATION = 8  # 2 groups x 4 edits
 CHAT = r"^POST /v1/chat/completions 200"
@@ -34,7 +34,7 @@ def test_training_survives_a_judge_server_restart(shapes_data, tmp_path):
     remote = (f"reward.options={{url: 'http://127.0.0.1:{server.port}/v1', model: judge, concurrency: 1, "
               f"max_retries: 0, timeout_s: 30, wait_ready_s: 120}}")
     try:
-        summary = run_nft(load_config(NFTConfig, None, tiny_nft_overrides(shapes_data, out, iterations=4) + [
+        summary = run_rl(load_config(TrainConfig, None, tiny_nft_overrides(shapes_data, out, iterations=4) + [
             "reward.name=mllm_remote", remote, "rl.max_unscored_fraction=0.9", "eval.every=0", "data.heldout=null",
         ]))
         killer.join(timeout=1)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from tiny_runs import tiny_nft_overrides
 
-from editr1.config import NFTConfig, load_config
+from editr1.config import TrainConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.trainer.metrics_log import read_metrics
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 
 
 class EveryThirdUnscored(Reward):
@@ -32,7 +32,7 @@ def test_nft_trains_on_the_judge_and_tracks_it_next_to_the_verifier(shapes_data,
         "eval.reward.name=shapes_verifier",
         "rollout.batch_size=3",  # several batches: scoring overlaps the next batch's sampling
     ]
-    summary = run_nft(load_config(NFTConfig, None, overrides))
+    summary = run_rl(load_config(TrainConfig, None, overrides))
     for key in ("base_heldout_training_reward", "final_heldout_training_reward", "heldout_training_stderr",
                 "base_heldout_reward", "final_heldout_reward"):
         assert math.isfinite(summary[key]), key
@@ -48,7 +48,7 @@ def test_overlapped_and_inline_scoring_give_the_same_run(shapes_data, tiny_judge
             "reward.name=mllm", f"reward.options={{model: '{tiny_judge_dir}'}}", "rollout.batch_size=3",
             f"reward.overlap={str(overlap).lower()}", "eval.every=0", "data.heldout=null",
         ]
-        run_nft(load_config(NFTConfig, None, overrides))
+        run_rl(load_config(TrainConfig, None, overrides))
         rewards[overlap] = [(r["reward_mean"], r["loss"]) for r in read_metrics(out) if "reward_mean" in r]
     assert rewards[True] == rewards[False]
 
@@ -59,7 +59,7 @@ def test_unscored_samples_are_masked_and_counted(shapes_data, tmp_path):
         "reward.name=test_train_with_judge:EveryThirdUnscored", "rl.max_unscored_fraction=0.5", "eval.every=0",
         "data.heldout=null",
     ]
-    run_nft(load_config(NFTConfig, None, overrides))
+    run_rl(load_config(TrainConfig, None, overrides))
     rows = [r for r in read_metrics(out) if "reward_mean" in r]
     assert [r["unscored"] for r in rows] == [2, 2]  # 8 samples per iteration, rows 2 and 5 of the batch
     assert all(math.isfinite(r["reward_mean"]) and math.isfinite(r["loss"]) for r in rows)
@@ -71,4 +71,4 @@ def test_too_many_unscored_samples_fail_the_iteration(shapes_data, tmp_path):
         "data.heldout=null",
     ]
     with pytest.raises(EditR1Error, match=r"iteration 1: 2 of 8 samples could not be scored.*judge timed out"):
-        run_nft(load_config(NFTConfig, None, overrides))
+        run_rl(load_config(TrainConfig, None, overrides))

@@ -22,12 +22,12 @@ KILLING_DRIVER = """
 import os, signal, sys
 import editr1.trainer.algorithms.grpo as grpo
 import editr1.trainer.checkpoint as checkpoint
-import editr1.trainer.nft as nft
+import editr1.trainer.rl_trainer as rl_trainer
 import editr1.trainer.sft as sft
 from editr1.cli.main import main
 
 owner, name, when = sys.argv[1], sys.argv[2], int(sys.argv[3])
-target = {"trainer": nft.NFTTrainer, "checkpoint": checkpoint, "nft": nft, "sft": sft, "grpo": grpo}[owner]
+target = {"trainer": rl_trainer.RLTrainer, "checkpoint": checkpoint, "rl_trainer": rl_trainer, "sft": sft, "grpo": grpo}[owner]
 original, calls = getattr(target, name), [0]
 
 def killing(*args, **kwargs):

@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from editr1.config import NFTConfig, SFTConfig, load_config
+from editr1.config import TrainConfig, SFTConfig, load_config
 from editr1.errors import EditR1Error
 from editr1.fileio import refuse_foreign_entries
 from editr1.eval.heldout import load_eval, paired_stderr
@@ -25,7 +25,7 @@ from editr1.eval.report import ReportSection, write_report
 from editr1.tasks.shapes import CONTROL_CONFIG, DATA_SEED, DEMO_CONFIGS, N_TEST, N_TRAIN, SHIPPED_BASE, SHIPPED_JUDGE
 from editr1.tasks.shapes.scenes import write_shapes_dataset
 from editr1.trainer.algorithms import build_algorithm
-from editr1.trainer.nft import run_nft
+from editr1.trainer.rl_trainer import run_rl
 from editr1.trainer.sft import run_sft
 
 REWARDS = ("verifier", "mllm")
@@ -57,13 +57,13 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
     judge = []
     if reward == "mllm":
         judge = ["reward.name=mllm", f"reward.options={{model: '{SHIPPED_JUDGE}', batch_size: 48}}", "eval.track_training_reward=true"]
-    nft_config = load_config(NFTConfig, DEMO_CONFIGS[algorithm], [*common, *judge, f"output_dir={out / algorithm}", *overrides])
+    nft_config = load_config(TrainConfig, DEMO_CONFIGS[algorithm], [*common, *judge, f"output_dir={out / algorithm}", *overrides])
     title = build_algorithm(nft_config).title
     summary = {"algorithm": algorithm, "reward": reward}
     sections = []
     if reward == "mllm":
         summary.update(_judge_agreement(nft_config, out / "judge_pairs"))
-    summary.update(run_nft(nft_config))
+    summary.update(run_rl(nft_config))
 
     sections += [
         ReportSection("Reward curve", f"Rollout reward ({'judge' if reward == 'mllm' else 'verifier'}) per iteration, "
@@ -74,10 +74,10 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
     if reward == "mllm":
         sections.insert(0, _judge_section(summary, title))
         if ablation:
-            no_filter = load_config(NFTConfig, DEMO_CONFIGS[algorithm], [*common, *judge, *overrides,
+            no_filter = load_config(TrainConfig, DEMO_CONFIGS[algorithm], [*common, *judge, *overrides,
                                                                          f"output_dir={out / f'{algorithm}_no_filter'}",
                                                                          "rl.filter_rule=none"])
-            unfiltered = run_nft(no_filter)
+            unfiltered = run_rl(no_filter)
             summary.update(no_filter_final_heldout_reward=unfiltered["final_heldout_reward"],
                            no_filter_final_heldout_training_reward=unfiltered["final_heldout_training_reward"])
             sections.append(_ablation_section(nft_config, summary, unfiltered, out / algorithm))
@@ -108,7 +108,7 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
     return summary
 
 
-def _judge_agreement(config: NFTConfig, folder: Path) -> dict:
+def _judge_agreement(config: TrainConfig, folder: Path) -> dict:
     """The shipped judge's pairwise agreement with the verifier on rollout pairs of held-out samples."""
     from editr1.data.jsonl import read_edit_jsonl
     from editr1.data.preference_pairs import read_preference_jsonl
@@ -145,7 +145,7 @@ def _judge_section(summary: dict, title: str) -> ReportSection:
     ))
 
 
-def _ablation_section(config: NFTConfig, with_filter: dict, without_filter: dict, run: Path) -> ReportSection:
+def _ablation_section(config: TrainConfig, with_filter: dict, without_filter: dict, run: Path) -> ReportSection:
     from editr1.trainer.metrics_log import read_metrics
 
     rows = [r["fraction_filtered"] for r in read_metrics(run) if r.get("fraction_filtered") is not None]

@@ -146,18 +146,18 @@ def run(args: argparse.Namespace) -> None:
 
         print(json.dumps(run_sft(config, resume=args.resume), indent=2))
     elif args.command == "train":
-        from editr1.config import NFTConfig, load_config
+        from editr1.config import TrainConfig, load_config
 
-        config = load_config(NFTConfig, args.config, args.overrides)
-        from editr1.trainer.nft import run_nft
+        config = load_config(TrainConfig, args.config, args.overrides)
+        from editr1.trainer.rl_trainer import run_rl
 
-        summary = run_nft(config, resume=args.resume)
+        summary = run_rl(config, resume=args.resume)
         if summary:  # only the main process has one
             print(json.dumps(summary, indent=2))
     elif args.command == "precompute":
-        from editr1.config import NFTConfig, SFTConfig, load_config
+        from editr1.config import TrainConfig, SFTConfig, load_config
 
-        config = load_config(SFTConfig if args.sft else NFTConfig, args.config, args.overrides)
+        config = load_config(SFTConfig if args.sft else TrainConfig, args.config, args.overrides)
         from editr1.trainer.conditions_cache import precompute_conditions
 
         print(json.dumps(precompute_conditions(config), indent=2))

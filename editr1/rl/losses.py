@@ -5,7 +5,7 @@ backpropagate and a dict of detached scalars that the trainer logs under exactly
 `LOSSES` maps a loss name to its dotted path; a trainer resolves `rl.loss` through it, so a loss
 defined outside editr1 (same keywords, same return) is usable by its dotted path `package.module:name`.
 
-- `nft` (the NFT trainer): v_theta, v_old, v_ref (or None), x_t, x0, t, r, beta, adv_clip, kl_coef.
+- `nft` (the DiffusionNFT algorithm): v_theta, v_old, v_ref (or None), x_t, x0, t, r, beta, adv_clip, kl_coef.
 - `flow_matching` (SFT): v_pred, target.
 """
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from editr1.config import NFTConfig, SFTConfig
+from editr1.config import TrainConfig, SFTConfig
 from editr1.data.batching import source_images
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.prompt_length import fit_prompt_lengths
@@ -86,7 +86,7 @@ def model_identity(path: str, seed: int, corpus: list[str]) -> dict[str, Any]:
     return {"model.path": str(folder), "model files outside transformer/ (fingerprint)": folder_fingerprint(folder, skip=["transformer"])}
 
 
-def conditioning_settings(config: NFTConfig | SFTConfig, adapter: EditModelAdapter) -> dict[str, Any]:
+def conditioning_settings(config: TrainConfig | SFTConfig, adapter: EditModelAdapter) -> dict[str, Any]:
     settings = {"model.resolution": config.model.resolution, "data.max_prompt_tokens": config.data.max_prompt_tokens,
                 "data.prompt_overflow": config.data.prompt_overflow,
                 "negative prompt": adapter.inference.negative_prompt}
@@ -135,11 +135,11 @@ def _differences(cached: dict, current: dict) -> str:
     return "; ".join(f"{key}: {shown(cached.get(key))} in the cache, {shown(current.get(key))} here" for key in keys)
 
 
-def _negative_needed(config: NFTConfig | SFTConfig, role: str) -> bool:
+def _negative_needed(config: TrainConfig | SFTConfig, role: str) -> bool:
     """True CFG needs the negative prompt's conditions: in NFT rollouts and in held-out evaluation (SFT
     trains without CFG)."""
     if role == "train":
-        return isinstance(config, NFTConfig) and config.rollout.cfg_scale != 1.0
+        return isinstance(config, TrainConfig) and config.rollout.cfg_scale != 1.0
     return config.eval.cfg_scale != 1.0
 
 
@@ -224,7 +224,7 @@ class ConditionsCache:
         return adapter.join_conditions([self._row(keys[s.id][1 if negative else 0]) for s in samples])
 
 
-def open_for_run(config: NFTConfig | SFTConfig, adapter: EditModelAdapter, corpus: list[str], train: list[EditSample],
+def open_for_run(config: TrainConfig | SFTConfig, adapter: EditModelAdapter, corpus: list[str], train: list[EditSample],
                  heldout: list[EditSample] | None) -> ConditionsCache:
     """The cache of `data.conditions_cache`, checked to hold every sample this run will encode."""
     cache = ConditionsCache.open(config.data.conditions_cache, model_identity(config.model.path, config.seed, corpus),
@@ -296,7 +296,7 @@ def write_conditions_cache(folder: str | Path, adapter: EditModelAdapter, model:
             "reused": len(entries) - len(todo)}
 
 
-def precompute_conditions(config: NFTConfig | SFTConfig) -> dict:
+def precompute_conditions(config: TrainConfig | SFTConfig) -> dict:
     """`editr1 precompute`: the model, data and settings exactly as `editr1 train` (or `editr1 sft`) builds
     them with this config, every sample encoded alone on this process's device (accelerate's), written to
     `data.conditions_cache`. Only the text encoders and the codec go to the device, never the transformer."""

@@ -1,5 +1,5 @@
 """RL algorithms, registered by name (`rl.algorithm`). An algorithm is how its rollouts are sampled, what
-they keep, and the loss of its update; the trainer (editr1.trainer.nft) runs any of them. A new one is a
+they keep, and the loss of its update; the trainer (editr1.trainer.rl_trainer) runs any of them. A new one is a
 file here (a subclass of `base.Algorithm`) and a line in `ALGORITHMS`; one defined elsewhere is named by its
 dotted path `package.module:Class`."""
 
@@ -11,7 +11,7 @@ from editr1.dotted import resolve
 from editr1.errors import EditR1Error
 
 if TYPE_CHECKING:
-    from editr1.config import NFTConfig
+    from editr1.config import TrainConfig
     from editr1.trainer.algorithms.base import Algorithm
 
 ALGORITHMS: dict[str, str] = {
@@ -20,7 +20,7 @@ ALGORITHMS: dict[str, str] = {
 }
 
 
-def build_algorithm(config: "NFTConfig") -> "Algorithm":
+def build_algorithm(config: "TrainConfig") -> "Algorithm":
     """The algorithm `rl.algorithm` names, with its settings checked (a one-line error for a bad one)."""
     from editr1.trainer.algorithms.base import Algorithm
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from editr1.sampling.solvers import get_sampler
 
 if TYPE_CHECKING:
-    from editr1.config import NFTConfig
+    from editr1.config import TrainConfig
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -62,7 +62,7 @@ class Algorithm:
     #: Whether the loss takes the old policy's velocity (`v_old`); the reference's is given when rl.kl_coef > 0.
     needs_old_velocity: ClassVar[bool] = False
 
-    def __init__(self, config: "NFTConfig"):
+    def __init__(self, config: "TrainConfig"):
         self.config = config
 
     def check(self) -> None:

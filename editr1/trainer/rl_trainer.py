@@ -1,4 +1,4 @@
-"""The one Edit-R1 training loop, for any RL algorithm (editr1.trainer.algorithms: DiffusionNFT, Flow-GRPO),
+"""The one online RL training loop, for any algorithm (editr1.trainer.algorithms: DiffusionNFT, Flow-GRPO),
 any reward and any model adapter.
 
 Per iteration: sample groups -> roll out K edits per group with the old policy (the algorithm's sampler)
@@ -24,7 +24,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGr
 from accelerate.utils import DistributedType
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-from editr1.config import NFTConfig
+from editr1.config import TrainConfig
 from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.order import take_indices
@@ -88,7 +88,7 @@ class Rollout:
     reward_compute_seconds: float
 
 
-#: What the NFT trainer writes in its run folder (discarded when a run starts again from the beginning).
+#: What the RL trainer writes in its run folder (discarded when a run starts again from the beginning).
 OUTPUTS = ("metrics.jsonl", "tensorboard", "grids", EVAL_FOLDER, "checkpoints", "final", "summary.json", "report.md",
            "reward_curve.png", "before_after.png")
 #: What only a finished run has.
@@ -103,12 +103,12 @@ RESUME_SAFE = ("optim.micro_batch", "rollout.batch_size", "eval.batch_size", "mo
                "model.compile", "reward.overlap", "model.offload_text_encoder", "data.conditions_cache")
 
 
-def resume_safe_fields(config: NFTConfig) -> tuple[str, ...]:
+def resume_safe_fields(config: TrainConfig) -> tuple[str, ...]:
     return (*RESUME_SAFE, *resume_safe_reward_fields("reward", config.reward),
             *resume_safe_reward_fields("eval.reward", config.eval.reward))
 
 
-def check_sharding(config: NFTConfig, plugin, mixed_precision: str, dynamo_backend: str) -> None:
+def check_sharding(config: TrainConfig, plugin, mixed_precision: str, dynamo_backend: str) -> None:
     """What a sharded (FSDP) run refuses before it writes anything: settings of the accelerate config
     (`plugin`: its FSDP plugin) and of editr1's config that the sharded path does not handle."""
     from torch.distributed.fsdp import CPUOffloadPolicy
@@ -164,8 +164,8 @@ def check_launch(processes: int) -> None:
                           "...`; `accelerate launch --cpu` starts a single process)")
 
 
-class NFTTrainer:
-    def __init__(self, config: NFTConfig, resume: bool = False):
+class RLTrainer:
+    def __init__(self, config: TrainConfig, resume: bool = False):
         self.config = config
         self.run_dir = Path(config.output_dir)
         # Scale-out is accelerate's: `accelerate launch -m editr1.cli.main train ...` runs one process per
@@ -686,5 +686,5 @@ def iteration_line(iteration: int, total: int, metrics: dict[str, float]) -> str
                    f"total {metrics['seconds_total']:.1f}s")
 
 
-def run_nft(config: NFTConfig, resume: bool = False) -> dict:
-    return NFTTrainer(config, resume=resume).run()
+def run_rl(config: TrainConfig, resume: bool = False) -> dict:
+    return RLTrainer(config, resume=resume).run()
