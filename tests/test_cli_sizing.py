@@ -188,12 +188,12 @@ def test_eval_reads_its_data_before_it_builds_the_judge(model, tmp_path, capsys,
 
 
 def test_train_reads_its_data_before_it_builds_the_reward(tmp_path, capsys, monkeypatch):
-    from editr1.trainer import nft
+    from editr1.trainer import rl_trainer
 
     def building(*args, **kwargs):
         raise AssertionError("the reward (an in-process judge loads its weights) was built")
 
-    monkeypatch.setattr(nft, "build_reward", building)
+    monkeypatch.setattr(rl_trainer, "build_reward", building)
     data = tmp_path / "train.jsonl"
     data.write_text('{"id": "x", "image": \n')
     assert main(["train", "--set", f"data.train={data}", "--set", f"output_dir={tmp_path / 'out'}"]) == 2

@@ -13,7 +13,7 @@ from editr1.models.lora_io import read_lora
 from editr1.models.registry import adapter_class, build_tiny
 from editr1.rewards.base import Reward, RewardBatch
 from editr1.rewards.registry import build_reward
-from editr1.trainer import nft
+from editr1.trainer import rl_trainer
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.rl_trainer import run_rl
 
@@ -72,14 +72,14 @@ SWITCHED = [(preset, PRESETS[other][1]) for preset, other in zip(PRESETS, [*list
 
 @pytest.mark.parametrize("preset, family", SWITCHED)
 def test_a_preset_trains_any_family_with_only_model_path_changed(preset, family, shapes_data, tmp_path, monkeypatch):
-    calls, real_generate = [], nft.generate_heldout
+    calls, real_generate = [], rl_trainer.generate_heldout
 
     def recording_generate(adapter, heldout, steps, sampler, cfg_scale=1.0, transformer=None, batch_size=64,
                            guidance=None, **kwargs):
         calls.append((steps, cfg_scale, guidance))
         return real_generate(adapter, heldout, steps, sampler, cfg_scale, transformer, batch_size, guidance, **kwargs)
 
-    monkeypatch.setattr(nft, "generate_heldout", recording_generate)
+    monkeypatch.setattr(rl_trainer, "generate_heldout", recording_generate)
     out = tmp_path / "run"
     overrides = [
         f"model.path=tiny:{family}", "model.resolution=32",
