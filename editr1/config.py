@@ -90,13 +90,55 @@ class DataConfig:
 
 
 @dataclass
-class RewardConfig:
+class RewardTermConfig:
+    """One reward of several (`reward:` given as a list)."""
+
     #: A reward name of `editr1.rewards.registry.REWARDS` or a reward's dotted path `package.module:Name`.
-    name: str = "shapes_verifier"
+    name: str
     #: Keyword arguments of the reward; a string naming a file or folder beside the config is a path.
     options: dict[str, Any] = field(default_factory=dict, metadata={"path": "options"})
+    #: Relative weight: the combined score is the weighted mean of the rewards' scores.
+    weight: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    """One reward (`name`, `options`), or several: `reward:` given as a list of `{name, options, weight}`
+    (the same as `terms:`), combined as the weighted mean of their scores."""
+
+    #: A reward name of `editr1.rewards.registry.REWARDS` or a reward's dotted path `package.module:Name`;
+    #: null when `terms` names the rewards.
+    name: str | None = "shapes_verifier"
+    #: Keyword arguments of the reward; a string naming a file or folder beside the config is a path.
+    options: dict[str, Any] = field(default_factory=dict, metadata={"path": "options"})
+    #: Several rewards, each `{name, options, weight}` (then `name` and `options` are not given).
+    terms: list[RewardTermConfig] = field(default_factory=list)
     #: Training only: score each rollout batch on a background thread while the next batch rolls out.
     overlap: bool = True
+
+    @staticmethod
+    def from_raw(value: Any, where: str) -> Any:
+        """A list is the rewards' terms; a mapping gives a name or terms, never both."""
+        if isinstance(value, list):
+            value = {"terms": value, "name": None}
+        if not isinstance(value, dict):
+            return value
+        if not value.get("terms"):  # absent, or empty beside a name (how a run folder saves one reward)
+            if value.get("name", "") is None or "terms" in value and "name" not in value:
+                raise ConfigError(f"{where}: " + ("the list of rewards is empty" if "terms" in value
+                                                  else "name a reward, or give a list of rewards"))
+            return value
+        if value.get("name") is not None or value.get("options"):
+            raise ConfigError(f"{where}: give one reward (name and options) or a list of rewards, not both")
+        return {**value, "name": None, "options": {}}
+
+    def term_list(self) -> list[RewardTermConfig]:
+        """The rewards, each with its weight (one reward: weight 1)."""
+        return self.terms or [RewardTermConfig(self.name, self.options)]
+
+    def term_section(self, section: str, index: int) -> str:
+        """Where reward `index` of `term_list()` is configured, for errors: `reward` or `reward.terms[1]`."""
+        return f"{section}.terms[{index}]" if self.terms else section
 
 
 @dataclass
@@ -128,6 +170,9 @@ class RLConfig:
     kl_coef: float = 1e-4
     adv_clip: float = 5.0
     std_mode: Literal["global", "group"] = "global"
+    #: Several rewards: `combined` normalises their weighted mean (rl.std_mode); `per_reward` normalises each
+    #: reward within its group, then standardises their weighted sum over the batch (GDPO).
+    reward_normalization: Literal["combined", "per_reward"] = "combined"
     filter_rule: Literal["paper", "strict", "none"] = "paper"
     filter_mean_threshold: float = 0.9
     filter_std_threshold: float = 0.05
@@ -248,6 +293,7 @@ class SFTConfig:
 register_bounds("LoraConfig", rank=(1, None), alpha=(0, None, True))
 register_bounds("ModelConfig", resolution=(8, None), condition_area=(64, None))
 register_bounds("DataConfig", max_pixels=(1, None), max_prompt_tokens=(1, None))
+register_bounds("RewardTermConfig", weight=(0, None, True))
 register_bounds("RolloutConfig", groups_per_iteration=(1, None), group_size=(2, None), steps=(1, None), batch_size=(1, None),
         cfg_scale=(1.0, None))
 register_bounds("RLConfig", beta=(0, None, True), kl_coef=(0, None), adv_clip=(0, None, True), timestep_fraction=(0, 1, True),
@@ -293,6 +339,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
+        if hasattr(tp, "from_raw"):  # a section that also takes another form (a list of rewards)
+            value = tp.from_raw(value, where)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return _build(tp, value, where)
@@ -346,6 +394,10 @@ def _build(cls: type[T], data: dict, where: str) -> T:
             raise ConfigError(f"{dotted}: unknown field{hint}")
         kwargs[key] = _convert(value, hints[key], dotted)
         _check_bounds(cls.__name__, key, kwargs[key], dotted)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where + '.' if where else ''}{missing[0]}: required")
     return cls(**kwargs)
 
 

@@ -120,3 +120,19 @@ class RecordsReferences(Brightness):
             for references in sources:
                 handle.write(json.dumps([float(image.double().mean()) for image in references]) + "\n")
         return super().score(sources, edited, prompts, requirements)
+
+
+class SkipsDark(Brightness):
+    """Brightness that cannot score an edit darker than `below` (mean pixel): it is marked unscored."""
+
+    name = "toy_skips_dark"
+
+    def __init__(self, below: float = 0.5, target: float = 0.5):
+        super().__init__(target)
+        self.below = below
+
+    def score(self, sources, edited, prompts, requirements):
+        batch = super().score(sources, edited, prompts, requirements)
+        dark = torch.stack([image.float().mean() < self.below for image in edited])
+        failures = {i: "too dark to judge" for i in dark.nonzero().flatten().tolist()}
+        return RewardBatch(torch.where(dark, float("nan"), batch.scores), ~dark, failures=failures)

@@ -102,7 +102,7 @@ def evaluate(
 def score_heldout(heldout: HeldoutSet, reward: Reward | CheckedReward, edited: torch.Tensor, batch_size: int = 64
                   ) -> EvalResult:
     """Score the held-out edits (one per sample, in order), `batch_size` at a time."""
-    checked = reward if isinstance(reward, CheckedReward) else CheckedReward(reward)
+    checked = CheckedReward(reward) if isinstance(reward, Reward) else reward
     size = heldout.resolution
     scores, valid, failures = [], [], {}
     for start in range(0, len(heldout.samples), batch_size):

@@ -22,6 +22,8 @@ class RewardBatch:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     #: Why each unscored sample failed, by batch index.
     failures: dict[int, str] = field(default_factory=dict)
+    #: A combination of several rewards (`editr1.rewards.combined`): each one's own answer, by its label.
+    components: dict[str, "RewardBatch"] = field(default_factory=dict)
 
 
 #: The contract, as an error about a breach states it.
@@ -112,12 +114,16 @@ def check_batch(sources: list[list[torch.Tensor]], edited: list[torch.Tensor], p
 
 def concat_reward_batches(batches: list[RewardBatch]) -> RewardBatch:
     """Join per-chunk results in order; failure indices are shifted to the joined positions."""
+    if not batches:
+        raise ValueError("no reward batches to join")
     failures, offset = {}, 0
     for batch in batches:
         failures.update({offset + i: reason for i, reason in batch.failures.items()})
         offset += batch.scores.numel()
-    keys = set().union(*(b.extras for b in batches)) if batches else set()
+    keys = set().union(*(b.extras for b in batches))
     extras = {
         key: torch.cat([b.extras.get(key, torch.full((b.scores.numel(),), float("nan"))) for b in batches]) for key in keys
     }
-    return RewardBatch(torch.cat([b.scores for b in batches]), torch.cat([b.valid for b in batches]), extras, failures)
+    components = {label: concat_reward_batches([b.components[label] for b in batches]) for label in batches[0].components}
+    return RewardBatch(torch.cat([b.scores for b in batches]), torch.cat([b.valid for b in batches]), extras, failures,
+                       components)

@@ -16,12 +16,13 @@ import torch
 from editr1.data.jsonl import EditSample
 from editr1.rewards.base import RewardBatch, concat_reward_batches
 from editr1.rewards.checked import CheckedReward
+from editr1.rewards.combined import CombinedReward
 
 
 class RolloutScorer:
     """Scores the edits of training samples read from `data_file`."""
 
-    def __init__(self, reward: CheckedReward, data_file: str, overlap: bool):
+    def __init__(self, reward: CheckedReward | CombinedReward, data_file: str, overlap: bool):
         self.reward, self.data_file = reward, data_file
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="editr1-reward") if overlap else None
         self.pending: list[Future] = []

@@ -45,9 +45,8 @@ from editr1.eval.visuals import before_after_grid, group_grid, reward_curve
 from editr1.models.base import Conditions
 from editr1.models.registry import is_tiny_preset, tiny_preset_note
 from editr1.rewards.base import RewardBatch
-from editr1.rewards.checked import CheckedReward
-from editr1.rewards.registry import build_reward
-from editr1.rl.advantages import group_advantages
+from editr1.rewards.combined import build_combined
+from editr1.rl.advantages import decoupled_advantages, group_advantages
 from editr1.rl.group_filter import groups_to_ban, low_variance_keep_mask
 from editr1.rl.group_layout import GroupLayout
 from editr1.sampling.generate import edit_batch
@@ -217,14 +216,10 @@ class RLTrainer:
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         heldout_samples = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels) if evaluating else None
         # Every answer is checked against the reward contract; a crash's traceback goes to the run folder.
-        reward = build_reward(config.reward.name, config.reward.options)
-        reward.check_ready()
-        self.reward = CheckedReward(reward, config.reward.name, self.run_folder.reward_errors)
+        self.reward = build_combined(config.reward, "reward", self.run_folder.reward_errors)
         self.eval_reward = self.reward
         if evaluating and self.is_main and config.eval.reward is not None:
-            eval_reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
-            eval_reward.check_ready()
-            self.eval_reward = CheckedReward(eval_reward, config.eval.reward.name, self.run_folder.reward_errors)
+            self.eval_reward = build_combined(config.eval.reward, "eval.reward", self.run_folder.reward_errors)
         self.size = config.model.resolution
         torch.manual_seed(config.seed)
         corpus = [s.prompt for s in self.train_samples]
@@ -313,6 +308,8 @@ class RLTrainer:
             summary = self._run()
         finally:
             self.scorer.close()
+            for reward in {id(r): r for r in (self.reward, self.eval_reward)}.values():
+                reward.close()
         self.run_folder.release()
         # Every process stops watching the job before any exits (one whose store goes with it must not take
         # that for a failure).
@@ -359,8 +356,7 @@ class RLTrainer:
 
         tick = time.monotonic()
         # Group statistics (the global std above all) are over every rank's rewards.
-        rewards = self.accelerator.gather(scored.scores.float().to(self.accelerator.device)).cpu()
-        valid = self.accelerator.gather(scored.valid.to(self.accelerator.device, torch.uint8)).cpu().bool()
+        rewards, valid = self._gather_scores(scored)
         first = next(iter(scored.failures.values()), "no reason given")
         if (~valid).float().mean() > rl.max_unscored_fraction:
             raise EditR1Error(
@@ -370,7 +366,14 @@ class RLTrainer:
         if not valid.all():
             self._report_unscored("rollouts", int((~valid).sum()), valid.numel(), first)
         group_ids = layout.group_of_row()
-        advantages = group_advantages(rewards, group_ids, valid, rl.std_mode)
+        # Each reward's own scores, when several are combined (invalid where it could not score).
+        components = {label: self._gather_scores(batch) for label, batch in scored.components.items()}
+        if rl.reward_normalization == "per_reward":
+            each = components or {"reward": (rewards, valid)}
+            advantages = decoupled_advantages(torch.stack([scores for scores, _ in each.values()]),
+                                              [term.weight for term in self.reward.terms], group_ids, valid)
+        else:
+            advantages = group_advantages(rewards, group_ids, valid, rl.std_mode)
         keep = low_variance_keep_mask(rewards, group_ids, rl.filter_rule, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
         if rl.ban_saturated:
             saturated = groups_to_ban(rewards, group_ids, rl.filter_mean_threshold, rl.filter_std_threshold, valid)
@@ -399,6 +402,8 @@ class RLTrainer:
             "reward_max": float(good.max()),
             "unscored": float((~valid).sum()),
             **{f"{key}_mean": float(values[scored.valid].mean()) for key, values in scored.extras.items() if scored.valid.any()},
+            **{f"reward_{label}_{name}": value for label, (scores, scored_by) in components.items()
+               for name, value in spread(scores, scored_by).items()},
             "fraction_filtered": 1 - kept_groups / groups_total,
             "fraction_banned": len(self.banned) / len(self.train_samples),
             "old_policy_decay": decay,
@@ -406,6 +411,12 @@ class RLTrainer:
             **timings,
             "seconds_total": wall,
         }, slowest)
+
+    def _gather_scores(self, scored: RewardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's scores and validity, in rank order, on the CPU."""
+        scores = self.accelerator.gather(scored.scores.float().to(self.accelerator.device)).cpu()
+        valid = self.accelerator.gather(scored.valid.to(self.accelerator.device, torch.uint8)).cpu().bool()
+        return scores, valid
 
     @torch.no_grad()
     def _rollout(self, step: int, samples: list[EditSample], indices: list[int], rows: slice) -> Rollout:
@@ -672,6 +683,13 @@ class RLTrainer:
             sections.insert(0, ReportSection("Tiny preset", tiny_preset_note(self.config.model.path)))
         write_report(self.run_dir, summary, sections, title=f"editr1: {self.algorithm.title} run")
         return summary
+
+
+def spread(scores: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """A reward's mean, population std and count of unscored samples (no mean or std when none was scored)."""
+    good = scores[valid]
+    moments = {"mean": float(good.mean()), "std": float(good.std(unbiased=False))} if good.numel() else {}
+    return {**moments, "unscored": float((~valid).sum())}
 
 
 def iteration_line(iteration: int, total: int, metrics: dict[str, float]) -> str:

@@ -53,6 +53,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
         for key, item in value.items():
             out.update(_flatten(item, f"{prefix}{key}."))
         return out
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):  # e.g. reward.terms
+        return _flatten({str(i): item for i, item in enumerate(value)}, prefix)
     return {prefix[:-1]: value}
 
 
@@ -73,7 +75,12 @@ def resume_safe_reward_fields(section: str, reward: Any) -> tuple[str, ...]:
     (its `resume_safe_options`): an endpoint, retries, a batch size."""
     if reward is None:
         return ()
-    return tuple(f"{section}.options.{option}" for option in sorted(resume_safe_options(reward.name, section)))
+    fields = []
+    for i, term in enumerate(reward.term_list()):
+        prefix = f"{section}.terms.{i}" if reward.terms else section  # how `_flatten` names a list's items
+        options = resume_safe_options(term.name, reward.term_section(section, i))
+        fields += [f"{prefix}.options.{option}" for option in sorted(options)]
+    return tuple(fields)
 
 
 def _under(field: str, names: tuple[str, ...]) -> bool:
