@@ -90,13 +90,19 @@ class DataConfig:
 
 
 @dataclass
-class RewardTermConfig:
-    """One reward of several (`reward:` given as a list)."""
+class NamedRewardConfig:
+    """A reward by name and options (an evaluation-only reward of `eval.rewards`)."""
 
     #: A reward name of `editr1.rewards.registry.REWARDS` or a reward's dotted path `package.module:Name`.
     name: str
     #: Keyword arguments of the reward; a string naming a file or folder beside the config is a path.
     options: dict[str, Any] = field(default_factory=dict, metadata={"path": "options"})
+
+
+@dataclass
+class RewardTermConfig(NamedRewardConfig):
+    """One reward of several (`reward:` given as a list)."""
+
     #: Relative weight: the combined score is the weighted mean of the rewards' scores.
     weight: float = 1.0
 
@@ -223,6 +229,12 @@ class EvalConfig:
     #: Also score the held-out edits with the training reward (e.g. the judge next to the verifier):
     #: the judge's reward rising while the verifier's does not is reward hacking, made visible.
     track_training_reward: bool = False
+    #: Evaluation-only rewards, each `{name, options}`: never trained on, they score the held-out edits at every
+    #: evaluation (a paired gain against step 0, drawn in reward_curve.png), and the hacking alarm watches them.
+    rewards: list[NamedRewardConfig] = field(default_factory=list)
+    #: The hacking alarm holds after this many evaluations in a row in which the training reward on the held-out
+    #: set rose while an evaluation-only reward fell, each beyond its standard error (0: no alarm).
+    hacking_patience: int = 2
 
 
 def with_family_settings(evaluation: EvalConfig, steps: int, cfg_scale: float, guidance: float | None
@@ -300,7 +312,7 @@ register_bounds("RLConfig", beta=(0, None, True), kl_coef=(0, None), adv_clip=(0
         filter_mean_threshold=(0, 1), filter_std_threshold=(0, None), max_unscored_fraction=(0, 0.99))
 register_bounds("OptimConfig", lr=(0, None, True), eps=(0, None, True), weight_decay=(0, None), grad_clip=(0, None, True), micro_batch=(1, None))
 register_bounds("EvalConfig", every=(0, None), samples=(2, None), steps=(1, None), cfg_scale=(1.0, None),
-                batch_size=(1, None))
+                batch_size=(1, None), hacking_patience=(0, None))
 register_bounds("LoggingConfig", grid_every=(0, None), grid_groups=(0, None), checkpoint_every=(1, None), keep_checkpoints=(0, None))
 register_bounds("TrainConfig", iterations=(0, None), time_budget_s=(0, None))
 register_bounds("SFTConfig", steps=(1, None), time_budget_s=(0, None), batch_size=(1, None), lr=(0, None, True),

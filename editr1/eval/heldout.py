@@ -76,6 +76,8 @@ class EvalResult:
     training_valid: torch.Tensor | None = None
     #: Why each unscored sample could not be scored, by index (not saved).
     failures: dict[int, str] = field(default_factory=dict)
+    #: Scores and validity of the same edits by each evaluation-only reward (`eval.rewards`), by its label.
+    independent: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
@@ -160,12 +162,21 @@ def save_eval(result: EvalResult, path: Path, keep_images: int = 8) -> None:
     tensors = {"scores": result.scores, "valid": result.valid, "edited": result.edited[:keep_images].contiguous()}
     if result.training_scores is not None:
         tensors.update(training_scores=result.training_scores, training_valid=result.training_valid)
+    for label, (scores, valid) in result.independent.items():
+        tensors.update({f"{INDEPENDENT}{label}.scores": scores, f"{INDEPENDENT}{label}.valid": valid})
     save_safetensors(tensors, path)
+
+
+#: Key prefix of the evaluation-only rewards' tensors in a saved evaluation.
+INDEPENDENT = "independent."
 
 
 def load_eval(path: Path) -> EvalResult:
     data = load_file(path)
-    return EvalResult(data["scores"], data["valid"], data["edited"], data.get("training_scores"), data.get("training_valid"))
+    labels = {key[len(INDEPENDENT):].rsplit(".", 1)[0] for key in data if key.startswith(INDEPENDENT)}
+    independent = {label: (data[f"{INDEPENDENT}{label}.scores"], data[f"{INDEPENDENT}{label}.valid"]) for label in sorted(labels)}
+    return EvalResult(data["scores"], data["valid"], data["edited"], data.get("training_scores"), data.get("training_valid"),
+                      independent=independent)
 
 
 def paired_gain(after: torch.Tensor, after_valid: torch.Tensor, before: torch.Tensor, before_valid: torch.Tensor

@@ -24,7 +24,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGr
 from accelerate.utils import DistributedType
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-from editr1.config import TrainConfig
+from editr1.config import RewardConfig, TrainConfig
 from editr1.data.batching import source_images, source_tensors
 from editr1.data.jsonl import EditSample, read_edit_jsonl
 from editr1.data.order import take_indices
@@ -55,6 +55,7 @@ from editr1.trainer.async_scoring import RolloutScorer
 from editr1.trainer import job
 from editr1.trainer.checkpoint import Checkpoint, save_checkpoint
 from editr1.trainer.conditions_cache import open_for_run
+from editr1.trainer.hacking_watch import HACKING_GRID, HackingWatch
 from editr1.trainer.metrics_log import read_metrics
 from editr1.trainer.model_loading import build_model, lora_spec, with_model_family_settings
 from editr1.trainer.policies import PolicySet
@@ -89,13 +90,13 @@ class Rollout:
 
 #: What the RL trainer writes in its run folder (discarded when a run starts again from the beginning).
 OUTPUTS = ("metrics.jsonl", "tensorboard", "grids", EVAL_FOLDER, "checkpoints", "final", "summary.json", "report.md",
-           "reward_curve.png", "before_after.png")
+           "reward_curve.png", "before_after.png", HACKING_GRID)
 #: What only a finished run has.
 FINISHED = ("final", "summary.json")
 #: Settings a resumed run may not change: they change what is learned, or what the held-out gain is
 #: measured against (the step-0 evaluation). Iterations, time budget, eval cadence and logging may.
 LOCKED = ("seed", "model", "data", "rollout", "rl", "optim", "reward", "eval.samples", "eval.steps",
-          "eval.sampler", "eval.cfg_scale", "eval.guidance", "eval.seed", "eval.reward")
+          "eval.sampler", "eval.cfg_scale", "eval.guidance", "eval.seed", "eval.reward", "eval.rewards")
 #: ...except these, which change how much is computed at once, never what: a run that ran out of memory
 #: resumes with smaller batches.
 RESUME_SAFE = ("optim.micro_batch", "rollout.batch_size", "eval.batch_size", "model.gradient_checkpointing",
@@ -104,7 +105,9 @@ RESUME_SAFE = ("optim.micro_batch", "rollout.batch_size", "eval.batch_size", "mo
 
 def resume_safe_fields(config: TrainConfig) -> tuple[str, ...]:
     return (*RESUME_SAFE, *resume_safe_reward_fields("reward", config.reward),
-            *resume_safe_reward_fields("eval.reward", config.eval.reward))
+            *resume_safe_reward_fields("eval.reward", config.eval.reward),
+            *(field for i, spec in enumerate(config.eval.rewards)
+              for field in resume_safe_reward_fields(f"eval.rewards.{i}", RewardConfig(spec.name, spec.options))))
 
 
 def check_sharding(config: TrainConfig, plugin, mixed_precision: str, dynamo_backend: str) -> None:
@@ -216,10 +219,15 @@ class RLTrainer:
         self.train_samples = read_edit_jsonl(config.data.train, max_pixels=config.data.max_pixels)
         heldout_samples = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels) if evaluating else None
         # Every answer is checked against the reward contract; a crash's traceback goes to the run folder.
+        if config.eval.rewards and not evaluating:
+            raise EditR1Error("eval.rewards: evaluation-only rewards score the held-out evaluations, and this run has "
+                              "none (data.heldout is null or eval.every is 0)")
         self.reward = build_combined(config.reward, "reward", self.run_folder.reward_errors)
         self.eval_reward = self.reward
         if evaluating and self.is_main and config.eval.reward is not None:
             self.eval_reward = build_combined(config.eval.reward, "eval.reward", self.run_folder.reward_errors)
+        self.watch = HackingWatch(config.eval.rewards if evaluating and self.is_main else [], config.eval.hacking_patience,
+                                  self.run_folder.reward_errors, training_is_heldout=self.eval_reward is self.reward)
         self.size = config.model.resolution
         torch.manual_seed(config.seed)
         corpus = [s.prompt for s in self.train_samples]
@@ -556,8 +564,9 @@ class RLTrainer:
         if result.failures:
             self._report_unscored("the held-out evaluation", len(result.failures), result.scores.numel(),
                                   next(iter(result.failures.values())))
-        metrics = {}
-        if ev.track_training_reward and self.eval_reward is not self.reward:
+        metrics = self.watch.score(self.heldout, result, ev.batch_size)
+        # The alarm compares the training reward with the evaluation-only rewards on the same edits.
+        if (ev.track_training_reward or self.watch) and self.eval_reward is not self.reward:
             samples = self.heldout.samples
             tracked = self.reward.score([source_tensors(s, self.size) for s in samples], list(result.edited), samples,
                                         self.heldout.data_file)
@@ -573,11 +582,21 @@ class RLTrainer:
             metrics["heldout_gain"] = gain
             if stderr is not None:
                 metrics["heldout_gain_stderr"] = stderr
+            if self.watch:
+                metrics.update(self.watch.compare(step, result, base, self._previous_evaluation(step), self.heldout,
+                                                  self.run_dir))
         line = f"step {step}: held-out reward {result.mean:.4f}"
         if step:
             line += f" (gain {gain:+.4f}" + (f" ± {stderr:.4f})" if stderr is not None else ")")
         console.print(line)
         return metrics
+
+    def _previous_evaluation(self, step: int) -> tuple[dict, EvalResult] | None:
+        """The metrics row and saved result of the last evaluation before `step` (None: there was none)."""
+        rows = [row for row in read_metrics(self.run_dir) if "heldout_reward" in row and row["step"] < step]
+        if not rows:
+            return None
+        return rows[-1], load_eval(self.run_dir / EVAL_FOLDER / f"step_{rows[-1]['step']:06d}.safetensors")
 
     def _gather_shares(self, share: torch.Tensor, chunk: int, count: int) -> torch.Tensor | None:
         """The first `count` rows of every process's equal-sized `share`, in rank order, on the main process
@@ -638,7 +657,8 @@ class RLTrainer:
 
     def _finish(self, final_weights: dict[str, torch.Tensor]) -> dict:
         rows = read_metrics(self.run_dir)
-        reward_curve(rows, self.run_dir / "reward_curve.png", eval_keys=("heldout_reward", "heldout_training_reward"),
+        reward_curve(rows, self.run_dir / "reward_curve.png",
+                     eval_keys=("heldout_reward", "heldout_training_reward", *self.watch.curve_keys),
                      title=f"{self.algorithm.title}: rollout and held-out reward")
         final_folder = self.run_dir / "final"
         if self.lora is not None:
@@ -668,6 +688,8 @@ class RLTrainer:
                     final_heldout_training_reward=float(final.training_scores[tracked].mean()),
                     heldout_training_stderr=tracked_stderr,
                 )
+            if self.watch:
+                summary.update(self.watch.summary(base, final, rows))
             n = min(GRID_SAMPLES, len(self.heldout.samples))
             samples = self.heldout.samples[:n]
             grid = before_after_grid(
@@ -677,6 +699,8 @@ class RLTrainer:
             grid.save(self.run_dir / "before_after.png")
         self.run_folder.write_json("summary.json", summary)
         sections = [ReportSection("Reward curve", "Rollout reward per iteration and held-out reward at evaluations.", "reward_curve.png")]
+        if self.watch:
+            sections.append(self.watch.report_section(summary))
         if self.heldout is not None:
             sections.append(ReportSection("Before / after", f"Held-out samples: source, base model, after {self.algorithm.title}.", "before_after.png"))
         if is_tiny_preset(self.config.model.path):  # first: it says how to read everything below

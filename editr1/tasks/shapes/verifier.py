@@ -31,6 +31,7 @@ from editr1.tasks.shapes.scenes import (
     render,
     shape_mask,
 )
+from editr1.errors import EditR1Error
 from editr1.rewards.base import Reward, RewardBatch, check_batch
 
 TOLERANCE = 0.25
@@ -58,8 +59,14 @@ def _as_unit_float(image: np.ndarray, name: str) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
-def verify_edit(source: np.ndarray, edited: np.ndarray, instruction: str) -> float:
-    """Score ``edited`` against the exact target implied by source + instruction.
+#: How the verifier's parts make its score: the exact product, or the early weighted sum that RL learned to game
+#: (kept to demonstrate reward hacking: `editr1 demo --hacking`).
+FORMULAS = ("product", "additive")
+
+
+def verify_edit(source: np.ndarray, edited: np.ndarray, instruction: str, formula: str = "product") -> float:
+    """Score ``edited`` against the exact target implied by source + instruction: ``edit * preserve * clean``,
+    or with ``formula="additive"`` the gameable ``0.7 * edit + 0.3 * preserve``.
 
     ``source`` must be an exact rendering (uint8 HxWx3 or float in [0, 1]);
     ``edited`` is uint8 or float in [0, 1] of the same shape. Raises ValueError
@@ -89,6 +96,8 @@ def verify_edit(source: np.ndarray, edited: np.ndarray, instruction: str) -> flo
     edit_score = right[changed].mean()
     preserve_score = float(np.mean(preserved)) if preserved else 1.0
     clean_score = max(0.0, 1.0 - (~right[background]).sum() / OBJECT_PIXELS)
+    if formula == "additive":
+        return float(0.7 * edit_score + 0.3 * preserve_score)
     return float(edit_score * preserve_score * clean_score)
 
 
@@ -100,9 +109,15 @@ def _to_hwc(t: torch.Tensor) -> np.ndarray:
 
 
 class ShapesVerifier(Reward):
-    """Batch wrapper around :func:`verify_edit`; the requirement strings are not used."""
+    """Batch wrapper around :func:`verify_edit`; the requirement strings are not used. `formula`: "product" (the
+    exact verifier) or "additive" (the gameable early version, for the reward-hacking demonstration)."""
 
     name = "shapes_verifier"
+
+    def __init__(self, formula: str = "product"):
+        if formula not in FORMULAS:
+            raise EditR1Error(f"reward.options.formula: {formula!r}; expected one of {list(FORMULAS)}")
+        self.formula = formula
 
     def score(
         self,
@@ -120,7 +135,7 @@ class ShapesVerifier(Reward):
             # Sources arrive as float tensors; round back to the exact uint8 rendering.
             src_u8 = np.rint(np.clip(_to_hwc(references[0]), 0.0, 1.0) * 255.0).astype(np.uint8)
             try:
-                scores.append(verify_edit(src_u8, _to_hwc(out), prompt))
+                scores.append(verify_edit(src_u8, _to_hwc(out), prompt, self.formula))
             except ValueError as error:
                 scores.append(float("nan"))
                 failures[i] = str(error)
