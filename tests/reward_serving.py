@@ -28,11 +28,12 @@ def random_images(n: int, seed: int, size: int = 32) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def save_test_judge(folder: Path) -> Path:
-    """A random tiny judge whose score tokens are all among its top 20 answers: a random one spreads
-    its answer over the whole vocabulary, so a served top-20 would miss most levels. The shift is the
-    mean final hidden state's direction, added to the (tied) score-token embeddings."""
-    judge = build_tiny_judge(INSTRUCTIONS)
+def save_test_judge(folder: Path, answers: tuple[str, ...] = ()) -> Path:
+    """A random tiny judge whose score tokens (and `answers`, made single tokens of its vocabulary) are all
+    among its top 20 answers: a random one spreads its answer over the whole vocabulary, so a served top-20
+    would miss most levels. The shift is the mean final hidden state's direction, added to the (tied)
+    embeddings of those tokens."""
+    judge = build_tiny_judge([*INSTRUCTIONS, *answers])
     captured = []
     hook = judge.model.model.language_model.norm.register_forward_hook(lambda module, args, out: captured.append(out[:, -1]))
     prompt = JudgePrompt()
@@ -42,7 +43,8 @@ def save_test_judge(folder: Path) -> Path:
     hook.remove()
     direction = torch.nn.functional.normalize(captured[0].mean(0), dim=0)
     embeddings = judge.model.get_input_embeddings().weight
-    embeddings[score_token_ids(judge.tokenizer)] += 0.5 * embeddings.norm(dim=-1).mean() * direction
+    boosted = score_token_ids(judge.tokenizer) + [judge.tokenizer.encode(a, add_special_tokens=False)[0] for a in answers]
+    embeddings[boosted] += 0.5 * embeddings.norm(dim=-1).mean() * direction
     save_judge(judge, folder)
     return folder
 

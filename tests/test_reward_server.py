@@ -86,7 +86,7 @@ IMAGES = random_images(2, seed=7)
 def chat(parts: list[dict] | None = None, **fields) -> dict:
     parts = parts if parts is not None else [data_url(png_of(IMAGES[0])), data_url(png_of(IMAGES[1]))]
     body = {"model": "judge", "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "Rate 0 to 5."}]}],
-            "max_tokens": 1, "logprobs": True, "top_logprobs": 20, "temperature": 0.7}
+            "max_tokens": 1, "logprobs": True, "top_logprobs": 20, "temperature": 0.0}
     return {**body, **fields}
 
 
@@ -114,10 +114,19 @@ def test_health_models_and_a_chat_completion(server):
     status, answer = call(server.port, "POST", "/v1/chat/completions", encode(chat(logprobs=False, top_logprobs=None)))
     assert status == 200 and answer["choices"][0]["logprobs"] is None
 
+    # Sampled answers: n choices, the same ones again for the same seed.
+    sampled = [call(server.port, "POST", "/v1/chat/completions", encode(chat(temperature=0.7, n=5, seed=11)))
+               for _ in range(2)]
+    assert all(status == 200 for status, _ in sampled)
+    answers = [[choice["message"]["content"] for choice in body["choices"]] for _, body in sampled]
+    assert len(answers[0]) == 5 and answers[0] == answers[1]
+
 
 REJECTIONS = {
     "wrong token": (lambda port: call(port, "POST", "/v1/chat/completions", encode(chat()), key="wrong"), 401, "API key"),
     "no token": (lambda port: call(port, "GET", "/v1/models", key=None), 401, "API key"),
+    "samples without a temperature": (lambda port: call(port, "POST", "/v1/chat/completions", encode(chat(n=3))), 400,
+                                      "need a temperature above 0"),
     "oversized body": (lambda port: send_headers_only(port, {"Content-Length": str(10**9)}), 413, "max_body_bytes"),
     "no Content-Length": (lambda port: send_headers_only(port, {}), 411, "Content-Length"),
     "decompression bomb": (lambda port: call(port, "POST", "/v1/chat/completions",
@@ -215,8 +224,8 @@ def test_the_batcher_fails_only_the_request_the_judge_refuses():
     futures = [batcher.submit(conversation, 5) for conversation in (good[0], bad, good[1], good[2])]  # one batch
     with pytest.raises(ValueError, match="aspect ratio"):
         futures[1].result()
-    batched = [futures[i].result() for i in (0, 2, 3)]
-    alone = [batcher.submit(conversation, 5).result() for conversation in good]
+    batched = [futures[i].result().top for i in (0, 2, 3)]
+    alone = [batcher.submit(conversation, 5).result().top for conversation in good]
     for together, single in zip(batched, alone):  # left padding in a batch changes nothing
         assert [token for token, _ in together] == [token for token, _ in single] and len(single) == 5
         assert [lp for _, lp in together] == pytest.approx([lp for _, lp in single], abs=1e-5)

@@ -29,6 +29,14 @@ DEFAULT_TEMPLATE = (
     "{max_score} means the edit is correct, compliant and of high quality. "
     "Answer with the number only."
 )
+#: The yes/no readout's question (`reward.options.readout: yes_no`).
+YES_NO_TEMPLATE = (
+    "{images} "
+    "The editing instruction was: {instruction}\n"
+    "{requirement}"
+    "Is this a good edit: does it carry out the instruction and the requirements, leave everything else as it "
+    "was, and look natural? Answer Yes or No."
+)
 PLACEHOLDERS = frozenset({"instruction", "requirement", "max_score", "images", "num_references"})
 REQUIRED = frozenset({"instruction"})
 LAYOUT_PLACEHOLDERS = frozenset({"images", "num_references"})

@@ -1,4 +1,4 @@
-"""The in-process MLLM judge and the `mllm` reward: the score-logit readout of a transformers chat model.
+"""The in-process MLLM judge and the `mllm` reward: a readout (score logit by default) of a transformers chat model.
 
 Any image-text-to-text chat model loads (`AutoModelForImageTextToText`), Qwen2.5-VL first. Prompts
 are batched with left padding so that the last position of every row is its first answer position.
@@ -16,12 +16,8 @@ from editr1.errors import EditR1Error
 from editr1.hub import resolve_model_path
 from editr1.processing.qwen2vl_image_only import load_image_only_processor
 from editr1.rewards.base import Reward, RewardBatch, check_batch
-from editr1.rewards.judge_prompt import JudgePrompt
-from editr1.rewards.score_logit import (
-    DEFAULT_LEVELS,
-    score_from_logits,
-    score_token_ids,
-)
+from editr1.rewards.readouts import Readout, build_readout, content_seed
+from editr1.rewards.score_logit import DEFAULT_LEVELS
 
 #: One conversation: chat messages whose image parts are placeholders, and the images in order.
 Conversation = tuple[list[dict], list[Image.Image]]
@@ -88,53 +84,60 @@ class MLLMJudge:
         return torch.cat(rows) if rows else torch.empty(0, self.model.config.get_text_config().vocab_size)
 
 
-class MLLMScoreReward(Reward):
-    """Expected 0..L score of an in-process judge, normalised to [0, 1] (docs/algorithm.md)."""
+class MLLMJudgeReward(Reward):
+    """An in-process judge's reward in [0, 1], read from its first answer token by a readout: the expected score
+    (score logit, the default), P(Yes) over {Yes, No}, or sampled scores (editr1/rewards/readouts.py)."""
 
     name = "mllm"
 
-    def __init__(self, judge: MLLMJudge, prompt: JudgePrompt | None = None, levels: int = DEFAULT_LEVELS):
-        self.judge = judge
-        self.prompt = prompt or JudgePrompt(max_score=levels - 1)
+    def __init__(self, judge: MLLMJudge, readout: Readout | None = None, seed: int = 0):
+        self.judge, self.seed = judge, seed
+        self.readout = readout or build_readout("score", None)
         try:
-            self.level_ids = score_token_ids(judge.tokenizer, levels)
+            self.readout.bind(judge.tokenizer)
         except ValueError as error:
-            raise EditR1Error(f"reward.options.levels: {error}") from error
+            field = "levels" if self.readout.name == "score" else "readout"
+            raise EditR1Error(f"reward.options.{field}: {error}") from error
 
     def score(self, sources, edited, prompts, requirements) -> RewardBatch:
         """The judge sees each reference image in order, then the edit, then the text."""
         check_batch(sources, edited, prompts, requirements)
         n = len(edited)
         scores = torch.full((n,), float("nan"), dtype=torch.float64)
-        mass = torch.full((n,), float("nan"), dtype=torch.float64)
+        diagnostic = torch.full((n,), float("nan"), dtype=torch.float64)
         failures: dict[int, str] = {}
-        conversations, rows = [], []
+        conversations, seeds, rows = [], [], []
+        prompt = self.readout.prompt
         for i in range(n):
             images = [*sources[i], edited[i]]
             if not all(torch.isfinite(image).all() for image in images):
                 failures[i] = "image contains NaN or infinite values"
                 continue
-            messages = self.prompt.messages(prompts[i], requirements[i], num_references=len(sources[i]))
-            conversations.append((messages, [tensor_to_image(image) for image in images]))
+            pictures = [tensor_to_image(image) for image in images]
+            conversations.append((prompt.messages(prompts[i], requirements[i], num_references=len(sources[i])), pictures))
+            seeds.append(content_seed(self.seed, prompt.text(prompts[i], requirements[i], len(sources[i])), pictures))
             rows.append(i)
         if rows:
-            logits = self.judge.next_token_logits(conversations)
-            row_scores, row_mass = score_from_logits(logits, self.level_ids)
+            row_scores, row_diagnostic, unread = self.readout.from_logits(self.judge.next_token_logits(conversations), seeds)
             for j, i in enumerate(rows):
-                if torch.isfinite(row_scores[j]):
-                    scores[i], mass[i] = row_scores[j], row_mass[j]
+                if j in unread:
+                    failures[i] = unread[j]
+                elif torch.isfinite(row_scores[j]):
+                    scores[i], diagnostic[i] = row_scores[j], row_diagnostic[j]
                 else:
                     failures[i] = "the judge's logits are not finite"
         valid = torch.isfinite(scores)
-        return RewardBatch(scores.float(), valid, {"judge_score_mass": mass.float()}, failures)
+        return RewardBatch(scores.float(), valid, {self.readout.diagnostic: diagnostic.float()}, failures)
 
 
 def mllm_reward(model: str, template: str | None = None, levels: int = DEFAULT_LEVELS, batch_size: int = 8,
-                dtype: str = "float32", device: str = "cpu") -> MLLMScoreReward:
-    """The judge at `model` (a local folder or hub id); `template`: a prompt template file."""
-    prompt = JudgePrompt.from_file(template, levels - 1) if template else JudgePrompt(max_score=levels - 1)
+                dtype: str = "float32", device: str = "cpu", readout: str = "score", temperature: float = 1.0,
+                samples: int = 8, seed: int = 0) -> MLLMJudgeReward:
+    """The judge at `model` (a local folder or hub id); `template`: a prompt template file; `readout`: score,
+    yes_no or sampled (`temperature`, `samples` answers per edit, `seed`)."""
+    chosen = build_readout(readout, template, levels, temperature, samples)
     judge = MLLMJudge.from_pretrained(model, dtype=dtype, device=device, batch_size=batch_size)
-    return MLLMScoreReward(judge, prompt, levels)
+    return MLLMJudgeReward(judge, chosen, seed)
 
 
 #: Options a resumed training run may change (see `Reward.resume_safe_options`).

@@ -1,8 +1,9 @@
-"""The `mllm_remote` reward: the score-logit readout from an OpenAI-compatible server.
+"""The `mllm_remote` reward: a judge readout (score logit by default) from an OpenAI-compatible server.
 
 `editr1 serve-reward`, vLLM and SGLang all answer a chat completion with `max_tokens: 1` and the top
-log-probabilities of that token; the score is read from those (docs/algorithm.md, "Score-logit
-reward": levels absent from the top-k get zero mass). Images (each reference, then the edit) travel as
+log-probabilities of that token; the score logit (levels absent from the top-k get zero mass) and the yes/no
+readout are read from those. The sampled readout asks for `n` answers at a `temperature`, with a per-sample
+`seed` (editr1/rewards/readouts.py). Images (each reference, then the edit) travel as
 PNG data URLs of `tensor_to_image`, the exact pixels the in-process `mllm` reward sees. A sample the
 server cannot score is unscored, with the reason.
 """
@@ -27,12 +28,8 @@ from editr1.data.images import tensor_to_image
 from editr1.errors import EditR1Error
 from editr1.openai_http import PostFailed, http_error_detail, post_json
 from editr1.rewards.base import Reward, RewardBatch, check_batch
-from editr1.rewards.judge_prompt import JudgePrompt
-from editr1.rewards.score_logit import (
-    DEFAULT_LEVELS,
-    score_from_top_logprobs,
-    score_tokens,
-)
+from editr1.rewards.readouts import ReadoutError, build_readout, content_seed
+from editr1.rewards.score_logit import DEFAULT_LEVELS, score_tokens
 
 HEALTH_POLL_S = 0.25
 HEALTH_PROBE_TIMEOUT_S = 5.0
@@ -47,9 +44,9 @@ def _option_error(name: str, message: str) -> EditR1Error:
     return EditR1Error(f"reward.options.{name}: {message}")
 
 
-def _image_part(image: torch.Tensor) -> dict:
+def _image_part(picture) -> dict:
     buffer = io.BytesIO()
-    tensor_to_image(image).save(buffer, format="PNG", compress_level=1)  # lossless; fast beats small here
+    picture.save(buffer, format="PNG", compress_level=1)  # lossless; fast beats small here
     return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}
 
 
@@ -74,7 +71,8 @@ class RemoteJudgeReward(Reward):
     def __init__(self, url: str, model: str, api_key: str | None = None, api_key_env: str | None = None,
                  template: str | None = None, levels: int = DEFAULT_LEVELS, top_logprobs: int = MAX_TOP_LOGPROBS,
                  timeout_s: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5, concurrency: int = 16,
-                 wait_ready_s: float = 300.0):
+                 wait_ready_s: float = 300.0, readout: str = "score", temperature: float = 1.0, samples: int = 8,
+                 seed: int = 0):
         if not url.startswith(("http://", "https://")):
             raise _option_error("url", f"expected an http(s) base URL such as http://127.0.0.1:8000/v1, got {url!r}")
         try:
@@ -106,7 +104,8 @@ class RemoteJudgeReward(Reward):
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
-        self.prompt = JudgePrompt.from_file(template, levels - 1) if template else JudgePrompt(max_score=levels - 1)
+        self.readout = build_readout(readout, template, levels, temperature, samples)
+        self.prompt, self.seed = self.readout.prompt, seed
 
     def score(self, sources, edited, prompts, requirements) -> RewardBatch:
         check_batch(sources, edited, prompts, requirements)
@@ -133,7 +132,7 @@ class RemoteJudgeReward(Reward):
                     scores[i], mass[i] = future.result()
                 except RemoteError as error:
                     failures[i] = str(error)
-        return RewardBatch(scores.float(), torch.isfinite(scores), {"judge_score_mass": mass.float()}, failures)
+        return RewardBatch(scores.float(), torch.isfinite(scores), {self.readout.diagnostic: mass.float()}, failures)
 
     def score_one(self, sources: list[torch.Tensor], edited: torch.Tensor, prompt: str,
                   requirement: str | None) -> tuple[float, float]:
@@ -141,10 +140,12 @@ class RemoteJudgeReward(Reward):
         return self.read_score(self.post(self.request_body(sources, edited, prompt, requirement)))
 
     def request_body(self, sources: list[torch.Tensor], edited: torch.Tensor, prompt: str, requirement: str | None) -> bytes:
-        parts = [_image_part(image) for image in [*sources, edited]]
+        pictures = [tensor_to_image(image) for image in [*sources, edited]]
+        parts = [_image_part(picture) for picture in pictures]
         messages = self.prompt.messages(prompt, requirement, image_parts=parts, num_references=len(sources))
-        return json.dumps({"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0,
-                           "logprobs": True, "top_logprobs": self.top_logprobs}).encode()
+        seed = content_seed(self.seed, self.prompt.text(prompt, requirement, len(sources)), pictures)
+        return json.dumps({"model": self.model, "messages": messages,
+                           **self.readout.request_fields(seed, self.top_logprobs)}).encode()
 
     def post(self, body: bytes) -> dict:
         """POST a chat completion, retrying what may pass on another try; raises RemoteError."""
@@ -156,20 +157,12 @@ class RemoteJudgeReward(Reward):
 
     def read_score(self, response: dict) -> tuple[float, float]:
         try:
-            entries = response["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            top_logprobs: dict[str, float] = {}
-            for entry in entries:  # best first; a token text seen twice keeps its best entry
-                top_logprobs.setdefault(entry["token"], float(entry["logprob"]))
-        except (KeyError, IndexError, TypeError, ValueError) as error:
-            raise RemoteError(f"{self.completions_url}: the response has no choices[0].logprobs.content[0].top_logprobs "
-                              f"({type(error).__name__}: {error}); does the server support logprobs?") from None
-        try:
-            score, mass, _ = score_from_top_logprobs(top_logprobs, self.levels)
-        except ValueError as error:
+            score, diagnostic = self.readout.from_response(response)
+        except ReadoutError as error:
             raise RemoteError(f"{self.completions_url}: {error}") from None
         if not math.isfinite(score):
-            raise RemoteError(f"{self.completions_url}: the score from the top log-probabilities is not finite")
-        return score, mass
+            raise RemoteError(f"{self.completions_url}: the score read from the answer is not finite")
+        return score, diagnostic
 
     def health_problem(self, timeout: float) -> str | None:
         """None if GET /health answers 200 now, else what went wrong."""

@@ -2,7 +2,8 @@
 
 One worker thread owns the judge. It takes the oldest queued request, gathers more until it has
 `max_batch_size` or `max_wait_ms` has passed since the first, reads the next-token logits of the
-whole batch at once and resolves each request's future with its top tokens.
+whole batch at once and resolves each request's future with its top tokens, and its sampled answers when it
+asked for some (`Sampling`: drawn as the in-process judge draws them, `editr1.rewards.readouts.sample_tokens`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,33 @@ from dataclasses import dataclass, field
 import torch
 
 from editr1.rewards.mllm_judge import Conversation, MLLMJudge
+from editr1.rewards.readouts import sample_tokens
 
 #: (token text, log-probability) of the most likely first answer tokens, best first.
 TopTokens = list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """`samples` first tokens drawn at `temperature` (> 0) with a generator seeded by `seed`."""
+
+    temperature: float
+    samples: int
+    seed: int
+
+
+@dataclass
+class Answer:
+    top: TopTokens
+    #: The sampled tokens (text, log-probability), when the request asked for samples; else None (greedy).
+    sampled: TopTokens | None = None
 
 
 @dataclass
 class _Job:
     conversation: Conversation
     top_k: int
+    sampling: Sampling | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -42,9 +61,9 @@ class Batcher:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, conversation: Conversation, top_k: int) -> Future:
-        """Queue one conversation; the future resolves to its `TopTokens` (at least one entry)."""
-        job = _Job(conversation, max(1, top_k))
+    def submit(self, conversation: Conversation, top_k: int, sampling: Sampling | None = None) -> Future:
+        """Queue one conversation; the future resolves to its `Answer` (at least one top token)."""
+        job = _Job(conversation, max(1, top_k), sampling)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the judge server is shutting down")
@@ -98,14 +117,21 @@ class Batcher:
         for job, result in zip(batch, results):
             job.future.set_result(result)
 
-    def _top_tokens(self, batch: list[_Job]) -> list[TopTokens]:
+    def _top_tokens(self, batch: list[_Job]) -> list[Answer]:
         logits = self._judge.next_token_logits([job.conversation for job in batch])
         if torch.isnan(logits).any():
             raise RuntimeError("the judge's logits contain NaN")
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         values, indices = logprobs.topk(max(job.top_k for job in batch), dim=-1)
-        return [[(self._text(i), v) for i, v in zip(indices[row, : job.top_k].tolist(), values[row, : job.top_k].tolist())]
-                for row, job in enumerate(batch)]
+        answers = []
+        for row, job in enumerate(batch):
+            top = [(self._text(i), v) for i, v in zip(indices[row, : job.top_k].tolist(), values[row, : job.top_k].tolist())]
+            sampled = None
+            if job.sampling is not None:
+                drawn = sample_tokens(logits[row], job.sampling.temperature, job.sampling.samples, job.sampling.seed)
+                sampled = [(self._text(i), float(logprobs[row, i])) for i in drawn]
+            answers.append(Answer(top, sampled))
+        return answers
 
     def _text(self, token_id: int) -> str:
         if token_id not in self._token_text:

@@ -1,7 +1,7 @@
 """The OpenAI chat-completions subset a score-logit judge needs, as pure functions.
 
-A request asks for one answer token (`max_tokens: 1`) and its top log-probabilities; nothing is
-sampled. Images arrive as base64 data URLs and their header size is checked before any pixel is
+A request asks for one answer token (`max_tokens: 1`) and its top log-probabilities, greedily; or, with a
+`temperature` above 0, for `n` sampled answer tokens (with a `seed` for reproducible draws). Images arrive as base64 data URLs and their header size is checked before any pixel is
 decoded. Every rejection is a `ProtocolError` that names the offending field.
 """
 
@@ -19,6 +19,8 @@ from PIL import Image, ImageOps
 
 #: OpenAI's limit on `top_logprobs` (also vLLM's default `max_logprobs`).
 MAX_TOP_LOGPROBS = 20
+#: The most sampled answers one request may ask for (`n`).
+MAX_SAMPLES = 128
 #: Accepted data-URL media types and the PIL decoders they may use (no others are tried).
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 ROLES = ("system", "user", "assistant")
@@ -51,6 +53,10 @@ class ChatRequest:
     images: list[Image.Image]
     logprobs: bool
     top_logprobs: int
+    #: Sampled answers: `n` draws at `temperature` with `seed` (None: greedy, one answer).
+    temperature: float = 0.0
+    samples: int = 1
+    seed: int | None = None
 
 
 def parse_chat_request(body: Any, served_model: str, max_image_pixels: int, max_images: int) -> ChatRequest:
@@ -63,8 +69,7 @@ def parse_chat_request(body: Any, served_model: str, max_image_pixels: int, max_
     _check_one_token(body)
     if body.get("stream"):
         raise ProtocolError(400, "stream: streaming is not supported (the answer is a single token)")
-    if body.get("n", 1) not in (1, None):
-        raise ProtocolError(400, f"n: must be 1, got {body['n']!r}")
+    temperature, samples, seed = _sampling(body)
     logprobs = body.get("logprobs") or False
     if not isinstance(logprobs, bool):
         raise ProtocolError(400, f"logprobs: expected true or false, got {logprobs!r}")
@@ -78,7 +83,25 @@ def parse_chat_request(body: Any, served_model: str, max_image_pixels: int, max_
         raise ProtocolError(400, f"messages: {len(image_urls)} images; the limit is {max_images} per request "
                                  f"(max_images_per_request)")
     images = [decode_image_url(url, where, max_image_pixels) for where, url in image_urls]
-    return ChatRequest(messages, images, logprobs, top)
+    return ChatRequest(messages, images, logprobs, top, temperature, samples, seed)
+
+
+def _sampling(body: dict) -> tuple[float, int, int | None]:
+    """(temperature, n, seed): temperature 0 answers greedily, once."""
+    temperature = body.get("temperature")
+    temperature = 0.0 if temperature is None else temperature
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+        raise ProtocolError(400, f"temperature: expected a number in [0, 2], got {temperature!r}")
+    samples = body.get("n")
+    samples = 1 if samples is None else samples
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise ProtocolError(400, f"n: expected an integer in 1..{MAX_SAMPLES}, got {samples!r}")
+    if samples > 1 and temperature == 0:
+        raise ProtocolError(400, f"n: {samples} answers need a temperature above 0 (at temperature 0 they are all the same)")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ProtocolError(400, f"seed: expected a non-negative integer, got {seed!r}")
+    return float(temperature), samples, seed
 
 
 def _check_one_token(body: dict) -> None:
@@ -166,23 +189,27 @@ def _token_entry(token: str, logprob: float) -> dict:
     return {"token": token, "logprob": max(logprob, MIN_LOGPROB), "bytes": list(token.encode("utf-8"))}
 
 
-def chat_completion_response(model: str, top: list[tuple[str, float]], request: ChatRequest) -> dict:
-    """`top`: (token text, log-probability) of the most likely first tokens, best first; the answer is
-    the first of them (greedy: logits are read, never sampled)."""
-    token, logprob = top[0]
-    logprobs = None
-    if request.logprobs:
-        alternatives = [_token_entry(t, lp) for t, lp in top[: request.top_logprobs]]
-        logprobs = {"content": [{**_token_entry(token, logprob), "top_logprobs": alternatives}]}
+def chat_completion_response(model: str, top: list[tuple[str, float]], request: ChatRequest,
+                             sampled: list[tuple[str, float]] | None = None) -> dict:
+    """`top`: (token text, log-probability) of the most likely first tokens, best first. The answer is the
+    first of them (greedy), or one choice per `sampled` token when the request asked for samples."""
+    answers = sampled if sampled is not None else top[:1]
+    choices = []
+    for index, (token, logprob) in enumerate(answers):
+        logprobs = None
+        if request.logprobs:
+            alternatives = [_token_entry(t, lp) for t, lp in top[: request.top_logprobs]]
+            logprobs = {"content": [{**_token_entry(token, logprob), "top_logprobs": alternatives}]}
+        choices.append({"index": index, "message": {"role": "assistant", "content": token}, "logprobs": logprobs,
+                        "finish_reason": "length"})
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": token}, "logprobs": logprobs,
-                     "finish_reason": "length"}],
+        "choices": choices,
         # Prompt tokens are not counted: the judge's processor expands image tokens internally.
-        "usage": {"prompt_tokens": None, "completion_tokens": 1, "total_tokens": None},
+        "usage": {"prompt_tokens": None, "completion_tokens": len(choices), "total_tokens": None},
     }
 
 

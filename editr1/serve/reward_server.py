@@ -26,6 +26,7 @@ import asyncio
 import functools
 import hmac
 import json
+import secrets
 import socket
 import sys
 import threading
@@ -39,7 +40,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from editr1.errors import EditR1Error
 from editr1.rewards.mllm_judge import MLLMJudge
-from editr1.serve.batcher import Batcher
+from editr1.serve.batcher import Batcher, Sampling
 from editr1.serve.config import ServeConfig
 from editr1.serve.protocol import (
     ChatRequest,
@@ -230,8 +231,13 @@ class _App:
         try:
             raw = await self._read_body(headers, receive)
             request = await asyncio.get_running_loop().run_in_executor(None, self._parse, raw)
-            future = self.server.batcher.submit((request.messages, request.images), request.top_logprobs)
-            return chat_completion_response(config.model_name, await asyncio.wrap_future(future), request)
+            sampling = None
+            if request.temperature > 0:  # without a seed, draws differ from request to request
+                seed = request.seed if request.seed is not None else secrets.randbits(63)
+                sampling = Sampling(request.temperature, request.samples, seed)
+            future = self.server.batcher.submit((request.messages, request.images), request.top_logprobs, sampling)
+            answer = await asyncio.wrap_future(future)
+            return chat_completion_response(config.model_name, answer.top, request, answer.sampled)
         finally:
             self.in_flight -= 1
 

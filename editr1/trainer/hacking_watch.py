@@ -17,7 +17,7 @@ import torch
 from editr1.config import NamedRewardConfig
 from editr1.data.batching import source_tensors
 from editr1.eval.hacking import fallen_most, is_signal, next_streak
-from editr1.eval.heldout import EvalResult, HeldoutSet, load_eval, paired_gain, score_heldout
+from editr1.eval.heldout import EvalResult, HeldoutSet, paired_gain, score_heldout
 from editr1.eval.report import ReportSection
 from editr1.eval.visuals import image_grid
 from editr1.rewards.checked import CheckedReward

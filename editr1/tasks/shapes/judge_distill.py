@@ -30,8 +30,9 @@ from editr1.errors import EditR1Error
 from editr1.eval.reward_alignment import evaluate_alignment
 from editr1.eval.visuals import reward_curve
 from editr1.rewards.judge_prompt import JudgePrompt
-from editr1.rewards.mllm_judge import MLLMScoreReward
-from editr1.rewards.score_logit import expected_score, score_token_ids, two_hot_levels
+from editr1.rewards.mllm_judge import MLLMJudgeReward
+from editr1.rewards.readouts import ScoreLogit
+from editr1.rewards.score_logit import DEFAULT_LEVELS, expected_score, score_token_ids, two_hot_levels
 from editr1.rewards.tiny_judge import build_tiny_judge, save_judge
 from editr1.sampling.generate import edit_batch
 from editr1.tasks.shapes.config import JudgeDistillConfig, JudgeRolloutConfig
@@ -242,7 +243,7 @@ class JudgeDistiller:
 
     def _agreement(self, pairs):
         self.judge.model.eval()
-        return evaluate_alignment(MLLMScoreReward(self.judge, self.prompt), pairs)
+        return evaluate_alignment(MLLMJudgeReward(self.judge, ScoreLogit(self.prompt, DEFAULT_LEVELS)), pairs)
 
     def _train(self, examples: JudgeExamples, pairs) -> int:
         config, model = self.config, self.judge.model
