@@ -45,7 +45,9 @@ def test_cli_reward_alignment(shapes_data, tmp_path, capsys):
     reward.write_text("name: shapes_verifier\n")
     assert main(["eval", "reward-alignment", "--pairs", str(pairs), "--reward", str(reward)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["accuracy"] == 1.0 and printed["tie_pairs"] == 1 and printed["reward"] == "shapes_verifier"
+    result = printed["rewards"]["reward"]
+    assert result["accuracy"] == 1.0 and result["tie_pairs"] == 1 and result["reward"]["name"] == "shapes_verifier"
+    assert printed["layout"] == "editr1" and printed["differences"] == []
 
 
 class RecordingReward(Reward):

@@ -136,3 +136,16 @@ class SkipsDark(Brightness):
         dark = torch.stack([image.float().mean() < self.below for image in edited])
         failures = {i: "too dark to judge" for i in dark.nonzero().flatten().tolist()}
         return RewardBatch(torch.where(dark, float("nan"), batch.scores), ~dark, failures=failures)
+
+
+class Constant(Reward):
+    """The same score for every edit: a reward that ties every pair."""
+
+    name = "toy_constant"
+
+    def __init__(self, value: float = 0.5):
+        self.value = value
+
+    def score(self, sources, edited, prompts, requirements):
+        check_batch(sources, edited, prompts, requirements)
+        return RewardBatch(torch.full((len(edited),), float(self.value)), torch.ones(len(edited), dtype=torch.bool))

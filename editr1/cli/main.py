@@ -93,12 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="evaluations")
     evaluations = evaluation.add_subparsers(dest="evaluation", required=True)
-    alignment = evaluations.add_parser("reward-alignment", help="pairwise accuracy of a reward on preference pairs")
-    alignment.add_argument("--pairs", required=True, type=Path, help="JSONL: source, prompt, image_a, image_b, preferred")
-    alignment.add_argument("--reward", required=True, type=Path, help="YAML with the reward's name and options")
+    alignment = evaluations.add_parser(
+        "reward-alignment", help="pairwise accuracy of one or more rewards on preference pairs, with bootstrap intervals "
+                                 "and paired differences; JSON on stdout, a table on stderr")
+    alignment.add_argument("--pairs", required=True, type=Path,
+                           help="a JSONL of pairs (source, prompt, image_a, image_b, preferred), or a folder of "
+                                "GenAI-Bench's image_edition votes saved with datasets' save_to_disk")
+    alignment.add_argument("--reward", dest="rewards", required=True, type=Path, action="append", metavar="YAML",
+                           help="YAML with a reward's name and options, or `terms:` (a list of weighted rewards, "
+                                "scored as one); repeat to compare rewards, each labelled by its file's stem")
     alignment.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                           help="override a field of the reward config, e.g. --set options.batch_size=16")
+                           help="override a field of every --reward file, e.g. --set options.batch_size=16 (repeatable)")
     alignment.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE before scoring")
+    alignment.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
+    alignment.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+    alignment.add_argument("--out", type=Path, default=None, help="also write the JSON report to this file")
     add_benchmark_arguments(evaluations.add_parser("imgedit", help="ImgEdit-Bench: generate, judge per type, aggregate"), "imgedit")
     add_benchmark_arguments(evaluations.add_parser("gedit", help="GEdit-Bench: generate, judge SC and PQ, aggregate"), "gedit")
     add_heldout_arguments(evaluations.add_parser("heldout", help="held-out reward of a model on a JSONL, against a "
@@ -125,6 +134,48 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve-reward", help="serve the MLLM judge over an OpenAI-compatible HTTP API")
     _add_config_args(serve, "port=8001")
     return parser
+
+
+def _reward_alignment(args: argparse.Namespace) -> dict:
+    """`editr1 eval reward-alignment`: every --reward file's reward on the pairs, and their differences."""
+    if args.bootstrap < 1:
+        raise EditR1Error(f"--bootstrap {args.bootstrap}: must be a positive number of resamples")
+    if args.size is not None and args.size < 1:
+        raise EditR1Error(f"--size {args.size}: must be a positive number of pixels")
+    if args.out is not None and not args.out.parent.is_dir():  # found before the rewards run, not after
+        raise EditR1Error(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    from collections import Counter
+
+    from editr1.config import RewardConfig, load_config
+    from editr1.eval.reward_alignment import CONFIDENCE, compare_rewards, reward_labels
+
+    # Every input is checked before any reward is built (building one may load a judge).
+    configs = [load_config(RewardConfig, path, args.overrides) for path in args.rewards]
+    from editr1.cli.heldout import public_options
+    from editr1.data.preference_pairs import read_pairs
+    from editr1.rewards.combined import build_combined
+
+    layout, pairs = read_pairs(args.pairs)
+    rewards = {}
+    try:
+        for label, path, config in zip(reward_labels(args.rewards), args.rewards, configs):
+            try:
+                rewards[label] = build_combined(config, "reward")
+            except EditR1Error as error:
+                raise EditR1Error(f"--reward {path}: {error}") from error
+        compared = compare_rewards(rewards, pairs, args.pairs, args.bootstrap, args.seed, args.size)
+    finally:
+        for reward in rewards.values():
+            reward.close()
+    summaries = {label: {"config": str(path), "name": rewards[label].name,
+                         "terms": [{"name": t.name, "options": public_options(t.options), "weight": t.weight}
+                                   for t in config.term_list()]}
+                 for label, path, config in zip(rewards, args.rewards, configs)}
+    votes = dict(Counter(pair.vote for pair in pairs))  # GenAI-Bench's two kinds of tie stay apart
+    return {"pairs": str(args.pairs), "layout": layout, "n_pairs": len(pairs), "votes": votes,
+            "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "confidence": CONFIDENCE},
+            "rewards": {label: {"reward": summaries[label], **entry} for label, entry in compared["rewards"].items()},
+            "differences": compared["differences"]}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -181,19 +232,18 @@ def run(args: argparse.Namespace) -> None:
         from editr1.cli.benchmark import run_compare
 
         print(json.dumps(run_compare(args), indent=2))
-    elif args.command == "eval":
-        from editr1.config import RewardConfig, load_config
+    elif args.command == "eval":  # reward-alignment
+        from editr1.eval.reward_alignment import format_table
 
-        reward_config = load_config(RewardConfig, args.reward, args.overrides)
-        from editr1.data.preference_pairs import read_preference_jsonl
-        from editr1.eval.reward_alignment import evaluate_alignment
-        from editr1.rewards.registry import build_reward
-
-        pairs = read_preference_jsonl(args.pairs)
-        reward = build_reward(reward_config.name, reward_config.options)
-        reward.check_ready()
-        result = evaluate_alignment(reward, pairs, size=args.size)
-        print(json.dumps({"reward": reward_config.name, "pairs": str(args.pairs), **result.as_dict()}, indent=2))
+        report = _reward_alignment(args)
+        print(format_table(report), file=sys.stderr)
+        text = json.dumps(report, indent=2)
+        if args.out is not None:
+            try:
+                args.out.write_text(text + "\n", encoding="utf-8")
+            except OSError as error:
+                raise EditR1Error(f"--out {args.out}: cannot write it ({error.strerror or error})") from error
+        print(text)
     elif args.command == "demo":
         from editr1.cli.demo import run_demo
 

@@ -10,12 +10,18 @@ JSON Lines, one pair per line::
 file's folder. Public human-preference sets (source image(s), one instruction, two edits, a vote)
 convert to this with a few lines of code.
 Problems are reported as `file:line: field 'name': what`, like the edit datasets.
+
+`read_pairs` also reads GenAI-Bench's `image_edition` human votes saved with `datasets.save_to_disk`
+(`editr1.data.genai_bench`); there a pair's images are cells of the dataset (`DatasetImage`), not files.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
 
 from editr1.data.images import MAX_IMAGE_PIXELS, load_image
 from editr1.data.jsonl import (
@@ -34,15 +40,52 @@ PREFERENCES = ("a", "b", "tie")
 
 
 @dataclass(frozen=True)
+class DatasetImage:
+    """An image in a cell of a saved dataset, decoded when asked for (a pairs set may not fit in memory)."""
+
+    where: str  # how errors name the dataset, e.g. "GenAI-Bench data/genai"
+    row: int
+    column: str
+    #: The dataset with only this image column, so that reading a cell decodes this image alone.
+    dataset: Any = field(compare=False, repr=False)
+
+    def load(self) -> Image.Image:
+        try:
+            image = self.dataset[self.row][self.column]
+        except Exception as error:  # noqa: BLE001 - Pillow's decoders, called by datasets, raise OSError, SyntaxError...
+            raise DataError(f"{self.where} row {self.row}: column {self.column!r}: cannot decode the image "
+                            f"({type(error).__name__}: {error})") from error
+        if not isinstance(image, Image.Image):
+            raise DataError(f"{self.where} row {self.row}: column {self.column!r}: expected an image, "
+                            f"got {type(image).__name__}")
+        # As `load_image` does for a file: the image upright, as a viewer (the voters' browser) shows it.
+        return ImageOps.exif_transpose(image)
+
+
+#: Where a pair's image is: a file, or a cell of a saved dataset.
+ImageRef = Path | DatasetImage
+
+
+def load_pair_image(ref: ImageRef) -> Image.Image:
+    """A pair's image, decoded (`load_image`'s checks for a file)."""
+    return ref.load() if isinstance(ref, DatasetImage) else load_image(ref)
+
+
+@dataclass(frozen=True)
 class PreferencePair:
+    """Two edits of the same source(s) and instruction, and which one the judge of record preferred."""
+
     id: str
-    sources: tuple[Path, ...]
+    sources: tuple[ImageRef, ...]
     prompt: str
     requirement: str | None
-    image_a: Path
-    image_b: Path
-    preferred: str
+    image_a: ImageRef
+    image_b: ImageRef
+    preferred: str  # "a", "b" or "tie"
+    #: The pair's line in a JSONL file (1-based), or its row in a saved dataset (0-based).
     line: int
+    #: The label as the data spells it ("tievote" and "bothbad_vote" are both ties); `preferred` for JSONL.
+    vote: str
 
 
 def _parse_sources(value, base: Path) -> tuple[Path, ...]:
@@ -71,6 +114,7 @@ def _parse_pair(text: str, lineno: int, base: Path) -> PreferencePair:
         image_b=resolve_path(row["image_b"], base, "image_b"),
         preferred=row["preferred"],
         line=lineno,
+        vote=row["preferred"],
     )
 
 
@@ -94,3 +138,19 @@ def read_preference_jsonl(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> lis
     if not pairs:
         raise DataError(f"{path}: no pairs (the file is empty)")
     return pairs
+
+
+def read_pairs(path: Path) -> tuple[str, list[PreferencePair]]:
+    """The layout of `path` and its pairs: a folder saved with `datasets.save_to_disk` is GenAI-Bench's
+    `image_edition` votes, a `.jsonl` file editr1's pairs."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        from editr1.data.genai_bench import read_genai_bench  # needs the optional `datasets`
+
+        return "genai-bench", read_genai_bench(path)
+    if not path.exists():
+        raise DataError(f"{path}: does not exist")
+    if path.suffix != ".jsonl":
+        raise DataError(f"{path}: expected a .jsonl file of pairs, or a folder saved with datasets' save_to_disk "
+                        "(GenAI-Bench image_edition)")
+    return "editr1", read_preference_jsonl(path)
