@@ -103,7 +103,7 @@ eval:
 logging:
   grid_every: 0
   checkpoint_every: 1
-  tensorboard: false
+  trackers: []
   progress: false
 """
 

@@ -70,7 +70,7 @@ def main() -> None:
             f"data.heldout={root / 'data/test.jsonl'}", "iterations=1", "rollout.groups_per_iteration=2",
             "rollout.group_size=4", "rollout.steps=3", f"eval.samples={args.samples}", "eval.every=1",
             f"eval.steps={args.steps}", f"eval.batch_size={args.batch_size}", "logging.progress=false",
-            "logging.tensorboard=false", "logging.grid_every=0",
+            "logging.trackers=[]", "logging.grid_every=0",
         ]
         rows = [("1 process", statistics.mean(measure(root, "one", None, overrides)))]
         for launch in LAUNCHES:

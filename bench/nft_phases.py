@@ -34,7 +34,7 @@ def main() -> None:
         config = load_config(TrainConfig, DEMO_CONFIG, [
             f"data.train={root / 'data/train.jsonl'}", "data.heldout=null", f"model.path={SHIPPED_BASE}",
             f"output_dir={root / 'run'}", f"iterations={args.iterations}", "logging.progress=false",
-            "logging.tensorboard=false", "logging.grid_every=0", f"logging.checkpoint_every={args.iterations + 1}",
+            "logging.trackers=[]", "logging.grid_every=0", f"logging.checkpoint_every={args.iterations + 1}",
         ])
         run_rl(config)
         rows = [r for r in read_metrics(root / "run") if "seconds_total" in r]

@@ -317,7 +317,7 @@ eval:
 logging:
   grid_every: 1
   checkpoint_every: 1
-  tensorboard: false
+  trackers: []
   progress: false
 """
 

@@ -30,7 +30,7 @@ def measure(root: Path, name: str, reward: list[str], overlap: bool, iterations:
     run_rl(load_config(TrainConfig, DEMO_CONFIG, [
         f"data.train={root / 'data/train.jsonl'}", "data.heldout=null", f"model.path={SHIPPED_BASE}", f"output_dir={out}",
         f"iterations={iterations}", "rollout.batch_size=16", f"reward.overlap={str(overlap).lower()}", *reward,
-        "logging.progress=false", "logging.tensorboard=false", "logging.grid_every=0", f"logging.checkpoint_every={iterations + 1}",
+        "logging.progress=false", "logging.trackers=[]", "logging.grid_every=0", f"logging.checkpoint_every={iterations + 1}",
     ]))
     rows = [r for r in read_metrics(out) if "seconds_rollout_and_reward" in r][1:]  # the first iteration warms up
     return (statistics.mean(r["seconds_rollout_and_reward"] for r in rows),

@@ -131,11 +131,12 @@ class RewardConfig:
             return value
         if not value.get("terms"):  # absent, or empty beside a name (how a run folder saves one reward)
             if value.get("name", "") is None or "terms" in value and "name" not in value:
-                raise ConfigError(f"{where}: " + ("the list of rewards is empty" if "terms" in value
-                                                  else "name a reward, or give a list of rewards"))
+                raise ConfigError((f"{where}: " if where else "") + ("the list of rewards is empty" if "terms" in value
+                                                                   else "name a reward, or give a list of rewards"))
             return value
         if value.get("name") is not None or value.get("options"):
-            raise ConfigError(f"{where}: give one reward (name and options) or a list of rewards, not both")
+            raise ConfigError(f"{where + ': ' if where else ''}give one reward (name and options) or a list of rewards, "
+                              "not both")
         return {**value, "name": None, "options": {}}
 
     def term_list(self) -> list[RewardTermConfig]:
@@ -254,8 +255,31 @@ class LoggingConfig:
     #: Checkpoints kept on disk, newest first (0: all). Each holds the trained and old weights and
     #: the optimizer state: about 1.5 GB for a rank-32 Qwen-Image LoRA.
     keep_checkpoints: int = 3
-    tensorboard: bool = True
+    #: Experiment trackers (accelerate's), each sent every row of `metrics.jsonl` (which stays the record), the
+    #: run's config and its images: tensorboard (in the run folder's `tensorboard/`), wandb, trackio, mlflow (each
+    #: an extra: `pip install 'editr1[wandb]'`). []: metrics.jsonl only.
+    trackers: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])
+    #: The trackers' project: wandb's and trackio's project, mlflow's experiment.
+    project: str = "editr1"
     progress: bool = True
+
+    @staticmethod
+    def from_raw(value: Any, where: str) -> Any:
+        """Read the field that `trackers` replaced (run folders saved before keep resuming), and refuse a tracker
+        named twice."""
+        if not isinstance(value, dict):
+            return value
+        if "tensorboard" in value:
+            if "trackers" in value:
+                raise ConfigError(f"{where}.tensorboard: replaced by {where}.trackers; give only trackers")
+            value = {**value, "trackers": ["tensorboard"] if value["tensorboard"] else []}
+            del value["tensorboard"]
+        trackers = value.get("trackers")
+        if isinstance(trackers, list):
+            twice = sorted({str(name) for name in trackers if trackers.count(name) > 1})
+            if twice:
+                raise ConfigError(f"{where}.trackers: {twice[0]} is named twice")
+        return value
 
 
 @dataclass
@@ -525,13 +549,16 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: invalid YAML: {error}") from error
+        if isinstance(data, list) and hasattr(cls, "from_raw"):  # a reward file holding a list of rewards
+            data = cls.from_raw(data, str(path))
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         _resolve_paths(cls, data, path.resolve().parent)
 
     def attempt() -> tuple[T | None, str | None]:
         try:
-            return _build(cls, data, ""), None
+            # A section that takes other forms (a reward's `terms` beside a `name`) is checked as a whole file too.
+            return _build(cls, cls.from_raw(data, "") if hasattr(cls, "from_raw") else data, ""), None
         except ConfigError as error:
             return None, str(error)
 

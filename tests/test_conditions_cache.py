@@ -361,7 +361,7 @@ def _sft_overrides(data, out, *extra):
     return [f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"output_dir={out}",
             "steps=4", "batch_size=4", "warmup_steps=1", "ema_decay=0.9", "eval.every=2", "eval.samples=4",
             "eval.steps=2", "eval.reward.name=shapes_verifier", "logging.checkpoint_every=2", "logging.progress=false",
-            "logging.tensorboard=false", *extra]
+            "logging.trackers=[]", *extra]
 
 
 def _untimed(rows):

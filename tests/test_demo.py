@@ -17,7 +17,7 @@ def test_demo_with_control_on_a_tiny_budget(tmp_path):
     out = tmp_path / "demo"
     summary = run_demo(out, control=True, overrides=[
         "iterations=2", "rollout.groups_per_iteration=2", "rollout.group_size=4", "eval.samples=8", "eval.steps=2",
-        "logging.progress=false", "logging.tensorboard=false",
+        "logging.progress=false", "logging.trackers=[]",
     ])
     for key in ("base_heldout_reward", "final_heldout_reward", "heldout_n", "heldout_stderr", "control_heldout_reward",
                 "rl_minus_control", "rl_minus_control_stderr"):
@@ -29,13 +29,15 @@ def test_demo_with_control_on_a_tiny_budget(tmp_path):
     # The demo's base is trained, not a tiny preset: no note that its weights are random.
     assert "random weights" not in report and "random weights" not in (out / "nft" / "report.md").read_text()
     assert (out / "nft" / "before_after.png").is_file() and (out / "control" / "eval" / "final.safetensors").is_file()
+    # The plain demo watches the verifier's gameable formula beside the exact one.
+    assert set(summary["eval_rewards"]) == {"shapes_verifier"} and "## Reward hacking alarm" in report
 
 
 def test_the_demo_trains_flow_grpo_where_it_trains_nft(tmp_path):
     out = tmp_path / "demo"
     summary = run_demo(out, algorithm="grpo", overrides=[
         "iterations=2", "rollout.groups_per_iteration=2", "rollout.group_size=4", "eval.samples=8", "eval.steps=2",
-        "logging.progress=false", "logging.tensorboard=false",
+        "logging.progress=false", "logging.trackers=[]",
     ])
     assert summary["algorithm"] == "grpo" and summary["iterations"] == 2
     report = (out / "report.md").read_text()
@@ -43,3 +45,24 @@ def test_the_demo_trains_flow_grpo_where_it_trains_nft(tmp_path):
     config = (out / "grpo" / "config.yaml").read_text()
     assert "algorithm: grpo" in config and "sampler: flow_grpo_sde" in config
     assert not (out / "nft").exists()
+
+
+def test_the_hacking_demo_trains_on_the_gameable_formula_and_watches_the_exact_verifier(tmp_path):
+    import pytest
+
+    from editr1.errors import EditR1Error
+
+    out = tmp_path / "demo"
+    summary = run_demo(out, hacking=True, overrides=[
+        "iterations=2", "rollout.groups_per_iteration=2", "rollout.group_size=4", "eval.samples=8", "eval.steps=2",
+        "eval.every=1", "logging.progress=false", "logging.trackers=[]",
+    ])
+    from editr1.config import TrainConfig, load_config
+
+    config = load_config(TrainConfig, out / "nft_hacking" / "config.yaml")
+    assert config.reward.options == {"formula": "additive"} and config.eval.reward is None
+    assert [(r.name, r.options) for r in config.eval.rewards] == [("shapes_verifier", {})]
+    assert set(summary["eval_rewards"]) == {"shapes_verifier"} and "fired" in summary["hacking_alarm"]
+    assert "## Reward hacking alarm" in (out / "report.md").read_text() and not (out / "nft").exists()
+    with pytest.raises(EditR1Error, match="--hacking trains on the gameable verifier formula"):
+        run_demo(out, hacking=True, reward="mllm")

@@ -127,6 +127,13 @@ def test_unscored_samples_are_left_out_and_counted(shapes_data, tmp_path):
                 "--resolution", 32, *FAST, "--out", tmp_path / "none")
     assert not (tmp_path / "none" / "heldout.json").exists()
 
+    # Several rewards as one (a list): HalfReward's unscored samples stay unscored in the weighted mean.
+    reward.write_text("- {name: test_eval_heldout_cli:HalfReward, weight: 3}\n- {name: toy_plugin:Brightness}\n")
+    result = heldout("--model", SHIPPED_BASE, "--data", shapes_data / "test.jsonl", "--reward", reward,
+                     "--resolution", 32, *FAST, "--out", tmp_path / "terms")
+    assert result["n"] == 4 and result["n_unscored"] == 4 and 0.375 < result["mean"] < 0.5 + 0.25
+    assert [t["weight"] for t in result["reward"]["terms"]] == [3.0, 1.0]
+
 
 def test_secret_reward_options_are_not_recorded():
     from editr1.cli.heldout import public_options

@@ -19,7 +19,7 @@ def test_distillation_writes_a_loadable_judge_and_heldout_pairs(shapes_data, tmp
         f"data.heldout={shapes_data / 'test.jsonl'}", "rollouts=[{sampler: euler, steps: 2, count: 1}]",
         "corruptions_per_sample=2", "steps=4", "batch_size=8", "eval_every=2", "eval_pairs=6",
         "arch={hidden: 32, layers: 1, vision_hidden: 16, vision_depth: 1}", "logging.progress=false",
-        "logging.tensorboard=false",
+        "logging.trackers=[]",
     ])
     summary = run_judge_distill(config)
     assert summary["steps"] == 4 and summary["training_edits"] == 40 * (1 + 1 + 2)
@@ -41,7 +41,7 @@ def test_distillation_writes_a_loadable_judge_and_heldout_pairs(shapes_data, tmp
         f"output_dir={tmp_path / 'again'}", f"policy.path={SHIPPED_BASE}", f"data.train={shapes_data / 'train.jsonl'}",
         "data.heldout=null", f"reuse_examples={out / 'examples.npz'}", "steps=1", "batch_size=4",
         "arch={hidden: 32, layers: 1, vision_hidden: 16, vision_depth: 1}", "logging.progress=false",
-        "logging.tensorboard=false",
+        "logging.trackers=[]",
     ])
     assert run_judge_distill(reused)["training_edits"] == summary["training_edits"]
 

@@ -79,7 +79,7 @@ def test_sft_killed_anywhere_and_resumed_equals_an_uninterrupted_run(shapes_data
         return [f"data.train={shapes_data / 'train.jsonl'}", f"data.heldout={shapes_data / 'test.jsonl'}",
                 f"output_dir={out}", "steps=7", "batch_size=4", "warmup_steps=1", "eval.every=4", "eval.samples=4",
                 "eval.steps=2", "eval.reward.name=shapes_verifier", "logging.checkpoint_every=3",
-                "logging.progress=false", "logging.tensorboard=false", "ema_decay=0.9", "save_dtype=float32",
+                "logging.progress=false", "logging.trackers=[]", "ema_decay=0.9", "save_dtype=float32",
                 f"model.train_mode={mode}", "model.lora.rank=4", "model.lora.alpha=8"]
 
     straight = tmp_path / "straight"

@@ -1,5 +1,4 @@
 import json
-import math
 
 import pytest
 
@@ -12,7 +11,7 @@ def _lines(run_dir):
 
 
 def test_rows_are_json_lines_with_step_and_floats(tmp_path):
-    with MetricsLogger(tmp_path, tensorboard=False) as log:
+    with MetricsLogger(tmp_path) as log:
         log.log(0, {"reward_mean": 0.5, "loss": 1})
         log.log(1, {"reward_mean": 0.75})
     lines = _lines(tmp_path)
@@ -25,25 +24,25 @@ def test_rows_are_json_lines_with_step_and_floats(tmp_path):
 
 
 def test_each_row_is_flushed_immediately(tmp_path):
-    log = MetricsLogger(tmp_path, tensorboard=False)
+    log = MetricsLogger(tmp_path)
     log.log(3, {"a": 1.0})
     assert read_metrics(tmp_path) == [{"step": 3, "a": 1.0}]  # before close()
     log.close()
 
 
 def test_reopen_appends(tmp_path):
-    with MetricsLogger(tmp_path, tensorboard=False) as log:
+    with MetricsLogger(tmp_path) as log:
         log.log(0, {"a": 1.0})
-    with MetricsLogger(tmp_path, tensorboard=False) as log:
+    with MetricsLogger(tmp_path) as log:
         log.log(1, {"a": 2.0})
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1]
 
 
 def test_truncate_after_keeps_rows_up_to_step_and_continues(tmp_path):
-    with MetricsLogger(tmp_path, tensorboard=False) as log:
+    with MetricsLogger(tmp_path) as log:
         for step in range(5):
             log.log(step, {"a": float(step)})
-    with MetricsLogger(tmp_path, tensorboard=False) as log:
+    with MetricsLogger(tmp_path) as log:
         log.truncate_after(2)
         assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2]
         log.log(3, {"a": 30.0})
@@ -54,7 +53,7 @@ def test_truncate_after_keeps_rows_up_to_step_and_continues(tmp_path):
 
 
 def test_nonfinite_values_are_null_and_listed(tmp_path):
-    with MetricsLogger(tmp_path, tensorboard=False) as log:
+    with MetricsLogger(tmp_path) as log:
         log.log(0, {"loss": float("nan"), "grad": float("inf"), "ok": 1.0})
     line = _lines(tmp_path)[0]
     assert "NaN" not in line and "Infinity" not in line  # strict JSON
@@ -64,7 +63,7 @@ def test_nonfinite_values_are_null_and_listed(tmp_path):
 
 
 def test_bad_inputs_rejected(tmp_path):
-    with MetricsLogger(tmp_path, tensorboard=False) as log:
+    with MetricsLogger(tmp_path) as log:
         with pytest.raises(ValueError):
             log.log(0, {"step": 1.0})
         with pytest.raises(TypeError):
@@ -80,7 +79,7 @@ def test_torn_last_line_is_dropped_on_reopen(tmp_path):
     with pytest.warns(UserWarning):
         assert read_metrics(path) == [{"step": 0, "a": 1.0}]
     with pytest.warns(UserWarning):
-        log = MetricsLogger(tmp_path, tensorboard=False)
+        log = MetricsLogger(tmp_path)
     log.log(1, {"a": 2.0})
     log.close()
     assert [r["step"] for r in read_metrics(path)] == [0, 1]
@@ -94,12 +93,3 @@ def test_malformed_middle_line_raises(tmp_path):
     with pytest.raises(DataError):
         read_metrics(tmp_path / "missing.jsonl")
 
-
-def test_tensorboard_event_file_created(tmp_path):
-    with MetricsLogger(tmp_path, tensorboard=True) as log:
-        log.log(0, {"reward_mean": 0.5, "loss": math.nan})
-        log.truncate_after(0)
-        log.log(1, {"reward_mean": 0.6})
-    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert events and all(e.stat().st_size > 0 for e in events)
-    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1]

@@ -87,7 +87,7 @@ def test_a_preset_trains_any_family_with_only_model_path_changed(preset, family,
         "iterations=1", "rollout.groups_per_iteration=2", "rollout.group_size=3", "rollout.steps=2",
         "reward.name=test_presets:Brightness", "reward.options={}",
         "eval.reward.name=test_presets:Brightness", "eval.reward.options={}", "eval.samples=2",
-        "eval.every=1", "logging.progress=false", "logging.tensorboard=false", "logging.grid_every=0",
+        "eval.every=1", "logging.progress=false", "logging.trackers=[]", "logging.grid_every=0",
     ]
     config = load_config(TrainConfig, CONFIGS / preset, overrides)
     # Everything else is the preset's: bf16 base, gradient checkpointing, rank 32 / alpha 64, KL on; and the

@@ -100,7 +100,7 @@ def test_resume_refuses_folders_it_cannot_continue(shapes_data, tmp_path):
     assert (finished / "final").is_dir()
 
     sft_overrides = [f"data.train={shapes_data / 'train.jsonl'}", "data.heldout=null", "steps=2", "batch_size=2",
-                     "logging.progress=false", "logging.tensorboard=false"]
+                     "logging.progress=false", "logging.trackers=[]"]
     sft_finished = tmp_path / "sft_finished"
     run_sft(load_config(SFTConfig, None, [*sft_overrides, f"output_dir={sft_finished}"]))
     shutil.rmtree(sft_finished / "checkpoints")
@@ -130,7 +130,7 @@ def test_resume_of_an_empty_folder_starts_the_run(shapes_data, tmp_path):
 def test_rejected_input_writes_nothing(shapes_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "missing.png", "prompt": "x", "target": "missing.png"}\n')
-    sft = ["steps=1", "logging.progress=false", "logging.tensorboard=false", "eval.reward.name=shapes_verifier",
+    sft = ["steps=1", "logging.progress=false", "logging.trackers=[]", "eval.reward.name=shapes_verifier",
            f"data.heldout={shapes_data / 'test.jsonl'}"]
     out = tmp_path / "sft"
     with pytest.raises(DataError, match="missing.png"):
@@ -261,7 +261,7 @@ def test_metrics_keep_the_usual_mode_after_a_resume_truncates_them(tmp_path):
     from editr1.fileio import default_file_mode
     from editr1.trainer.metrics_log import MetricsLogger
 
-    with MetricsLogger(tmp_path, tensorboard=False) as log:
+    with MetricsLogger(tmp_path) as log:
         log.log(1, {"a": 1.0})
         log.log(2, {"a": 2.0})
         log.truncate_after(1)

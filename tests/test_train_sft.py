@@ -21,7 +21,7 @@ def test_short_sft_run_saves_a_loadable_model(shapes_data, tmp_path, capsys):
     config = load_config(SFTConfig, None, [
         f"data.train={shapes_data / 'train.jsonl'}", f"data.heldout={shapes_data / 'test.jsonl'}", f"output_dir={out}",
         "steps=12", "batch_size=8", "eval.every=6", "eval.samples=8", "eval.steps=3", "warmup_steps=2",
-        "logging.progress=false", "logging.tensorboard=false", "save_dtype=float16", "eval.reward.name=shapes_verifier",
+        "logging.progress=false", "logging.trackers=[]", "save_dtype=float16", "eval.reward.name=shapes_verifier",
     ])
     summary = run_sft(config)
     printed = capsys.readouterr().out

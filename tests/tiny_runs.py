@@ -12,7 +12,7 @@ def tiny_nft_overrides(data, out, iterations=3):
         f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"output_dir={out}",
         f"iterations={iterations}", "rollout.groups_per_iteration=2", "rollout.group_size=4", "rollout.steps=3",
         "eval.samples=8", "eval.every=2", "eval.steps=3", "logging.grid_every=2", "logging.checkpoint_every=2",
-        "model.lora.rank=4", "model.lora.alpha=8", "logging.progress=false", "logging.tensorboard=false",
+        "model.lora.rank=4", "model.lora.alpha=8", "logging.progress=false", "logging.trackers=[]",
         "optim.lr=1e-3", "optim.micro_batch=4",
     ]
 

@@ -8,6 +8,9 @@ way: the honest comparison of RL against simply training more.
 `--reward mllm` trains on the shipped distilled judge's score-logit reward instead, keeps the verifier
 as the independent ground truth, reports the judge's pairwise agreement with the verifier, and runs
 the group-filtering ablation (filter on vs off, same seed and budget).
+`--hacking` trains on the verifier's gameable early formula (0.7 x edit + 0.3 x preservation) and watches the
+exact verifier as an evaluation-only reward: the hacking alarm must fire. The plain demo watches the other way
+round (training on the exact verifier, the additive one evaluation-only), and its alarm must stay silent.
 """
 
 from __future__ import annotations
@@ -29,15 +32,22 @@ from editr1.trainer.rl_trainer import run_rl
 from editr1.trainer.sft import run_sft
 
 REWARDS = ("verifier", "mllm")
+#: `--hacking`: the gameable formula as the training (and held-out) reward, the exact verifier watched beside it,
+#: evaluated every 10 iterations so that the alarm has evaluations in a row to compare.
+HACKING = ["reward={name: shapes_verifier, options: {formula: additive}}", "eval.reward=null",
+           "eval.rewards=[{name: shapes_verifier}]", "eval.every=10"]
 JUDGE_PAIRS = 256
 #: The demo's runs in its folder (and the judge's agreement pairs), replaced by each run of the demo.
-DEMO_RUNS = (*DEMO_CONFIGS, "control", *(f"{name}_no_filter" for name in DEMO_CONFIGS), "judge_pairs")
+DEMO_RUNS = (*DEMO_CONFIGS, "control", *(f"{name}_no_filter" for name in DEMO_CONFIGS), "judge_pairs",
+             *(f"{name}_hacking" for name in DEMO_CONFIGS))
 
 
 def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward: str = "verifier", ablation: bool = True,
-             algorithm: str = "nft") -> dict:
+             algorithm: str = "nft", hacking: bool = False) -> dict:
     if reward not in REWARDS:
         raise EditR1Error(f"--reward: expected one of {list(REWARDS)}, got {reward!r}")
+    if hacking and (reward != "verifier" or control):
+        raise EditR1Error("--hacking trains on the gameable verifier formula; it runs without --reward mllm and --control")
     if algorithm not in DEMO_CONFIGS:
         raise EditR1Error(f"--algorithm: expected one of {list(DEMO_CONFIGS)}, got {algorithm!r}")
     # The demo deletes its own earlier runs in `out`: never a folder holding anything else.
@@ -57,20 +67,26 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
     judge = []
     if reward == "mllm":
         judge = ["reward.name=mllm", f"reward.options={{model: '{SHIPPED_JUDGE}', batch_size: 48}}", "eval.track_training_reward=true"]
-    nft_config = load_config(TrainConfig, DEMO_CONFIGS[algorithm], [*common, *judge, f"output_dir={out / algorithm}", *overrides])
+    run_name = f"{algorithm}_hacking" if hacking else algorithm
+    nft_config = load_config(TrainConfig, DEMO_CONFIGS[algorithm], [*common, *judge, *(HACKING if hacking else ()),
+                                                                     f"output_dir={out / run_name}", *overrides])
     title = build_algorithm(nft_config).title
-    summary = {"algorithm": algorithm, "reward": reward}
+    summary = {"algorithm": algorithm, "reward": "additive verifier (gameable)" if hacking else reward}
     sections = []
     if reward == "mllm":
         summary.update(_judge_agreement(nft_config, out / "judge_pairs"))
     summary.update(run_rl(nft_config))
 
+    trained_on = "judge" if reward == "mllm" else "additive verifier" if hacking else "verifier"
     sections += [
-        ReportSection("Reward curve", f"Rollout reward ({'judge' if reward == 'mllm' else 'verifier'}) per iteration, "
-                      "held-out reward (verifier) at evaluations.", f"{algorithm}/reward_curve.png"),
+        ReportSection("Reward curve", f"Rollout reward ({trained_on}) per iteration, held-out reward "
+                      f"({'additive verifier' if hacking else 'verifier'}) and evaluation-only rewards at evaluations.",
+                      f"{run_name}/reward_curve.png"),
         ReportSection("Before / after", f"Held-out samples: source, shipped SFT base, after {title}.",
-                      f"{algorithm}/before_after.png"),
+                      f"{run_name}/before_after.png"),
     ]
+    if "hacking_alarm" in summary:
+        sections.insert(0, _alarm_section(summary, run_name))
     if reward == "mllm":
         sections.insert(0, _judge_section(summary, title))
         if ablation:
@@ -143,6 +159,19 @@ def _judge_section(summary: dict, title: str) -> ReportSection:
         f"| judge (training reward) | {summary['base_heldout_training_reward']:.4f} | {summary['final_heldout_training_reward']:.4f} | "
         f"{judge_gain:+.4f} ± {summary['heldout_training_stderr']:.4f} |\n\n{verdict}"
     ))
+
+
+def _alarm_section(summary: dict, run_name: str) -> ReportSection:
+    alarm = summary["hacking_alarm"]
+    gains = "; ".join(f"{label} {values['base']:.4f} -> {values['final']:.4f} ({values['gain']:+.4f} ± {values['stderr']:.4f})"
+                      for label, values in summary["eval_rewards"].items())
+    trained = f"{summary['base_heldout_reward']:.4f} -> {summary['final_heldout_reward']:.4f}"
+    if not alarm["fired"]:
+        return ReportSection("Reward hacking alarm", f"Silent. Held-out training reward {trained}; evaluation-only: {gains}.")
+    return ReportSection("Reward hacking alarm", (
+        f"**It fired** at step(s) {', '.join(map(str, alarm['steps']))}: the held-out training reward rose ({trained}) "
+        f"while the evaluation-only reward fell ({gains}), each beyond its standard error, {alarm['patience']} "
+        "evaluations in a row. The held-out samples whose evaluation-only reward fell most:"), f"{run_name}/hacking.png")
 
 
 def _ablation_section(config: TrainConfig, with_filter: dict, without_filter: dict, run: Path) -> ReportSection:

@@ -286,8 +286,7 @@ def run_heldout(args: argparse.Namespace) -> dict:
 
     from editr1.config import RewardConfig, load_config
     from editr1.data.jsonl import read_edit_jsonl
-    from editr1.rewards.checked import CheckedReward
-    from editr1.rewards.registry import build_reward
+    from editr1.rewards.combined import build_combined
     from editr1.trainer.run_folder import REWARD_ERRORS
 
     reward_config = load_config(RewardConfig, args.reward, args.overrides)
@@ -297,16 +296,14 @@ def run_heldout(args: argparse.Namespace) -> dict:
         if args.samples > len(samples):
             raise EditR1Error(f"--samples {args.samples}: {data} has only {len(samples)} samples")
         samples = samples[:args.samples]
-    try:
-        reward = build_reward(reward_config.name, reward_config.options)
+    try:  # one reward, or several scored as their weighted mean; a crash's traceback goes to --out
+        reward = build_combined(reward_config, "reward", out / REWARD_ERRORS)
     except EditR1Error as error:
         raise EditR1Error(f"--reward {args.reward}: {error}") from error
-    reward.check_ready()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise EditR1Error(f"--out {out}: cannot create it ({error.strerror or error})") from error
-    reward = CheckedReward(reward, reward_config.name, out / REWARD_ERRORS)
 
     import torch
 
@@ -317,7 +314,9 @@ def run_heldout(args: argparse.Namespace) -> dict:
     base = _evaluate_model("baseline", against, samples, args, settings, reward, device) if against is not None else None
 
     summary: dict[str, Any] = {
-        "reward": {"name": reward_config.name, "options": public_options(reward_config.options),
+        "reward": {"name": reward.name, **({"terms": [{"name": t.name, "options": public_options(t.options), "weight": t.weight}
+                                                     for t in reward_config.terms]} if reward_config.terms
+                                           else {"options": public_options(reward_config.options)}),
                    "config": str(args.reward.expanduser().resolve())},
         "data": str(data.resolve()),
         "samples": len(samples),

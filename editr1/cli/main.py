@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.add_argument("--algorithm", choices=tuple(DEMO_CONFIGS), default="nft",
                       help="train with DiffusionNFT (the recipe) or Flow-GRPO (the baseline), each at its own settings")
+    demo.add_argument("--hacking", action="store_true",
+                      help="train on the verifier's gameable early formula, with the exact verifier watched beside it: "
+                           "the reward-hacking alarm fires (docs/rewards.md)")
     demo.add_argument("--no-ablation", dest="ablation", action="store_false",
                       help="with --reward mllm: skip the group-filtering ablation run")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -248,7 +251,7 @@ def run(args: argparse.Namespace) -> None:
         from editr1.cli.demo import run_demo
 
         print(json.dumps(run_demo(args.out, control=args.control, overrides=args.overrides, reward=args.reward, ablation=args.ablation,
-                                   algorithm=args.algorithm), indent=2))
+                                   algorithm=args.algorithm, hacking=args.hacking), indent=2))
     elif args.command == "edit":
         from editr1.cli.edit import run_edit
 

@@ -1,4 +1,5 @@
-"""Per-iteration metrics: an append-only ``metrics.jsonl`` plus optional TensorBoard.
+"""Per-iteration metrics: an append-only ``metrics.jsonl``, the run's record (experiment trackers get copies:
+``editr1.trainer.trackers``).
 
 Each line of ``metrics.jsonl`` is one JSON object ``{"step": int, **metrics}``.
 Non-finite values are written as ``null`` and their keys listed under
@@ -15,30 +16,24 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from editr1.errors import DataError, EditR1Error
+from editr1.errors import DataError
 from editr1.fileio import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 _RESERVED_KEYS = ("step", "nonfinite")
 
 
 class MetricsLogger:
-    """Write metrics rows to ``run_dir/metrics.jsonl`` and ``run_dir/tensorboard``.
+    """Write metrics rows to ``run_dir/metrics.jsonl``.
 
     Opening appends to an existing file, so a resumed run continues it; call
     :meth:`truncate_after` with the resumed step first to drop rows the crashed
     run wrote after its last checkpoint.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
-        self.tensorboard = tensorboard
-        self._writer: Any = None
-        self._purge_step: int | None = None
-        if tensorboard:
-            _summary_writer_class()  # fail now, not at the first log() hours later
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _drop_torn_tail(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
@@ -50,53 +45,29 @@ class MetricsLogger:
         self.close()
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Append one row for ``step`` (flushed at once) and mirror it to TensorBoard."""
+        """Append one row for ``step`` (flushed at once)."""
         if self._file is None:
             raise RuntimeError("MetricsLogger is closed")
         row = _make_row(step, metrics)
         self._file.write(json.dumps(row, allow_nan=False) + "\n")
         self._file.flush()
-        if self.tensorboard:
-            self._log_tensorboard(step, metrics)
 
     def truncate_after(self, step: int) -> None:
-        """Keep only rows with ``row["step"] <= step`` (atomic rewrite of metrics.jsonl).
-
-        TensorBoard events after ``step`` are hidden too: the next writer is
-        opened with ``purge_step=step + 1``.
-        """
+        """Keep only rows with ``row["step"] <= step`` (atomic rewrite of metrics.jsonl)."""
         self._close_file()
-        self._close_writer()
         if self.path.exists():
             kept = [line for line, row in _parse_lines(self.path) if row["step"] <= step]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-        self._purge_step = step + 1
         self._file = open(self.path, "a", encoding="utf-8")
 
     def close(self) -> None:
-        """Flush and close the jsonl file and the TensorBoard writer (idempotent)."""
+        """Flush and close the jsonl file (idempotent)."""
         self._close_file()
-        self._close_writer()
-
-    def _log_tensorboard(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Write scalars as-is (NaN included); flush so a crash loses nothing."""
-        if self._writer is None:
-            writer_cls = _summary_writer_class()
-            self._writer = writer_cls(log_dir=str(self.run_dir / TENSORBOARD_DIR),
-                                      purge_step=self._purge_step)
-        for key, value in metrics.items():
-            self._writer.add_scalar(key, float(value), step)
-        self._writer.flush()
 
     def _close_file(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-    def _close_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -170,14 +141,3 @@ def _drop_torn_tail(path: Path) -> None:
     warnings.warn(f"{path}: dropping incomplete last line (interrupted write)", stacklevel=3)
     os.truncate(path, keep)
 
-
-def _summary_writer_class() -> type:
-    """Import SummaryWriter lazily; a missing tensorboard package is a clear user error."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise EditR1Error(
-            "TensorBoard logging was requested but the 'tensorboard' package is not "
-            "installed: pip install tensorboard, or disable TensorBoard logging"
-        ) from e
-    return SummaryWriter

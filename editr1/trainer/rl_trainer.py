@@ -31,6 +31,7 @@ from editr1.data.order import take_indices
 from editr1.data.prompt_length import fit_prompt_lengths
 from editr1.errors import EditR1Error
 from editr1.eval.heldout import (
+    EvalResult,
     HeldoutSet,
     generate_heldout,
     load_eval,
@@ -64,6 +65,7 @@ from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
 from editr1.trainer.run_loop import StepResult, TrainingLoop
 from editr1.trainer.seeding import generator_for
 from editr1.trainer.sharding import full_optimizer_state, load_from_main, unsharded_transformer, whole_tensors
+from editr1.trainer.trackers import TRACKER_OUTPUTS, Trackers, check_installed
 
 GRID_SAMPLES = 8
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
@@ -89,7 +91,7 @@ class Rollout:
 
 
 #: What the RL trainer writes in its run folder (discarded when a run starts again from the beginning).
-OUTPUTS = ("metrics.jsonl", "tensorboard", "grids", EVAL_FOLDER, "checkpoints", "final", "summary.json", "report.md",
+OUTPUTS = ("metrics.jsonl", *TRACKER_OUTPUTS, "grids", EVAL_FOLDER, "checkpoints", "final", "summary.json", "report.md",
            "reward_curve.png", "before_after.png", HACKING_GRID)
 #: What only a finished run has.
 FINISHED = ("final", "summary.json")
@@ -168,6 +170,7 @@ def check_launch(processes: int) -> None:
 
 class RLTrainer:
     def __init__(self, config: TrainConfig, resume: bool = False):
+        check_installed(config.logging.trackers)  # before anything is written
         self.config = config
         self.run_dir = Path(config.output_dir)
         # Scale-out is accelerate's: `accelerate launch -m editr1.cli.main train ...` runs one process per
@@ -302,10 +305,13 @@ class RLTrainer:
             self.trained_module = self.accelerator.prepare_model(self.adapter.transformer)
         self.position, self.banned = 0, set()
         self.saved_step = None
+        # The end of the run's figures go to the trackers at its last step (the group grids as they are drawn).
+        self.trackers = Trackers(self.run_dir, config.logging, config, main=self.is_main,
+                                 final_images=("reward_curve.png", "before_after.png", HACKING_GRID))
         self.loop = TrainingLoop(self.run_dir, self.algorithm.title, "iterations", config.iterations,
                                  time_budget_s=config.time_budget_s, eval_every=config.eval.every,
                                  checkpoint_every=config.logging.checkpoint_every, progress=config.logging.progress,
-                                 tensorboard=config.logging.tensorboard, is_main=self.is_main)
+                                 trackers=self.trackers, is_main=self.is_main)
         self.reported_unscored: set[str] = set()
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -313,7 +319,9 @@ class RLTrainer:
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
         try:
-            summary = self._run()
+            # Tracker runs end here, failed or not: a launched process ends with `job.leave()`, which skips atexit.
+            with self.trackers:
+                summary = self._run()
         finally:
             self.scorer.close()
             for reward in {id(r): r for r in (self.reward, self.eval_reward)}.values():
@@ -623,7 +631,9 @@ class RLTrainer:
             rows = self.layout.rows_of_group(g)
             image = group_grid(rollout.sources[g], list(rollout.images[rows]), rewards[rows].tolist(),
                                self.train_samples[rollout.dataset_indices[g]].prompt)
-            image.save(folder / f"step_{iteration:06d}_group{g}.png")
+            path = folder / f"step_{iteration:06d}_group{g}.png"
+            image.save(path)
+            self.trackers.log_images(iteration, {f"grids/group{g}": path})
 
     def _save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()

@@ -70,6 +70,12 @@ def _shown(field: str, value: Any) -> str:
     return "(hidden)" if _secret(field, value) else repr(value)
 
 
+def recorded_fields(config: Any) -> dict[str, Any]:
+    """The config as dotted fields (`rollout.group_size`) and values, secret options hidden: what an experiment
+    tracker records of a run."""
+    return {key: _recorded(key, value) for key, value in _flatten(config_to_dict(config)).items()}
+
+
 def resume_safe_reward_fields(section: str, reward: Any) -> tuple[str, ...]:
     """The options of the reward at `section` (e.g. "reward") that it declares safe to change on resume
     (its `resume_safe_options`): an endpoint, retries, a batch size."""

@@ -1,9 +1,9 @@
-"""The step loop every trainer shares: metrics log and progress, time budget, evaluation cadence,
+"""The step loop every trainer shares: metrics log, trackers and progress, time budget, evaluation cadence,
 checkpoint cadence, the final evaluation and checkpoint. A trainer supplies only its step.
 
 A resumed run continues at `step`: the metrics log is cut back to that step (rows written after the
-checkpoint are written again), and steps already evaluated (the final evaluation comes after the last
-checkpoint) are not evaluated twice.
+checkpoint are written again; `editr1.trainer.trackers` says what each tracker does with them), and steps
+already evaluated (the final evaluation comes after the last checkpoint) are not evaluated twice.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from editr1.trainer.metrics_log import METRICS_FILE, MetricsLogger, read_metrics
 from editr1.trainer.progress import console, phase_progress
+from editr1.trainer.trackers import Trackers
 
 #: The metric whose presence marks an evaluated step in `metrics.jsonl`.
 EVALUATED_KEY = "heldout_reward"
@@ -32,14 +33,15 @@ class StepResult:
 class TrainingLoop:
     """`name` prefixes its messages ("nft", "sft"); `unit` names a step in them ("iterations", "steps").
     `eval_every` 0 evaluates only at the end; `checkpoint_every` 0 never checkpoints; `is_main`: only
-    the main process logs, shows progress and prints."""
+    the main process logs, shows progress and prints. `trackers` get every row of the metrics log (the loop
+    starts them; the trainer ends them, after its final images)."""
 
     def __init__(self, run_dir: Path, name: str, unit: str, total: int, *, time_budget_s: float, eval_every: int,
-                 checkpoint_every: int, progress: bool, tensorboard: bool, is_main: bool = True,
+                 checkpoint_every: int, progress: bool, trackers: Trackers, is_main: bool = True,
                  evaluated_key: str = EVALUATED_KEY):
         self.run_dir, self.name, self.unit, self.total = Path(run_dir), name, unit, total
         self.time_budget_s, self.eval_every, self.checkpoint_every = time_budget_s, eval_every, checkpoint_every
-        self.show_progress, self.tensorboard, self.is_main = progress, tensorboard, is_main
+        self.show_progress, self.trackers, self.is_main = progress, trackers, is_main
         self.evaluated_key = evaluated_key
         #: Where the run stands: steps taken and seconds on the time-budget clock (a checkpoint saves both).
         self.step, self.seconds = 0, 0.0
@@ -71,17 +73,22 @@ class TrainingLoop:
         metrics logged at that step; `line(step, total, metrics)` is the plain line printed per step
         (every `plain_every`) when there is no live progress bar; `save_checkpoint()` runs on every rank,
         after every `checkpoint_every` steps and once at the end."""
-        logger = MetricsLogger(self.run_dir, tensorboard=self.tensorboard) if self.is_main else nullcontext()
+        logger = MetricsLogger(self.run_dir) if self.is_main else nullcontext()
         with logger as log, phase_progress(self.show_progress and self.is_main) as progress:
             self.progress = progress
             evaluated = self.evaluated
             if log is not None:
+                self.trackers.start(self.step)  # first: it reads the rows after `step` that are taken again
                 log.truncate_after(self.step)
+
+            def record(metrics: dict[str, float]) -> None:
+                log.log(self.step, metrics)
+                self.trackers.log(self.step, metrics)
 
             def evaluate_now() -> None:
                 metrics = evaluate(self.step)
                 if log is not None:
-                    log.log(self.step, metrics)
+                    record(metrics)
                 evaluated.add(self.step)
 
             if evaluate is not None and evaluate_at_start and 0 not in evaluated:
@@ -98,7 +105,7 @@ class TrainingLoop:
                 self.step += 1
                 self.seconds += result.seconds
                 if log is not None:
-                    log.log(self.step, result.metrics)
+                    record(result.metrics)
                     if line is not None and not progress.live and (
                             self.step == 1 or self.step % plain_every == 0 or self.step == self.total):
                         console.print(line(self.step, self.total, result.metrics), soft_wrap=True)

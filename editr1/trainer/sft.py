@@ -26,8 +26,7 @@ from editr1.fileio import fix_modes
 from editr1.models.base import Conditions
 from editr1.models.lora_io import LoraSpec
 from editr1.models.registry import is_tiny_preset, tiny_preset_note
-from editr1.rewards.checked import CheckedReward
-from editr1.rewards.registry import build_reward
+from editr1.rewards.combined import build_combined
 from editr1.rl.losses import LOSSES
 from editr1.rl.old_policy import soft_update_
 from editr1.trainer import job
@@ -39,6 +38,7 @@ from editr1.trainer.progress import console
 from editr1.trainer.run_folder import RunFolder, resume_safe_reward_fields
 from editr1.trainer.run_loop import StepResult, TrainingLoop
 from editr1.trainer.seeding import generator_for
+from editr1.trainer.trackers import TRACKER_OUTPUTS, Trackers, check_installed
 
 #: Without a terminal, a plain progress line every this many steps (steps take well under a second).
 PLAIN_LINE_EVERY = 10
@@ -66,7 +66,7 @@ def flow_matching_batch(adapter, samples, size: int, generator: torch.Generator)
 
 
 #: What `editr1 sft` writes in its run folder.
-OUTPUTS = ("metrics.jsonl", "tensorboard", "eval", "checkpoints", "model", "heldout_curve.png")
+OUTPUTS = ("metrics.jsonl", *TRACKER_OUTPUTS, "eval", "checkpoints", "model", "heldout_curve.png")
 #: Settings a resumed run may not change (`steps` shapes the learning-rate schedule); the time budget,
 #: evaluation cadence, logging and the saved dtype may.
 LOCKED = ("seed", "model", "data", "steps", "batch_size", "lr", "lr_schedule", "warmup_steps", "weight_decay",
@@ -80,6 +80,7 @@ FINISHED = ("model", "heldout_curve.png")
 
 def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     job.refuse_launcher("editr1 sft")
+    check_installed(config.logging.trackers)
     run_dir = Path(config.output_dir)
     run_folder = RunFolder(run_dir, OUTPUTS, FINISHED, LOCKED,
                            unlocked=(*RESUME_SAFE, *resume_safe_reward_fields("eval.reward", config.eval.reward)),
@@ -89,15 +90,16 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     size = config.model.resolution
     train = read_edit_jsonl(config.data.train, require_target=True, max_pixels=config.data.max_pixels)
     heldout, eval_reward = None, None
+    if config.eval.rewards:
+        raise ConfigError("eval.rewards: evaluation-only rewards watch an RL run's training reward (editr1 train); "
+                          "sft has none: give its held-out reward as eval.reward")
     if config.data.heldout:
         if config.eval.reward is None:
             raise ConfigError("eval.reward: sft has no training reward; name the reward of the held-out evaluation "
                               "(eval.reward.name and eval.reward.options), or set data.heldout: null")
         held = read_edit_jsonl(config.data.heldout, max_pixels=config.data.max_pixels)
-        reward = build_reward(config.eval.reward.name, config.eval.reward.options, "eval.reward")
-        reward.check_ready()
         # Every answer is checked against the reward contract; a crash's traceback goes to the run folder.
-        eval_reward = CheckedReward(reward, config.eval.reward.name, run_folder.reward_errors)
+        eval_reward = build_combined(config.eval.reward, "eval.reward", run_folder.reward_errors)
     torch.manual_seed(config.seed)
     data = config.data
     corpus = [s.prompt for s in train]
@@ -132,9 +134,10 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     ema = [p.detach().clone() for p in trainable] if config.ema_decay > 0 else None
     loss_fn = resolve("flow_matching", LOSSES, "loss", "loss")
+    trackers = Trackers(run_dir, config.logging, config, final_images=("heldout_curve.png",))
     loop = TrainingLoop(run_dir, "sft", "steps", config.steps, time_budget_s=config.time_budget_s,
                         eval_every=config.eval.every, checkpoint_every=config.logging.checkpoint_every,
-                        progress=config.logging.progress, tensorboard=config.logging.tensorboard)
+                        progress=config.logging.progress, trackers=trackers)
     position = 0
     if checkpoint is not None:
         checkpoint.restore(optimizer)
@@ -195,13 +198,15 @@ def run_sft(config: SFTConfig, resume: bool = False) -> dict:
         return StepResult({**{k: float(v) for k, v in metrics.items()}, "grad_norm": float(grad_norm), "lr": lr,
                            "seconds": seconds}, seconds)
 
-    step = loop.run(take_step, evaluate=evaluate_ema if heldout is not None else None,
-                    save_checkpoint=save_checkpoint_now, line=step_line, plain_every=PLAIN_LINE_EVERY)
-    if ema is not None:
-        soft_update_(trainable, ema, 0.0)
-    save_model(adapter, run_dir / "model", config, lora)
-    rows = read_metrics(run_dir)
-    reward_curve(rows, run_dir / "heldout_curve.png", keys=(), eval_keys=("heldout_reward",), title="SFT held-out reward")
+    with trackers:
+        step = loop.run(take_step, evaluate=evaluate_ema if heldout is not None else None,
+                        save_checkpoint=save_checkpoint_now, line=step_line, plain_every=PLAIN_LINE_EVERY)
+        if ema is not None:
+            soft_update_(trainable, ema, 0.0)
+        save_model(adapter, run_dir / "model", config, lora)
+        rows = read_metrics(run_dir)
+        reward_curve(rows, run_dir / "heldout_curve.png", keys=(), eval_keys=("heldout_reward",),
+                     title="SFT held-out reward")
     final = [r["heldout_reward"] for r in rows if r.get("heldout_reward") is not None]
     run_folder.release()
     return {"steps": step, "final_heldout_reward": final[-1] if final else None, "model": str(run_dir / "model")}

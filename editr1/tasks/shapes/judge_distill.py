@@ -53,6 +53,7 @@ from editr1.trainer.run_loop import TrainingLoop, timed
 from editr1.trainer.progress import console, phase_progress
 from editr1.trainer.seeding import generator_for
 from editr1.trainer.sft import SAVE_DTYPES, learning_rate_factor
+from editr1.trainer.trackers import TRACKER_OUTPUTS, Trackers, check_installed
 
 ROLLOUT_BATCH = 64
 CAPTION_REQUEST = "Describe the image."
@@ -174,13 +175,15 @@ def pairwise_ranking_loss(expected: torch.Tensor, scores: torch.Tensor, source_o
 
 
 #: What `editr1 judge distill` writes in its run folder.
-OUTPUTS = ("metrics.jsonl", "tensorboard", "judge", "examples.npz", "heldout_pairs", "agreement_curve.png", "summary.json")
+OUTPUTS = ("metrics.jsonl", *TRACKER_OUTPUTS, "judge", "examples.npz", "heldout_pairs", "agreement_curve.png", "summary.json")
 
 
 class JudgeDistiller:
     def __init__(self, config: JudgeDistillConfig):
+        check_installed(config.logging.trackers)
         self.config = config
         self.run_dir = Path(config.output_dir)
+        self.trackers = Trackers(self.run_dir, config.logging, config, final_images=("agreement_curve.png",))
         self.run_folder = RunFolder(self.run_dir, OUTPUTS, finished=("judge", "summary.json"), locked=(), resumable=False,
                                     command="editr1 judge distill")
         self.run_folder.prepare(config, resume=False)
@@ -215,11 +218,12 @@ class JudgeDistiller:
             del policy
         console.print(f"judge: {len(examples.scores)} training edits, mean verifier score {examples.scores.mean():.3f}")
         pairs = read_preference_jsonl(pairs_path) if pairs_path else []
-        step = self._train(examples, pairs)
-        save_judge(self.judge, self.run_dir / "judge", SAVE_DTYPES[config.save_dtype])
-        rows = read_metrics(self.run_dir)
-        reward_curve(rows, self.run_dir / "agreement_curve.png", keys=("loss",), eval_keys=("heldout_agreement",),
-                     title="Judge distillation: loss and held-out agreement with the verifier")
+        with self.trackers:
+            step = self._train(examples, pairs)
+            save_judge(self.judge, self.run_dir / "judge", SAVE_DTYPES[config.save_dtype])
+            rows = read_metrics(self.run_dir)
+            reward_curve(rows, self.run_dir / "agreement_curve.png", keys=("loss",), eval_keys=("heldout_agreement",),
+                         title="Judge distillation: loss and held-out agreement with the verifier")
         summary = {"steps": step, "training_edits": int(len(examples.scores)), "judge": str(self.run_dir / "judge")}
         if pairs:
             summary.update(self._agreement(pairs).as_dict())
@@ -290,7 +294,7 @@ class JudgeDistiller:
 
         loop = TrainingLoop(self.run_dir, "judge", "steps", config.steps, time_budget_s=config.time_budget_s,
                             eval_every=config.eval_every, checkpoint_every=0, progress=config.logging.progress,
-                            tensorboard=config.logging.tensorboard, evaluated_key="heldout_agreement")
+                            trackers=self.trackers, evaluated_key="heldout_agreement")
         step = loop.run(timed(take_step), evaluate=agreement if pairs else None, evaluate_at_end=False)
         model.eval()
         return step
