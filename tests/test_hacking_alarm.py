@@ -47,11 +47,11 @@ def test_the_samples_that_fell_most_come_first_and_only_those_that_fell():
     assert fallen_most(before, valid, after, torch.ones(5, dtype=torch.bool), 2) == [0, 2]
 
 
-def _overrides(data, out, darkness_is_watched=True):
+def _overrides(data, out, darkness_is_watched=True, iterations=4):
     # Training brightens the edits (target 1); the evaluation-only reward wants them dark (target 0): exactly
     # 1 - the training score, so every rise beyond its error is a fall beyond the same error.
     watched = 0.0 if darkness_is_watched else 1.0
-    return tiny_nft_overrides(data, out, iterations=5) + [
+    return tiny_nft_overrides(data, out, iterations=iterations) + [
         "reward.name=toy_plugin:Brightness", "reward.options={target: 1.0}", "rl.filter_rule=none", "optim.lr=3e-3",
         f"eval.rewards=[{{name: 'toy_plugin:Brightness', options: {{target: {watched}}}}}]", "eval.every=1",
         "eval.hacking_patience=2", "logging.grid_every=0", "logging.checkpoint_every=1",
@@ -63,7 +63,7 @@ def test_the_alarm_fires_when_training_and_an_independent_reward_part_and_a_resu
     run = tmp_path / "run"
     summary = run_rl(load_config(TrainConfig, None, _overrides(shapes_data, run)))
     rows = [row for row in read_metrics(run) if "heldout_reward" in row]
-    assert [row["step"] for row in rows] == [0, 1, 2, 3, 4, 5]
+    assert [row["step"] for row in rows] == [0, 1, 2, 3, 4]
     assert all("eval_Brightness" in row for row in rows) and "eval_Brightness_gain" in rows[-1]
     # The rule, applied to what the run logged, gives the streaks it logged.
     streak = 0
@@ -81,7 +81,7 @@ def test_the_alarm_fires_when_training_and_an_independent_reward_part_and_a_resu
     assert (run / "hacking.png").is_file()
     report = (run / "report.md").read_text()
     assert "The alarm fired" in report and "hacking.png" in report
-    final = load_eval(run / "eval/step_000005.safetensors")
+    final = load_eval(run / "eval/step_000004.safetensors")
     assert set(final.independent) == {"Brightness"}
 
     # Killed in iteration 3, after its checkpoint of iteration 2 and the alarm's first evaluations; resumed.
@@ -98,7 +98,7 @@ def test_the_alarm_fires_when_training_and_an_independent_reward_part_and_a_resu
 
 def test_the_alarm_stays_silent_when_the_independent_reward_agrees(shapes_data, tmp_path):
     run = tmp_path / "run"
-    summary = run_rl(load_config(TrainConfig, None, _overrides(shapes_data, run, darkness_is_watched=False)))
+    summary = run_rl(load_config(TrainConfig, None, _overrides(shapes_data, run, darkness_is_watched=False, iterations=3)))
     assert summary["hacking_alarm"] == {"fired": False, "steps": [], "patience": 2}
     assert not (run / "hacking.png").exists() and "did not fire" in (run / "report.md").read_text()
     assert json.loads((run / "summary.json").read_text())["eval_rewards"]["Brightness"]["gain"] > 0
