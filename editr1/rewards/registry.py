@@ -38,3 +38,9 @@ def build_reward(name: str, options: dict[str, Any] | None = None, section: str 
         return factory(**(options or {}))
     except TypeError as error:
         raise EditR1Error(f"{section}.options for {name!r}: {error}") from error
+    except EditR1Error as error:
+        # A reward names its own options as `reward.options.x`; say where this one is configured.
+        message = str(error)
+        if section != "reward" and message.startswith("reward.options"):
+            raise EditR1Error(section + message[len("reward"):]) from error
+        raise

@@ -109,7 +109,8 @@ def resume_safe_fields(config: TrainConfig) -> tuple[str, ...]:
     return (*RESUME_SAFE, *resume_safe_reward_fields("reward", config.reward),
             *resume_safe_reward_fields("eval.reward", config.eval.reward),
             *(field for i, spec in enumerate(config.eval.rewards)
-              for field in resume_safe_reward_fields(f"eval.rewards.{i}", RewardConfig(spec.name, spec.options))))
+              for field in resume_safe_reward_fields(f"eval.rewards.{i}", RewardConfig(spec.name, spec.options),
+                                                     f"eval.rewards[{i}]")))
 
 
 def check_sharding(config: TrainConfig, plugin, mixed_precision: str, dynamo_backend: str) -> None:

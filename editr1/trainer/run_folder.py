@@ -76,15 +76,16 @@ def recorded_fields(config: Any) -> dict[str, Any]:
     return {key: _recorded(key, value) for key, value in _flatten(config_to_dict(config)).items()}
 
 
-def resume_safe_reward_fields(section: str, reward: Any) -> tuple[str, ...]:
-    """The options of the reward at `section` (e.g. "reward") that it declares safe to change on resume
-    (its `resume_safe_options`): an endpoint, retries, a batch size."""
+def resume_safe_reward_fields(section: str, reward: Any, where: str | None = None) -> tuple[str, ...]:
+    """The options of the reward at `section` (e.g. "reward", or "eval.rewards.0" as `_flatten` names a list's
+    item) that it declares safe to change on resume (its `resume_safe_options`): an endpoint, retries, a batch
+    size. `where`: the reward's place as errors name it (default `section`)."""
     if reward is None:
         return ()
     fields = []
     for i, term in enumerate(reward.term_list()):
         prefix = f"{section}.terms.{i}" if reward.terms else section  # how `_flatten` names a list's items
-        options = resume_safe_options(term.name, reward.term_section(section, i))
+        options = resume_safe_options(term.name, reward.term_section(where or section, i))
         fields += [f"{prefix}.options.{option}" for option in sorted(options)]
     return tuple(fields)
 
