@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from editr1.data.jsonl import read_edit_jsonl
+from editr1.errors import EditR1Error
 from editr1.tasks.shapes.scenes import (
     ALL_PAIRS,
     CELL_NAMES,
@@ -224,6 +225,23 @@ def test_verifier_penalises_lost_bystanders_and_stray_paint(op):
         # Washed-out colours quantise to the right palette entry but are not clean.
         washed = (tgt.astype(np.float64) / 255 * 0.6).clip(0, 1)
         assert verify_edit(src, washed, text) == 0.0
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_the_gameable_additive_formula_forgives_what_the_exact_one_does_not(op):
+    for source, edit, target in _samples(op):
+        src, tgt, text = render(source), render(target), instruction_text(edit)
+        additive = lambda image: verify_edit(src, image, text, formula="additive")  # noqa: E731
+        assert additive(tgt) == pytest.approx(1.0) and additive(src) == pytest.approx(0.3)
+        # Stray paint and washed-out colours: zero for the exact verifier, nearly full marks for the additive one.
+        smeared = tgt.copy()
+        empty = np.argwhere((tgt == 0).all(axis=-1) & (src == 0).all(axis=-1))[:64]
+        smeared[empty[:, 0], empty[:, 1]] = (200, 0, 0)
+        washed = (tgt.astype(np.float64) / 255 * 0.6).clip(0, 1)
+        for gamed in (smeared, washed):
+            assert verify_edit(src, gamed, text) == 0.0 and additive(gamed) > 0.85
+    with pytest.raises(EditR1Error, match="reward.options.formula: 'sum'"):
+        ShapesVerifier(formula="sum")
 
 
 def test_verifier_refuses_to_guess():

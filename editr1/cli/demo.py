@@ -8,7 +8,7 @@ way: the honest comparison of RL against simply training more.
 `--reward mllm` trains on the shipped distilled judge's score-logit reward instead, keeps the verifier
 as the independent ground truth, reports the judge's pairwise agreement with the verifier, and runs
 the group-filtering ablation (filter on vs off, same seed and budget).
-`--hacking` trains on the verifier's gameable early formula (0.7 x edit + 0.3 x preservation) and watches the
+`--hacking` trains on the verifier's gameable first, additive formula (tasks/shapes/verifier.py) and watches the
 exact verifier as an evaluation-only reward: the hacking alarm must fire. The plain demo watches the other way
 round (training on the exact verifier, the additive one evaluation-only), and its alarm must stay silent.
 """

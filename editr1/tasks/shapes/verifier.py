@@ -28,6 +28,7 @@ from editr1.tasks.shapes.scenes import (
     apply_edit,
     parse_instruction,
     parse_scene,
+    quantize,
     render,
     shape_mask,
 )
@@ -59,14 +60,18 @@ def _as_unit_float(image: np.ndarray, name: str) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
-#: How the verifier's parts make its score: the exact product, or the early weighted sum that RL learned to game
-#: (kept to demonstrate reward hacking: `editr1 demo --hacking`).
+#: How the score is made: the exact product above, or the first, additive verifier that RL learned to game (kept
+#: to demonstrate reward hacking, `editr1 demo --hacking`):
+#:     0.7 * mean over M of [nearest palette colour of the edit == the target's]
+#:   + 0.3 * (1 - mean |edited - target| outside M)
+#: The nearest colour forgives smeared and blotchy paint, and a mean difference over the whole canvas barely
+#: notices stray paint or a lost object.
 FORMULAS = ("product", "additive")
 
 
 def verify_edit(source: np.ndarray, edited: np.ndarray, instruction: str, formula: str = "product") -> float:
     """Score ``edited`` against the exact target implied by source + instruction: ``edit * preserve * clean``,
-    or with ``formula="additive"`` the gameable ``0.7 * edit + 0.3 * preserve``.
+    or with ``formula="additive"`` the gameable first version (`FORMULAS`).
 
     ``source`` must be an exact rendering (uint8 HxWx3 or float in [0, 1]);
     ``edited`` is uint8 or float in [0, 1] of the same shape. Raises ValueError
@@ -85,6 +90,10 @@ def verify_edit(source: np.ndarray, edited: np.ndarray, instruction: str, formul
     changed = np.zeros(target.shape[:2], dtype=bool)
     for shape in _edited_shapes(scene, edit):
         changed |= shape_mask(shape)
+    if formula == "additive":
+        colour_right = quantize(out)[changed] == quantize(target)[changed]
+        outside = np.abs(out - target.astype(np.float64) / 255.0)[~changed]
+        return float(0.7 * colour_right.mean() + 0.3 * (1.0 - outside.mean()))
     untouched = set(scene.shapes) & set(target_scene.shapes)
     kept = np.zeros_like(changed)
     preserved = []
@@ -96,8 +105,6 @@ def verify_edit(source: np.ndarray, edited: np.ndarray, instruction: str, formul
     edit_score = right[changed].mean()
     preserve_score = float(np.mean(preserved)) if preserved else 1.0
     clean_score = max(0.0, 1.0 - (~right[background]).sum() / OBJECT_PIXELS)
-    if formula == "additive":
-        return float(0.7 * edit_score + 0.3 * preserve_score)
     return float(edit_score * preserve_score * clean_score)
 
 
