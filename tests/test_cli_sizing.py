@@ -193,7 +193,7 @@ def test_train_reads_its_data_before_it_builds_the_reward(tmp_path, capsys, monk
     def building(*args, **kwargs):
         raise AssertionError("the reward (an in-process judge loads its weights) was built")
 
-    monkeypatch.setattr(rl_trainer, "build_reward", building)
+    monkeypatch.setattr(rl_trainer, "build_combined", building)
     data = tmp_path / "train.jsonl"
     data.write_text('{"id": "x", "image": \n')
     assert main(["train", "--set", f"data.train={data}", "--set", f"output_dir={tmp_path / 'out'}"]) == 2
