@@ -138,6 +138,8 @@ def _judge_agreement(config: TrainConfig, folder: Path) -> dict:
     held = read_edit_jsonl(config.data.heldout)[:JUDGE_PAIRS]
     pairs = read_preference_jsonl(write_heldout_pairs(build_model(config.model), held, pairs_config, folder))
     result = evaluate_alignment(build_reward(config.reward.name, config.reward.options), pairs)
+    if result.accuracy is None:
+        raise EditR1Error(f"the judge's agreement with the verifier: nothing to measure ({result.reason})")
     return {"judge_agreement_with_verifier": result.accuracy, "judge_agreement_pairs": result.decided_pairs,
             "judge_agreement_ties": result.tie_pairs}
 

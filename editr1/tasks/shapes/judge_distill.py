@@ -289,6 +289,8 @@ class JudgeDistiller:
         def agreement(step: int) -> dict[str, float]:
             result = self._agreement(pairs)
             model.train()
+            if result.accuracy is None:  # every held-out pair a tie, or unscored: no agreement to report
+                raise EditR1Error(f"judge step {step}: no held-out agreement to measure: {result.reason}")
             console.print(f"judge step {step}: held-out pairwise agreement with the verifier {result.accuracy:.4f}")
             return {"heldout_agreement": result.accuracy}
 
