@@ -69,10 +69,6 @@ class CombinedReward:
         self.name = " + ".join(f"{t.weight:g} × {t.reward.name}" for t in self.terms) if len(terms) > 1 else terms[0].reward.name
         self.executor = ThreadPoolExecutor(len(terms), thread_name_prefix="editr1-reward-term") if len(terms) > 1 else None
 
-    @property
-    def labels(self) -> list[str]:
-        return [t.label for t in self.terms]
-
     def score(self, sources: list[list[torch.Tensor]], edited: list[torch.Tensor], samples: Sequence[EditSample],
               data_file: str | Path) -> RewardBatch:
         """Every reward's scores of the edits (each checked against the reward contract), and their weighted
