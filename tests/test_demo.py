@@ -64,5 +64,8 @@ def test_the_hacking_demo_trains_on_the_gameable_formula_and_watches_the_exact_v
     assert [(r.name, r.options) for r in config.eval.rewards] == [("shapes_verifier", {})]
     assert set(summary["eval_rewards"]) == {"shapes_verifier"} and "fired" in summary["hacking_alarm"]
     assert "## Reward hacking alarm" in (out / "report.md").read_text() and not (out / "nft").exists()
+    assert config.rollout.sampler == "euler" and config.optim.lr == 2e-4
     with pytest.raises(EditR1Error, match="--hacking trains on the gameable verifier formula"):
         run_demo(out, hacking=True, reward="mllm")
+    with pytest.raises(EditR1Error, match="it runs without --algorithm grpo"):
+        run_demo(out, hacking=True, algorithm="grpo")

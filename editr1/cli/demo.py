@@ -33,9 +33,11 @@ from editr1.trainer.sft import run_sft
 
 REWARDS = ("verifier", "mllm")
 #: `--hacking`: the gameable formula as the training (and held-out) reward, the exact verifier watched beside it,
-#: evaluated every 10 iterations so that the alarm has evaluations in a row to compare.
+#: evaluated every 10 iterations so that the alarm has evaluations in a row to compare. It trains at the settings
+#: under which that formula was gamed when it was the demo's reward (Euler rollouts, AdamW at 2e-4); at the plain
+#: demo's gentler 5e-5 with DPM++ rollouts the exact verifier rose with it for 40 iterations (README).
 HACKING = ["reward={name: shapes_verifier, options: {formula: additive}}", "eval.reward=null",
-           "eval.rewards=[{name: shapes_verifier}]", "eval.every=10"]
+           "eval.rewards=[{name: shapes_verifier}]", "eval.every=10", "rollout.sampler=euler", "optim.lr=2e-4"]
 JUDGE_PAIRS = 256
 #: The demo's runs in its folder (and the judge's agreement pairs), replaced by each run of the demo.
 DEMO_RUNS = (*DEMO_CONFIGS, "control", *(f"{name}_no_filter" for name in DEMO_CONFIGS), "judge_pairs",
@@ -48,6 +50,9 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
         raise EditR1Error(f"--reward: expected one of {list(REWARDS)}, got {reward!r}")
     if hacking and (reward != "verifier" or control):
         raise EditR1Error("--hacking trains on the gameable verifier formula; it runs without --reward mllm and --control")
+    if hacking and algorithm != "nft":
+        raise EditR1Error("--hacking trains DiffusionNFT at the settings under which the formula was gamed (Euler "
+                          "rollouts, an ODE sampler Flow-GRPO does not take); it runs without --algorithm grpo")
     if algorithm not in DEMO_CONFIGS:
         raise EditR1Error(f"--algorithm: expected one of {list(DEMO_CONFIGS)}, got {algorithm!r}")
     # The demo deletes its own earlier runs in `out`: never a folder holding anything else.
