@@ -69,3 +69,16 @@ def test_the_hacking_demo_trains_on_the_gameable_formula_and_watches_the_exact_v
         run_demo(out, hacking=True, reward="mllm")
     with pytest.raises(EditR1Error, match="it runs without --algorithm grpo"):
         run_demo(out, hacking=True, algorithm="grpo")
+
+
+def test_a_mistaken_setting_is_refused_before_the_earlier_demo_is_touched(tmp_path):
+    import pytest
+
+    from editr1.errors import EditR1Error
+
+    out = tmp_path / "demo"
+    (out / "nft").mkdir(parents=True)
+    (out / "nft" / "summary.json").write_text("{}")
+    with pytest.raises(EditR1Error, match="eval.hacking_patience"):
+        run_demo(out, overrides=["eval.hacking_patience=-1"])
+    assert (out / "nft" / "summary.json").read_text() == "{}" and not (out / "data").exists()

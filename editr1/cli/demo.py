@@ -59,23 +59,24 @@ def run_demo(out: Path, control: bool = False, overrides: list[str] = (), reward
     refuse_foreign_entries(out, ("data", *DEMO_RUNS, "summary.json", "report.md"), "editr1 demo")
     started = time.monotonic()
     data = out / "data"
+    if not (data / "test.jsonl").is_file() and data.exists():
+        raise EditR1Error(f"{data}: holds no test.jsonl, so it is not the demo's dataset; move it away")
+    common = [f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"model.path={SHIPPED_BASE}"]
+    judge = []
+    if reward == "mllm":
+        judge = ["reward.name=mllm", f"reward.options={{model: '{SHIPPED_JUDGE}', batch_size: 48}}", "eval.track_training_reward=true"]
+    run_name = f"{algorithm}_hacking" if hacking else algorithm
+    # Read before anything is written or deleted: a mistaken --set leaves the earlier demo's runs as they were.
+    nft_config = load_config(TrainConfig, DEMO_CONFIGS[algorithm], [*common, *judge, *(HACKING if hacking else ()),
+                                                                     f"output_dir={out / run_name}", *overrides])
+    title = build_algorithm(nft_config).title
     if not (data / "test.jsonl").is_file():
-        if data.exists():
-            raise EditR1Error(f"{data}: holds no test.jsonl, so it is not the demo's dataset; move it away")
         partial = out / ".data.partial"  # renamed when whole: a kill never leaves half a dataset as `data`
         shutil.rmtree(partial, ignore_errors=True)
         write_shapes_dataset(partial, N_TRAIN, N_TEST, DATA_SEED)
         partial.rename(data)
     for previous in DEMO_RUNS:
         shutil.rmtree(out / previous, ignore_errors=True)  # the demo owns these: a rerun starts afresh
-    common = [f"data.train={data / 'train.jsonl'}", f"data.heldout={data / 'test.jsonl'}", f"model.path={SHIPPED_BASE}"]
-    judge = []
-    if reward == "mllm":
-        judge = ["reward.name=mllm", f"reward.options={{model: '{SHIPPED_JUDGE}', batch_size: 48}}", "eval.track_training_reward=true"]
-    run_name = f"{algorithm}_hacking" if hacking else algorithm
-    nft_config = load_config(TrainConfig, DEMO_CONFIGS[algorithm], [*common, *judge, *(HACKING if hacking else ()),
-                                                                     f"output_dir={out / run_name}", *overrides])
-    title = build_algorithm(nft_config).title
     summary = {"algorithm": algorithm, "reward": "additive verifier (gameable)" if hacking else reward}
     sections = []
     if reward == "mllm":
