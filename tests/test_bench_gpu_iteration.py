@@ -1,33 +1,26 @@
 """bench/gpu_iteration.py: its FLOP counter counts exactly, its --tiny run prints and writes every phase, and its
 full-size FLUX.2 [dev] builds (on the meta device)."""
 
-import importlib.util
 import json
 import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_scripts import BENCH, bench_script
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "gpu_iteration.py"
+SCRIPT = BENCH / "gpu_iteration.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_iteration", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
+    with bench_script("gpu_iteration") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 class LinearAttention(nn.Module):

@@ -1,25 +1,14 @@
 """bench/nft_vs_grpo.py's tables from made-up curves: the times to a gain, the lower-bound ratio where Flow-GRPO
 never reached it, the judge − verifier gap, and the filter ablation's paired differences."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "nft_vs_grpo.py"
+from bench_scripts import bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("nft_vs_grpo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with bench_script("nft_vs_grpo") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def run(gains, seconds, final, judge=(0.5, 0.5), filtered=0.0, iterations=10):

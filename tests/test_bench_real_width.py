@@ -2,27 +2,21 @@
 NFT iteration of FLUX.1 Kontext at its real widths (one block of each kind, 128^2, bf16) runs through the
 trainer with every LoRA target matched (40 s to 2 minutes and 3.3 GiB of RSS on a 2-core CPU)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import BENCH, bench_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "real_width.py"
+SCRIPT = BENCH / "real_width.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("real_width", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with bench_script("real_width") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.mark.parametrize("family", ["qwen-image-edit", "flux-kontext", "flux2-klein", "flux2-dev"])
