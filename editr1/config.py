@@ -225,7 +225,8 @@ class EvalConfig:
     seed: int = 1234
     #: Edits sampled at once in an evaluation (lower it if the evaluation runs out of memory).
     batch_size: int = 64
-    #: The held-out reward; null: the training reward (`editr1 sft`, which has none, must set it).
+    #: The held-out reward; null (or the training reward's own settings): the training reward, scored once (`editr1 sft`,
+    #: which has none, must set it).
     reward: RewardConfig | None = None
     #: Also score the held-out edits with the training reward (e.g. the judge next to the verifier):
     #: the judge's reward rising while the verifier's does not is reward hacking, made visible.

@@ -228,7 +228,9 @@ class RLTrainer:
                               "none (data.heldout is null or eval.every is 0)")
         self.reward = build_combined(config.reward, "reward", self.run_folder.reward_errors)
         self.eval_reward = self.reward
-        if evaluating and self.is_main and config.eval.reward is not None:
+        # An eval.reward that is the training reward is that reward, scored once.
+        if (evaluating and self.is_main and config.eval.reward is not None
+                and config.eval.reward.term_list() != config.reward.term_list()):
             self.eval_reward = build_combined(config.eval.reward, "eval.reward", self.run_folder.reward_errors)
         self.watch = HackingWatch(config.eval.rewards if evaluating and self.is_main else [], config.eval.hacking_patience,
                                   self.run_folder.reward_errors, training_is_heldout=self.eval_reward is self.reward)
