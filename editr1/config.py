@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -97,6 +98,33 @@ class NamedRewardConfig:
     name: str
     #: Keyword arguments of the reward; a string naming a file or folder beside the config is a path.
     options: dict[str, Any] = field(default_factory=dict, metadata={"path": "options"})
+    #: How metrics, plots and the report name it (letters, digits, _ and -); null: its name, with _2, _3... on
+    #: repeats.
+    label: str | None = None
+
+    @staticmethod
+    def from_raw(value: Any, where: str) -> Any:
+        """A label must fit in a metric's name (`reward_<label>_mean`)."""
+        label = value.get("label") if isinstance(value, dict) else None
+        if isinstance(label, str) and not LABEL.fullmatch(label):
+            raise ConfigError(f"{where}.label: {label!r}: use letters, digits, _ and - (starting with a letter or digit)")
+        return value
+
+
+#: What a reward's label may hold.
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def refuse_repeated_labels(entries: Any, where: str) -> None:
+    """ConfigError naming `<where>[i].label` where a list of rewards gives one label twice."""
+    if not isinstance(entries, list):
+        return
+    seen = set()
+    for i, entry in enumerate(entries):
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if label is not None and label in seen:
+            raise ConfigError(f"{where}[{i}].label: {label!r} names another reward too")
+        seen.add(label)
 
 
 @dataclass
@@ -117,7 +145,7 @@ class RewardConfig:
     name: str | None = "shapes_verifier"
     #: Keyword arguments of the reward; a string naming a file or folder beside the config is a path.
     options: dict[str, Any] = field(default_factory=dict, metadata={"path": "options"})
-    #: Several rewards, each `{name, options, weight}` (then `name` and `options` are not given).
+    #: Several rewards, each `{name, options, weight, label}` (then `name` and `options` are not given).
     terms: list[RewardTermConfig] = field(default_factory=list)
     #: Training only: score each rollout batch on a background thread while the next batch rolls out.
     overlap: bool = True
@@ -137,6 +165,7 @@ class RewardConfig:
         if value.get("name") is not None or value.get("options"):
             raise ConfigError(f"{where + ': ' if where else ''}give one reward (name and options) or a list of rewards, "
                               "not both")
+        refuse_repeated_labels(value["terms"], f"{where}.terms" if where else "terms")
         return {**value, "name": None, "options": {}}
 
     def term_list(self) -> list[RewardTermConfig]:
@@ -237,6 +266,12 @@ class EvalConfig:
     #: The hacking alarm holds after this many evaluations in a row in which the training reward on the held-out
     #: set rose while an evaluation-only reward fell, each beyond its standard error (0: no alarm).
     hacking_patience: int = 2
+
+    @staticmethod
+    def from_raw(value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            refuse_repeated_labels(value.get("rewards"), f"{where}.rewards" if where else "rewards")
+        return value
 
 
 def with_family_settings(evaluation: EvalConfig, steps: int, cfg_scale: float, guidance: float | None

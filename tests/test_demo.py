@@ -30,7 +30,7 @@ def test_demo_with_control_on_a_tiny_budget(tmp_path):
     assert "random weights" not in report and "random weights" not in (out / "nft" / "report.md").read_text()
     assert (out / "nft" / "before_after.png").is_file() and (out / "control" / "eval" / "final.safetensors").is_file()
     # The plain demo watches the verifier's gameable formula beside the exact one.
-    assert set(summary["eval_rewards"]) == {"shapes_verifier"} and "## Reward hacking alarm" in report
+    assert set(summary["eval_rewards"]) == {"additive_verifier"} and "## Reward hacking alarm" in report
 
 
 def test_the_demo_trains_flow_grpo_where_it_trains_nft(tmp_path):
@@ -61,8 +61,8 @@ def test_the_hacking_demo_trains_on_the_gameable_formula_and_watches_the_exact_v
 
     config = load_config(TrainConfig, out / "nft_hacking" / "config.yaml")
     assert config.reward.options == {"formula": "additive"} and config.eval.reward is None
-    assert [(r.name, r.options) for r in config.eval.rewards] == [("shapes_verifier", {})]
-    assert set(summary["eval_rewards"]) == {"shapes_verifier"} and "fired" in summary["hacking_alarm"]
+    assert [(r.name, r.options, r.label) for r in config.eval.rewards] == [("shapes_verifier", {}, "exact_verifier")]
+    assert set(summary["eval_rewards"]) == {"exact_verifier"} and "fired" in summary["hacking_alarm"]
     assert "## Reward hacking alarm" in (out / "report.md").read_text() and not (out / "nft").exists()
     assert config.rollout.sampler == "euler" and config.optim.lr == 2e-4
     with pytest.raises(EditR1Error, match="--hacking trains on the gameable verifier formula"):

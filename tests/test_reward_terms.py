@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_runs import run_killed, tiny_nft_overrides
 
-from editr1.config import ConfigError, TrainConfig, load_config
+from editr1.config import ConfigError, RewardTermConfig, TrainConfig, load_config
 from editr1.data.jsonl import EditSample
 from editr1.rewards.base import Reward, RewardBatch, concat_reward_batches
 from editr1.rewards.checked import CheckedReward
@@ -97,9 +97,27 @@ def test_combined_normalisation_of_one_reward_is_the_usual_advantage():
     assert torch.equal(group_advantages(combined, groups), group_advantages(rewards, groups))
 
 
-def test_labels_are_the_names_made_unique():
-    assert unique_labels(["mllm", "shapes_verifier", "my.plugin:Brightness", "mllm"]) == [
+def _labels(*specs):
+    return unique_labels([RewardTermConfig(name, label=label) for name, label in specs])
+
+
+def test_labels_are_the_names_made_unique_or_the_labels_given():
+    assert _labels(("mllm", None), ("shapes_verifier", None), ("my.plugin:Brightness", None), ("mllm", None)) == [
         "mllm", "shapes_verifier", "Brightness", "mllm_2"]
+    # A given label is kept, and a name's default steps around it.
+    assert _labels(("mllm", None), ("mllm", "judge_7b"), ("mllm", "mllm_2"), ("mllm", None)) == [
+        "mllm", "judge_7b", "mllm_2", "mllm_3"]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("reward=[{name: mllm, label: a}, {name: shapes_verifier, label: a}]", r"reward.terms\[1\].label: 'a' names another"),
+    ("eval.rewards=[{name: mllm, label: a}, {name: shapes_verifier, label: a}]", r"eval.rewards\[1\].label: 'a' names"),
+    ("eval.rewards=[{name: mllm, label: 'my judge'}]", r"eval.rewards\[0\].label: 'my judge': use letters, digits"),
+    ("reward=[{name: mllm, label: _x}]", r"reward.terms\[0\].label: '_x': use letters"),
+])
+def test_a_label_given_twice_or_unfit_for_a_metric_name_is_refused_when_the_config_is_read(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, None, [setting])
 
 
 # ---- scoring ------------------------------------------------------------------------------------------------
@@ -193,7 +211,8 @@ def test_a_term_that_cannot_be_built_is_named_by_its_place(tmp_path, shapes_data
 
 #: The reward of the runs below: the verifier, and a Brightness that cannot score dark edits (a judge that
 #: sometimes fails), weighted 2:1, normalised per reward.
-TERMS = ("reward=[{name: shapes_verifier, weight: 2}, {name: 'toy_plugin:SkipsDark', options: {below: 0.03}}]",
+TERMS = ("reward=[{name: shapes_verifier, weight: 2}, "
+         "{name: 'toy_plugin:SkipsDark', options: {below: 0.03}, label: flaky_judge}]",
          "rl.reward_normalization=per_reward", "rl.filter_rule=none", "rl.max_unscored_fraction=0.75", "eval.every=3", "logging.grid_every=0")
 #: In the update of iteration 3, after the checkpoint of iteration 2.
 KILL = ("trainer", "_train", 3)
@@ -204,11 +223,11 @@ def test_several_rewards_train_log_each_reward_and_resume_bitwise(shapes_data, t
     run_rl(load_config(TrainConfig, None, [*tiny_nft_overrides(shapes_data, run), *TERMS]))
     rows = [row for row in read_metrics(run) if "reward_mean" in row]
     for row in rows:
-        for label in ("shapes_verifier", "SkipsDark"):
+        for label in ("shapes_verifier", "flaky_judge"):
             assert {f"reward_{label}_{k}" for k in ("mean", "std", "unscored")} <= row.keys()
         assert row["reward_shapes_verifier_unscored"] == 0
         # A sample the judge-like reward left unscored is masked in the combination, and counted.
-        assert row["unscored"] == row["reward_SkipsDark_unscored"]
+        assert row["unscored"] == row["reward_flaky_judge_unscored"]
     assert sum(row["unscored"] for row in rows) > 0, "the dark threshold should leave some edits unscored"
 
     result = run_killed([*tiny_nft_overrides(shapes_data, killed), *TERMS], KILL)

@@ -48,13 +48,21 @@ def weighted_mean(scores: torch.Tensor, valid: torch.Tensor, weights: Sequence[f
     return torch.where(scored, combined, torch.full_like(combined, float("nan"))).to(scores.dtype), scored
 
 
-def unique_labels(names: Sequence[str]) -> list[str]:
-    """Each reward's label: its name (a dotted path's last part), with `_2`, `_3`... on repeats."""
-    labels, seen = [], {}
-    for name in names:
-        base = name.rsplit(":", 1)[-1].rsplit(".", 1)[-1] or name
-        seen[base] = seen.get(base, 0) + 1
-        labels.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+def unique_labels(specs: Sequence) -> list[str]:
+    """Each reward's label: its own `label` (the config refuses one given twice), else its name (a dotted path's
+    last part) with `_2`, `_3`... until free."""
+    taken = {spec.label for spec in specs if spec.label is not None}
+    labels = []
+    for spec in specs:
+        label = spec.label
+        if label is None:
+            base = spec.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1] or spec.name
+            label, n = base, 1
+            while label in taken:
+                n += 1
+                label = f"{base}_{n}"
+            taken.add(label)
+        labels.append(label)
     return labels
 
 
@@ -97,7 +105,7 @@ def build_combined(config, section: str = "reward", error_log: Path | None = Non
     """The reward a `RewardConfig` at `section` names: one, or several combined. Each is built and asked
     whether it is ready, in order; its errors name its place in the config (`reward.terms[1].options`)."""
     terms = config.term_list()
-    labels = unique_labels([term.name for term in terms])
+    labels = unique_labels(terms)
     built = []
     for i, (term, label) in enumerate(zip(terms, labels)):
         reward = build_reward(term.name, term.options, config.term_section(section, i))

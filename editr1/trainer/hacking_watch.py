@@ -43,7 +43,7 @@ class HackingWatch:
 
     def __init__(self, specs: list[NamedRewardConfig], patience: int, error_log: Path | None, training_is_heldout: bool):
         self.rewards: dict[str, CheckedReward] = {}
-        for i, (spec, label) in enumerate(zip(specs, unique_labels([spec.name for spec in specs]))):
+        for i, (spec, label) in enumerate(zip(specs, unique_labels(specs))):
             reward = build_reward(spec.name, spec.options, f"eval.rewards[{i}]")
             reward.check_ready()
             self.rewards[label] = CheckedReward(reward, spec.name, error_log)
