@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from editr1.config import PACKAGE_PREFIX, package_path
 from editr1.errors import EditR1Error
 
 
 def resolve_model_path(path_or_id: str | Path) -> Path:
-    """A local model folder as is; a hub id through the local hub cache or a download."""
+    """A local model folder as is (`editr1:<path>`: one shipped in the package, as configs name it); a hub id
+    through the local hub cache or a download."""
+    if isinstance(path_or_id, str) and path_or_id.startswith(PACKAGE_PREFIX):
+        shipped = package_path(path_or_id[len(PACKAGE_PREFIX):])
+        if not shipped.is_dir():
+            raise EditR1Error(f"{path_or_id}: no such model folder in the editr1 package ({shipped})")
+        return shipped
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path

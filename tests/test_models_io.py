@@ -9,6 +9,7 @@ from PIL import Image
 from editr1.errors import EditR1Error
 from editr1.models.registry import load_adapter
 from editr1.models.tiny_qwen_image_edit import build_tiny_qwen_image_edit
+from editr1.tasks.shapes import SHIPPED_BASE
 
 
 def _velocity(adapter):
@@ -49,6 +50,14 @@ def test_loading_errors(tmp_path):
     (tmp_path / "other" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(EditR1Error, match="unknown model family 'StableDiffusionPipeline'"):
         load_adapter(tmp_path / "other")
+
+
+def test_a_model_shipped_in_the_package_is_named_as_configs_name_it():
+    from editr1.hub import resolve_model_path
+
+    assert resolve_model_path("editr1:tasks/shapes/assets/shapes_base") == SHIPPED_BASE.resolve()
+    with pytest.raises(EditR1Error, match="editr1:nothing: no such model folder in the editr1 package"):
+        resolve_model_path("editr1:nothing")
 
 
 def test_hub_id_unavailable_offline(monkeypatch):
