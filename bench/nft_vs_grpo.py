@@ -168,9 +168,10 @@ def ratio_cell(runs: dict[str, list[dict]], threshold: float, budget: float) -> 
 
 def ablation_table(runs: dict[str, list[dict]], seeds: list[int]) -> list[str]:
     """Per seed, each filter rule's final gain and its difference from no filter, with the groups it dropped."""
-    lines = ["| seed | gain, no filter | " + " | ".join(f"gain, {rule} rule | {rule} − none | {rule}: groups filtered "
-                                                    "per iteration" for _, rule in FILTERED) + " |",
-             "| --- | --- |" + " --- | --- | --- |" * len(FILTERED)]
+    header = ["seed", "gain, no filter"]
+    for _, rule in FILTERED:
+        header += [f"gain, {rule} rule", f"{rule} − none", f"{rule}: groups filtered per iteration"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     differences = {rule: [] for _, rule in FILTERED}
     for i, (seed, without) in enumerate(zip(seeds, runs["nft_no_filter"])):
         cells = [str(seed), f"{final_gain(without):+.3f}"]

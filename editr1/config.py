@@ -107,7 +107,8 @@ class NamedRewardConfig:
         """A label must fit in a metric's name (`reward_<label>_mean`)."""
         label = value.get("label") if isinstance(value, dict) else None
         if isinstance(label, str) and not LABEL.fullmatch(label):
-            raise ConfigError(f"{where}.label: {label!r}: use letters, digits, _ and - (starting with a letter or digit)")
+            raise ConfigError(f"{where}.label: {label!r}: use letters, digits, _ and - (starting with a letter or "
+                              "digit)")
         return value
 
 
@@ -254,8 +255,8 @@ class EvalConfig:
     seed: int = 1234
     #: Edits sampled at once in an evaluation (lower it if the evaluation runs out of memory).
     batch_size: int = 64
-    #: The held-out reward; null (or the training reward's own settings): the training reward, scored once (`editr1 sft`,
-    #: which has none, must set it).
+    #: The held-out reward; null (or the training reward's own settings): the training reward, scored once
+    #: (`editr1 sft`, which has none, must set it).
     reward: RewardConfig | None = None
     #: Also score the held-out edits with the training reward (e.g. the judge next to the verifier):
     #: the judge's reward rising while the verifier's does not is reward hacking, made visible.

@@ -100,8 +100,8 @@ def test_the_alarm_stays_silent_when_the_independent_reward_agrees(shapes_data, 
     run = tmp_path / "run"
     # An eval.reward with the training reward's settings is the training reward, scored once.
     same = "eval.reward={name: 'toy_plugin:Brightness', options: {target: 1.0}}"
-    summary = run_rl(load_config(TrainConfig, None, [*_overrides(shapes_data, run, darkness_is_watched=False, iterations=3),
-                                                     same]))
+    overrides = [*_overrides(shapes_data, run, darkness_is_watched=False, iterations=3), same]
+    summary = run_rl(load_config(TrainConfig, None, overrides))
     assert not any("heldout_training_reward" in row for row in read_metrics(run))
     assert summary["hacking_alarm"] == {"fired": False, "steps": [], "patience": 2}
     assert not (run / "hacking.png").exists() and "did not fire" in (run / "report.md").read_text()

@@ -37,7 +37,8 @@ REWARDS = ("verifier", "mllm")
 #: under which that formula was gamed when it was the demo's reward (Euler rollouts, AdamW at 2e-4); at the plain
 #: demo's gentler 5e-5 with DPM++ rollouts the exact verifier rose with it for 40 iterations (README).
 HACKING = ["reward={name: shapes_verifier, options: {formula: additive}}", "eval.reward=null",
-           "eval.rewards=[{name: shapes_verifier, label: exact_verifier}]", "eval.every=10", "rollout.sampler=euler", "optim.lr=2e-4"]
+           "eval.rewards=[{name: shapes_verifier, label: exact_verifier}]", "eval.every=10",
+           "rollout.sampler=euler", "optim.lr=2e-4"]
 JUDGE_PAIRS = 256
 #: The demo's runs in its folder (and the judge's agreement pairs), replaced by each run of the demo.
 DEMO_RUNS = (*DEMO_CONFIGS, "control", *(f"{name}_no_filter" for name in DEMO_CONFIGS), "judge_pairs",
